@@ -1,0 +1,93 @@
+# nixoci: plain Makefile. Knobs: SANITIZE=address,undefined  DEVELOPER=1 (-Werror)
+#                              PREFIX=/usr/local  CC=gcc  O=build dir
+CC      ?= gcc
+PREFIX  ?= /usr/local
+O       ?= build
+PKGS    := fuse3 libcurl libzstd libcrypto jansson
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS)) -llmdb -lpthread
+
+WARN := -Wall -Wextra -Wformat=2 -Wshadow -Wpointer-arith -Wcast-align \
+        -Wwrite-strings -Wstrict-prototypes -Wmissing-prototypes \
+        -Wold-style-definition -Wundef -Wvla -Wnull-dereference \
+        -Wimplicit-fallthrough -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(PKG_CFLAGS) -I.
+ifdef DEVELOPER
+CFLAGS  += -Werror
+endif
+ifdef SANITIZE
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+O       := $(O)-san
+endif
+
+COMMON_SRC := $(wildcard common/*.c)
+FETCH_SRC  := $(wildcard fetch/*.c)
+CACHE_SRC  := $(wildcard cache/*.c)
+FS_SRC     := $(wildcard fs/*.c)
+TOOLS_SRC  := $(wildcard tools/*.c)
+UNIT_SRC   := $(wildcard tests/unit/*.c)
+
+obj = $(patsubst %.c,$(O)/%.o,$(1))
+COMMON_A  := $(O)/libcommon.a
+FETCH_A   := $(O)/libfetch.a
+CACHE_A   := $(O)/libcache.a
+HEADERS   := $(wildcard */*.h)
+
+BINS      := $(O)/bin/nixoci $(O)/bin/nixoci-fs
+UNIT_BINS := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(UNIT_SRC))
+
+.PHONY: all check unit integ demo install clean bench fuzz
+all: $(BINS) $(UNIT_BINS)
+	@ln -sfn $(O)/bin bin
+
+$(O)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c -o $@ $<
+
+$(COMMON_A): $(call obj,$(COMMON_SRC))
+$(FETCH_A): $(call obj,$(FETCH_SRC))
+$(CACHE_A): $(call obj,$(CACHE_SRC))
+$(O)/lib%.a:
+	@rm -f $@
+	@ar rcs $@ $^
+
+# Link order: dependants first (tools/fs -> cache, fetch -> common).
+$(O)/bin/nixoci: $(call obj,$(TOOLS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(O)/bin/nixoci-fs: $(call obj,$(FS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# Unit tests: tests/unit/<folder>-<name>.c links that folder's library and
+# the ones below it, so a test of common/ builds while cache/ is broken.
+$(O)/tests/unit/common-%: $(O)/tests/unit/common-%.o $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/tests/unit/fetch-%: $(O)/tests/unit/fetch-%.o $(FETCH_A) $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/tests/unit/cache-%: $(O)/tests/unit/cache-%.o $(CACHE_A) $(FETCH_A) $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# make check: unit tests (TAP) and integration tests (TAP), summarised by prove.
+check: all
+	tests/run-all.sh $(O)
+
+unit: all
+	prove -e '' $(UNIT_BINS)
+
+demo: all
+	tests/demo.sh $(O)
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build build-san bin

@@ -1,0 +1,128 @@
+/*
+ * cache/cache.h: the lazy store core. The only folder that includes <lmdb.h>.
+ *
+ * A struct nx_store turns "a store path base name" into a verified TOC and
+ * "bytes [off, off+len) of entry E" into verified bytes, fetching through a
+ * struct nx_source (implemented by fetch/, wired in main()) and keeping
+ * everything in an on-disk cache:
+ *
+ *   DIR/index.mdb     LMDB environment (data.mdb, lock.mdb): which chunks and
+ *                     blobs are present, their sizes and last use (LRU)
+ *   DIR/blobs/xx/<hex>   verified metadata blobs (manifests, TOCs), by digest
+ *   DIR/chunks/xx/<hex>  decompressed frames, named by the SHA-256 of the
+ *                     compressed frame (the digest the TOC lists)
+ *
+ * Files are written to DIR/tmp, fsync'ed and renamed into place only after
+ * they verify; the LMDB record is written after the rename. A record whose
+ * file is missing is a miss, so a crash at any point leaves a cache that only
+ * holds verified data. No LMDB transaction is held across network I/O.
+ *
+ * Thread rules: every function may be called from any thread concurrently
+ * after nx_store_open returns. Concurrent misses on one frame collapse into
+ * one fetch. Returned struct nx_spath pointers stay valid until
+ * nx_store_close (store paths are never unloaded while the store is open).
+ *
+ * Errors are negative errnos; -EIO means "could not get verified data"
+ * (network down, digest mismatch, malformed artifact) and was logged once.
+ */
+#ifndef NIXOCI_CACHE_H
+#define NIXOCI_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+/*
+ * Where bytes come from. fetch/ provides one (tools/ and fs/ wire it).
+ * Both functions have the semantics of nx_registry_get_manifest and
+ * nx_registry_get_blob in fetch/fetch.h, including absolute offsets and a
+ * possibly whole-blob answer to a range request.
+ */
+struct nx_source {
+	void *ctx;
+	int (*get_manifest)(void *ctx, const char *ref, size_t cap, char **body, size_t *len,
+			    uint8_t digest[NX_SHA256_LEN]);
+	int (*get_blob)(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint64_t off, uint64_t len,
+			int (*cb)(void *cbctx, uint64_t off, const void *buf, size_t len),
+			void *cbctx);
+};
+
+struct nx_store_opts {
+	const char *cache_dir;     /* created if missing; default /var/cache/nixoci */
+	uint64_t cache_size;       /* bytes; 0 = default 10 GiB */
+	const char *closure;       /* tag or "sha256:..." of a closure index, or NULL */
+	const struct nx_pubkey *keys; /* trusted keys; NULL/0 = trust the manifest */
+	size_t nkeys;
+	int readonly_cache;        /* open the cache without writing (tools) */
+};
+
+struct nx_store;
+struct nx_spath;
+
+/* Opens (creating) the cache and, in closure mode, fetches and verifies the
+ * closure index. The store keeps a copy of @src and pointers in @o->keys
+ * must outlive the store. */
+int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
+		  const struct nx_source *src);
+void nx_store_close(struct nx_store *st);
+
+/*
+ * Resolves a store path base name "<hash>-<name>": in closure mode through
+ * the index, otherwise the tag <hash>. Fetches (or takes from the cache) the
+ * manifest and TOC, checks that the manifest's store path equals
+ * /nix/store/<base>, enforces the trust policy, and decodes the TOC.
+ * -ENOENT when the repository (or closure) has no such path; results,
+ * including -ENOENT, are remembered (negative ones briefly).
+ */
+int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx_spath **out);
+
+/*
+ * Store paths get a 40-bit id derived from their hash part (stable across
+ * restarts). The FUSE layer builds inode numbers as (id << 24) | entry.
+ * Finds a loaded path by id; -ENOENT if none.
+ */
+#define NX_INO_ENTRY_BITS 24
+int nx_store_by_id(struct nx_store *st, uint64_t id, struct nx_spath **out);
+
+/* Calls @cb for every store path base name the root directory lists: the
+ * closure in closure mode, otherwise the paths resolved so far. Stops and
+ * returns a non-zero return of @cb. */
+int nx_store_list(struct nx_store *st, int (*cb)(void *ctx, const char *base), void *ctx);
+
+uint64_t nx_spath_id(const struct nx_spath *p);
+const char *nx_spath_base(const struct nx_spath *p);
+const struct nx_toc *nx_spath_toc(const struct nx_spath *p);
+const struct nx_manifest *nx_spath_manifest(const struct nx_spath *p);
+
+/*
+ * Reads up to @len bytes of regular-file entry @entry at @off into @buf:
+ * fetches the covering frames that are not cached (one Range request for
+ * adjacent frames), verifies each frame's SHA-256, decompresses, caches.
+ * *got = bytes copied (short only at end of file).
+ */
+int nx_store_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		  size_t len, void *buf, size_t *got);
+
+/*
+ * Makes every frame of @p present in the cache. @progress (may be NULL) is
+ * called with bytes done and total.
+ */
+int nx_store_prefetch(struct nx_store *st, struct nx_spath *p,
+		      void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
+
+struct nx_store_stats {
+	uint64_t frames_fetched;
+	uint64_t bytes_fetched;    /* compressed bytes received */
+	uint64_t cache_hits;       /* frames served from disk */
+	uint64_t cache_misses;
+	uint64_t cache_bytes;      /* bytes in chunks now */
+	uint64_t cache_limit;
+	uint64_t evictions;
+	uint64_t verify_failures;
+	uint64_t errors;
+	uint64_t paths_loaded;
+};
+void nx_store_stats(struct nx_store *st, struct nx_store_stats *out);
+
+#endif

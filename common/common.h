@@ -1,0 +1,403 @@
+/*
+ * common/common.h: the leaf library every other folder uses.
+ *
+ * It holds what nixoci knows about formats, and nothing that does I/O on the
+ * network: logging, SHA-256 digests, nixbase32, store-path names, the NAR
+ * writer and parser, the TOC encoder and decoder, the zstd seekable packer and
+ * frame decoder, the OCI manifest and index JSON, and Nix signatures.
+ *
+ * Rules for every function here:
+ *  - returns 0 (or a documented non-negative value) on success and a negative
+ *    errno on failure; parsers of untrusted bytes return -EINVAL (malformed) or
+ *    -E2BIG (a hard limit was exceeded) and log one line naming the problem
+ *    at NX_LOG_ERR unless the function says it is quiet;
+ *  - strings are NUL-terminated UTF-8 unless a length is given;
+ *  - "caller frees" means free(3) unless a *_release/*_free function is named;
+ *  - everything is thread-safe unless a handle is shared between threads.
+ *
+ * The on-registry format these functions implement is docs/format.md.
+ */
+#ifndef NIXOCI_COMMON_H
+#define NIXOCI_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define NX_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* ------------------------------------------------------------------ log */
+
+/* Levels are syslog's. */
+#define NX_LOG_ERR 3
+#define NX_LOG_WARNING 4
+#define NX_LOG_NOTICE 5
+#define NX_LOG_INFO 6
+#define NX_LOG_DEBUG 7
+
+/* One line per call, prefixed with the program name ("nixoci-fs: "), to
+ * stderr, or to syslog after nx_log_use_syslog(1). Lower-case message, no
+ * trailing period, no trailing newline (one is added). Thread-safe. */
+void nx_log(int level, const char *fmt, ...) NX_PRINTF(2, 3);
+void nx_vlog(int level, const char *fmt, va_list ap);
+/* Messages above @level are dropped. Default NX_LOG_NOTICE. */
+void nx_log_set_level(int level);
+int nx_log_get_level(void);
+void nx_log_set_prog(const char *prog); /* pointer is kept; use a literal */
+void nx_log_use_syslog(int on);
+
+/* --------------------------------------------------------------- digest */
+
+#define NX_SHA256_LEN 32
+/* "sha256:" + 64 hex + NUL */
+#define NX_DIGEST_STRLEN 72
+
+struct nx_sha256 {
+	void *md; /* EVP_MD_CTX *, private */
+};
+int nx_sha256_init(struct nx_sha256 *h);
+void nx_sha256_update(struct nx_sha256 *h, const void *buf, size_t len);
+/* Writes the digest and releases the context (init again to reuse). */
+void nx_sha256_final(struct nx_sha256 *h, uint8_t out[NX_SHA256_LEN]);
+/* Releases a context without finishing it (error paths). */
+void nx_sha256_release(struct nx_sha256 *h);
+void nx_sha256(const void *buf, size_t len, uint8_t out[NX_SHA256_LEN]);
+
+/* Lower-case hex; @out has room for 2*len+1. */
+void nx_hex(const uint8_t *buf, size_t len, char *out);
+/* OCI digest "sha256:<64 lower hex>". Quiet: returns -EINVAL, no log. */
+int nx_digest_parse(const char *s, uint8_t out[NX_SHA256_LEN]);
+void nx_digest_format(const uint8_t d[NX_SHA256_LEN], char out[NX_DIGEST_STRLEN]);
+
+/* Standard padded base64 (OpenSSL EVP). nx_base64_decode accepts padded and
+ * unpadded input, returns the decoded length or -EINVAL; @out needs
+ * 3*(len/4+1) bytes. nx_base64_encode writes 4*((len+2)/3)+1 bytes. Quiet. */
+ssize_t nx_base64_decode(const char *in, size_t len, uint8_t *out, size_t cap);
+void nx_base64_encode(const uint8_t *in, size_t len, char *out);
+
+/* -------------------------------------------------------------- nix32 */
+
+/* Characters needed for @n bytes: (n*8-1)/5+1 (0 for 0). */
+size_t nx_nix32_len(size_t n);
+/* @out gets nx_nix32_len(len) chars + NUL. */
+void nx_nix32_encode(const uint8_t *in, size_t len, char *out);
+/* Decodes exactly @slen chars into @outlen bytes; -EINVAL on a bad char,
+ * wrong length or overflow bits. Quiet. */
+int nx_nix32_decode(const char *s, size_t slen, uint8_t *out, size_t outlen);
+
+/* --------------------------------------------------------- store paths */
+
+#define NX_STORE_DIR "/nix/store"
+#define NX_HASH_LEN 32      /* nixbase32 chars of the hash part */
+#define NX_NAME_MAX 211     /* name part */
+#define NX_BASE_MAX (NX_HASH_LEN + 1 + NX_NAME_MAX)
+
+/* Checks "<32 nix32 chars>-<name>" per Nix's grammar (name charset, length,
+ * not "." / ".." / ".-" / "..-" prefixes). @len is the length of @base.
+ * Quiet: 0 or -EINVAL. */
+int nx_storepath_check_base(const char *base, size_t len);
+/* Accepts "/nix/store/<base>" (no trailing slash); sets *base to point into
+ * @path. Quiet: 0 or -EINVAL. */
+int nx_storepath_check(const char *path, const char **base);
+
+/* A NarHash in any form Nix accepts ("sha256:" + nix32/hex/base64, or SRI
+ * "sha256-<base64>"). Quiet: 0 or -EINVAL. */
+int nx_narhash_parse(const char *s, uint8_t out[NX_SHA256_LEN]);
+/* "sha256:" + 52 nix32 chars + NUL = 60 bytes. */
+#define NX_NARHASH_STRLEN 60
+void nx_narhash_format(const uint8_t h[NX_SHA256_LEN], char out[NX_NARHASH_STRLEN]);
+
+/* ---------------------------------------------------------------- NAR */
+
+/* Limits the parser and the TOC decoder enforce (Nix 2.35's, docs/format.md) */
+#define NX_NAR_NAME_MAX 255
+#define NX_NAR_TARGET_MAX 4095
+#define NX_NAR_DEPTH_MAX 64 /* a directory at depth 64 is refused; root = 0 */
+
+enum nx_node_type {
+	NX_NODE_REGULAR = 1,
+	NX_NODE_DIRECTORY = 2,
+	NX_NODE_SYMLINK = 3,
+};
+
+/*
+ * One NAR node, as the writer and the parser see it. Events come in NAR
+ * order (depth first, names in byte order). @path is relative to the store
+ * path root ("" for the root, "bin/hello" below it) and valid only during
+ * the callback. For a regular file, @contents_off is the NAR offset of the
+ * first content byte (just after the 8-byte length) and @size the file size;
+ * the event is delivered before the content bytes are emitted. For a
+ * symlink, @target/@size hold the target. A directory event comes before its
+ * children; @size is 0.
+ */
+struct nx_nar_node {
+	enum nx_node_type type;
+	const char *path;
+	size_t path_len;
+	const char *name; /* last component of path ("" for root) */
+	size_t name_len;
+	unsigned depth; /* root = 0 */
+	int executable;
+	uint64_t size;
+	uint64_t contents_off;
+	const char *target;
+};
+
+/*
+ * Consumer of a NAR stream. @write gets every byte of the NAR in order;
+ * @node is called once per node as described above (may be NULL). Either
+ * returns 0 or a negative errno, which aborts the dump/parse and is returned.
+ */
+struct nx_nar_sink {
+	void *ctx;
+	int (*write)(void *ctx, const void *buf, size_t len);
+	int (*node)(void *ctx, const struct nx_nar_node *node);
+};
+
+/*
+ * Serializes the file system object at @path exactly as `nix-store --dump`
+ * does (lstat, no symlink following, directories sorted bytewise, only the
+ * user-execute bit kept). Unsupported file types, names or targets over the
+ * limits give -EINVAL with a log line naming the file. I/O errors are
+ * returned as -errno with a log line.
+ */
+int nx_nar_dump(const char *path, const struct nx_nar_sink *sink);
+
+/*
+ * Streaming NAR parser for untrusted bytes. Feed any split of the input;
+ * it validates every rule of Nix's parser (docs/format.md "NAR rules"):
+ * tokens, sorted unique names, forbidden names, zero padding, limits. Events
+ * and bytes go to @sink (write may be NULL). nx_nar_parser_finish returns
+ * -EINVAL if the archive is incomplete or had trailing bytes.
+ */
+struct nx_nar_parser;
+int nx_nar_parser_new(struct nx_nar_parser **out, const struct nx_nar_sink *sink);
+int nx_nar_parser_feed(struct nx_nar_parser *p, const void *buf, size_t len);
+int nx_nar_parser_finish(struct nx_nar_parser *p);
+/* Total bytes consumed so far. */
+uint64_t nx_nar_parser_offset(const struct nx_nar_parser *p);
+void nx_nar_parser_free(struct nx_nar_parser *p);
+
+/* ---------------------------------------------------------------- TOC */
+
+/*
+ * The TOC (docs/format.md "TOC blob") describes one store path's NAR: every
+ * node, and every zstd frame of the NAR layer with the SHA-256 of its
+ * compressed bytes. In memory, entries are in breadth-first order so that the
+ * children of a directory are contiguous and sorted by name; entry 0 is the
+ * store path's root. The entry index is stable for a given TOC and is part
+ * of the inode number (docs/architecture.md).
+ */
+#define NX_TOC_MAX_ENTRIES (1u << 24)
+#define NX_TOC_MAX_FRAMES (1u << 24)
+#define NX_TOC_MAX_BYTES (256u << 20)
+#define NX_FRAME_MAX (1u << 20) /* uncompressed bytes per frame */
+
+struct nx_toc_entry {
+	uint32_t parent;      /* index of the parent dir; root: 0 */
+	uint32_t name_off;    /* into strtab; root: name_len 0 */
+	uint32_t name_len;
+	uint8_t type;         /* enum nx_node_type */
+	uint8_t executable;   /* regular only */
+	uint32_t first_child; /* directories: index of first child */
+	uint32_t nchildren;   /* directories: number of children */
+	uint64_t size;        /* regular: file size; symlink: target length */
+	uint64_t off;         /* regular: NAR offset of contents;
+			       * symlink: strtab offset of target */
+};
+
+struct nx_toc_frame {
+	uint64_t coff; /* offset in the NAR layer blob */
+	uint64_t uoff; /* offset in the NAR */
+	uint32_t clen;
+	uint32_t ulen;
+	uint8_t sha256[NX_SHA256_LEN]; /* of the compressed bytes */
+};
+
+struct nx_toc {
+	uint64_t nar_size;
+	uint64_t blob_size; /* whole NAR layer, seek table included */
+	uint32_t nentries;
+	uint32_t nframes;
+	uint32_t strtab_len;
+	struct nx_toc_entry *entries;
+	struct nx_toc_frame *frames;
+	char *strtab;
+};
+
+/* Builds a TOC while nx_nar_dump runs: use nx_toc_builder_sink() as (part
+ * of) the NAR sink and call nx_toc_builder_add_frame for each frame the
+ * packer emits. */
+struct nx_toc_builder;
+int nx_toc_builder_new(struct nx_toc_builder **out);
+int nx_toc_builder_node(struct nx_toc_builder *b, const struct nx_nar_node *n);
+int nx_toc_builder_add_frame(struct nx_toc_builder *b, const struct nx_toc_frame *f);
+/* Produces the encoded TOC (caller frees *buf). @nar_size/@blob_size are the
+ * final sizes. The builder can then only be freed. */
+int nx_toc_builder_finish(struct nx_toc_builder *b, uint64_t nar_size, uint64_t blob_size,
+			  uint8_t **buf, size_t *len);
+void nx_toc_builder_free(struct nx_toc_builder *b);
+
+/*
+ * Decodes and validates an encoded TOC from untrusted bytes (already verified
+ * against its digest, but treat as hostile). Every rule of docs/format.md is
+ * checked: magic, version, limits, string bounds, tree shape, sorted unique
+ * valid names, frames contiguous from 0 covering exactly nar_size and
+ * blob_size minus the seek table, file ranges inside nar_size. On success
+ * *out is owned by the caller: nx_toc_free().
+ */
+int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out);
+void nx_toc_free(struct nx_toc *toc);
+
+/* Child of directory @dir named @name, or -ENOENT / -ENOTDIR. Binary search. */
+int64_t nx_toc_lookup(const struct nx_toc *toc, uint32_t dir, const char *name, size_t len);
+/* Pointer into strtab, not NUL-terminated: use *len. Valid while toc lives. */
+const char *nx_toc_name(const struct nx_toc *toc, uint32_t idx, size_t *len);
+const char *nx_toc_target(const struct nx_toc *toc, uint32_t idx, size_t *len);
+/* Frames [*first, *last] that cover NAR bytes [uoff, uoff+len), len > 0. */
+int nx_toc_frames_for(const struct nx_toc *toc, uint64_t uoff, uint64_t len, uint32_t *first,
+		      uint32_t *last);
+
+/* ------------------------------------------------ zstd seekable packing */
+
+/* The zstd settings of format v1, recorded in the manifest. */
+#define NX_ZSTD_LEVEL 3
+
+/*
+ * Compresses a NAR into independent zstd frames written to @fd, then the
+ * seek table. Use nx_packer_sink() as the NAR sink (it routes nodes to @toc
+ * too when @toc is not NULL, and records frames there). Frames are cut so no
+ * frame exceeds NX_FRAME_MAX uncompressed bytes, small files share frames,
+ * and a file that does not fit in the current frame starts a new one.
+ */
+struct nx_packer;
+int nx_packer_new(struct nx_packer **out, int fd, struct nx_toc_builder *toc);
+/* The sink to hand to nx_nar_dump; valid while the packer lives. */
+const struct nx_nar_sink *nx_packer_sink(struct nx_packer *p);
+/* Flushes the last frame, writes the seek table. Reports totals and the
+ * SHA-256 of everything written to @fd and of the NAR itself. */
+int nx_packer_finish(struct nx_packer *p, uint64_t *nar_size, uint64_t *blob_size,
+		     uint8_t blob_sha256[NX_SHA256_LEN], uint8_t nar_sha256[NX_SHA256_LEN]);
+void nx_packer_free(struct nx_packer *p);
+/* "zstd=1.5.4;level=3;frame-max=1048576;checksum=1;pledged=1;workers=0" */
+const char *nx_packer_params(void);
+
+/* Seek table (zstd seekable format, no checksums). Encodes n frames as the
+ * final skippable frame; @out must hold 9 + 8 + 8*n bytes. */
+size_t nx_seektable_size(uint32_t nframes);
+void nx_seektable_encode(const struct nx_toc_frame *f, uint32_t n, uint8_t *out);
+/* Parses a seek table from the last @len bytes of a blob (@tail). On success
+ * *sizes gets n pairs (csize, dsize) as uint32 (caller frees). */
+int nx_seektable_decode(const void *tail, size_t len, uint32_t **sizes, uint32_t *n);
+
+/*
+ * Decompresses one frame of exactly @clen bytes into @dst, which must hold
+ * exactly @ulen bytes. The frame header's content size must equal @ulen and
+ * the output must be exactly @ulen (a bomb or short frame is -EINVAL).
+ */
+int nx_frame_decompress(const void *src, size_t clen, void *dst, size_t ulen);
+/* One-shot helpers for the TOC blob (a single zstd frame). *out is
+ * malloc'ed; decompressed size is capped at @cap. */
+int nx_zstd_compress(const void *src, size_t len, uint8_t **out, size_t *outlen);
+int nx_zstd_decompress(const void *src, size_t len, size_t cap, uint8_t **out, size_t *outlen);
+
+/* ------------------------------------------------- manifests and index */
+
+#define NX_MT_MANIFEST "application/vnd.oci.image.manifest.v1+json"
+#define NX_MT_INDEX "application/vnd.oci.image.index.v1+json"
+#define NX_MT_EMPTY "application/vnd.oci.empty.v1+json"
+#define NX_ARTIFACT_STORE_PATH "application/vnd.nixoci.store-path.v1"
+#define NX_MT_NAR "application/vnd.nixoci.nar.v1.zstd-seekable"
+#define NX_MT_TOC "application/vnd.nixoci.toc.v1+zstd"
+#define NX_EMPTY_DIGEST "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+#define NX_MANIFEST_MAX (4u << 20)
+#define NX_INDEX_MAX (4u << 20)
+
+/* The narinfo view of a store path (all strings caller-owned via release). */
+struct nx_pathinfo {
+	char *store_path;              /* "/nix/store/<hash>-<name>" */
+	uint8_t nar_hash[NX_SHA256_LEN];
+	uint64_t nar_size;
+	char **refs;                   /* base names, sorted */
+	size_t nrefs;
+	char *deriver;                 /* base name or NULL */
+	char **sigs;                   /* "name:base64" */
+	size_t nsigs;
+	char *ca;                      /* or NULL */
+};
+void nx_pathinfo_release(struct nx_pathinfo *pi);
+
+struct nx_desc {
+	uint8_t digest[NX_SHA256_LEN];
+	uint64_t size;
+};
+
+/* One store-path manifest (docs/format.md "Store-path manifest"). */
+struct nx_manifest {
+	struct nx_pathinfo info;
+	struct nx_desc nar; /* layer 0, NX_MT_NAR */
+	struct nx_desc toc; /* layer 1, NX_MT_TOC */
+	char **toc_sigs;    /* "name:base64" over nx_toc_fingerprint */
+	size_t ntoc_sigs;
+	char *zstd_params;  /* nx_packer_params() at push time */
+};
+void nx_manifest_release(struct nx_manifest *m);
+/* Deterministic serialization: same struct, same bytes. *json caller frees. */
+int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len);
+/* Strict parse of untrusted bytes (≤ NX_MANIFEST_MAX): media types, artifact
+ * type, annotations present and well-formed, store path valid. */
+int nx_manifest_parse(const char *json, size_t len, struct nx_manifest *out);
+
+/* A closure: an OCI image index listing store-path manifests. */
+struct nx_index_entry {
+	struct nx_desc desc;
+	char *store_path;
+};
+struct nx_index {
+	struct nx_index_entry *entries;
+	size_t nentries;
+	char **roots; /* store paths */
+	size_t nroots;
+};
+void nx_index_release(struct nx_index *ix);
+int nx_index_build(const struct nx_index *ix, char **json, size_t *len);
+/* -EINVAL if it is not a nixoci closure index. */
+int nx_index_parse(const char *json, size_t len, struct nx_index *out);
+
+/* ---------------------------------------------------------- signatures */
+
+struct nx_pubkey {
+	char name[128];
+	uint8_t key[32];
+};
+struct nx_seckey {
+	char name[128];
+	uint8_t seed[32];
+};
+/* Parses a whitespace- or comma-separated list of "name:base64" keys.
+ * *keys caller frees. */
+int nx_pubkeys_parse(const char *list, struct nx_pubkey **keys, size_t *n);
+/* Reads a `nix-store --generate-binary-cache-key` secret key file. */
+int nx_seckey_load(const char *file, struct nx_seckey *out);
+/* Nix's narinfo fingerprint "1;<path>;sha256:<nix32>;<size>;<refs>". */
+int nx_fingerprint(const struct nx_pathinfo *pi, char **out);
+/* nixoci's TOC fingerprint, docs/format.md "Trust". */
+int nx_toc_fingerprint(const char *store_path, const uint8_t nar_hash[NX_SHA256_LEN],
+		       const uint8_t toc_digest[NX_SHA256_LEN], char **out);
+/* 1 if @sig ("name:base64") verifies over @msg under the key of that name in
+ * @keys, 0 if not (unknown name, bad signature, malformed), never negative
+ * except -ENOMEM. */
+int nx_sig_verify(const struct nx_pubkey *keys, size_t nkeys, const char *sig, const char *msg,
+		  size_t len);
+/* *sig = "name:base64" (caller frees). */
+int nx_sig_sign(const struct nx_seckey *key, const char *msg, size_t len, char **sig);
+
+/* -------------------------------------------------------------- misc */
+
+/* Parses "10G", "512M", "4096", "1K" (powers of 1024). Quiet. */
+int nx_parse_size(const char *s, uint64_t *out);
+/* Monotonic clock in nanoseconds. */
+uint64_t nx_now_ns(void);
+
+#endif

@@ -1,0 +1,116 @@
+/*
+ * fetch/fetch.h: the OCI distribution client. The only folder that includes
+ * <curl/curl.h>. It moves bytes; it does not interpret manifests (common/
+ * does) and knows nothing of the cache.
+ *
+ * Errors: every function returns 0 or a negative errno, and logs one line
+ * naming the registry, the object and the cause where the error happens.
+ * The mapping, applied once in fetch/:
+ *   unknown host          -EHOSTUNREACH   connection refused  -ECONNREFUSED
+ *   timeout / stall       -ETIMEDOUT      TLS failure         -EPROTO
+ *   401 / 403             -EACCES         404                 -ENOENT
+ *   429 / 5xx (after retries) -EAGAIN     digest mismatch     -EBADMSG
+ *   body over cap         -E2BIG          other protocol errors -EIO
+ *
+ * Thread rules: one struct nx_registry is shared by all threads; every
+ * function may be called concurrently. Internally a bounded pool of curl easy
+ * handles (max_transfers) limits parallel transfers; callers block for a free
+ * one. nx_fetch_global_init() must run before any thread starts.
+ */
+#ifndef NIXOCI_FETCH_H
+#define NIXOCI_FETCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+int nx_fetch_global_init(void);
+void nx_fetch_global_cleanup(void);
+
+struct nx_regopts {
+	const char *cafile;     /* extra CA bundle, or NULL */
+	int timeout_s;          /* per-request deadline; 0 = default 30 */
+	int max_transfers;      /* parallel transfers; 0 = default 8 */
+	int insecure;           /* allow plain HTTP / unverified TLS for this registry */
+	int quiet_404;          /* 404 on a manifest is expected: log at debug level */
+};
+
+struct nx_registry;
+
+/*
+ * Parses "HOST[:PORT]/REPO" (REPO lower-case, distribution's grammar) and
+ * prepares a client. Loopback hosts (127.0.0.0/8, localhost, [::1]) use
+ * http://, every other host https:// with verification. No network I/O.
+ * -EINVAL with a message naming the reference when it is malformed.
+ */
+int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_regopts *o);
+void nx_registry_close(struct nx_registry *r);
+/* "HOST[:PORT]/REPO" as given; valid while @r lives. */
+const char *nx_registry_ref(const struct nx_registry *r);
+
+/* GET /v2/ : checks the registry answers. */
+int nx_registry_ping(struct nx_registry *r);
+
+/*
+ * GET /v2/<repo>/manifests/<ref>. @ref is a tag or "sha256:..". The body is
+ * capped at @cap. *body (caller frees, NUL-terminated), *len, *digest (sha256
+ * of the body; if @ref is a digest the body must match it or -EBADMSG) and
+ * *media_type (caller frees, may be NULL on input to skip).
+ */
+int nx_registry_get_manifest(struct nx_registry *r, const char *ref, size_t cap, char **body,
+			     size_t *len, uint8_t digest[NX_SHA256_LEN], char **media_type);
+
+/*
+ * Streams blob bytes [off, off+len) to @cb. The callback receives absolute
+ * blob offsets. If the registry ignores Range and sends the whole blob, @cb
+ * gets every byte from offset 0 and must skip what it does not want (it may
+ * also keep it). @len 0 means to the end. @cb returns 0 or a negative errno
+ * that aborts the transfer and is returned. Retries (when nothing was
+ * delivered yet) are internal.
+ */
+typedef int (*nx_blob_cb)(void *ctx, uint64_t off, const void *buf, size_t len);
+int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
+			 uint64_t len, nx_blob_cb cb, void *ctx);
+
+/* HEAD a blob: *exists = 1 on 200, 0 on 404. */
+int nx_registry_blob_exists(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+			    int *exists);
+/* Monolithic upload (POST + PUT ?digest=) of @size bytes read from @fd at
+ * offset 0 (pread), or from @buf when @fd < 0. */
+int nx_registry_put_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
+			 const void *buf, uint64_t size);
+/* HEAD a manifest: *exists and, when it exists, *digest. */
+int nx_registry_manifest_exists(struct nx_registry *r, const char *ref, int *exists,
+				uint8_t digest[NX_SHA256_LEN]);
+/* PUT /v2/<repo>/manifests/<ref> with Content-Type @media_type. */
+int nx_registry_put_manifest(struct nx_registry *r, const char *ref, const char *media_type,
+			     const char *body, size_t len);
+
+/* Every tag of the repository, following pagination (Link rel=next). @cb
+ * gets one tag at a time; a non-zero return stops and is returned. */
+int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char *tag),
+			  void *ctx);
+
+/*
+ * Adapters with exactly the signatures of struct nx_source (cache/cache.h),
+ * so main() can wire a registry into a store without fetch/ including
+ * cache.h:  struct nx_source src = { reg, nx_registry_source_manifest,
+ *                                     nx_registry_source_blob };
+ * @ctx is the struct nx_registry *.
+ */
+int nx_registry_source_manifest(void *ctx, const char *ref, size_t cap, char **body, size_t *len,
+				uint8_t digest[NX_SHA256_LEN]);
+int nx_registry_source_blob(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
+			    uint64_t len, nx_blob_cb cb, void *cbctx);
+
+/* Counters since open (for `nixoci stats` and tests). */
+struct nx_fetch_stats {
+	uint64_t requests;
+	uint64_t bytes;   /* body bytes received */
+	uint64_t errors;
+	uint64_t retries;
+};
+void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out);
+
+#endif

@@ -12,7 +12,7 @@
  *    -E2BIG (a hard limit was exceeded) and log one line naming the problem
  *    at NX_LOG_ERR unless the function says it is quiet;
  *  - strings are NUL-terminated UTF-8 unless a length is given;
- *  - "caller frees" means free(3) unless a *_release/*_free function is named;
+ *  - "caller frees" means free(3) unless a *_release or *_free function is named;
  *  - everything is thread-safe unless a handle is shared between threads.
  *
  * The on-registry format these functions implement is docs/format.md.
@@ -40,7 +40,7 @@
  * stderr, or to syslog after nx_log_use_syslog(1). Lower-case message, no
  * trailing period, no trailing newline (one is added). Thread-safe. */
 void nx_log(int level, const char *fmt, ...) NX_PRINTF(2, 3);
-void nx_vlog(int level, const char *fmt, va_list ap);
+void nx_vlog(int level, const char *fmt, va_list ap) NX_PRINTF(2, 0);
 /* Messages above @level are dropped. Default NX_LOG_NOTICE. */
 void nx_log_set_level(int level);
 int nx_log_get_level(void);

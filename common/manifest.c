@@ -1,0 +1,788 @@
+/*
+ * common/manifest.c: the store-path manifest and the closure index JSON
+ * (docs/format.md sections 2 and 5), with jansson.
+ *
+ * Building is deterministic: compact output with sorted keys, references
+ * sorted, lists joined with single spaces, so that the same struct always
+ * gives the same bytes and so the same digest. Parsing is strict about what
+ * nixoci relies on and names the offending field in its one error line;
+ * keys nixoci does not know are ignored, as OCI requires.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+
+#define NX_ARTIFACT_CLOSURE "application/vnd.nixoci.closure.v1"
+#define A_PREFIX "dev.nixoci."
+#define SIZE_LIMIT (1ull << 53)
+
+/* --------------------------------------------------------------- helpers */
+
+static void free_list(char **v, size_t n)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+void nx_pathinfo_release(struct nx_pathinfo *pi)
+{
+	if (!pi)
+		return;
+	free(pi->store_path);
+	free_list(pi->refs, pi->nrefs);
+	free(pi->deriver);
+	free_list(pi->sigs, pi->nsigs);
+	free(pi->ca);
+	memset(pi, 0, sizeof(*pi));
+}
+
+void nx_manifest_release(struct nx_manifest *m)
+{
+	if (!m)
+		return;
+	nx_pathinfo_release(&m->info);
+	free_list(m->toc_sigs, m->ntoc_sigs);
+	free(m->zstd_params);
+	memset(m, 0, sizeof(*m));
+}
+
+void nx_index_release(struct nx_index *ix)
+{
+	if (!ix)
+		return;
+	for (size_t i = 0; i < ix->nentries; i++)
+		free(ix->entries[i].store_path);
+	free(ix->entries);
+	free_list(ix->roots, ix->nroots);
+	memset(ix, 0, sizeof(*ix));
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Joins @v with single spaces, sorted when @sort. Caller frees. */
+static char *join(char *const *v, size_t n, int sort)
+{
+	const char **tmp = NULL;
+	size_t len = 1, pos = 0;
+	char *s;
+
+	if (n) {
+		tmp = malloc(n * sizeof(*tmp));
+		if (!tmp)
+			return NULL;
+		memcpy(tmp, v, n * sizeof(*tmp));
+		if (sort)
+			qsort(tmp, n, sizeof(*tmp), cmp_str);
+	}
+	for (size_t i = 0; i < n; i++)
+		len += strlen(tmp[i]) + 1;
+	s = malloc(len);
+	if (!s) {
+		free(tmp);
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		size_t l = strlen(tmp[i]);
+
+		if (i)
+			s[pos++] = ' ';
+		memcpy(s + pos, tmp[i], l);
+		pos += l;
+	}
+	s[pos] = '\0';
+	free(tmp);
+	return s;
+}
+
+/* obj[key] = string, stealing nothing; returns -ENOMEM on failure. */
+static int set_str(json_t *obj, const char *key, const char *val)
+{
+	json_t *v = json_string(val);
+
+	if (!v || json_object_set_new(obj, key, v) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static int set_int(json_t *obj, const char *key, json_int_t val)
+{
+	json_t *v = json_integer(val);
+
+	if (!v || json_object_set_new(obj, key, v) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static json_t *make_desc(const char *mt, const uint8_t digest[NX_SHA256_LEN], uint64_t size)
+{
+	char d[NX_DIGEST_STRLEN];
+	json_t *o = json_object();
+
+	if (!o)
+		return NULL;
+	nx_digest_format(digest, d);
+	if (set_str(o, "mediaType", mt) < 0 || set_str(o, "digest", d) < 0 ||
+	    set_int(o, "size", (json_int_t)size) < 0) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+static int dump(json_t *root, char **json, size_t *len)
+{
+	char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+
+	if (!s)
+		return -ENOMEM;
+	*json = s;
+	*len = strlen(s);
+	return 0;
+}
+
+/* Strict decimal: digits only, no sign, no leading zero, fits in 64 bits. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (!*s || (s[0] == '0' && s[1]))
+		return -EINVAL;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
+			return -EINVAL;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+enum list_kind { L_BASE, L_PATH, L_SIG };
+
+static int item_ok(enum list_kind k, const char *s, size_t len)
+{
+	const char *colon;
+
+	switch (k) {
+	case L_BASE:
+		return nx_storepath_check_base(s, len) == 0;
+	case L_PATH: {
+		char tmp[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 1];
+		const char *base;
+
+		if (len >= sizeof(tmp))
+			return 0;
+		memcpy(tmp, s, len);
+		tmp[len] = '\0';
+		return nx_storepath_check(tmp, &base) == 0;
+	}
+	default:
+		colon = memchr(s, ':', len);
+		return colon && colon > s && colon + 1 < s + len;
+	}
+}
+
+/*
+ * Splits a single-space-separated list ("" is the empty list), checking each
+ * item. With @sorted, items must be strictly increasing bytewise.
+ */
+static int split_list(const char *field, const char *s, enum list_kind k, int sorted,
+		      char ***out, size_t *n)
+{
+	char **v = NULL;
+	size_t cnt = 0, cap = 0;
+	const char *p = s;
+
+	*out = NULL;
+	*n = 0;
+	if (!*s)
+		return 0;
+	for (;;) {
+		const char *e = strchr(p, ' ');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+
+		if (len == 0 || !item_ok(k, p, len)) {
+			nx_log(NX_LOG_ERR, "%s: invalid item '%.*s'", field, (int)len, p);
+			goto fail;
+		}
+		if (cnt == cap) {
+			size_t ncap = cap ? cap * 2 : 8;
+			char **nv = realloc(v, ncap * sizeof(*nv));
+
+			if (!nv)
+				goto nomem;
+			v = nv;
+			cap = ncap;
+		}
+		v[cnt] = strndup(p, len);
+		if (!v[cnt])
+			goto nomem;
+		if (sorted && cnt > 0 && strcmp(v[cnt - 1], v[cnt]) >= 0) {
+			nx_log(NX_LOG_ERR, "%s: '%s' is not sorted or is a duplicate", field,
+			       v[cnt]);
+			cnt++;
+			goto fail;
+		}
+		cnt++;
+		if (!e)
+			break;
+		p = e + 1;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+nomem:
+	free_list(v, cnt);
+	return -ENOMEM;
+fail:
+	free_list(v, cnt);
+	return -EINVAL;
+}
+
+static int parse_root(const char *what, const char *json, size_t len, size_t cap,
+		      json_t **root)
+{
+	json_error_t err;
+
+	if (len > cap) {
+		nx_log(NX_LOG_ERR, "%s: %zu bytes exceeds the limit of %zu", what, len, cap);
+		return -E2BIG;
+	}
+	*root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &err);
+	if (!*root) {
+		nx_log(NX_LOG_ERR, "%s: not valid json: %s (line %d)", what, err.text, err.line);
+		return -EINVAL;
+	}
+	if (!json_is_object(*root)) {
+		nx_log(NX_LOG_ERR, "%s: not a json object", what);
+		json_decref(*root);
+		*root = NULL;
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* obj[key] as a string; NULL (and a log line when @required) otherwise. */
+static const char *get_str(const char *what, json_t *obj, const char *key, int required)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (!v) {
+		if (required)
+			nx_log(NX_LOG_ERR, "%s: %s is missing", what, key);
+		return NULL;
+	}
+	if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
+		nx_log(NX_LOG_ERR, "%s: %s is not a string", what, key);
+		return NULL;
+	}
+	return json_string_value(v);
+}
+
+static int check_eq(const char *what, json_t *obj, const char *key, const char *want)
+{
+	const char *s = get_str(what, obj, key, 1);
+
+	if (!s)
+		return -EINVAL;
+	if (strcmp(s, want) != 0) {
+		nx_log(NX_LOG_ERR, "%s: %s is '%s', expected '%s'", what, key, s, want);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_schema(const char *what, json_t *root)
+{
+	json_t *v = json_object_get(root, "schemaVersion");
+
+	if (!json_is_integer(v) || json_integer_value(v) != 2) {
+		nx_log(NX_LOG_ERR, "%s: schemaVersion is not 2", what);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* A descriptor: mediaType (checked against @mt when not NULL), digest, size. */
+static int parse_desc(const char *what, json_t *d, const char *mt, struct nx_desc *out)
+{
+	const char *dg;
+	json_t *sz;
+
+	if (!json_is_object(d)) {
+		nx_log(NX_LOG_ERR, "%s: not an object", what);
+		return -EINVAL;
+	}
+	if (mt && check_eq(what, d, "mediaType", mt) < 0)
+		return -EINVAL;
+	dg = get_str(what, d, "digest", 1);
+	if (!dg)
+		return -EINVAL;
+	if (nx_digest_parse(dg, out->digest) < 0) {
+		nx_log(NX_LOG_ERR, "%s: digest '%s' is not sha256:<64 lower-case hex>", what, dg);
+		return -EINVAL;
+	}
+	sz = json_object_get(d, "size");
+	if (!json_is_integer(sz) || json_integer_value(sz) <= 0 ||
+	    (uint64_t)json_integer_value(sz) >= SIZE_LIMIT) {
+		nx_log(NX_LOG_ERR, "%s: size is not a positive integer below 2^53", what);
+		return -EINVAL;
+	}
+	out->size = (uint64_t)json_integer_value(sz);
+	return 0;
+}
+
+static int dup_opt(const char *s, char **out)
+{
+	*out = NULL;
+	if (!s)
+		return 0;
+	*out = strdup(s);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* -------------------------------------------------------------- manifest */
+
+static int manifest_annotations(const struct nx_manifest *m, json_t *a)
+{
+	const struct nx_pathinfo *pi = &m->info;
+	char nh[NX_NARHASH_STRLEN], num[32], *s;
+	int r;
+
+	nx_narhash_format(pi->nar_hash, nh);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)pi->nar_size);
+	if (set_str(a, A_PREFIX "format", "1") < 0 ||
+	    set_str(a, A_PREFIX "store-path", pi->store_path) < 0 ||
+	    set_str(a, A_PREFIX "nar-hash", nh) < 0 || set_str(a, A_PREFIX "nar-size", num) < 0 ||
+	    set_str(a, A_PREFIX "zstd", m->zstd_params) < 0)
+		return -ENOMEM;
+	s = join(pi->refs, pi->nrefs, 1);
+	if (!s)
+		return -ENOMEM;
+	r = set_str(a, A_PREFIX "references", s);
+	free(s);
+	if (r < 0)
+		return r;
+	if (pi->deriver && set_str(a, A_PREFIX "deriver", pi->deriver) < 0)
+		return -ENOMEM;
+	if (pi->ca && set_str(a, A_PREFIX "ca", pi->ca) < 0)
+		return -ENOMEM;
+	if (pi->nsigs) {
+		s = join(pi->sigs, pi->nsigs, 0);
+		if (!s)
+			return -ENOMEM;
+		r = set_str(a, A_PREFIX "sigs", s);
+		free(s);
+		if (r < 0)
+			return r;
+	}
+	if (m->ntoc_sigs) {
+		s = join(m->toc_sigs, m->ntoc_sigs, 0);
+		if (!s)
+			return -ENOMEM;
+		r = set_str(a, A_PREFIX "toc-sigs", s);
+		free(s);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len)
+{
+	static const uint8_t empty_digest[NX_SHA256_LEN] = {
+		0x44, 0x13, 0x6f, 0xa3, 0x55, 0xb3, 0x67, 0x8a, 0x11, 0x46, 0xad,
+		0x16, 0xf7, 0xe8, 0x64, 0x9e, 0x94, 0xfb, 0x4f, 0xc2, 0x1f, 0xe7,
+		0x7e, 0x83, 0x10, 0xc0, 0x60, 0xf6, 0x1c, 0xaa, 0xff, 0x8a,
+	};
+	const char *base;
+	json_t *root = NULL, *a, *layers, *d;
+	int r = -ENOMEM;
+
+	if (!m->info.store_path || nx_storepath_check(m->info.store_path, &base) < 0 ||
+	    m->info.nar_size == 0 || !m->zstd_params || m->nar.size == 0 || m->toc.size == 0) {
+		nx_log(NX_LOG_ERR, "manifest: incomplete store path information for '%s'",
+		       m->info.store_path ? m->info.store_path : "(null)");
+		return -EINVAL;
+	}
+	root = json_object();
+	a = json_object();
+	layers = json_array();
+	if (!root || !a || !layers) {
+		json_decref(a);
+		json_decref(layers);
+		goto out;
+	}
+	if (json_object_set_new(root, "annotations", a) < 0) {
+		json_decref(layers);
+		goto out;
+	}
+	if (json_object_set_new(root, "layers", layers) < 0)
+		goto out;
+	r = manifest_annotations(m, a);
+	if (r < 0)
+		goto out;
+	r = -ENOMEM;
+	d = make_desc(NX_MT_NAR, m->nar.digest, m->nar.size);
+	if (!d || json_array_append_new(layers, d) < 0)
+		goto out;
+	d = make_desc(NX_MT_TOC, m->toc.digest, m->toc.size);
+	if (!d || json_array_append_new(layers, d) < 0)
+		goto out;
+	d = make_desc(NX_MT_EMPTY, empty_digest, 2);
+	if (!d || json_object_set_new(root, "config", d) < 0)
+		goto out;
+	if (set_str(root, "artifactType", NX_ARTIFACT_STORE_PATH) < 0 ||
+	    set_str(root, "mediaType", NX_MT_MANIFEST) < 0 || set_int(root, "schemaVersion", 2) < 0)
+		goto out;
+	r = dump(root, json, len);
+	if (r == 0) {
+		/* Never publish what a reader refuses (bad refs, sigs, sizes). */
+		struct nx_manifest check;
+
+		r = nx_manifest_parse(*json, *len, &check);
+		if (r < 0) {
+			nx_log(NX_LOG_ERR, "manifest: refusing to build an invalid manifest for %s",
+			       m->info.store_path);
+			free(*json);
+			*json = NULL;
+		}
+		nx_manifest_release(&check);
+	}
+out:
+	json_decref(root);
+	return r;
+}
+
+static int manifest_parse_annotations(json_t *a, struct nx_manifest *m)
+{
+	static const char what[] = "manifest annotations";
+	struct nx_pathinfo *pi = &m->info;
+	const char *s, *base;
+	char canon[NX_NARHASH_STRLEN];
+	json_t *v;
+	const char *key;
+	int r;
+
+	if (!json_is_object(a)) {
+		nx_log(NX_LOG_ERR, "manifest: annotations are missing or not an object");
+		return -EINVAL;
+	}
+	json_object_foreach(a, key, v) {
+		if (!json_is_string(v)) {
+			nx_log(NX_LOG_ERR, "manifest: annotation %s is not a string", key);
+			return -EINVAL;
+		}
+	}
+	s = get_str(what, a, A_PREFIX "format", 1);
+	if (!s)
+		return -EINVAL;
+	if (strcmp(s, "1") != 0) {
+		nx_log(NX_LOG_ERR, "manifest: unsupported dev.nixoci.format '%s' (this nixoci "
+				   "reads format 1; upgrade nixoci)", s);
+		return -EINVAL;
+	}
+	s = get_str(what, a, A_PREFIX "store-path", 1);
+	if (!s)
+		return -EINVAL;
+	if (nx_storepath_check(s, &base) < 0) {
+		nx_log(NX_LOG_ERR, "manifest: dev.nixoci.store-path '%s' is not a valid store path",
+		       s);
+		return -EINVAL;
+	}
+	pi->store_path = strdup(s);
+	if (!pi->store_path)
+		return -ENOMEM;
+	s = get_str(what, a, A_PREFIX "nar-hash", 1);
+	if (!s)
+		return -EINVAL;
+	if (nx_narhash_parse(s, pi->nar_hash) < 0 ||
+	    (nx_narhash_format(pi->nar_hash, canon), strcmp(canon, s) != 0)) {
+		nx_log(NX_LOG_ERR, "manifest: dev.nixoci.nar-hash '%s' is not sha256:<52 nix32>",
+		       s);
+		return -EINVAL;
+	}
+	s = get_str(what, a, A_PREFIX "nar-size", 1);
+	if (!s)
+		return -EINVAL;
+	if (parse_u64(s, &pi->nar_size) < 0 || pi->nar_size == 0) {
+		nx_log(NX_LOG_ERR, "manifest: dev.nixoci.nar-size '%s' is not a positive integer",
+		       s);
+		return -EINVAL;
+	}
+	s = get_str(what, a, A_PREFIX "references", 1);
+	if (!s)
+		return -EINVAL;
+	r = split_list("manifest: dev.nixoci.references", s, L_BASE, 1, &pi->refs, &pi->nrefs);
+	if (r < 0)
+		return r;
+	s = get_str(what, a, A_PREFIX "deriver", 0);
+	if (s && nx_storepath_check_base(s, strlen(s)) < 0) {
+		nx_log(NX_LOG_ERR, "manifest: dev.nixoci.deriver '%s' is not a store base name",
+		       s);
+		return -EINVAL;
+	}
+	if (dup_opt(s, &pi->deriver) < 0)
+		return -ENOMEM;
+	s = get_str(what, a, A_PREFIX "ca", 0);
+	if (s && !*s) {
+		nx_log(NX_LOG_ERR, "manifest: dev.nixoci.ca is empty");
+		return -EINVAL;
+	}
+	if (dup_opt(s, &pi->ca) < 0)
+		return -ENOMEM;
+	s = get_str(what, a, A_PREFIX "sigs", 0);
+	if (s) {
+		r = split_list("manifest: dev.nixoci.sigs", s, L_SIG, 0, &pi->sigs, &pi->nsigs);
+		if (r < 0)
+			return r;
+	}
+	s = get_str(what, a, A_PREFIX "toc-sigs", 0);
+	if (s) {
+		r = split_list("manifest: dev.nixoci.toc-sigs", s, L_SIG, 0, &m->toc_sigs,
+			       &m->ntoc_sigs);
+		if (r < 0)
+			return r;
+	}
+	s = get_str(what, a, A_PREFIX "zstd", 1);
+	if (!s)
+		return -EINVAL;
+	if (!*s) {
+		nx_log(NX_LOG_ERR, "manifest: dev.nixoci.zstd is empty");
+		return -EINVAL;
+	}
+	return dup_opt(s, &m->zstd_params);
+}
+
+int nx_manifest_parse(const char *json, size_t len, struct nx_manifest *out)
+{
+	static const char what[] = "manifest";
+	struct nx_desc cfg;
+	json_t *root, *layers;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	r = parse_root(what, json, len, NX_MANIFEST_MAX, &root);
+	if (r < 0)
+		return r;
+	r = -EINVAL;
+	if (check_schema(what, root) < 0 || check_eq(what, root, "mediaType", NX_MT_MANIFEST) < 0 ||
+	    check_eq(what, root, "artifactType", NX_ARTIFACT_STORE_PATH) < 0)
+		goto out;
+	if (parse_desc("manifest config", json_object_get(root, "config"), NX_MT_EMPTY, &cfg) < 0)
+		goto out;
+	if (cfg.size != 2 || check_eq("manifest config", json_object_get(root, "config"),
+				      "digest", NX_EMPTY_DIGEST) < 0) {
+		nx_log(NX_LOG_ERR, "manifest: config is not the empty descriptor");
+		goto out;
+	}
+	layers = json_object_get(root, "layers");
+	if (!json_is_array(layers) || json_array_size(layers) != 2) {
+		nx_log(NX_LOG_ERR, "manifest: layers is not an array of exactly 2 (nar, toc)");
+		goto out;
+	}
+	if (parse_desc("manifest layers[0] (nar)", json_array_get(layers, 0), NX_MT_NAR,
+		       &out->nar) < 0 ||
+	    parse_desc("manifest layers[1] (toc)", json_array_get(layers, 1), NX_MT_TOC,
+		       &out->toc) < 0)
+		goto out;
+	r = manifest_parse_annotations(json_object_get(root, "annotations"), out);
+out:
+	json_decref(root);
+	if (r < 0)
+		nx_manifest_release(out);
+	return r;
+}
+
+/* ----------------------------------------------------------------- index */
+
+static int cmp_entry(const void *a, const void *b)
+{
+	const struct nx_index_entry *x = *(const struct nx_index_entry *const *)a;
+	const struct nx_index_entry *y = *(const struct nx_index_entry *const *)b;
+
+	return strcmp(x->store_path, y->store_path);
+}
+
+int nx_index_build(const struct nx_index *ix, char **json, size_t *len)
+{
+	const struct nx_index_entry **sorted = NULL;
+	json_t *root = NULL, *a, *mans;
+	char *roots = NULL;
+	int r = -ENOMEM;
+
+	for (size_t i = 0; i < ix->nentries; i++) {
+		const char *base;
+
+		if (!ix->entries[i].store_path ||
+		    nx_storepath_check(ix->entries[i].store_path, &base) < 0) {
+			nx_log(NX_LOG_ERR, "index: entry %zu has an invalid store path", i);
+			return -EINVAL;
+		}
+	}
+	if (ix->nentries) {
+		sorted = malloc(ix->nentries * sizeof(*sorted));
+		if (!sorted)
+			return -ENOMEM;
+		for (size_t i = 0; i < ix->nentries; i++)
+			sorted[i] = &ix->entries[i];
+		qsort(sorted, ix->nentries, sizeof(*sorted), cmp_entry);
+	}
+	roots = join(ix->roots, ix->nroots, 0);
+	root = json_object();
+	a = json_object();
+	mans = json_array();
+	if (!roots || !root || !a || !mans) {
+		json_decref(a);
+		json_decref(mans);
+		goto out;
+	}
+	if (json_object_set_new(root, "annotations", a) < 0) {
+		json_decref(mans);
+		goto out;
+	}
+	if (json_object_set_new(root, "manifests", mans) < 0)
+		goto out;
+	if (set_str(a, A_PREFIX "closure", "1") < 0 || set_str(a, A_PREFIX "roots", roots) < 0)
+		goto out;
+	for (size_t i = 0; i < ix->nentries; i++) {
+		json_t *d = make_desc(NX_MT_MANIFEST, sorted[i]->desc.digest, sorted[i]->desc.size);
+		json_t *da = json_object();
+
+		if (!d || !da || json_object_set_new(d, "annotations", da) < 0) {
+			json_decref(d);
+			json_decref(da);
+			goto out;
+		}
+		if (set_str(da, A_PREFIX "store-path", sorted[i]->store_path) < 0 ||
+		    set_str(d, "artifactType", NX_ARTIFACT_STORE_PATH) < 0 ||
+		    json_array_append_new(mans, d) < 0)
+			goto out;
+	}
+	if (set_str(root, "artifactType", NX_ARTIFACT_CLOSURE) < 0 ||
+	    set_str(root, "mediaType", NX_MT_INDEX) < 0 || set_int(root, "schemaVersion", 2) < 0)
+		goto out;
+	r = dump(root, json, len);
+	if (r == 0) {
+		struct nx_index check;
+
+		r = nx_index_parse(*json, *len, &check);
+		if (r < 0) {
+			nx_log(NX_LOG_ERR, "index: refusing to build an invalid closure index");
+			free(*json);
+			*json = NULL;
+		}
+		nx_index_release(&check);
+	}
+out:
+	json_decref(root);
+	free(roots);
+	free(sorted);
+	return r;
+}
+
+static int parse_index_entry(json_t *d, size_t i, struct nx_index_entry *e)
+{
+	char what[48];
+	const char *sp, *base;
+
+	snprintf(what, sizeof(what), "index manifests[%zu]", i);
+	if (parse_desc(what, d, NX_MT_MANIFEST, &e->desc) < 0)
+		return -EINVAL;
+	sp = get_str(what, json_object_get(d, "annotations"), A_PREFIX "store-path", 1);
+	if (!sp)
+		return -EINVAL;
+	if (nx_storepath_check(sp, &base) < 0) {
+		nx_log(NX_LOG_ERR, "%s: '%s' is not a valid store path", what, sp);
+		return -EINVAL;
+	}
+	e->store_path = strdup(sp);
+	return e->store_path ? 0 : -ENOMEM;
+}
+
+static int cmp_entry_val(const void *a, const void *b)
+{
+	return strcmp(((const struct nx_index_entry *)a)->store_path,
+		      ((const struct nx_index_entry *)b)->store_path);
+}
+
+int nx_index_parse(const char *json, size_t len, struct nx_index *out)
+{
+	static const char what[] = "index";
+	json_t *root, *a, *mans, *mt;
+	const char *s;
+	size_t n;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	r = parse_root(what, json, len, NX_INDEX_MAX, &root);
+	if (r < 0)
+		return r;
+	r = -EINVAL;
+	if (check_schema(what, root) < 0)
+		goto out;
+	/* mediaType is a SHOULD in OCI; artifactType is not checked at all
+	 * because skopeo copy drops it. */
+	mt = json_object_get(root, "mediaType");
+	if (mt && check_eq(what, root, "mediaType", NX_MT_INDEX) < 0)
+		goto out;
+	a = json_object_get(root, "annotations");
+	s = json_is_object(a) ? get_str(what, a, A_PREFIX "closure", 0) : NULL;
+	if (!s || strcmp(s, "1") != 0) {
+		nx_log(NX_LOG_ERR, "index: not a nixoci closure (annotation dev.nixoci.closure "
+				   "is not \"1\")");
+		goto out;
+	}
+	s = get_str(what, a, A_PREFIX "roots", 1);
+	if (!s)
+		goto out;
+	r = split_list("index: dev.nixoci.roots", s, L_PATH, 0, &out->roots, &out->nroots);
+	if (r < 0)
+		goto out;
+	r = -EINVAL;
+	mans = json_object_get(root, "manifests");
+	if (!json_is_array(mans)) {
+		nx_log(NX_LOG_ERR, "index: manifests is missing or not an array");
+		goto out;
+	}
+	n = json_array_size(mans);
+	if (n) {
+		out->entries = calloc(n, sizeof(*out->entries));
+		if (!out->entries) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		r = parse_index_entry(json_array_get(mans, i), i, &out->entries[i]);
+		out->nentries = i + 1; /* so release frees a partial entry */
+		if (r < 0)
+			goto out;
+	}
+	/* Sorted on parse so callers can bsearch by store path. */
+	if (n)
+		qsort(out->entries, n, sizeof(*out->entries), cmp_entry_val);
+	for (size_t i = 1; i < n; i++) {
+		if (strcmp(out->entries[i - 1].store_path, out->entries[i].store_path) == 0) {
+			nx_log(NX_LOG_ERR, "index: store path '%s' is listed twice",
+			       out->entries[i].store_path);
+			r = -EINVAL;
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	json_decref(root);
+	if (r < 0)
+		nx_index_release(out);
+	return r;
+}

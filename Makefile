@@ -5,8 +5,8 @@ PREFIX  ?= /usr/local
 O       ?= build
 PKGS    := fuse3 libcurl libzstd libcrypto jansson
 
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS)) -llmdb -lpthread
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -llmdb -lpthread
 
 WARN := -Wall -Wextra -Wformat=2 -Wshadow -Wpointer-arith -Wcast-align \
         -Wwrite-strings -Wstrict-prototypes -Wmissing-prototypes \
@@ -39,7 +39,8 @@ HEADERS   := $(wildcard */*.h)
 BINS      := $(O)/bin/nixoci $(O)/bin/nixoci-fs
 UNIT_BINS := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(UNIT_SRC))
 
-.PHONY: all check unit integ demo install clean bench fuzz
+.SECONDARY:
+.PHONY: all deps check unit integ demo install clean bench fuzz
 all: $(BINS) $(UNIT_BINS)
 	@ln -sfn $(O)/bin bin
 
@@ -75,14 +76,22 @@ $(O)/tests/unit/fetch-%: $(O)/tests/unit/fetch-%.o $(FETCH_A) $(COMMON_A)
 $(O)/tests/unit/cache-%: $(O)/tests/unit/cache-%.o $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
+# make check / make demo first install what they need (Debian packages, as
+# root, only when missing), then build in a sub-make so pkg-config sees the
+# freshly installed libraries.
+deps:
+	@tests/lib/install-deps.sh
+
 # make check: unit tests (TAP) and integration tests (TAP), summarised by prove.
-check: all
+check: deps
+	@$(MAKE) --no-print-directory all
 	tests/run-all.sh $(O)
 
 unit: all
 	prove -e '' $(UNIT_BINS)
 
-demo: all
+demo: deps
+	@$(MAKE) --no-print-directory all
 	tests/demo.sh $(O)
 
 install: $(BINS)

@@ -48,6 +48,9 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 void nx_registry_close(struct nx_registry *r);
 /* "HOST[:PORT]/REPO" as given; valid while @r lives. */
 const char *nx_registry_ref(const struct nx_registry *r);
+/* Base URL in use, "http://HOST:PORT" (loopback) or "https://HOST[:PORT]";
+ * valid while @r lives. */
+const char *nx_registry_url(const struct nx_registry *r);
 
 /* GET /v2/ : checks the registry answers. */
 int nx_registry_ping(struct nx_registry *r);

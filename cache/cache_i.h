@@ -1,0 +1,174 @@
+/*
+ * cache/cache_i.h: private to cache/. The store handle, the LMDB layer
+ * (db.c), the frame machinery (frames.c) and the path loader (store.c).
+ *
+ * Locking: st->lock protects the path tables, the loading/negative lists,
+ * the in-flight frame table and the pin table. It is never held across
+ * network I/O; it may be held across short LMDB read transactions and
+ * unlink(2) during eviction. LMDB transactions are opened and committed
+ * inside one db.c function each, so none outlives a call.
+ */
+#ifndef NIXOCI_CACHE_I_H
+#define NIXOCI_CACHE_I_H
+
+#include <lmdb.h>
+#include <pthread.h>
+
+#include "cache/cache.h"
+
+#define NX_PATH_BUCKETS 4096
+#define NX_ID_MASK ((UINT64_C(1) << 40) - 1)
+/* Negative lookups are remembered this long. */
+#define NX_NEG_TTL_NS (UINT64_C(5) * 1000000000)
+#define NX_NEG_MAX 4096
+/* last_use of a chunk is rewritten at most this often (seconds). */
+#define NX_TOUCH_INTERVAL 60
+/* Bytes of compressed frames asked for in one request. */
+#define NX_BATCH_BYTES (16u << 20)
+/* ...and at most this many frames. */
+#define NX_RUN_FRAMES 4096
+/* A compressed frame larger than this is malformed (1 MiB of input never
+ * compresses to more than about 1 MiB + 4 KiB). */
+#define NX_CLEN_MAX (2u * NX_FRAME_MAX)
+#define NX_DEFAULT_CACHE_SIZE (UINT64_C(10) << 30)
+#define NX_MAP_SIZE ((size_t)1 << 30)
+
+struct nx_spath {
+	struct nx_spath *next_name, *next_id, *next_all;
+	uint64_t id;
+	char base[NX_BASE_MAX + 1];
+	size_t base_len;
+	struct nx_manifest man;
+	struct nx_toc *toc;
+	uint8_t man_digest[NX_SHA256_LEN];
+};
+
+struct nx_loading {
+	struct nx_loading *next;
+	char base[NX_BASE_MAX + 1];
+	int done;
+	int rc;
+	int refs;
+	struct nx_spath *p;
+};
+
+struct nx_neg {
+	struct nx_neg *next;
+	uint64_t expires;
+	int rc; /* -ENOENT or -EACCES */
+	char base[NX_BASE_MAX + 1];
+};
+
+/* A frame being fetched by some thread; waiters sleep on st->cond. The
+ * owner unlinks it when done and the last waiter frees it, so waiters learn
+ * the outcome and a failing registry is not asked once per waiter. */
+struct nx_flight {
+	struct nx_flight *next;
+	uint8_t digest[NX_SHA256_LEN];
+	unsigned waiters;
+	int done;
+	int rc;
+};
+
+/* A chunk file a reader is using; eviction skips it. */
+struct nx_pin {
+	struct nx_pin *next;
+	uint8_t digest[NX_SHA256_LEN];
+	unsigned count;
+};
+
+struct nx_store {
+	struct nx_source src;
+	char *dir;
+	uint64_t limit;
+	const struct nx_pubkey *keys;
+	size_t nkeys;
+	int readonly;
+	int closure_mode;
+	int pinned; /* closure pinned by digest: it authenticates everything */
+	struct nx_index ix;
+	struct nx_index_entry **ix_sorted; /* by base name */
+	size_t nix;
+
+	MDB_env *env; /* NULL: no usable cache (read-only mode without one) */
+	MDB_dbi dbi_chunks, dbi_blobs, dbi_tags, dbi_verified;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct nx_spath *by_name[NX_PATH_BUCKETS];
+	struct nx_spath *by_id[NX_PATH_BUCKETS];
+	struct nx_spath *all;
+	struct nx_loading *loading;
+	struct nx_neg *neg;
+	size_t nneg;
+	struct nx_flight *flights;
+	struct nx_pin *pins;
+	int evicting;
+
+	/* statistics, updated with __atomic builtins */
+	uint64_t total_bytes; /* chunks + metadata blobs in the cache */
+	uint64_t frames_fetched, bytes_fetched, cache_hits, cache_misses, evictions;
+	uint64_t verify_failures, errors, paths_loaded;
+};
+
+static inline void nx_stat_add(uint64_t *v, uint64_t n)
+{
+	__atomic_fetch_add(v, n, __ATOMIC_RELAXED);
+}
+
+static inline void nx_stat_sub(uint64_t *v, uint64_t n)
+{
+	__atomic_fetch_sub(v, n, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t nx_stat_get(const uint64_t *v)
+{
+	return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+/* db.c: LMDB environment, records and content-addressed files. */
+int nx_db_open(struct nx_store *st);
+void nx_db_close(struct nx_store *st);
+/* Value of @key in @dbi copied into @val (at most @cap bytes; *vlen gets the
+ * stored length). -ENOENT if absent or there is no cache. */
+int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, void *val,
+	      size_t cap, size_t *vlen);
+int nx_db_put(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, const void *val,
+	      size_t vlen);
+int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen);
+
+/* Verified metadata blob from the cache: -ENOENT on a miss (a record whose
+ * file is missing or damaged is dropped). *buf caller frees. */
+int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **buf,
+		 size_t *len);
+/* Stores a blob the caller verified. Failures are logged and ignored. */
+void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
+		  size_t len);
+
+/* Opens the cached chunk of frame digest @d (expected @ulen bytes), pinned:
+ * call nx_chunk_unpin after closing *fd. -ENOENT on a miss. */
+int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd);
+void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
+/* 1 if LMDB has a record for the chunk (no file check). */
+int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
+/* Stores a verified, decompressed frame, then evicts if over the limit.
+ * Failures are logged and ignored (the data was still served). */
+void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
+		   size_t len);
+
+/* frames.c */
+struct nx_walk_ops {
+	/* a decompressed, verified frame (fetched, or read from the cache
+	 * when @file is NULL) */
+	int (*data)(void *ctx, uint32_t i, const uint8_t *buf, size_t len);
+	/* a cached frame, as an open chunk file */
+	int (*file)(void *ctx, uint32_t i, int fd);
+};
+/* Delivers frames [first, last] of @p in order, from the cache or fetched
+ * in merged runs of at most @batch compressed bytes. */
+int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
+		   uint64_t batch, const struct nx_walk_ops *ops, void *ctx);
+/* Full verification for narinfo-signed paths (format.md §6). */
+int nx_verify_nar(struct nx_store *st, struct nx_spath *p);
+
+#endif

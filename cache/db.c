@@ -1,0 +1,688 @@
+/*
+ * cache/db.c: the on-disk cache. LMDB knows what is present; files hold it.
+ *
+ * Invariant: a file under blobs/ or chunks/ only ever holds bytes that were
+ * verified against the digest in its name; it is written in tmp/, fsync'ed
+ * and renamed into place, and only then is the LMDB record written. So:
+ *  - a record whose file is missing (crash, eviction by another process,
+ *    someone cleaning up) is a miss and is dropped;
+ *  - a file without a record is simply overwritten by the next fetch.
+ * Chunk files are immutable once renamed, so a reader holding an fd keeps
+ * valid bytes even if eviction unlinks the name, and several processes may
+ * share one cache directory (LMDB is multi-process safe).
+ *
+ * Records (values are little-endian uint64s):
+ *   chunks:   frame digest (32) -> size, last_use (unix seconds)
+ *   blobs:    blob digest (32)  -> size, time stored
+ *   tags:     hash part (32)    -> manifest digest (32), time
+ *   verified: manifest digest   -> time the full NAR verification passed
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/cache_i.h"
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+/* MDB_* codes are negative, system errors positive errno values. */
+static int mdb_errno(int rc)
+{
+	if (rc == 0)
+		return 0;
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	if (rc == MDB_MAP_FULL)
+		return -ENOSPC;
+	if (rc > 0)
+		return -rc;
+	return -EIO;
+}
+
+static int mkdir_p(const char *path)
+{
+	char buf[PATH_MAX];
+	size_t n = strlen(path);
+
+	if (n == 0 || n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, path, n + 1);
+	for (size_t i = 1; i <= n; i++) {
+		if (buf[i] != '/' && buf[i] != '\0')
+			continue;
+		char c = buf[i];
+
+		buf[i] = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		buf[i] = c;
+	}
+	return 0;
+}
+
+/* Removes tmp files of processes that no longer exist. Names are
+ * "<pid>.<random>" so a prefetch CLI sharing the cache keeps its files. */
+static void clean_tmp(struct nx_store *st)
+{
+	char path[PATH_MAX];
+	DIR *d;
+	struct dirent *de;
+
+	snprintf(path, sizeof(path), "%s/tmp", st->dir);
+	d = opendir(path);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char *end;
+		long pid;
+
+		if (de->d_name[0] == '.')
+			continue;
+		pid = strtol(de->d_name, &end, 10);
+		if (*end == '.' && pid > 0 &&
+		    (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+			continue; /* its writer is alive */
+		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+			nx_log(NX_LOG_DEBUG, "cache %s: removed stale tmp file %s", st->dir,
+			       de->d_name);
+	}
+	closedir(d);
+}
+
+/* Sums the sizes recorded in @dbi (for the running total). */
+static uint64_t sum_sizes(MDB_env *env, MDB_dbi dbi)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	uint64_t sum = 0;
+
+	if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+		return 0;
+	if (mdb_cursor_open(txn, dbi, &cur) == 0) {
+		while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0)
+			if (v.mv_size >= 8)
+				sum += get_le64(v.mv_data);
+		mdb_cursor_close(cur);
+	}
+	mdb_txn_abort(txn);
+	return sum;
+}
+
+static int open_dbis(struct nx_store *st)
+{
+	static const char *const names[] = { "chunks", "blobs", "tags", "verified" };
+	MDB_dbi *dbis[] = { &st->dbi_chunks, &st->dbi_blobs, &st->dbi_tags, &st->dbi_verified };
+	MDB_txn *txn;
+	int rc;
+
+	rc = mdb_txn_begin(st->env, NULL, st->readonly ? MDB_RDONLY : 0, &txn);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < 4; i++) {
+		rc = mdb_dbi_open(txn, names[i], st->readonly ? 0 : MDB_CREATE, dbis[i]);
+		if (rc) {
+			mdb_txn_abort(txn);
+			return rc;
+		}
+	}
+	return mdb_txn_commit(txn);
+}
+
+int nx_db_open(struct nx_store *st)
+{
+	char path[PATH_MAX];
+	static const char *const subs[] = { "index.mdb", "blobs", "chunks", "tmp" };
+	int rc;
+
+	if (st->readonly) {
+		snprintf(path, sizeof(path), "%s/index.mdb/data.mdb", st->dir);
+		if (access(path, R_OK) < 0) {
+			nx_log(NX_LOG_DEBUG, "cache %s: none, reading without a cache", st->dir);
+			return 0;
+		}
+	} else {
+		rc = mkdir_p(st->dir);
+		if (rc == 0 && access(st->dir, W_OK | X_OK) < 0)
+			rc = -errno;
+		for (size_t i = 0; rc == 0 && i < 4; i++) {
+			snprintf(path, sizeof(path), "%s/%s", st->dir, subs[i]);
+			if (mkdir(path, 0755) < 0 && errno != EEXIST)
+				rc = -errno;
+		}
+		if (rc < 0) {
+			nx_log(NX_LOG_ERR, "cache %s: cannot create: %s; check the cache= directory",
+			       st->dir, strerror(-rc));
+			return rc;
+		}
+		clean_tmp(st);
+	}
+
+	snprintf(path, sizeof(path), "%s/index.mdb", st->dir);
+	rc = mdb_env_create(&st->env);
+	if (rc == 0)
+		rc = mdb_env_set_mapsize(st->env, NX_MAP_SIZE);
+	if (rc == 0)
+		rc = mdb_env_set_maxdbs(st->env, 8);
+	if (rc == 0)
+		rc = mdb_env_set_maxreaders(st->env, 510);
+	if (rc == 0)
+		rc = mdb_env_open(st->env, path,
+				  MDB_NOTLS | MDB_NOMETASYNC | (st->readonly ? MDB_RDONLY : 0),
+				  0644);
+	if (rc == 0)
+		rc = open_dbis(st);
+	if (rc) {
+		nx_log(st->readonly ? NX_LOG_WARNING : NX_LOG_ERR,
+		       "cache %s: lmdb: %s; remove the directory to rebuild", st->dir,
+		       mdb_strerror(rc));
+		if (st->env)
+			mdb_env_close(st->env);
+		st->env = NULL;
+		if (st->readonly) /* a tool can still read without the cache */
+			return 0;
+		return rc > 0 ? -rc : -EIO;
+	}
+	st->total_bytes = sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs);
+	return 0;
+}
+
+void nx_db_close(struct nx_store *st)
+{
+	if (st->env)
+		mdb_env_close(st->env);
+	st->env = NULL;
+}
+
+int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, void *val,
+	      size_t cap, size_t *vlen)
+{
+	MDB_txn *txn;
+	MDB_val k = { klen, (void *)key }, v;
+	int rc;
+
+	if (!st->env)
+		return -ENOENT;
+	rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn);
+	if (rc)
+		return mdb_errno(rc);
+	rc = mdb_get(txn, dbi, &k, &v);
+	if (rc == 0) {
+		memcpy(val, v.mv_data, v.mv_size < cap ? v.mv_size : cap);
+		if (vlen)
+			*vlen = v.mv_size;
+	}
+	mdb_txn_abort(txn);
+	return mdb_errno(rc);
+}
+
+int nx_db_put(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, const void *val,
+	      size_t vlen)
+{
+	MDB_txn *txn;
+	MDB_val k = { klen, (void *)key }, v = { vlen, (void *)val };
+	int rc;
+
+	if (!st->env || st->readonly)
+		return 0;
+	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+	if (rc)
+		return mdb_errno(rc);
+	rc = mdb_put(txn, dbi, &k, &v, 0);
+	if (rc) {
+		mdb_txn_abort(txn);
+		return mdb_errno(rc);
+	}
+	return mdb_errno(mdb_txn_commit(txn));
+}
+
+int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen)
+{
+	MDB_txn *txn;
+	MDB_val k = { klen, (void *)key };
+	int rc;
+
+	if (!st->env || st->readonly)
+		return 0;
+	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+	if (rc)
+		return mdb_errno(rc);
+	rc = mdb_del(txn, dbi, &k, NULL);
+	if (rc) {
+		mdb_txn_abort(txn);
+		return mdb_errno(rc);
+	}
+	return mdb_errno(mdb_txn_commit(txn));
+}
+
+static void obj_path(const struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
+		     char *out, size_t cap)
+{
+	char hex[2 * NX_SHA256_LEN + 1];
+
+	nx_hex(d, NX_SHA256_LEN, hex);
+	snprintf(out, cap, "%s/%s/%.2s/%s", st->dir, kind, hex, hex);
+}
+
+/* tmp + fsync + rename into DIR/<kind>/xx/<hex>. */
+static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
+		       const void *buf, size_t len)
+{
+	char tmp[PATH_MAX], dst[PATH_MAX], *slash;
+	const uint8_t *p = buf;
+	size_t left = len;
+	int fd, rc = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s/tmp/%ld.XXXXXX", st->dir, (long)getpid());
+	fd = mkstemp(tmp);
+	if (fd < 0) {
+		rc = -errno;
+		goto out_log;
+	}
+	while (left) {
+		ssize_t n = write(fd, p, left);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			goto out_unlink;
+		}
+		p += n;
+		left -= (size_t)n;
+	}
+	if (fsync(fd) < 0) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	if (fchmod(fd, 0444) < 0) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	close(fd);
+	fd = -1;
+	obj_path(st, kind, d, dst, sizeof(dst));
+	slash = strrchr(dst, '/');
+	*slash = '\0';
+	if (mkdir(dst, 0755) < 0 && errno != EEXIST) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	*slash = '/';
+	if (rename(tmp, dst) < 0) {
+		rc = -errno;
+		goto out_unlink;
+	}
+	return 0;
+
+out_unlink:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+out_log:
+	nx_log(NX_LOG_ERR, "cache %s: cannot store %s file: %s", st->dir, kind, strerror(-rc));
+	return rc;
+}
+
+static int read_all(int fd, uint8_t *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done, (off_t)done);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **buf,
+		 size_t *len)
+{
+	uint8_t rec[16], got[NX_SHA256_LEN];
+	char path[PATH_MAX];
+	struct stat sb;
+	uint64_t size;
+	uint8_t *b = NULL;
+	int fd, rc;
+
+	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
+	if (rc < 0)
+		return -ENOENT;
+	size = get_le64(rec);
+	obj_path(st, "blobs", d, path, sizeof(path));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		goto drop;
+	if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != size || size > cap)
+		goto drop_fd;
+	b = malloc(size ? size : 1);
+	if (!b) {
+		close(fd);
+		return -ENOMEM;
+	}
+	if (read_all(fd, b, size) < 0)
+		goto drop_fd;
+	close(fd);
+	/* Cheap next to a fetch, and catches a damaged disk. */
+	nx_sha256(b, size, got);
+	if (memcmp(got, d, NX_SHA256_LEN) != 0) {
+		fd = -1;
+		goto drop_fd;
+	}
+	*buf = b;
+	*len = size;
+	return 0;
+
+drop_fd:
+	if (fd >= 0)
+		close(fd);
+drop:
+	free(b);
+	nx_log(NX_LOG_DEBUG, "cache %s: dropping damaged or missing blob %s", st->dir, path);
+	if (!st->readonly) {
+		unlink(path);
+		if (nx_db_del(st, st->dbi_blobs, d, NX_SHA256_LEN) == 0)
+			nx_stat_sub(&st->total_bytes, size);
+	}
+	return -ENOENT;
+}
+
+void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
+		  size_t len)
+{
+	uint8_t rec[16];
+	int rc;
+
+	if (!st->env || st->readonly)
+		return;
+	if (nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0)
+		return;
+	if (file_commit(st, "blobs", d, buf, len) < 0)
+		return;
+	put_le64(rec, len);
+	put_le64(rec + 8, (uint64_t)time(NULL));
+	rc = nx_db_put(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec));
+	if (rc < 0)
+		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record blob: %s", st->dir,
+		       strerror(-rc));
+	else
+		nx_stat_add(&st->total_bytes, len);
+}
+
+static struct nx_pin *pin_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	for (struct nx_pin *p = st->pins; p; p = p->next)
+		if (memcmp(p->digest, d, NX_SHA256_LEN) == 0)
+			return p;
+	return NULL;
+}
+
+static int chunk_pin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	struct nx_pin *p;
+
+	pthread_mutex_lock(&st->lock);
+	p = pin_find(st, d);
+	if (!p) {
+		p = calloc(1, sizeof(*p));
+		if (!p) {
+			pthread_mutex_unlock(&st->lock);
+			return -ENOMEM;
+		}
+		memcpy(p->digest, d, NX_SHA256_LEN);
+		p->next = st->pins;
+		st->pins = p;
+	}
+	p->count++;
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
+void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	struct nx_pin **pp, *p;
+
+	pthread_mutex_lock(&st->lock);
+	for (pp = &st->pins; (p = *pp); pp = &p->next) {
+		if (memcmp(p->digest, d, NX_SHA256_LEN) != 0)
+			continue;
+		if (--p->count == 0) {
+			*pp = p->next;
+			free(p);
+		}
+		break;
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	uint8_t rec[16];
+
+	return nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0;
+}
+
+int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd)
+{
+	uint8_t rec[16];
+	char path[PATH_MAX];
+	struct stat sb;
+	uint64_t size, last, now;
+	int rc, f;
+
+	if (!st->env)
+		return -ENOENT;
+	rc = chunk_pin(st, d);
+	if (rc < 0)
+		return rc;
+	rc = nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
+	if (rc < 0)
+		goto unpin;
+	size = get_le64(rec);
+	last = get_le64(rec + 8);
+	obj_path(st, "chunks", d, path, sizeof(path));
+	f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0 || fstat(f, &sb) < 0 || (uint64_t)sb.st_size != size || size != ulen) {
+		if (f >= 0)
+			close(f);
+		nx_log(NX_LOG_DEBUG, "cache %s: dropping missing or damaged chunk %s", st->dir,
+		       path);
+		if (!st->readonly) {
+			unlink(path);
+			if (nx_db_del(st, st->dbi_chunks, d, NX_SHA256_LEN) == 0)
+				nx_stat_sub(&st->total_bytes, size);
+		}
+		rc = -ENOENT;
+		goto unpin;
+	}
+	now = (uint64_t)time(NULL);
+	/* LRU bookkeeping without a write per read. */
+	if (!st->readonly && now > last + NX_TOUCH_INTERVAL) {
+		put_le64(rec + 8, now);
+		nx_db_put(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec));
+	}
+	*fd = f;
+	return 0;
+
+unpin:
+	nx_chunk_unpin(st, d);
+	return rc;
+}
+
+struct evict_cand {
+	uint8_t digest[NX_SHA256_LEN];
+	uint64_t size;
+	uint64_t last_use;
+};
+
+static int cand_cmp(const void *a, const void *b)
+{
+	const struct evict_cand *x = a, *y = b;
+
+	if (x->last_use != y->last_use)
+		return x->last_use < y->last_use ? -1 : 1;
+	return memcmp(x->digest, y->digest, NX_SHA256_LEN);
+}
+
+static int flight_busy(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	for (struct nx_flight *f = st->flights; f; f = f->next)
+		if (memcmp(f->digest, d, NX_SHA256_LEN) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Evicts least recently used chunks until the total is at 90% of the limit
+ * (so eviction runs once per tenth of the cache, not once per frame). Only
+ * one thread evicts at a time; the scan is O(chunks), which is fine at that
+ * rate.
+ */
+static void evict(struct nx_store *st)
+{
+	uint64_t target = st->limit - st->limit / 10;
+	struct evict_cand *c = NULL;
+	size_t n = 0, cap = 0, ndel = 0;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	char path[PATH_MAX];
+
+	pthread_mutex_lock(&st->lock);
+	if (st->evicting) {
+		pthread_mutex_unlock(&st->lock);
+		return;
+	}
+	st->evicting = 1;
+	pthread_mutex_unlock(&st->lock);
+
+	if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn))
+		goto out;
+	if (mdb_cursor_open(txn, st->dbi_chunks, &cur)) {
+		mdb_txn_abort(txn);
+		goto out;
+	}
+	while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+		if (k.mv_size != NX_SHA256_LEN || v.mv_size < 16)
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 1024;
+			struct evict_cand *nc = realloc(c, ncap * sizeof(*c));
+
+			if (!nc)
+				break;
+			c = nc;
+			cap = ncap;
+		}
+		memcpy(c[n].digest, k.mv_data, NX_SHA256_LEN);
+		c[n].size = get_le64(v.mv_data);
+		c[n].last_use = get_le64((const uint8_t *)v.mv_data + 8);
+		n++;
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	qsort(c, n, sizeof(*c), cand_cmp);
+
+	for (size_t i = 0; i < n && nx_stat_get(&st->total_bytes) > target; i++) {
+		int skip;
+
+		/* Under the lock, so a reader either pinned the chunk before
+		 * (we skip it) or opens it after the unlink (a miss). */
+		pthread_mutex_lock(&st->lock);
+		skip = pin_find(st, c[i].digest) || flight_busy(st, c[i].digest);
+		if (!skip) {
+			obj_path(st, "chunks", c[i].digest, path, sizeof(path));
+			unlink(path);
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (skip)
+			continue;
+		nx_stat_sub(&st->total_bytes, c[i].size);
+		nx_stat_add(&st->evictions, 1);
+		c[ndel++] = c[i];
+	}
+	if (ndel && mdb_txn_begin(st->env, NULL, 0, &txn) == 0) {
+		for (size_t i = 0; i < ndel; i++) {
+			MDB_val key = { NX_SHA256_LEN, c[i].digest };
+
+			mdb_del(txn, st->dbi_chunks, &key, NULL);
+		}
+		if (mdb_txn_commit(txn))
+			nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot record eviction", st->dir);
+	}
+	nx_log(NX_LOG_DEBUG, "cache %s: evicted %zu chunks", st->dir, ndel);
+out:
+	free(c);
+	pthread_mutex_lock(&st->lock);
+	st->evicting = 0;
+	pthread_mutex_unlock(&st->lock);
+}
+
+void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
+		   size_t len)
+{
+	uint8_t rec[16];
+	MDB_txn *txn;
+	MDB_val k = { NX_SHA256_LEN, (void *)d }, v = { sizeof(rec), rec };
+	int rc, added = 1;
+
+	if (!st->env || st->readonly)
+		return;
+	if (file_commit(st, "chunks", d, buf, len) < 0)
+		return;
+	put_le64(rec, len);
+	put_le64(rec + 8, (uint64_t)time(NULL));
+	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST) {
+			/* re-fetched after a damaged file, or another process */
+			added = 0;
+			v.mv_size = sizeof(rec);
+			v.mv_data = rec;
+			rc = mdb_put(txn, st->dbi_chunks, &k, &v, 0);
+		}
+		if (rc)
+			mdb_txn_abort(txn);
+		else
+			rc = mdb_txn_commit(txn);
+	}
+	if (rc) {
+		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record chunk: %s", st->dir,
+		       mdb_strerror(rc));
+		return;
+	}
+	if (added)
+		nx_stat_add(&st->total_bytes, len);
+	if (nx_stat_get(&st->total_bytes) > st->limit)
+		evict(st);
+}

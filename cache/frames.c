@@ -1,0 +1,478 @@
+/*
+ * cache/frames.c: getting verified frames, from the cache or the source.
+ *
+ * nx_frames_walk hands frames to a consumer strictly in index order. A frame
+ * that is not cached is "claimed" in the in-flight table (keyed by frame
+ * digest) before it is fetched; a thread that finds the frame claimed waits on
+ * st->cond and then looks in the cache again, so concurrent misses on one
+ * frame cost one fetch. Adjacent missing frames are claimed together and
+ * fetched with one range request. The source may answer a range request with
+ * the whole blob (absolute offsets); the assembler skips what it does not
+ * need and stops the transfer once it has everything.
+ *
+ * Each frame's compressed bytes are checked against the TOC's SHA-256 before
+ * they are decompressed, cached or delivered. Nothing is cached from a frame
+ * that failed.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cache/cache_i.h"
+
+/* Returned by the assembler to stop a whole-blob answer early. */
+#define NX_STOP (-ECANCELED)
+
+static struct nx_flight *flight_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	for (struct nx_flight *f = st->flights; f; f = f->next)
+		if (memcmp(f->digest, d, NX_SHA256_LEN) == 0)
+			return f;
+	return NULL;
+}
+
+/* Called with st->lock held. */
+static int flight_claim(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	struct nx_flight *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -ENOMEM;
+	memcpy(f->digest, d, NX_SHA256_LEN);
+	f->next = st->flights;
+	st->flights = f;
+	return 0;
+}
+
+static void flight_release(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int rc)
+{
+	struct nx_flight **pp, *f;
+
+	pthread_mutex_lock(&st->lock);
+	for (pp = &st->flights; (f = *pp); pp = &f->next) {
+		if (memcmp(f->digest, d, NX_SHA256_LEN) == 0) {
+			*pp = f->next;
+			f->done = 1;
+			f->rc = rc;
+			if (!f->waiters)
+				free(f);
+			break;
+		}
+	}
+	pthread_cond_broadcast(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+}
+
+static int read_fd(int fd, uint8_t *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done, (off_t)done);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* 0 if frame @i was served from the cache, -ENOENT on a miss. */
+static int try_hit(struct nx_store *st, struct nx_spath *p, uint32_t i,
+		   const struct nx_walk_ops *ops, void *ctx)
+{
+	const struct nx_toc_frame *f = &p->toc->frames[i];
+	uint8_t *buf;
+	int fd, rc;
+
+	rc = nx_chunk_open(st, f->sha256, f->ulen, &fd);
+	if (rc < 0)
+		return rc;
+	if (ops->file) {
+		rc = ops->file(ctx, i, fd);
+	} else if (ops->data) {
+		buf = malloc(f->ulen);
+		if (!buf) {
+			rc = -ENOMEM;
+		} else {
+			rc = read_fd(fd, buf, f->ulen);
+			if (rc < 0)
+				nx_log(NX_LOG_ERR, "cache %s: cannot read frame %u of %s/%.*s: %s",
+				       st->dir, i, NX_STORE_DIR, (int)p->base_len, p->base,
+				       strerror(-rc));
+			else
+				rc = ops->data(ctx, i, buf, f->ulen);
+			free(buf);
+		}
+	}
+	close(fd);
+	nx_chunk_unpin(st, f->sha256);
+	if (rc == 0)
+		nx_stat_add(&st->cache_hits, 1);
+	return rc == -ENOENT ? -EIO : rc;
+}
+
+struct run {
+	struct nx_store *st;
+	struct nx_spath *p;
+	uint32_t cur, last; /* frame being assembled, last frame of the run */
+	uint32_t first;
+	uint32_t rel;       /* claims of frames before this one are released */
+	const uint8_t *owned; /* owned[i - first]: this run claimed frame i */
+	uint64_t pos;       /* absolute blob offset of the next byte needed */
+	uint8_t *cbuf;
+	size_t cfill;
+	uint8_t *ubuf;
+	const struct nx_walk_ops *ops;
+	void *ctx;
+	int err;  /* our own failure (verification, consumer), already logged */
+	int done;
+};
+
+static int frame_complete(struct run *r)
+{
+	struct nx_store *st = r->st;
+	const struct nx_toc_frame *f = &r->p->toc->frames[r->cur];
+	uint8_t got[NX_SHA256_LEN];
+	int rc;
+
+	nx_sha256(r->cbuf, f->clen, got);
+	if (memcmp(got, f->sha256, NX_SHA256_LEN) != 0) {
+		char want[NX_DIGEST_STRLEN], have[NX_DIGEST_STRLEN];
+
+		nx_digest_format(f->sha256, want);
+		nx_digest_format(got, have);
+		nx_stat_add(&st->verify_failures, 1);
+		nx_log(NX_LOG_ERR, "verify frame %u of %s/%.*s: digest mismatch (got %s, want %s)",
+		       r->cur, NX_STORE_DIR, (int)r->p->base_len, r->p->base, have, want);
+		return -EIO;
+	}
+	rc = nx_frame_decompress(r->cbuf, f->clen, r->ubuf, f->ulen);
+	if (rc < 0) {
+		nx_stat_add(&st->verify_failures, 1);
+		nx_log(NX_LOG_ERR, "frame %u of %s/%.*s: does not decompress to %u bytes", r->cur,
+		       NX_STORE_DIR, (int)r->p->base_len, r->p->base, f->ulen);
+		return -EIO;
+	}
+	nx_stat_add(&st->frames_fetched, 1);
+	/* a repeated digest was saved by its first occurrence */
+	if (r->owned[r->cur - r->first]) {
+		nx_chunk_save(st, f->sha256, r->ubuf, f->ulen);
+		flight_release(st, f->sha256, 0);
+	}
+	r->rel = r->cur + 1;
+	if (r->ops->data) {
+		rc = r->ops->data(r->ctx, r->cur, r->ubuf, f->ulen);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int run_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct run *r = ctx;
+	const uint8_t *b = buf;
+	int rc;
+
+	nx_stat_add(&r->st->bytes_fetched, len);
+	if (r->done)
+		return NX_STOP;
+	if (off + len <= r->pos)
+		return 0; /* a whole-blob answer: before our range */
+	if (off > r->pos) {
+		nx_log(NX_LOG_ERR, "fetch %s/%.*s: source skipped bytes at offset %llu",
+		       NX_STORE_DIR, (int)r->p->base_len, r->p->base, (unsigned long long)r->pos);
+		r->err = -EIO;
+		return -EIO;
+	}
+	b += r->pos - off;
+	len -= (size_t)(r->pos - off);
+	while (len && !r->done) {
+		const struct nx_toc_frame *f = &r->p->toc->frames[r->cur];
+		size_t n = f->clen - r->cfill;
+
+		if (n > len)
+			n = len;
+		memcpy(r->cbuf + r->cfill, b, n);
+		r->cfill += n;
+		r->pos += n;
+		b += n;
+		len -= n;
+		if (r->cfill < f->clen)
+			break;
+		rc = frame_complete(r);
+		if (rc < 0) {
+			r->err = rc;
+			return rc;
+		}
+		r->cfill = 0;
+		if (r->cur == r->last)
+			r->done = 1;
+		else
+			r->cur++;
+	}
+	/* Extra bytes past our range: a whole-blob answer; stop it. */
+	return (r->done && len) ? NX_STOP : 0;
+}
+
+/* Fetches frames [first, last]; @owned says which ones the caller claimed
+ * (a digest repeated inside the run is claimed once). Releases every claim
+ * whatever happens. */
+static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
+		     const uint8_t *owned, const struct nx_walk_ops *ops, void *ctx)
+{
+	const struct nx_toc *toc = p->toc;
+	struct run r = { .st = st, .p = p, .cur = first, .last = last, .first = first,
+			 .rel = first, .owned = owned, .ops = ops, .ctx = ctx };
+	uint32_t cmax = 0;
+	uint64_t end;
+	int rc;
+
+	for (uint32_t i = first; i <= last; i++)
+		if (toc->frames[i].clen > cmax)
+			cmax = toc->frames[i].clen;
+	nx_stat_add(&st->cache_misses, last - first + 1);
+	if (cmax > NX_CLEN_MAX) {
+		nx_log(NX_LOG_ERR, "toc of %s/%.*s: frame of %u compressed bytes is too large",
+		       NX_STORE_DIR, (int)p->base_len, p->base, cmax);
+		rc = -EIO;
+		goto out;
+	}
+	r.cbuf = malloc(cmax);
+	r.ubuf = malloc(NX_FRAME_MAX);
+	if (!r.cbuf || !r.ubuf) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	r.pos = toc->frames[first].coff;
+	end = toc->frames[last].coff + toc->frames[last].clen;
+	rc = st->src.get_blob(st->src.ctx, p->man.nar.digest, r.pos, end - r.pos, run_cb, &r);
+	if (r.err) {
+		rc = r.err;
+	} else if (rc == NX_STOP || rc == 0) {
+		rc = 0;
+		if (!r.done) {
+			nx_log(NX_LOG_ERR, "fetch %s/%.*s: short answer for frames %u-%u",
+			       NX_STORE_DIR, (int)p->base_len, p->base, first, last);
+			rc = -EIO;
+		}
+	} else {
+		/* the source logged the cause */
+		nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u: %s", NX_STORE_DIR,
+		       (int)p->base_len, p->base, first, last, strerror(-rc));
+		rc = -EIO;
+	}
+out:
+	/* Claims of frames that did not complete (completed ones are gone). */
+	for (uint32_t i = r.rel; i <= last; i++)
+		if (owned[i - first])
+			flight_release(st, toc->frames[i].sha256, rc < 0 ? rc : -EIO);
+	free(r.cbuf);
+	free(r.ubuf);
+	if (rc < 0)
+		nx_stat_add(&st->errors, 1);
+	return rc;
+}
+
+int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
+		   uint64_t batch, const struct nx_walk_ops *ops, void *ctx)
+{
+	const struct nx_toc_frame *fr = p->toc->frames;
+	uint32_t i = first;
+	int rc;
+
+	while (i <= last) {
+		uint32_t j, k;
+		uint64_t bytes;
+		uint8_t *owned;
+		struct nx_flight *fl;
+
+		rc = try_hit(st, p, i, ops, ctx);
+		if (rc == 0) {
+			i++;
+			continue;
+		}
+		if (rc != -ENOENT)
+			return rc;
+
+		/* Candidate run: following frames the cache does not know. */
+		bytes = fr[i].clen;
+		for (j = i + 1; j <= last && j - i < NX_RUN_FRAMES && bytes + fr[j].clen <= batch;
+		     j++) {
+			if (nx_chunk_known(st, fr[j].sha256))
+				break;
+			bytes += fr[j].clen;
+		}
+
+		pthread_mutex_lock(&st->lock);
+		fl = flight_find(st, fr[i].sha256);
+		if (fl) {
+			/* Someone fetches it: wait, then look in the cache again. */
+			fl->waiters++;
+			while (!fl->done)
+				pthread_cond_wait(&st->cond, &st->lock);
+			rc = fl->rc;
+			if (--fl->waiters == 0)
+				free(fl);
+			pthread_mutex_unlock(&st->lock);
+			if (rc < 0)
+				return rc == -ENOMEM ? rc : -EIO; /* the owner logged it */
+			continue;
+		}
+		if (!st->readonly && nx_chunk_known(st, fr[i].sha256)) {
+			/* fetched and saved since our miss: read it */
+			pthread_mutex_unlock(&st->lock);
+			continue;
+		}
+		owned = calloc(j - i, 1);
+		rc = owned ? 0 : -ENOMEM;
+		for (k = i; rc == 0 && k < j; k++) {
+			if (flight_find(st, fr[k].sha256)) {
+				/* a digest repeated in this run (zeros...) rides
+				 * along; one claimed elsewhere ends the run */
+				uint32_t m;
+
+				for (m = i; m < k; m++)
+					if (memcmp(fr[m].sha256, fr[k].sha256, NX_SHA256_LEN) == 0)
+						break;
+				if (m == k)
+					break;
+				continue;
+			}
+			rc = flight_claim(st, fr[k].sha256);
+			if (rc == 0)
+				owned[k - i] = 1;
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (rc < 0) {
+			for (uint32_t m = i; owned && m < k; m++)
+				if (owned[m - i])
+					flight_release(st, fr[m].sha256, rc);
+			free(owned);
+			return rc;
+		}
+		rc = fetch_run(st, p, i, k - 1, owned, ops, ctx);
+		free(owned);
+		if (rc < 0)
+			return rc;
+		i = k;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------- full verification */
+
+struct verify {
+	struct nx_spath *p;
+	struct nx_sha256 h;
+	struct nx_nar_parser *parser;
+	uint32_t stack[NX_NAR_DEPTH_MAX + 2];
+	uint64_t nodes;
+	const char *why;
+};
+
+static int verify_data(void *ctx, uint32_t i, const uint8_t *buf, size_t len)
+{
+	struct verify *v = ctx;
+	int rc;
+
+	nx_sha256_update(&v->h, buf, len);
+	rc = nx_nar_parser_feed(v->parser, buf, len);
+	if (rc < 0 && !v->why)
+		v->why = "the NAR is malformed";
+	return rc < 0 ? -EIO : 0;
+}
+
+/* Each NAR node must be the TOC entry at the same path, with equal fields;
+ * with equal counts, that makes the TOC exactly the NAR's tree. */
+static int verify_node(void *ctx, const struct nx_nar_node *n)
+{
+	struct verify *v = ctx;
+	const struct nx_toc *toc = v->p->toc;
+	const struct nx_toc_entry *e;
+	int64_t idx = 0;
+
+	if (n->depth > NX_NAR_DEPTH_MAX)
+		goto bad;
+	if (n->depth > 0) {
+		idx = nx_toc_lookup(toc, v->stack[n->depth - 1], n->name, n->name_len);
+		if (idx < 0)
+			goto bad;
+	}
+	e = &toc->entries[idx];
+	if (e->type != (uint8_t)n->type)
+		goto bad;
+	switch (n->type) {
+	case NX_NODE_REGULAR:
+		if (!!e->executable != !!n->executable || e->size != n->size ||
+		    e->off != n->contents_off)
+			goto bad;
+		break;
+	case NX_NODE_SYMLINK: {
+		size_t tlen;
+		const char *t = nx_toc_target(toc, (uint32_t)idx, &tlen);
+
+		if (!t || tlen != n->size || memcmp(t, n->target, tlen) != 0)
+			goto bad;
+		break;
+	}
+	case NX_NODE_DIRECTORY:
+		v->stack[n->depth] = (uint32_t)idx;
+		break;
+	default:
+		goto bad;
+	}
+	v->nodes++;
+	return 0;
+bad:
+	if (!v->why)
+		v->why = "the NAR does not match the TOC";
+	return -EIO;
+}
+
+int nx_verify_nar(struct nx_store *st, struct nx_spath *p)
+{
+	struct verify v = { .p = p };
+	struct nx_nar_sink sink = { .ctx = &v, .node = verify_node };
+	struct nx_walk_ops ops = { .data = verify_data };
+	uint8_t got[NX_SHA256_LEN];
+	int rc;
+
+	rc = nx_sha256_init(&v.h);
+	if (rc < 0)
+		return rc;
+	rc = nx_nar_parser_new(&v.parser, &sink);
+	if (rc < 0) {
+		nx_sha256_release(&v.h);
+		return rc;
+	}
+	rc = nx_frames_walk(st, p, 0, p->toc->nframes - 1, NX_BATCH_BYTES, &ops, &v);
+	if (rc == 0 && nx_nar_parser_finish(v.parser) < 0) {
+		v.why = "the NAR is truncated or malformed";
+		rc = -EIO;
+	}
+	nx_nar_parser_free(v.parser);
+	nx_sha256_final(&v.h, got);
+	if (rc == 0 && v.nodes != p->toc->nentries) {
+		v.why = "the NAR does not match the TOC";
+		rc = -EIO;
+	}
+	if (rc == 0 && memcmp(got, p->man.info.nar_hash, NX_SHA256_LEN) != 0) {
+		v.why = "NarHash mismatch";
+		rc = -EIO;
+	}
+	if (rc < 0 && v.why) {
+		/* the content contradicts what was signed: refuse the path */
+		nx_stat_add(&st->verify_failures, 1);
+		nx_log(NX_LOG_ERR, "verify %s: %s; refusing it", p->man.info.store_path, v.why);
+		rc = -EACCES;
+	}
+	return rc;
+}

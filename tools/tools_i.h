@@ -1,0 +1,113 @@
+/*
+ * tools/tools_i.h: private to tools/. The nixoci CLI is a thin client of
+ * fetch/, cache/ and common/; this header holds what the subcommands share:
+ * the common options, registry and store wiring, argument helpers and the
+ * subcommand entry points.
+ *
+ * Subcommand entry points are main()-like: they take the argv that starts
+ * at the subcommand name and return the process exit status
+ * (NX_EXIT_OK, NX_EXIT_ERR or NX_EXIT_USAGE), not an errno. Every other
+ * function here returns 0 or a negative errno.
+ */
+#ifndef NIXOCI_TOOLS_I_H
+#define NIXOCI_TOOLS_I_H
+
+#include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/cache.h"
+#include "common/common.h"
+#include "fetch/fetch.h"
+
+#define NX_EXIT_OK 0
+#define NX_EXIT_ERR 1
+#define NX_EXIT_USAGE 2
+
+/* Options every subcommand accepts (before or after the subcommand name). */
+struct nx_cli {
+	const char *cafile;
+	int insecure;
+	const char *keys;  /* --trusted-public-keys, or NULL */
+	int timeout_s;     /* 0 = fetch/'s default */
+	int verbose;
+};
+
+/* getopt_long codes of the common options; subcommands append these to their
+ * own tables with NX_CLI_LONGOPTS and hand them to nx_cli_opt(). */
+enum {
+	NX_OPT_CAFILE = 0x100,
+	NX_OPT_INSECURE,
+	NX_OPT_KEYS,
+	NX_OPT_TIMEOUT,
+	NX_OPT_FIRST_PRIVATE = 0x200, /* subcommands number their own from here */
+};
+
+#define NX_CLI_LONGOPTS                                                                 \
+	{ "cafile", required_argument, NULL, NX_OPT_CAFILE },                           \
+	{ "insecure", no_argument, NULL, NX_OPT_INSECURE },                             \
+	{ "trusted-public-keys", required_argument, NULL, NX_OPT_KEYS },                \
+	{ "timeout", required_argument, NULL, NX_OPT_TIMEOUT },                         \
+	{ "verbose", no_argument, NULL, 'v' },                                          \
+	{ "help", no_argument, NULL, 'h' }
+
+/* Handles a common option code (including 'v'). Returns 1 if it was one, 0
+ * if @c is not a common option, -EINVAL (logged, naming the argument) if
+ * its argument is bad. */
+int nx_cli_opt(struct nx_cli *cli, int c, const char *arg);
+
+/* Logs one line (which names the bad argument) and the synopsis line of
+ * @usage to stderr. Returns NX_EXIT_USAGE. */
+int nx_cli_usage_error(const char *usage, const char *fmt, ...) NX_PRINTF(2, 3);
+/* Prints the synopsis line of @usage to stderr (after an error that was
+ * already logged). Returns NX_EXIT_USAGE. */
+int nx_cli_synopsis(const char *usage);
+
+/* Parses --trusted-public-keys into *keys (caller frees) or NULL/0 when
+ * none were given. */
+int nx_cli_keys(const struct nx_cli *cli, struct nx_pubkey **keys, size_t *n);
+
+/* Opens the registry @ref with the common options. @quiet_404: a missing
+ * manifest is expected (push, ls). Logs on error. */
+int nx_cli_registry(const struct nx_cli *cli, const char *ref, int quiet_404,
+		    struct nx_registry **out);
+
+/* Accepts "/nix/store/<base>[/sub]" or "<base>[/sub]" and returns pointers
+ * to the base (@base, @base_len) and the rest (@sub: "" or "x/y", without
+ * leading slashes; may be NULL when a sub-path is not allowed). Quiet:
+ * -EINVAL when @arg is neither. */
+int nx_cli_path_arg(const char *arg, const char **base, size_t *base_len, const char **sub);
+
+/* The tag of a store path base name: its 32-char hash part. @tag has room
+ * for NX_HASH_LEN + 1. */
+void nx_cli_tag(const char *base, char tag[NX_HASH_LEN + 1]);
+/* 1 if @tag has the form of a store path hash part. */
+int nx_cli_is_hash_tag(const char *tag);
+
+/* Fetches and parses the manifest of store path @base (tag = hash part) and
+ * checks that it is the manifest of /nix/store/<base>. @digest (may be NULL)
+ * gets the manifest digest, @json_len (may be NULL) its size. -ENOENT (not
+ * logged) when the tag does not exist; other errors are logged. */
+int nx_cli_get_manifest(struct nx_registry *reg, const char *base, size_t base_len,
+			struct nx_manifest *m, uint8_t digest[NX_SHA256_LEN], size_t *json_len);
+
+/* 1 if stderr is a terminal (progress lines are printed only then). */
+int nx_cli_tty(void);
+
+/* A private cache directory for commands without --cache: created under
+ * $TMPDIR, removed recursively by nx_cli_tmpdir_remove. */
+int nx_cli_tmpdir(char **out);
+void nx_cli_tmpdir_remove(char *dir);
+
+/* Formats @bytes as "12.3 MiB" into @buf. */
+const char *nx_cli_human(uint64_t bytes, char *buf, size_t len);
+
+int nx_cmd_push(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_info(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_verify(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_stats(struct nx_cli *cli, int argc, char **argv);
+
+#endif

@@ -54,7 +54,9 @@ struct nx_store_opts {
 	const char *closure;       /* tag or "sha256:..." of a closure index, or NULL */
 	const struct nx_pubkey *keys; /* trusted keys; NULL/0 = trust the manifest */
 	size_t nkeys;
-	int readonly_cache;        /* open the cache without writing (tools) */
+	int readonly_cache;        /* open the cache without writing (tools); a
+				    * missing or unusable cache then means reading
+				    * straight from the source */
 };
 
 struct nx_store;
@@ -72,8 +74,12 @@ void nx_store_close(struct nx_store *st);
  * the index, otherwise the tag <hash>. Fetches (or takes from the cache) the
  * manifest and TOC, checks that the manifest's store path equals
  * /nix/store/<base>, enforces the trust policy, and decodes the TOC.
- * -ENOENT when the repository (or closure) has no such path; results,
- * including -ENOENT, are remembered (negative ones briefly).
+ * -ENOENT when the repository (or closure) has no such path or @base is not
+ * a valid store path name; -EACCES when the trust policy refuses it (one log
+ * line says why); -EIO when it could not be fetched or is malformed. Results
+ * are remembered: successes until close, -ENOENT and -EACCES for 5 seconds,
+ * -EIO not at all. With trusted keys and only a narinfo signature, the first
+ * lookup fetches and verifies the whole NAR (remembered in the cache).
  */
 int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx_spath **out);
 
@@ -99,7 +105,8 @@ const struct nx_manifest *nx_spath_manifest(const struct nx_spath *p);
  * Reads up to @len bytes of regular-file entry @entry at @off into @buf:
  * fetches the covering frames that are not cached (one Range request for
  * adjacent frames), verifies each frame's SHA-256, decompresses, caches.
- * *got = bytes copied (short only at end of file).
+ * *got = bytes copied (short only at end of file). -EISDIR for a directory,
+ * -EINVAL for a symlink, -ENOENT for an entry index out of range.
  */
 int nx_store_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
 		  size_t len, void *buf, size_t *got);
@@ -116,7 +123,8 @@ struct nx_store_stats {
 	uint64_t bytes_fetched;    /* compressed bytes received */
 	uint64_t cache_hits;       /* frames served from disk */
 	uint64_t cache_misses;
-	uint64_t cache_bytes;      /* bytes in chunks now */
+	uint64_t cache_bytes;      /* bytes in chunks and metadata blobs now (this
+				    * process's view; blobs are never evicted) */
 	uint64_t cache_limit;
 	uint64_t evictions;
 	uint64_t verify_failures;

@@ -505,8 +505,10 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 	if (rc < 0)
 		return rc;
 	rc = nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
-	if (rc < 0)
+	if (rc < 0) {
+		rc = -ENOENT; /* an LMDB hiccup is a miss, not a failed read */
 		goto unpin;
+	}
 	size = get_le64(rec);
 	last = get_le64(rec + 8);
 	obj_path(st, "chunks", d, path, sizeof(path));

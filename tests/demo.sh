@@ -55,7 +55,9 @@ echo "$OUT"
 
 step "nixoci stats $MNT  (what was fetched)"
 nixoci stats "$MNT"
-echo "registry holds $(du -sb "$REG_STORAGE" | cut -f1) bytes for $(echo "$SMALL_CLOSURE" | wc -l) store paths"
+fetched=$(nixoci stats "$MNT" | awk '/^bytes_fetched /{print $2}')
+echo "fetched ${fetched:-?} bytes; the registry holds $(du -sb "$REG_STORAGE" | cut -f1) bytes for" \
+	"$(echo "$SMALL_CLOSURE" | wc -l) store paths"
 
 step "unmounting and stopping the registry"
 test_run_atexit

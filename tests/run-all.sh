@@ -3,21 +3,36 @@
 # binaries in $O/tests/unit/, integration tests tests/integ/*.t; prove runs
 # them all and ends with its summary ("All tests successful." / "Result:").
 # Exit status is prove's: non-zero when any test failed.
-# TEST_JOBS=N runs N test files at once (default 1; the integration tests
-# each start their own registry and mounts, so they may run in parallel).
+#
+# Unit tests that talk to a real registry get one: a docker-registry on a
+# free loopback port, in NIXOCI_TEST_REGISTRY=HOST:PORT/REPO, stopped at the
+# end. TEST_JOBS=N runs N test files at once (default 1; each integration
+# test starts its own registry and mounts, so they may run in parallel).
 set -u
 O=${1:-build}
-cd "$(dirname "$0")/.." || exit 1
-O=$(cd "$O" && pwd) || { echo "run-all: no build directory $1 (run make)" >&2; exit 1; }
+SRC=$(cd "$(dirname "$0")/.." && pwd) || exit 1
+cd "$SRC" || exit 1
+O=$(cd "$O" 2>/dev/null && pwd) || { echo "run-all: no build directory ${1:-build} (run make)" >&2; exit 1; }
 export PATH="$O/bin:$PATH:/usr/sbin:/sbin"
 
 tests=()
 for t in "$O"/tests/unit/*; do
+	case $t in *.o) continue ;; esac
 	[ -f "$t" ] && [ -x "$t" ] && tests+=("$t")
 done
-for t in tests/integ/*.t; do
+for t in "$SRC"/tests/integ/*.t; do
 	[ -f "$t" ] && tests+=("$t")
 done
 [ ${#tests[@]} -gt 0 ] || { echo "run-all: no tests found" >&2; exit 1; }
 
-exec prove --exec '' --timer -j "${TEST_JOBS:-1}" "${tests[@]}"
+# The library's start_registry and EXIT trap (it also moves us to a trash
+# directory, removed at exit).
+. "$SRC/tests/lib/lib.sh"
+if [ -z "${NIXOCI_TEST_REGISTRY:-}" ] && command -v docker-registry >/dev/null &&
+	start_registry unit 2>/dev/null; then
+	export NIXOCI_TEST_REGISTRY=$REG/unit-test
+fi
+
+rc=0
+prove --exec '' --timer -j "${TEST_JOBS:-1}" "${tests[@]}" || rc=$?
+exit $rc

@@ -38,10 +38,15 @@ HEADERS   := $(wildcard */*.h)
 
 BINS      := $(O)/bin/nixoci $(O)/bin/nixoci-fs
 UNIT_BINS := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(UNIT_SRC))
+# Fuzz targets (tests/fuzz/fuzz-<t>.c): libFuzzer builds for make fuzz, and
+# plain replay drivers that make check runs over the corpus and crashers.
+FUZZ_TARGETS := $(filter-out common,$(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c)))
+FUZZ_REPLAY  := $(patsubst %,$(O)/tests/fuzz/replay-%,$(FUZZ_TARGETS))
+FUZZ_SECONDS ?= 60
 
 .SECONDARY:
 .PHONY: all deps check unit integ demo install clean bench fuzz
-all: $(BINS) $(UNIT_BINS)
+all: $(BINS) $(UNIT_BINS) $(FUZZ_REPLAY)
 	@ln -sfn $(O)/bin bin
 
 $(O)/%.o: %.c $(HEADERS)
@@ -76,6 +81,18 @@ $(O)/tests/unit/fetch-%: $(O)/tests/unit/fetch-%.o $(FETCH_A) $(COMMON_A)
 $(O)/tests/unit/cache-%: $(O)/tests/unit/cache-%.o $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
+$(O)/tests/fuzz/replay-%: $(O)/tests/fuzz/fuzz-%.o $(O)/tests/fuzz/replay.o \
+			  $(O)/tests/fuzz/fuzz-common.o $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/tests/fuzz/replay-wwwauth: $(O)/tests/fuzz/fuzz-wwwauth.o $(O)/tests/fuzz/replay.o \
+			  $(O)/tests/fuzz/fuzz-common.o $(FETCH_A) $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# make fuzz FUZZ_SECONDS=N: each libFuzzer target for N seconds (clang);
+# crashers are kept in tests/fuzz/crashers/<target>/.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run-fuzz.sh $(FUZZ_TARGETS)
+
 # make check / make demo first install what they need (Debian packages, as
 # root, only when missing), then build in a sub-make so pkg-config sees the
 # freshly installed libraries.
@@ -94,9 +111,14 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	tests/demo.sh $(O)
 
+# make bench: issue 6's benchmark (long: ~40 min the first time; not part of
+# make check). Results in bench/results/ and docs/benchmarks.md.
+bench: all
+	bench/run.sh $(O)
+
 install: $(BINS)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 
 clean:
-	rm -rf build build-san bin
+	rm -rf build build-san bin build-fuzz-san build-tsan-san

@@ -24,6 +24,14 @@
  *
  * Errors are negative errnos; -EIO means "could not get verified data"
  * (network down, digest mismatch, malformed artifact) and was logged once.
+ *
+ * Offline: when the source fails with a network error (refused, timed out,
+ * unreachable, 5xx after retries) the store logs one line and goes offline:
+ * cached data is still served, and while one request probes the source,
+ * other misses fail at once with -EIO instead of piling up on a dead
+ * registry (at most one probe per half second). The first success ends it. Only
+ * -ENOENT (the registry said "no such path") is remembered for lookups;
+ * network failures never are.
  */
 #ifndef NIXOCI_CACHE_H
 #define NIXOCI_CACHE_H
@@ -57,6 +65,8 @@ struct nx_store_opts {
 	int readonly_cache;        /* open the cache without writing (tools); a
 				    * missing or unusable cache then means reading
 				    * straight from the source */
+	int readahead;             /* largest readahead window in frames: 0 =
+				    * default (32), negative = no readahead */
 };
 
 struct nx_store;
@@ -112,6 +122,24 @@ int nx_store_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint6
 		  size_t len, void *buf, size_t *got);
 
 /*
+ * Readahead. A struct nx_reader is the state of one open file (fs/ keeps it
+ * in fi->fh); reads through it that continue where the previous ones ended
+ * make the store fetch a growing window of the file's next frames (2, 4, ...
+ * up to nx_store_opts.readahead frames) in the background, so the reader
+ * finds them cached. Random reads get none. Readahead uses the same
+ * in-flight table as reads (a frame is never fetched twice at once), is
+ * bounded (a few background threads, a short queue; excess is dropped) and
+ * stops at nx_store_close. A reader may be used by several threads at once;
+ * nx_reader_free must not race with a read through it.
+ */
+struct nx_reader;
+int nx_reader_new(struct nx_reader **out);
+void nx_reader_free(struct nx_reader *rd);
+/* nx_store_read, plus readahead on behalf of @rd (NULL: none). */
+int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+			size_t len, void *buf, size_t *got, struct nx_reader *rd);
+
+/*
  * Makes every frame of @p present in the cache. @progress (may be NULL) is
  * called with bytes done and total.
  */
@@ -124,12 +152,20 @@ struct nx_store_stats {
 	uint64_t cache_hits;       /* frames served from disk */
 	uint64_t cache_misses;
 	uint64_t cache_bytes;      /* bytes in chunks and metadata blobs now (this
-				    * process's view; blobs are never evicted) */
+				    * process's view, re-read from LMDB every 64
+				    * chunks saved and at each eviction, so what
+				    * another process sharing the cache added or
+				    * evicted shows up late; blobs are never
+				    * evicted) */
 	uint64_t cache_limit;
 	uint64_t evictions;
 	uint64_t verify_failures;
 	uint64_t errors;
 	uint64_t paths_loaded;
+	uint64_t readahead_frames; /* frames fetched by readahead (also in
+				    * frames_fetched) */
+	int offline;               /* the source failed with a network error
+				    * and has not answered since */
 };
 void nx_store_stats(struct nx_store *st, struct nx_store_stats *out);
 

@@ -31,6 +31,22 @@
  * compresses to more than about 1 MiB + 4 KiB). */
 #define NX_CLEN_MAX (2u * NX_FRAME_MAX)
 #define NX_DEFAULT_CACHE_SIZE (UINT64_C(10) << 30)
+/* Readahead: background threads, queued jobs (more are dropped), the first
+ * and the default largest window (frames), and the largest window in
+ * compressed bytes. */
+#define NX_RA_THREADS 2
+#define NX_RA_QUEUE 16
+#define NX_RA_MIN 2
+#define NX_RA_DEFAULT_MAX 32
+#define NX_RA_MAX_BYTES (UINT64_C(32) << 20)
+/* A read starting within this distance of where the previous ones ended
+ * still counts as sequential (the kernel sends its readahead requests in
+ * parallel, so they arrive slightly out of order). */
+#define NX_RA_SLACK (UINT64_C(4) << 20)
+/* Offline: at most one probe of the source this often. */
+#define NX_PROBE_INTERVAL_NS (UINT64_C(500000000))
+/* The running cache total is re-read from LMDB every this many saves. */
+#define NX_RESYNC_SAVES 64
 #define NX_MAP_SIZE ((size_t)1 << 30)
 
 struct nx_spath {
@@ -70,6 +86,24 @@ struct nx_flight {
 	int rc;
 };
 
+/* A readahead job: fetch the missing frames of [first, last] of @p. */
+struct nx_ra_job {
+	struct nx_ra_job *next;
+	struct nx_spath *p;
+	uint32_t first, last;
+};
+
+/* Per-open sequential-read state (cache.h), guarded by its own lock. */
+struct nx_reader {
+	pthread_mutex_t lock;
+	struct nx_spath *p;
+	uint32_t entry;
+	uint64_t end;      /* largest end offset read so far */
+	uint64_t seq;      /* bytes read sequentially since the last seek */
+	uint32_t win;      /* current window in frames; 0 = not sequential yet */
+	uint32_t ra_next;  /* first frame not yet given to readahead */
+};
+
 /* A chunk file a reader is using; eviction skips it. */
 struct nx_pin {
 	struct nx_pin *next;
@@ -105,10 +139,26 @@ struct nx_store {
 	struct nx_pin *pins;
 	int evicting;
 
+	/* readahead pool (under st->lock; workers wait on ra_cond) */
+	uint32_t ra_max;            /* 0: readahead off */
+	pthread_cond_t ra_cond;
+	pthread_t ra_threads[NX_RA_THREADS];
+	unsigned ra_nthreads;
+	struct nx_ra_job *ra_head, *ra_tail;
+	unsigned ra_queued;
+	int ra_stop;                /* read without the lock by transfers */
+
+	/* offline gate (under st->lock) */
+	int offline;
+	int probing;
+	uint64_t probe_at;          /* when the last probe started */
+	uint64_t offline_since;
+
 	/* statistics, updated with __atomic builtins */
 	uint64_t total_bytes; /* chunks + metadata blobs in the cache */
 	uint64_t frames_fetched, bytes_fetched, cache_hits, cache_misses, evictions;
-	uint64_t verify_failures, errors, paths_loaded;
+	uint64_t verify_failures, errors, paths_loaded, ra_frames;
+	uint64_t saves;
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)
@@ -155,6 +205,22 @@ int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
  * Failures are logged and ignored (the data was still served). */
 void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		   size_t len);
+/* Forgets a chunk (file and record) unless a reader has it pinned: full
+ * verification saves frames as it goes and drops them when the path is
+ * refused, so nothing of a refused artifact stays cached. */
+void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
+
+/* online.c: every call of the source goes through these two, so an
+ * unreachable registry is noticed once and misses fail fast while it is.
+ * nx_source_begin returns 0 (go ahead), 1 (go ahead, as the probe of an
+ * offline source) or -EIO (offline and probed recently: do not call, fail);
+ * after calling, nx_source_end gets that value and the source's result. */
+int nx_source_begin(struct nx_store *st);
+void nx_source_end(struct nx_store *st, int probe, int rc);
+/* readahead.c */
+void nx_ra_stop(struct nx_store *st);
+void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last);
 
 /* frames.c */
 struct nx_walk_ops {
@@ -163,6 +229,9 @@ struct nx_walk_ops {
 	int (*data)(void *ctx, uint32_t i, const uint8_t *buf, size_t len);
 	/* a cached frame, as an open chunk file */
 	int (*file)(void *ctx, uint32_t i, int fd);
+	/* readahead: skip frames that are cached or being fetched instead of
+	 * reading or waiting for them, deliver nothing, give up on stop */
+	int background;
 };
 /* Delivers frames [first, last] of @p in order, from the cache or fetched
  * in merged runs of at most @batch compressed bytes. */

@@ -574,6 +574,7 @@ static void evict(struct nx_store *st)
 	uint64_t target = st->limit - st->limit / 10;
 	struct evict_cand *c = NULL;
 	size_t n = 0, cap = 0, ndel = 0;
+	int complete = 1;
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, v;
@@ -600,8 +601,10 @@ static void evict(struct nx_store *st)
 			size_t ncap = cap ? 2 * cap : 1024;
 			struct evict_cand *nc = realloc(c, ncap * sizeof(*c));
 
-			if (!nc)
+			if (!nc) {
+				complete = 0;
 				break;
+			}
 			c = nc;
 			cap = ncap;
 		}
@@ -613,6 +616,15 @@ static void evict(struct nx_store *st)
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	qsort(c, n, sizeof(*c), cand_cmp);
+	if (complete) {
+		/* the scan saw every chunk: start from the true total (other
+		 * processes may have added or evicted since our last look) */
+		uint64_t sum = sum_sizes(st->env, st->dbi_blobs);
+
+		for (size_t i = 0; i < n; i++)
+			sum += c[i].size;
+		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
+	}
 
 	for (size_t i = 0; i < n && nx_stat_get(&st->total_bytes) > target; i++) {
 		int skip;
@@ -685,6 +697,44 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	}
 	if (added)
 		nx_stat_add(&st->total_bytes, len);
+	/* Another process sharing the cache (nixoci prefetch, a second
+	 * daemon) adds and evicts behind our back: our running total is only
+	 * our own view, so now and then take the real one from LMDB. */
+	if (__atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0)
+		__atomic_store_n(&st->total_bytes,
+				 sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs),
+				 __ATOMIC_RELAXED);
 	if (nx_stat_get(&st->total_bytes) > st->limit)
 		evict(st);
+}
+
+void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	char path[PATH_MAX];
+	uint8_t rec[16];
+	MDB_txn *txn;
+	MDB_val k = { NX_SHA256_LEN, (void *)d }, v;
+	int skip;
+
+	if (!st->env || st->readonly)
+		return;
+	pthread_mutex_lock(&st->lock);
+	skip = pin_find(st, d) || flight_busy(st, d);
+	if (!skip) {
+		obj_path(st, "chunks", d, path, sizeof(path));
+		unlink(path);
+	}
+	pthread_mutex_unlock(&st->lock);
+	if (skip || mdb_txn_begin(st->env, NULL, 0, &txn) != 0)
+		return;
+	if (mdb_get(txn, st->dbi_chunks, &k, &v) == 0 && v.mv_size >= sizeof(rec)) {
+		memcpy(rec, v.mv_data, sizeof(rec));
+		if (mdb_del(txn, st->dbi_chunks, &k, NULL) == 0) {
+			/* commit frees the transaction, whatever it returns */
+			if (mdb_txn_commit(txn) == 0)
+				nx_stat_sub(&st->total_bytes, get_le64(rec));
+			return;
+		}
+	}
+	mdb_txn_abort(txn);
 }

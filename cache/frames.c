@@ -161,6 +161,8 @@ static int frame_complete(struct run *r)
 		return -EIO;
 	}
 	nx_stat_add(&st->frames_fetched, 1);
+	if (r->ops->background)
+		nx_stat_add(&st->ra_frames, 1);
 	/* a repeated digest was saved by its first occurrence */
 	if (r->owned[r->cur - r->first]) {
 		nx_chunk_save(st, f->sha256, r->ubuf, f->ulen);
@@ -184,6 +186,10 @@ static int run_cb(void *ctx, uint64_t off, const void *buf, size_t len)
 	nx_stat_add(&r->st->bytes_fetched, len);
 	if (r->done)
 		return NX_STOP;
+	if (r->ops->background && __atomic_load_n(&r->st->ra_stop, __ATOMIC_RELAXED)) {
+		r->err = -ECANCELED; /* shutting down: readahead is not worth waiting for */
+		return r->err;
+	}
 	if (off + len <= r->pos)
 		return 0; /* a whole-blob answer: before our range */
 	if (off > r->pos) {
@@ -233,7 +239,7 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 			 .rel = first, .owned = owned, .ops = ops, .ctx = ctx };
 	uint32_t cmax = 0;
 	uint64_t end;
-	int rc;
+	int rc, probe;
 
 	for (uint32_t i = first; i <= last; i++)
 		if (toc->frames[i].clen > cmax)
@@ -253,7 +259,13 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	}
 	r.pos = toc->frames[first].coff;
 	end = toc->frames[last].coff + toc->frames[last].clen;
+	probe = nx_source_begin(st);
+	if (probe < 0) {
+		rc = probe; /* offline: fail fast, the outage was logged */
+		goto out;
+	}
 	rc = st->src.get_blob(st->src.ctx, p->man.nar.digest, r.pos, end - r.pos, run_cb, &r);
+	nx_source_end(st, probe, r.err || rc == NX_STOP ? 0 : rc);
 	if (r.err) {
 		rc = r.err;
 	} else if (rc == NX_STOP || rc == 0) {
@@ -294,13 +306,22 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 		uint8_t *owned;
 		struct nx_flight *fl;
 
-		rc = try_hit(st, p, i, ops, ctx);
-		if (rc == 0) {
-			i++;
-			continue;
+		if (ops->background) {
+			if (__atomic_load_n(&st->ra_stop, __ATOMIC_RELAXED))
+				return -ECANCELED;
+			if (nx_chunk_known(st, fr[i].sha256)) {
+				i++;
+				continue;
+			}
+		} else {
+			rc = try_hit(st, p, i, ops, ctx);
+			if (rc == 0) {
+				i++;
+				continue;
+			}
+			if (rc != -ENOENT)
+				return rc;
 		}
-		if (rc != -ENOENT)
-			return rc;
 
 		/* Candidate run: following frames the cache does not know. */
 		bytes = fr[i].clen;
@@ -313,6 +334,12 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 
 		pthread_mutex_lock(&st->lock);
 		fl = flight_find(st, fr[i].sha256);
+		if (fl && ops->background) {
+			/* someone fetches it already: readahead moves on */
+			pthread_mutex_unlock(&st->lock);
+			i++;
+			continue;
+		}
 		if (fl) {
 			/* Someone fetches it: wait, then look in the cache again. */
 			fl->waiters++;
@@ -346,6 +373,12 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 					break;
 				continue;
 			}
+			/* Fetched by another thread since the candidate scan?
+			 * Its claim is gone, and since the chunk is saved
+			 * before the claim is released, the record is there:
+			 * claiming it again would fetch it twice. */
+			if (k > i && !st->readonly && nx_chunk_known(st, fr[k].sha256))
+				break;
 			rc = flight_claim(st, fr[k].sha256);
 			if (rc == 0)
 				owned[k - i] = 1;
@@ -469,7 +502,10 @@ int nx_verify_nar(struct nx_store *st, struct nx_spath *p)
 		rc = -EIO;
 	}
 	if (rc < 0 && v.why) {
-		/* the content contradicts what was signed: refuse the path */
+		/* the content contradicts what was signed: refuse the path, and
+		 * keep nothing of it (the walk cached the frames it fetched) */
+		for (uint32_t i = 0; i < p->toc->nframes; i++)
+			nx_chunk_drop(st, p->toc->frames[i].sha256);
 		nx_stat_add(&st->verify_failures, 1);
 		nx_log(NX_LOG_ERR, "verify %s: %s; refusing it", p->man.info.store_path, v.why);
 		rc = -EACCES;

@@ -71,8 +71,15 @@ static const struct nx_index_entry *ix_find(const struct nx_store *st, const cha
 static int fetch_manifest(struct nx_store *st, const char *ref, size_t cap, char **body,
 			  size_t *len, uint8_t digest[NX_SHA256_LEN])
 {
-	int rc = st->src.get_manifest(st->src.ctx, ref, cap, body, len, digest);
+	int rc, probe;
 
+	probe = nx_source_begin(st);
+	if (probe < 0) {
+		nx_stat_add(&st->errors, 1);
+		return -EIO;
+	}
+	rc = st->src.get_manifest(st->src.ctx, ref, cap, body, len, digest);
+	nx_source_end(st, probe, rc);
 	if (rc == -ENOENT)
 		return rc;
 	if (rc < 0) {
@@ -154,12 +161,16 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	st->keys = o->nkeys ? o->keys : NULL;
 	st->nkeys = o->keys ? o->nkeys : 0;
 	st->readonly = o->readonly_cache;
+	st->ra_max = o->readahead < 0 ? 0 : o->readahead ? (uint32_t)o->readahead : NX_RA_DEFAULT_MAX;
+	if (st->ra_max > NX_RA_DEFAULT_MAX)
+		st->ra_max = NX_RA_DEFAULT_MAX;
 	if (!st->dir) {
 		free(st);
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_cond_init(&st->cond, NULL);
+	pthread_cond_init(&st->ra_cond, NULL);
 	rc = nx_db_open(st);
 	if (rc < 0)
 		goto fail;
@@ -188,6 +199,8 @@ void nx_store_close(struct nx_store *st)
 
 	if (!st)
 		return;
+	/* first: readahead workers use paths and the cache */
+	nx_ra_stop(st);
 	for (p = st->all; p; p = pn) {
 		pn = p->next_all;
 		spath_free(p);
@@ -202,6 +215,7 @@ void nx_store_close(struct nx_store *st)
 	nx_db_close(st);
 	nx_index_release(&st->ix);
 	free(st->ix_sorted);
+	pthread_cond_destroy(&st->ra_cond);
 	pthread_cond_destroy(&st->cond);
 	pthread_mutex_destroy(&st->lock);
 	free(st->dir);
@@ -227,14 +241,19 @@ static int collect_cb(void *ctx, uint64_t off, const void *buf, size_t len)
 	return 0;
 }
 
-/* A whole metadata blob, verified against its descriptor, via the cache. */
+/* A whole metadata blob, verified against its descriptor, via the cache.
+ * *fetched says it came from the source: the caller saves it once the
+ * artifact is accepted (a blob that verifies but does not parse, or a path
+ * that is refused, leaves nothing in the cache). */
 static int get_meta_blob(struct nx_store *st, const struct nx_desc *d, size_t cap,
-			 const char *what, const char *sp, uint8_t **out, size_t *outlen)
+			 const char *what, const char *sp, uint8_t **out, size_t *outlen,
+			 int *fetched)
 {
 	struct collect c = { 0 };
 	uint8_t got[NX_SHA256_LEN];
-	int rc;
+	int rc, probe;
 
+	*fetched = 0;
 	if (nx_blob_load(st, d->digest, cap, out, outlen) == 0) {
 		if (*outlen == d->size)
 			return 0;
@@ -250,7 +269,14 @@ static int get_meta_blob(struct nx_store *st, const struct nx_desc *d, size_t ca
 	c.buf = malloc(c.size);
 	if (!c.buf)
 		return -ENOMEM;
+	probe = nx_source_begin(st);
+	if (probe < 0) {
+		nx_stat_add(&st->errors, 1);
+		free(c.buf);
+		return -EIO;
+	}
 	rc = st->src.get_blob(st->src.ctx, d->digest, 0, d->size, collect_cb, &c);
+	nx_source_end(st, probe, rc);
 	nx_stat_add(&st->bytes_fetched, c.got);
 	if (rc < 0 || c.got != c.size) {
 		if (rc == -EIO || rc == 0)
@@ -267,7 +293,7 @@ static int get_meta_blob(struct nx_store *st, const struct nx_desc *d, size_t ca
 		free(c.buf);
 		return -EIO;
 	}
-	nx_blob_save(st, d->digest, c.buf, c.size);
+	*fetched = 1;
 	*out = c.buf;
 	*outlen = c.size;
 	return 0;
@@ -275,7 +301,7 @@ static int get_meta_blob(struct nx_store *st, const struct nx_desc *d, size_t ca
 
 /* The manifest of @base: bytes and digest, from the cache or the source. */
 static int get_path_manifest(struct nx_store *st, const char *base, size_t len, char **body,
-			     size_t *blen, uint8_t digest[NX_SHA256_LEN])
+			     size_t *blen, uint8_t digest[NX_SHA256_LEN], int *fetched)
 {
 	const struct nx_index_entry *e = NULL;
 	char ref[NX_DIGEST_STRLEN];
@@ -283,6 +309,7 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 	uint8_t *b;
 	int rc;
 
+	*fetched = 0;
 	if (st->closure_mode) {
 		e = ix_find(st, base, len);
 		if (!e)
@@ -313,16 +340,25 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 		free(*body);
 		return -EIO;
 	}
-	nx_blob_save(st, digest, *body, *blen);
-	if (!e) {
-		uint64_t now = (uint64_t)time(NULL);
-
-		memcpy(rec, digest, NX_SHA256_LEN);
-		for (int i = 0; i < 8; i++)
-			rec[NX_SHA256_LEN + i] = (uint8_t)(now >> (8 * i));
-		nx_db_put(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec));
-	}
+	*fetched = 1;
 	return 0;
+}
+
+/* An accepted manifest fetched from the source goes into the cache, and
+ * (outside closure mode) the tag record pointing at it. */
+static void save_path_manifest(struct nx_store *st, const char *base, const char *body,
+			       size_t blen, const uint8_t digest[NX_SHA256_LEN])
+{
+	uint8_t rec[NX_SHA256_LEN + 8];
+	uint64_t now = (uint64_t)time(NULL);
+
+	nx_blob_save(st, digest, body, blen);
+	if (st->closure_mode)
+		return;
+	memcpy(rec, digest, NX_SHA256_LEN);
+	for (int i = 0; i < 8; i++)
+		rec[NX_SHA256_LEN + i] = (uint8_t)(now >> (8 * i));
+	nx_db_put(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec));
 }
 
 static int any_sig(const struct nx_store *st, char **sigs, size_t n, const char *msg)
@@ -390,7 +426,7 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	char *body = NULL, sp[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 1];
 	uint8_t *tocz = NULL, *tocb = NULL;
 	size_t blen, toczlen, toclen;
-	int rc;
+	int rc, man_fetched = 0, toc_fetched = 0;
 
 	snprintf(sp, sizeof(sp), "%s/%.*s", NX_STORE_DIR, (int)len, base);
 	p = calloc(1, sizeof(*p));
@@ -399,7 +435,7 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	memcpy(p->base, base, len);
 	p->base_len = len;
 
-	rc = get_path_manifest(st, base, len, &body, &blen, p->man_digest);
+	rc = get_path_manifest(st, base, len, &body, &blen, p->man_digest, &man_fetched);
 	if (rc < 0)
 		goto fail;
 	rc = nx_manifest_parse(body, blen, &p->man);
@@ -414,7 +450,8 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 		rc = -ENOENT;
 		goto fail;
 	}
-	rc = get_meta_blob(st, &p->man.toc, NX_TOC_MAX_BYTES, "toc", sp, &tocz, &toczlen);
+	rc = get_meta_blob(st, &p->man.toc, NX_TOC_MAX_BYTES, "toc", sp, &tocz, &toczlen,
+			   &toc_fetched);
 	if (rc < 0)
 		goto fail;
 	rc = nx_zstd_decompress(tocz, toczlen, NX_TOC_MAX_BYTES, &tocb, &toclen);
@@ -433,6 +470,11 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	rc = check_trust(st, p);
 	if (rc < 0)
 		goto fail;
+	/* accepted: only now does any of it go into the cache */
+	if (man_fetched)
+		save_path_manifest(st, base, body, blen, p->man_digest);
+	if (toc_fetched)
+		nx_blob_save(st, p->man.toc.digest, tocz, toczlen);
 	free(body);
 	free(tocz);
 	free(tocb);
@@ -731,6 +773,12 @@ static int read_file(void *ctx, uint32_t i, int fd)
 int nx_store_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
 		  size_t len, void *buf, size_t *got)
 {
+	return nx_store_read_ahead(st, p, entry, off, len, buf, got, NULL);
+}
+
+int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+			size_t len, void *buf, size_t *got, struct nx_reader *rd)
+{
 	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *e;
 	struct readwalk w = { .toc = toc };
@@ -756,6 +804,9 @@ int nx_store_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint6
 	rc = nx_toc_frames_for(toc, w.r.a, n, &first, &last);
 	if (rc < 0)
 		return -EIO;
+	/* before our own fetch, so the window's transfers overlap with it */
+	if (rd)
+		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	rc = nx_frames_walk(st, p, first, last, NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0)
 		return rc == -ENOMEM ? rc : -EIO;
@@ -807,4 +858,8 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->verify_failures = nx_stat_get(&st->verify_failures);
 	out->errors = nx_stat_get(&st->errors);
 	out->paths_loaded = nx_stat_get(&st->paths_loaded);
+	out->readahead_frames = nx_stat_get(&st->ra_frames);
+	pthread_mutex_lock(&st->lock);
+	out->offline = st->offline;
+	pthread_mutex_unlock(&st->lock);
 }

@@ -34,6 +34,11 @@ struct nx_regopts {
 	int max_transfers;      /* parallel transfers; 0 = default 8 */
 	int insecure;           /* allow plain HTTP / unverified TLS for this registry */
 	int quiet_404;          /* 404 on a manifest is expected: log at debug level */
+	/* pull-through mirrors "[https://|http://]HOST[:PORT]", tried in order
+	 * before the registry for manifests, blobs and tags (same repository
+	 * path); pushes go to the registry only */
+	const char *const *mirrors;
+	size_t nmirrors;
 };
 
 struct nx_registry;
@@ -41,7 +46,9 @@ struct nx_registry;
 /*
  * Parses "HOST[:PORT]/REPO" (REPO lower-case, distribution's grammar) and
  * prepares a client. Loopback hosts (127.0.0.0/8, localhost, [::1]) use
- * http://, every other host https:// with verification. No network I/O.
+ * http://, every other host https:// with verification; an explicit
+ * "https://" prefix (TLS on loopback) or "http://" (needs insecure off
+ * loopback) overrides that. No network I/O.
  * -EINVAL with a message naming the reference when it is malformed.
  */
 int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_regopts *o);
@@ -49,7 +56,7 @@ void nx_registry_close(struct nx_registry *r);
 /* "HOST[:PORT]/REPO" as given; valid while @r lives. */
 const char *nx_registry_ref(const struct nx_registry *r);
 /* Base URL in use, "http://HOST:PORT" (loopback) or "https://HOST[:PORT]";
- * valid while @r lives. */
+ * valid while @r lives. The registry's own, not a mirror's. */
 const char *nx_registry_url(const struct nx_registry *r);
 
 /* GET /v2/ : checks the registry answers. */

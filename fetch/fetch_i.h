@@ -26,9 +26,12 @@ struct nx_ref {
 	unsigned port;                  /* 0 when absent */
 	char repo[NX_REPO_MAX + 1];
 	int loopback;
+	int scheme;                     /* NX_SCHEME_*: from an explicit prefix */
 };
 
-/* "HOST[:PORT]/REPO". Quiet: 0 or -EINVAL. */
+enum { NX_SCHEME_DEFAULT, NX_SCHEME_HTTPS, NX_SCHEME_HTTP };
+
+/* "[https://|http://]HOST[:PORT]/REPO". Quiet: 0 or -EINVAL. */
 int nx_ref_parse(const char *s, struct nx_ref *out);
 /* 1 for localhost, 127.0.0.0/8, ::1 (and ::ffff:127.x); @host has no brackets. */
 int nx_host_is_loopback(const char *host);
@@ -39,12 +42,36 @@ int nx_manifest_ref_valid(const char *s);
 
 /* ----------------------------------------------------------- registry */
 
+/* A cached bearer token for the requests of one (realm, service, scope). */
+struct nx_token {
+	struct nx_token *next;
+	char *key;        /* "realm\nservice\nscopes": the requests' scope, normalized */
+	char *header;     /* "Authorization: Bearer .."; never logged */
+	char *scope;      /* the scope asked of the token server, for renewals */
+	uint64_t renew;   /* nx_now_ns() after which it is renewed */
+	unsigned serial;  /* names this header in nx_auth_answer() */
+	int push;         /* the scope asked for push */
+};
+
+enum { NX_AUTH_NONE, NX_AUTH_BASIC, NX_AUTH_BEARER };
+
 struct nx_auth {
-	pthread_mutex_t mu;
-	char *header;      /* "Authorization: ..." or NULL; never logged */
-	unsigned gen;      /* bumped on every change of @header */
+	pthread_mutex_t mu;       /* guards the fields below but the credentials */
+	pthread_mutex_t fetch_mu; /* one credential load / token request at a time;
+				   * guards the credentials (written once) */
+	int mode;                 /* NX_AUTH_*: what the registry last asked for */
+	char *basic_header;       /* mode BASIC: "Authorization: Basic .." */
+	unsigned basic_serial;
+	char realm[1024];         /* mode BEARER: the last challenge */
+	char service[256];
+	struct nx_token *tokens;
+	unsigned serial;          /* last serial handed out */
+	uint64_t token_requests;  /* for tests and stats */
+
 	int creds_loaded;
-	char *basic;       /* base64(user:pass) from a credentials file, or NULL */
+	char *basic;              /* base64(user:pass) from a credential source, or NULL */
+	char *identity;           /* identity (refresh) token from a helper, or NULL */
+	char creds_src[320];      /* where they came from, for messages */
 };
 
 struct nx_registry {
@@ -55,7 +82,14 @@ struct nx_registry {
 	int timeout_s;
 	int quiet_404;
 	int insecure;
+	int tls;            /* base is https:// */
 	atomic_int plain_http; /* insecure registry found to speak plain HTTP */
+
+	/* pull-through mirrors, tried in order before this registry */
+	struct nx_registry **mirrors;
+	size_t nmirrors;
+	int is_mirror;              /* fail fast and quietly: the caller falls through */
+	_Atomic uint64_t down_until; /* nx_now_ns(): skip this mirror until then */
 
 	/* CA bundle assembled at open (system + cafile + certs.d), or none */
 	char *ca_buf;
@@ -95,6 +129,7 @@ struct nx_req {
 	const char *accept;
 	const char *content_type;
 	const char *auth_header; /* explicit "Authorization: ..." (token requests) */
+	const char *post_body;   /* POST body (form), or NULL for an empty POST */
 	unsigned flags;
 	long ok[3]; /* accepted statuses, 0-terminated; default {200} */
 
@@ -135,12 +170,38 @@ struct nx_challenge {
 	char realm[1024];
 	char service[256];
 	char scope[512];
+	char error[64]; /* error="insufficient_scope" etc. */
 };
 /* Parses one WWW-Authenticate value; quiet: 0 or -EINVAL. */
 int nx_challenge_parse(const char *v, struct nx_challenge *c);
-/* Answers @c: sets r->auth.header (unless another thread already moved on
- * from generation @gen). 0 or -EACCES with a log line. */
-int nx_auth_answer(struct nx_registry *r, const struct nx_challenge *c, unsigned gen, int push);
+/*
+ * The Authorization line for a request to the registry itself (caller wipes
+ * and frees; NULL when none is due) and the serial that names it. A bearer
+ * token that is about to expire is renewed here, before the request.
+ */
+int nx_auth_header(struct nx_registry *r, int push, char **header, unsigned *serial);
+/* Answers the 401 challenge @c to a request that carried @serial (0: none).
+ * 0 (retry the request) or -EACCES with a log line. */
+int nx_auth_answer(struct nx_registry *r, const struct nx_challenge *c, unsigned serial, int push);
+/* Logs the one line for a 401 that is final. */
+void nx_auth_log_rejected(struct nx_registry *r, int level);
 void nx_auth_release(struct nx_auth *a);
+
+/* Normalizes a token scope: space-separated "type:name:actions" items, the
+ * actions and then the items sorted and de-duplicated. Quiet: 0, -E2BIG. */
+int nx_scope_normalize(const char *in, char *out, size_t cap);
+/* Seconds a token response is good for, from expires_in (default 60) and
+ * issued_at (RFC 3339) as seen at wall-clock @now. */
+long nx_token_lifetime(long expires_in, const char *issued_at, long now);
+/* 1 if the JWT @tok grants @action on repository @repo, 0 if it does not,
+ * -EINVAL when it is not a readable JWT (opaque tokens: nothing to check). */
+int nx_jwt_grants(const char *tok, const char *repo, const char *action);
+/*
+ * Runs "docker-credential-@helper get" with @server on stdin (never argv),
+ * no shell, bounded time and output. On 0, *user and *secret (caller wipes
+ * and frees). -ENOENT: the helper has no credentials for @server (quiet);
+ * -ENOEXEC: no such helper in PATH; -EIO: it failed (both logged).
+ */
+int nx_cred_helper_get(const char *helper, const char *server, char **user, char **secret);
 
 #endif

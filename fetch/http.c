@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/x509.h>
 
 #include "fetch/fetch_i.h"
 
@@ -41,6 +42,9 @@
 #define NX_CONNECT_SECS 10L
 #define NX_MAX_ATTEMPTS 6
 #define NX_REFUSED_ATTEMPTS 3
+#define NX_MIRROR_ATTEMPTS 2   /* a mirror fails fast: the next source is there */
+#define NX_MIRROR_DOWN_SECS 30 /* a mirror that cannot be reached is skipped this long */
+#define NX_REDIRECT_RENEWALS 2 /* expired signed URLs asked for again */
 #define NX_BACKOFF_MS 200
 #define NX_BACKOFF_MAX_MS 5000
 #define NX_ERRBODY_MAX 8192
@@ -197,6 +201,47 @@ static void share_unlock(CURL *h, curl_lock_data d, void *ud)
 		pthread_mutex_unlock(&r->share_mu[d]);
 }
 
+/*
+ * Each mirror is a registry of its own (connections, credentials, TLS) for
+ * the same repository path, as registries.conf mirrors are.
+ */
+static int mirrors_open(struct nx_registry *r, const struct nx_regopts *o)
+{
+	struct nx_regopts mo = *o;
+	size_t i;
+	int rc;
+
+	if (!o->nmirrors)
+		return 0;
+	r->mirrors = calloc(o->nmirrors, sizeof(*r->mirrors));
+	if (!r->mirrors)
+		return -ENOMEM;
+	mo.mirrors = NULL;
+	mo.nmirrors = 0;
+	for (i = 0; i < o->nmirrors; i++) {
+		const char *m = o->mirrors[i], *p = m;
+		char *mref;
+
+		if (strncmp(p, "https://", 8) == 0)
+			p += 8;
+		else if (strncmp(p, "http://", 7) == 0)
+			p += 7;
+		if (!*p || strchr(p, '/')) {
+			nx_log(NX_LOG_ERR, "mirror %s: want HOST[:PORT], without a path", m);
+			return -EINVAL;
+		}
+		if (asprintf(&mref, "%s/%s", m, r->id.repo) < 0)
+			return -ENOMEM;
+		rc = nx_registry_open(&r->mirrors[i], mref, &mo);
+		free(mref);
+		if (rc < 0)
+			return rc;
+		r->mirrors[i]->is_mirror = 1;
+		r->nmirrors++;
+	}
+	return 0;
+}
+
 int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_regopts *o)
 {
 	static const struct nx_regopts defaults;
@@ -214,6 +259,7 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 	pthread_mutex_init(&r->pool_mu, NULL);
 	pthread_cond_init(&r->pool_cv, NULL);
 	pthread_mutex_init(&r->auth.mu, NULL);
+	pthread_mutex_init(&r->auth.fetch_mu, NULL);
 
 	if (nx_ref_parse(ref, &r->id) < 0) {
 		nx_log(NX_LOG_ERR,
@@ -223,8 +269,20 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 		rc = -EINVAL;
 		goto fail;
 	}
+	if (r->id.scheme == NX_SCHEME_HTTP && !r->id.loopback && !o->insecure) {
+		nx_log(NX_LOG_ERR,
+		       "registry reference %s: plain http to a host that is not loopback needs "
+		       "insecure",
+		       ref);
+		rc = -EINVAL;
+		goto fail;
+	}
+	/* loopback defaults to plain http (a test or a local proxy); an
+	 * explicit https:// prefix asks for TLS, verified as everywhere */
+	r->tls = r->id.scheme == NX_SCHEME_HTTPS ||
+		 (r->id.scheme == NX_SCHEME_DEFAULT && !r->id.loopback);
 	r->ref = strdup(ref);
-	if (!r->ref || asprintf(&r->base, "%s://%s", r->id.loopback ? "http" : "https",
+	if (!r->ref || asprintf(&r->base, "%s://%s", r->tls ? "https" : "http",
 				r->id.hostport) < 0) {
 		r->base = NULL;
 		rc = -ENOMEM;
@@ -237,11 +295,10 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 		r->max = NX_MAX_TRANSFERS;
 	r->quiet_404 = o->quiet_404;
 	r->insecure = o->insecure;
-	if (!r->id.loopback) {
-		rc = ca_build(r, o->cafile);
-		if (rc < 0)
-			goto fail;
-	}
+	/* also for a plain-http registry: a redirect may lead to https */
+	rc = ca_build(r, o->cafile);
+	if (rc < 0)
+		goto fail;
 	r->pool = calloc((size_t)r->max, sizeof(*r->pool));
 	r->share = curl_share_init();
 	if (!r->pool || !r->share) {
@@ -254,6 +311,9 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 	curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
 	curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
 	curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+	rc = mirrors_open(r, o);
+	if (rc < 0)
+		goto fail;
 	*out = r;
 	return 0;
 fail:
@@ -267,6 +327,9 @@ void nx_registry_close(struct nx_registry *r)
 
 	if (!r)
 		return;
+	for (i = 0; i < (int)r->nmirrors; i++)
+		nx_registry_close(r->mirrors[i]);
+	free(r->mirrors);
 	/* every call has returned: all handles are idle */
 	for (i = 0; i < r->npool; i++)
 		curl_easy_cleanup(r->pool[i]);
@@ -275,6 +338,7 @@ void nx_registry_close(struct nx_registry *r)
 	free(r->pool);
 	nx_auth_release(&r->auth);
 	pthread_mutex_destroy(&r->auth.mu);
+	pthread_mutex_destroy(&r->auth.fetch_mu);
 	pthread_cond_destroy(&r->pool_cv);
 	pthread_mutex_destroy(&r->pool_mu);
 	for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
@@ -297,10 +361,21 @@ const char *nx_registry_url(const struct nx_registry *r)
 
 void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out)
 {
+	size_t i;
+
 	out->requests = atomic_load(&r->st_requests);
 	out->bytes = atomic_load(&r->st_bytes);
 	out->errors = atomic_load(&r->st_errors);
 	out->retries = atomic_load(&r->st_retries);
+	for (i = 0; i < r->nmirrors; i++) {
+		struct nx_fetch_stats m;
+
+		nx_registry_stats(r->mirrors[i], &m);
+		out->requests += m.requests;
+		out->bytes += m.bytes;
+		out->errors += m.errors;
+		out->retries += m.retries;
+	}
 }
 
 /* ------------------------------------------------------------ pool */
@@ -809,15 +884,15 @@ static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url
 		/* Authorization never follows a redirect to another host */
 		curl_easy_setopt(h, CURLOPT_UNRESTRICTED_AUTH, 0L);
 	}
-	if (!r->id.loopback) {
-		if (r->insecure) {
-			curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-			curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
-		} else if (r->ca_len) {
-			struct curl_blob b = { r->ca_buf, r->ca_len, CURL_BLOB_NOCOPY };
+	/* verification is on unless insecure was given for this registry;
+	 * loopback is not an exception once https is asked for */
+	if (r->insecure) {
+		curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+	} else if (r->ca_len) {
+		struct curl_blob b = { r->ca_buf, r->ca_len, CURL_BLOB_NOCOPY };
 
-			curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &b);
-		}
+		curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &b);
 	}
 	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
@@ -830,8 +905,9 @@ static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url
 		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
 	} else if (strcmp(q->method, "POST") == 0) {
 		curl_easy_setopt(h, CURLOPT_POST, 1L);
-		curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
-		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 0L);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, q->post_body ? q->post_body : "");
+		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE,
+				 q->post_body ? (long)strlen(q->post_body) : 0L);
 	} else if (strcmp(q->method, "PUT") == 0) {
 		curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)q->up_size);
@@ -946,29 +1022,25 @@ static const char *attempt_range(struct xfer *x, char *buf, size_t cap)
 }
 
 /* The Authorization line for this attempt (caller wipes and frees), and the
- * auth generation it belongs to. */
+ * serial that names it for nx_auth_answer(). */
 static int attempt_auth(struct nx_registry *r, const struct nx_req *q, const char *url,
-			char **auth, unsigned *gen)
+			char **auth, unsigned *serial)
 {
 	*auth = NULL;
-	*gen = 0;
+	*serial = 0;
 	if (q->auth_header) {
 		*auth = strdup(q->auth_header);
 		return *auth ? 0 : -ENOMEM;
 	}
+	/* Authorization goes to the registry only, never to a storage host */
 	if ((q->flags & NX_REQ_NO_AUTH) || !same_origin(r, url))
 		return 0;
-	pthread_mutex_lock(&r->auth.mu);
-	*gen = r->auth.gen;
-	if (r->auth.header)
-		*auth = strdup(r->auth.header);
-	pthread_mutex_unlock(&r->auth.mu);
-	return *auth || !r->auth.header ? 0 : -ENOMEM;
+	return nx_auth_header(r, (q->flags & NX_REQ_PUSH) != 0, auth, serial);
 }
 
 /* One request on a pooled handle; *cc is curl's verdict, x holds the rest. */
 static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline, unsigned *gen,
-		       CURLcode *cc, long *os_errno)
+		       CURLcode *cc, long *os_errno, long *redirects, long *verify)
 {
 	struct nx_req *q = x->q;
 	struct curl_slist *hdrs = NULL;
@@ -984,7 +1056,7 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 	x->started = x->done_early = x->err = 0;
 	x->progress = x->up_pos = 0;
 	x->curl_msg[0] = 0;
-	*os_errno = 0;
+	*os_errno = *redirects = *verify = 0;
 
 	if (q->cb)
 		range_p = attempt_range(x, range, sizeof(range));
@@ -1010,6 +1082,8 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 			atomic_fetch_add(&r->st_requests, 1);
 			*cc = curl_easy_perform(h);
 			curl_easy_getinfo(h, CURLINFO_OS_ERRNO, os_errno);
+			curl_easy_getinfo(h, CURLINFO_REDIRECT_COUNT, redirects);
+			curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, verify);
 		}
 		pool_put(r, h);
 	} else {
@@ -1025,8 +1099,8 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 }
 
 /* The cause of a transport failure, for the log line. */
-static void curl_cause(const struct xfer *x, CURLcode cc, int rc, long os_errno, char *out,
-		       size_t cap)
+static void curl_cause(const struct xfer *x, CURLcode cc, int rc, long os_errno, long verify,
+		       char *out, size_t cap)
 {
 	const struct nx_req *q = x->q;
 	const char *detail = x->curl_msg[0] ? x->curl_msg : curl_easy_strerror(cc);
@@ -1043,8 +1117,17 @@ static void curl_cause(const struct xfer *x, CURLcode cc, int rc, long os_errno,
 			 NX_LOW_SPEED_BYTES, NX_LOW_SPEED_SECS);
 	else if (rc == -ETIMEDOUT)
 		snprintf(out, cap, "%s: timed out after %d s", q->what, x->r->timeout_s);
+	else if (rc == -EPROTO && cc == CURLE_PEER_FAILED_VERIFICATION && verify != 0)
+		/* name the certificate problem in openssl's words */
+		snprintf(out, cap,
+			 "tls certificate verification failed: %s: give the registry's CA "
+			 "with cafile=FILE (--cafile) or in /etc/containers/certs.d/%s/",
+			 X509_verify_cert_error_string(verify), x->r->id.hostport);
+	else if (rc == -EPROTO && cc == CURLE_PEER_FAILED_VERIFICATION)
+		snprintf(out, cap, "tls certificate verification failed: %s", detail);
 	else if (rc == -EPROTO && cc == CURLE_SSL_CONNECT_ERROR)
-		snprintf(out, cap, "tls handshake failed: %s (plain http needs insecure)", detail);
+		snprintf(out, cap, "tls handshake failed: %s (a plain http registry needs "
+			 "insecure, or address it as http://)", detail);
 	else if (rc == -EPROTO)
 		snprintf(out, cap, "tls: %s (a private CA needs cafile= or certs.d)", detail);
 	else
@@ -1061,14 +1144,42 @@ static void log_failure(struct nx_registry *r, const struct nx_req *q, int rc, c
 		level = NX_LOG_DEBUG; /* an answer the caller expects, not an error */
 	else
 		atomic_fetch_add(&r->st_errors, 1);
-	if (q->flags & NX_REQ_QUIET)
-		level = NX_LOG_DEBUG;
+	if ((q->flags & NX_REQ_QUIET) || r->is_mirror)
+		level = NX_LOG_DEBUG; /* the caller logs (or falls through to another source) */
 	if (rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -EPROTO)
 		nx_log(level, "registry %s: %s", r->id.hostport, cause);
 	else if (strncmp(cause, q->what, strlen(q->what)) == 0)
 		nx_log(level, "registry %s: %s%s", r->ref, cause, more);
 	else
 		nx_log(level, "registry %s: %s: %s%s", r->ref, q->what, cause, more);
+}
+
+/* The cause of an HTTP error status, in words a user can act on. */
+static void explain_status(const struct xfer *x, char *out, size_t cap)
+{
+	const struct nx_registry *r = x->r;
+	char st[300];
+
+	describe_status(x, st, sizeof(st));
+	if (x->status == 403)
+		snprintf(out, cap, "access denied (%s): the credentials for %s do not allow this "
+			 "on %s", st, r->id.hostport, r->id.repo);
+	else if (x->status == 404 && strstr(st, "NAME_UNKNOWN"))
+		snprintf(out, cap, "repository %s not found on %s (%s)", r->id.repo,
+			 r->id.hostport, st);
+	else if (x->status == 404 && strstr(st, "MANIFEST_UNKNOWN"))
+		snprintf(out, cap, "no such tag or manifest in repository %s (%s)", r->id.repo,
+			 st);
+	else if (x->status == 404 && strstr(st, "BLOB_UNKNOWN"))
+		snprintf(out, cap, "no such blob in repository %s (%s)", r->id.repo, st);
+	else if (x->status == 404)
+		snprintf(out, cap, "not found (%s)", st);
+	else if (x->status == 429)
+		snprintf(out, cap, "rate limited by the registry (%s)", st);
+	else if (x->status >= 500)
+		snprintf(out, cap, "registry server error (%s)", st);
+	else
+		snprintf(out, cap, "%s", st);
 }
 
 /* Hands the successful attempt's body and headers to @q. */
@@ -1095,8 +1206,10 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 {
 	const uint64_t span = (uint64_t)r->timeout_s * 1000000000ull;
 	uint64_t deadline = nx_now_ns() + span;
-	int attempt = 0, auth_rounds = 0, rc = 0, quiet = 0;
-	char cause[512] = "";
+	int attempt = 0, auth_rounds = 0, renewals = 0, rc = 0, quiet = 0;
+	int max_attempts = r->is_mirror ? NX_MIRROR_ATTEMPTS : NX_MAX_ATTEMPTS;
+	int max_refused = r->is_mirror ? 1 : NX_REFUSED_ATTEMPTS;
+	char cause[1024] = "";
 	struct xfer *x;
 
 	x = calloc(1, sizeof(*x));
@@ -1108,12 +1221,14 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 
 	for (;;) {
 		CURLcode cc = CURLE_OK;
-		unsigned gen, delay = 0;
-		long os_errno, ra = -1;
+		unsigned serial, delay = 0;
+		long os_errno, ra = -1, redirects, verify;
 
-		rc = run_attempt(r, x, deadline, &gen, &cc, &os_errno);
-		if (rc < 0)
+		rc = run_attempt(r, x, deadline, &serial, &cc, &os_errno, &redirects, &verify);
+		if (rc < 0) {
+			quiet = 1; /* out of memory, or the auth layer logged why */
 			break;
+		}
 		attempt++;
 
 		if (cc == CURLE_WRITE_ERROR && x->done_early)
@@ -1151,13 +1266,13 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 
 		if (cc != CURLE_OK) {
 			rc = curl_errno(cc, os_errno);
-			curl_cause(x, cc, rc, os_errno, cause, sizeof(cause));
+			curl_cause(x, cc, rc, os_errno, verify, cause, sizeof(cause));
 			if (!curl_retryable(cc))
 				break;
-			if (rc == -ECONNREFUSED && attempt >= NX_REFUSED_ATTEMPTS)
+			if (rc == -ECONNREFUSED && attempt >= max_refused)
 				break;
 		} else if (x->status == 401 && !(q->flags & NX_REQ_NO_AUTH) && x->challenge[0] &&
-			   auth_rounds < 2) {
+			   redirects == 0 && auth_rounds < 2) {
 			struct nx_challenge c;
 
 			auth_rounds++;
@@ -1165,12 +1280,31 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 			rc = -EACCES;
 			if (nx_challenge_parse(x->challenge, &c) < 0)
 				break;
-			rc = nx_auth_answer(r, &c, gen, (q->flags & NX_REQ_PUSH) != 0);
+			rc = nx_auth_answer(r, &c, serial, (q->flags & NX_REQ_PUSH) != 0);
 			if (rc < 0) {
 				quiet = 1; /* nx_auth_answer logged why */
 				break;
 			}
 			attempt--; /* answering a challenge is not a retry */
+			continue;
+		} else if (x->status == 401 && !(q->flags & NX_REQ_NO_AUTH) && redirects == 0) {
+			/* a challenge we cannot answer, or one answered twice */
+			rc = -EACCES;
+			if (!(q->flags & NX_REQ_QUIET) && !r->is_mirror)
+				nx_auth_log_rejected(r, NX_LOG_ERR);
+			quiet = 1;
+			break;
+		} else if ((x->status == 403 || x->status == 401 || x->status == 400) &&
+			   redirects > 0 && renewals < NX_REDIRECT_RENEWALS) {
+			/*
+			 * The storage host refused the URL the registry sent us
+			 * to: a signed URL that expired while we waited or
+			 * retried. The registry signs a new one on request.
+			 */
+			renewals++;
+			nx_log(NX_LOG_DEBUG, "registry %s: %s: redirect target answered %ld, "
+			       "asking the registry again", r->ref, q->what, x->status);
+			attempt--;
 			continue;
 		} else if (x->hdr_too_long) {
 			rc = -EIO;
@@ -1181,7 +1315,7 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 			break;
 		} else {
 			rc = status_errno(x->status);
-			describe_status(x, cause, sizeof(cause));
+			explain_status(x, cause, sizeof(cause));
 			if (rc != -EAGAIN)
 				break;
 			ra = retry_after_ms(x->retry_after);
@@ -1196,7 +1330,7 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 			rc = 0; /* everything asked for arrived before the error */
 			break;
 		}
-		if (attempt >= NX_MAX_ATTEMPTS)
+		if (attempt >= max_attempts)
 			break;
 		delay = NX_BACKOFF_MS << (attempt - 1);
 		if (delay > NX_BACKOFF_MAX_MS)
@@ -1213,6 +1347,13 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 	}
 
 	q->status = x->status;
+	if (r->is_mirror && (rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -ETIMEDOUT ||
+			     rc == -EPROTO || rc == -EAGAIN)) {
+		/* a mirror that is down costs every read a failed attempt:
+		 * skip it for a while */
+		atomic_store(&r->down_until,
+			     nx_now_ns() + (uint64_t)NX_MIRROR_DOWN_SECS * 1000000000ull);
+	}
 	if (rc < 0 && !quiet)
 		log_failure(r, q, rc, cause, attempt);
 	else if (rc < 0)

@@ -121,6 +121,14 @@ int nx_ref_parse(const char *s, struct nx_ref *out)
 	size_t hlen;
 
 	memset(out, 0, sizeof(*out));
+	/* an explicit scheme: how a TLS registry on loopback is addressed */
+	if (strncmp(s, "https://", 8) == 0) {
+		out->scheme = NX_SCHEME_HTTPS;
+		s += 8;
+	} else if (strncmp(s, "http://", 7) == 0) {
+		out->scheme = NX_SCHEME_HTTP;
+		s += 7;
+	}
 	slash = strchr(s, '/');
 	if (!slash || slash == s)
 		return -EINVAL;

@@ -93,8 +93,8 @@ static int check_header_digest(struct nx_registry *r, const char *what, const ch
 	return -EBADMSG;
 }
 
-int nx_registry_get_manifest(struct nx_registry *r, const char *ref, size_t cap, char **body,
-			     size_t *len, uint8_t digest[NX_SHA256_LEN], char **media_type)
+static int get_manifest_one(struct nx_registry *r, const char *ref, size_t cap, char **body,
+			    size_t *len, uint8_t digest[NX_SHA256_LEN], char **media_type)
 {
 	struct nx_req q = { 0 };
 	char what[200], *url;
@@ -146,8 +146,8 @@ out:
 	return rc;
 }
 
-int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
-			 uint64_t len, nx_blob_cb cb, void *ctx)
+static int get_blob_one(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
+			uint64_t len, nx_blob_cb cb, void *ctx)
 {
 	struct nx_req q = { 0 };
 	char d[NX_DIGEST_STRLEN], what[100], *url;
@@ -403,7 +403,7 @@ static int tags_page_size(void)
 	return n > 0 && n <= NX_TAGS_PAGE ? (int)n : NX_TAGS_PAGE;
 }
 
-int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char *tag), void *ctx)
+static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char *tag), void *ctx)
 {
 	int page = tags_page_size(), pages = 0, rc = 0;
 	char *url = NULL, *next = NULL, *last = NULL, first[32];
@@ -485,6 +485,166 @@ int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char
 	free(url);
 	free(last);
 	return rc;
+}
+
+/* ------------------------------------------------------------ mirrors */
+
+/*
+ * Pull requests try each mirror in order, then the registry, the way
+ * registries.conf mirrors work. A mirror that fails in any way - down, 5xx,
+ * 404 (a pull-through cache that lacks the object), bad bytes - only costs
+ * a debug line (a warning when it becomes unreachable): the next source is
+ * asked. Content is verified by digest whatever its source, so a mirror
+ * can make a read slower, never wrong.
+ */
+static int mirror_usable(struct nx_registry *m)
+{
+	return nx_now_ns() >= atomic_load(&m->down_until);
+}
+
+static void mirror_failed(struct nx_registry *m, const char *what, int rc, int was_up)
+{
+	if (was_up && !mirror_usable(m))
+		nx_log(NX_LOG_WARNING,
+		       "mirror %s: %s: %s; skipping this mirror for a while, using the next "
+		       "source",
+		       m->id.hostport, what, strerror(-rc));
+	else
+		nx_log(NX_LOG_DEBUG, "mirror %s: %s: %s; trying the next source",
+		       m->id.hostport, what, strerror(-rc));
+}
+
+/* Errors that no other source can cure. */
+static int fatal_for_all(int rc)
+{
+	return rc == -ENOMEM || rc == -EINVAL;
+}
+
+int nx_registry_get_manifest(struct nx_registry *r, const char *ref, size_t cap, char **body,
+			     size_t *len, uint8_t digest[NX_SHA256_LEN], char **media_type)
+{
+	size_t i;
+	int rc;
+
+	for (i = 0; i < r->nmirrors; i++) {
+		struct nx_registry *m = r->mirrors[i];
+		char what[200];
+
+		if (!mirror_usable(m))
+			continue;
+		/* by tag too: a pull-through cache answers for its upstream;
+		 * a digest is checked against the body as always */
+		rc = get_manifest_one(m, ref, cap, body, len, digest, media_type);
+		if (rc == 0 || fatal_for_all(rc))
+			return rc;
+		snprintf(what, sizeof(what), "manifest %s", ref);
+		mirror_failed(m, what, rc, 1);
+	}
+	return get_manifest_one(r, ref, cap, body, len, digest, media_type);
+}
+
+/* Delivers each blob byte to the caller once, in order, whichever source
+ * it came from: a source that fails half way is followed by the next one
+ * from the first byte not yet delivered. */
+struct once_ctx {
+	nx_blob_cb cb;
+	void *ctx;
+	uint64_t next; /* first offset not yet delivered */
+	int any;
+	int cb_failed; /* the caller's callback said stop: no other source */
+};
+
+static int once_cb(void *c, uint64_t off, const void *buf, size_t len)
+{
+	struct once_ctx *o = c;
+	int rc;
+
+	if (o->any && off < o->next) {
+		uint64_t k = o->next - off;
+
+		if (k >= len)
+			return 0;
+		buf = (const char *)buf + k;
+		off += k;
+		len -= (size_t)k;
+	}
+	rc = o->cb(o->ctx, off, buf, len);
+	if (rc < 0) {
+		o->cb_failed = 1;
+		return rc;
+	}
+	o->any = 1;
+	o->next = off + len;
+	return 0;
+}
+
+int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
+			 uint64_t len, nx_blob_cb cb, void *ctx)
+{
+	struct once_ctx o = { cb, ctx, off, 0, 0 };
+	size_t i;
+	int rc;
+
+	if (!r->nmirrors)
+		return get_blob_one(r, digest, off, len, cb, ctx);
+	for (i = 0; i < r->nmirrors; i++) {
+		struct nx_registry *m = r->mirrors[i];
+		uint64_t from = o.any && o.next > off ? o.next : off;
+		char what[100], d[NX_DIGEST_STRLEN];
+
+		if (!mirror_usable(m))
+			continue;
+		if (len && from >= off + len)
+			return 0;
+		rc = get_blob_one(m, digest, from, len ? off + len - from : 0, once_cb, &o);
+		if (rc == 0 || o.cb_failed || fatal_for_all(rc))
+			return rc;
+		nx_digest_format(digest, d);
+		snprintf(what, sizeof(what), "blob %s", d);
+		mirror_failed(m, what, rc, 1);
+	}
+	{
+		uint64_t from = o.any && o.next > off ? o.next : off;
+
+		if (len && from >= off + len)
+			return 0;
+		return get_blob_one(r, digest, from, len ? off + len - from : 0, once_cb, &o);
+	}
+}
+
+/* Tags from the first source that answers; a source that fails after
+ * handing out tags is not followed by another (tags would repeat). */
+struct tags_ctx {
+	int (*cb)(void *ctx, const char *tag);
+	void *ctx;
+	int any;
+};
+
+static int tags_cb(void *c, const char *tag)
+{
+	struct tags_ctx *t = c;
+
+	t->any = 1;
+	return t->cb(t->ctx, tag);
+}
+
+int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char *tag), void *ctx)
+{
+	struct tags_ctx t = { cb, ctx, 0 };
+	size_t i;
+	int rc;
+
+	for (i = 0; i < r->nmirrors; i++) {
+		struct nx_registry *m = r->mirrors[i];
+
+		if (!mirror_usable(m))
+			continue;
+		rc = list_tags_one(m, tags_cb, &t);
+		if (rc == 0 || t.any || fatal_for_all(rc))
+			return rc;
+		mirror_failed(m, "tag list", rc, 1);
+	}
+	return list_tags_one(r, cb, ctx);
 }
 
 int nx_registry_source_manifest(void *ctx, const char *ref, size_t cap, char **body, size_t *len,

@@ -29,23 +29,26 @@
 #define FUSE_DEFAULT_MAX_THREADS 10
 
 /* Forced on every mount: see the contract in the usage text. */
-#define FORCED_OPTS "-oro,default_permissions,fsname=nixoci,subtype=nixoci"
+#define FORCED_OPTS "-oro,nosuid,nodev,default_permissions,fsname=nixoci,subtype=nixoci"
 
 struct fs_opts {
 	char *cache;
 	char *cache_size;
 	char *closure;
 	char *timeout;
+	char *readahead;
 	char *cafile;
 	int insecure;
 	int debug;
 	char *keys; /* every trusted-public-keys= value, space-joined */
+	char **mirrors; /* every mirror= value, in order */
+	size_t nmirrors;
 	char *ref;
 	char *mountpoint;
 	int bad_arg;
 };
 
-enum { KEY_KEYS };
+enum { KEY_KEYS, KEY_MIRROR };
 
 #define OPT(t, m) { t, offsetof(struct fs_opts, m), 1 }
 static const struct fuse_opt fs_opt_spec[] = {
@@ -53,10 +56,12 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("cache_size=%s", cache_size),
 	OPT("closure=%s", closure),
 	OPT("timeout=%s", timeout),
+	OPT("readahead=%s", readahead),
 	OPT("cafile=%s", cafile),
 	OPT("insecure", insecure),
 	OPT("debug", debug),
 	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
+	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
 	FUSE_OPT_END,
 };
 
@@ -74,11 +79,16 @@ static void usage(FILE *f)
 		"    -o trusted-public-keys=KEY Nix public key name:base64 (repeatable; separate\n"
 		"                               several keys in one option with spaces)\n"
 		"    -o timeout=SECONDS         per-request registry deadline, 1..3600 (default 30)\n"
+		"    -o readahead=FRAMES        largest readahead window for sequential readers,\n"
+		"                               0..32 frames of 1 MiB, 0 = off (default 32)\n"
 		"    -o cafile=FILE             extra CA bundle for the registry\n"
 		"    -o insecure                allow plain HTTP / unverified TLS\n"
+		"    -o mirror=HOST[:PORT]      pull-through mirror tried before the registry\n"
+		"                               (repeatable, tried in order; https:// or http://\n"
+		"                               prefix to choose the scheme)\n"
 		"    -o debug                   log at debug level\n"
 		"    -o allow_other             let other users (and root) use the mount\n"
-		"Always mounted ro,default_permissions,fsname=nixoci,subtype=nixoci.\n"
+		"Always mounted ro,nosuid,nodev,default_permissions,fsname=nixoci,subtype=nixoci.\n"
 		"\n");
 }
 
@@ -105,6 +115,17 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		if (append_keys(o, arg + strlen("trusted-public-keys=")) < 0)
 			return -1;
 		return 0;
+	case KEY_MIRROR: {
+		char **m = realloc(o->mirrors, (o->nmirrors + 1) * sizeof(*m));
+
+		if (!m)
+			return -1;
+		o->mirrors = m;
+		if (!(m[o->nmirrors] = strdup(arg + strlen("mirror="))))
+			return -1;
+		o->nmirrors++;
+		return 0;
+	}
 	case FUSE_OPT_KEY_NONOPT:
 		/* Both positionals are ours: fuse_parse_cmdline would realpath()
 		 * the mountpoint and fail with a message of its own. */
@@ -283,8 +304,12 @@ static void fs_opts_release(struct fs_opts *o)
 	free(o->cache_size);
 	free(o->closure);
 	free(o->timeout);
+	free(o->readahead);
 	free(o->cafile);
 	free(o->keys);
+	while (o->nmirrors)
+		free(o->mirrors[--o->nmirrors]);
+	free(o->mirrors);
 	free(o->ref);
 	free(o->mountpoint);
 }
@@ -357,6 +382,19 @@ int main(int argc, char *argv[])
 		       o.timeout);
 		goto out_args;
 	}
+	if (o.readahead) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(o.readahead, &end, 10);
+		if (errno || end == o.readahead || *end || v < 0 || v > 32) {
+			nx_log(NX_LOG_ERR, "bad option readahead=%s: expected frames from 0 to 32",
+			       o.readahead);
+			goto out_args;
+		}
+		so.readahead = v ? (int)v : -1;
+	}
 	if (o.closure && check_closure_name(o.closure) < 0) {
 		nx_log(NX_LOG_ERR, "bad option closure=%s: expected a tag or sha256:<64 hex>",
 		       o.closure);
@@ -398,6 +436,8 @@ int main(int argc, char *argv[])
 	ro.cafile = o.cafile;
 	ro.timeout_s = timeout;
 	ro.insecure = o.insecure;
+	ro.mirrors = (const char *const *)o.mirrors;
+	ro.nmirrors = o.nmirrors;
 	ro.quiet_404 = 1; /* lookups of absent paths are routine */
 	if (check_registry(o.ref, &ro, o.closure) < 0)
 		goto out_fetch;

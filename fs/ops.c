@@ -381,7 +381,14 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->keep_cache = 1; /* immutable: the page cache never goes stale */
 	fi->noflush = 1;    /* nothing to flush on close */
-	fuse_reply_open(req, fi);
+	{
+		/* per-open readahead state; without it reads just get none */
+		struct nx_reader *rd = NULL;
+
+		fi->fh = nx_reader_new(&rd) == 0 ? (uint64_t)(uintptr_t)rd : 0;
+		if (fuse_reply_open(req, fi) == -ENOENT)
+			nx_reader_free(rd); /* the opener was interrupted: no release */
+	}
 }
 
 static pthread_key_t read_buf_key;
@@ -459,7 +466,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	r = nx_store_read(fs->st, p, e, (uint64_t)off, (size_t)len, buf, &got);
+	r = nx_store_read_ahead(fs->st, p, e, (uint64_t)off, (size_t)len, buf, &got,
+				(struct nx_reader *)(uintptr_t)fi->fh);
 	if (r < 0) {
 		fuse_reply_err(req, err_of(r));
 		return;
@@ -471,6 +479,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	nx_reader_free((struct nx_reader *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -757,10 +766,12 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "verify_failures %" PRIu64 "\n"
 		     "errors %" PRIu64 "\n"
 		     "paths_loaded %" PRIu64 "\n"
-		     "requests %" PRIu64 "\n",
+		     "requests %" PRIu64 "\n"
+		     "readahead_frames %" PRIu64 "\n"
+		     "offline %d\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
-		     ss.paths_loaded, fst.requests);
+		     ss.paths_loaded, fst.requests, ss.readahead_frames, ss.offline);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;
 	return n;

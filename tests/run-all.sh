@@ -1,7 +1,9 @@
 #!/bin/bash
 # tests/run-all.sh O: the whole suite (make check). Unit tests are the TAP
-# binaries in $O/tests/unit/, integration tests tests/integ/*.t; prove runs
-# them all and ends with its summary ("All tests successful." / "Result:").
+# binaries in $O/tests/unit/, the fuzz replay drivers $O/tests/fuzz/replay-*
+# (over their corpus and crashers, see tests/lib/run-test), integration tests
+# tests/integ/*.t; prove runs them all and ends with its summary
+# ("All tests successful." / "Result:").
 # Exit status is prove's: non-zero when any test failed.
 #
 # Unit tests that talk to a real registry get one: a docker-registry on a
@@ -20,6 +22,9 @@ for t in "$O"/tests/unit/*; do
 	case $t in *.o) continue ;; esac
 	[ -f "$t" ] && [ -x "$t" ] && tests+=("$t")
 done
+for t in "$O"/tests/fuzz/replay-*; do
+	[ -f "$t" ] && [ -x "$t" ] && tests+=("$t")
+done
 for t in "$SRC"/tests/integ/*.t; do
 	[ -f "$t" ] && tests+=("$t")
 done
@@ -34,5 +39,5 @@ if [ -z "${NIXOCI_TEST_REGISTRY:-}" ] && command -v docker-registry >/dev/null &
 fi
 
 rc=0
-prove --exec '' --timer -j "${TEST_JOBS:-1}" "${tests[@]}" || rc=$?
+prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${tests[@]}" || rc=$?
 exit $rc

@@ -32,12 +32,14 @@ static const char usage_main[] =
 	"common options:\n"
 	"  --cafile FILE             extra CA bundle for TLS\n"
 	"  --insecure                allow plain HTTP and unverified TLS\n"
+	"  --mirror HOST[:PORT]      pull-through mirror tried before the registry for\n"
+	"                            reads (repeatable, in order); pushes skip it\n"
 	"  --trusted-public-keys K   space-separated Nix public keys name:base64\n"
 	"  --timeout SECONDS         per-request timeout (default 30)\n"
 	"  -v, --verbose             more log output (twice: debug)\n"
 	"  -h, --help                this text; COMMAND -h: help for COMMAND\n"
 	"\n"
-	"REF is HOST[:PORT]/REPO. PATH is /nix/store/<hash>-<name> or <hash>-<name>.\n"
+	"REF is [https://|http://]HOST[:PORT]/REPO (loopback hosts default to http).\nPATH is /nix/store/<hash>-<name> or <hash>-<name>.\n"
 	"Exit status: 0 ok, 1 error, 2 usage error.\n";
 
 int nx_cli_opt(struct nx_cli *cli, int c, const char *arg)
@@ -54,6 +56,14 @@ int nx_cli_opt(struct nx_cli *cli, int c, const char *arg)
 		return 1;
 	case NX_OPT_KEYS:
 		cli->keys = arg;
+		return 1;
+	case NX_OPT_MIRROR:
+		if (cli->nmirrors == sizeof(cli->mirrors) / sizeof(cli->mirrors[0])) {
+			nx_log(NX_LOG_ERR, "too many --mirror options (at most %zu)",
+			       sizeof(cli->mirrors) / sizeof(cli->mirrors[0]));
+			return -EINVAL;
+		}
+		cli->mirrors[cli->nmirrors++] = arg;
 		return 1;
 	case NX_OPT_TIMEOUT:
 		errno = 0;
@@ -118,6 +128,8 @@ int nx_cli_registry(const struct nx_cli *cli, const char *ref, int quiet_404,
 		.timeout_s = cli->timeout_s,
 		.insecure = cli->insecure,
 		.quiet_404 = quiet_404,
+		.mirrors = cli->mirrors,
+		.nmirrors = cli->nmirrors,
 	};
 
 	return nx_registry_open(out, ref, &o);

@@ -31,6 +31,8 @@ struct nx_cli {
 	const char *keys;  /* --trusted-public-keys, or NULL */
 	int timeout_s;     /* 0 = fetch/'s default */
 	int verbose;
+	const char *mirrors[16]; /* --mirror HOST[:PORT], in order */
+	size_t nmirrors;
 };
 
 /* getopt_long codes of the common options; subcommands append these to their
@@ -40,6 +42,7 @@ enum {
 	NX_OPT_INSECURE,
 	NX_OPT_KEYS,
 	NX_OPT_TIMEOUT,
+	NX_OPT_MIRROR,
 	NX_OPT_FIRST_PRIVATE = 0x200, /* subcommands number their own from here */
 };
 
@@ -48,6 +51,7 @@ enum {
 	{ "insecure", no_argument, NULL, NX_OPT_INSECURE },                             \
 	{ "trusted-public-keys", required_argument, NULL, NX_OPT_KEYS },                \
 	{ "timeout", required_argument, NULL, NX_OPT_TIMEOUT },                         \
+	{ "mirror", required_argument, NULL, NX_OPT_MIRROR },                           \
 	{ "verbose", no_argument, NULL, 'v' },                                          \
 	{ "help", no_argument, NULL, 'h' }
 

@@ -18,7 +18,7 @@ if [ "${1:-}" = --update ] || [ -n "$missing" ]; then
 	fi
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	[ -z "$missing" ] || apt-get install -y --no-install-recommends $missing
+	[ -z "$missing" ] || apt-get install -y $missing
 fi
 # podman with runc in a container cannot always set the default rlimits;
 # Debian ships no containers.conf, so add one only when there is none.

@@ -64,8 +64,10 @@ say() { echo "# $*" >&3; }
 
 # ------------------------------------------------------------ cleanup stack
 
+test_atexit_used=
 test_atexit() {
 	test_atexit_cmds+=("$1")
+	test_atexit_used=1
 }
 
 # Report a problem found during cleanup (daemon exit status, error lines in
@@ -163,7 +165,7 @@ test_eval_() {
 
 # test_expect_success [PREREQS] NAME BODY
 test_expect_success() {
-	local prereq= name body rc
+	local prereq='' name body rc
 	if [ $# -eq 3 ]; then
 		prereq=$1
 		shift
@@ -215,7 +217,7 @@ test_expect_failure() {
 # its log was clean), print the plan, exit non-zero when anything failed.
 test_done() {
 	test_run_atexit
-	if [ ${#test_atexit_cmds[@]} -eq 0 ] && [ "$test_count" -gt 0 ]; then
+	if [ -n "$test_atexit_used" ] && [ "$test_count" -gt 0 ]; then
 		test_count=$((test_count + 1))
 		if [ ${#test_cleanup_problems[@]} -eq 0 ]; then
 			echo "ok $test_count - cleanup: mounts gone, daemons exited 0, logs clean" >&3

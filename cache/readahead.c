@@ -1,0 +1,197 @@
+/*
+ * cache/readahead.c: fetching ahead of sequential readers.
+ *
+ * Each open file has a struct nx_reader. A read that starts near where the
+ * previous ones ended (NX_RA_SLACK: the kernel's own readahead requests run
+ * in parallel and arrive out of order) extends a sequential run; any other
+ * read is a seek and resets it. Once a run holds two frames' worth of bytes,
+ * the next NX_RA_MIN frames after the read are queued; each time the reader
+ * has consumed half of what is queued ahead of it, the window doubles (up to
+ * st->ra_max frames and NX_RA_MAX_BYTES compressed) and the next window is
+ * queued. Random readers never get past the first condition, so they cost
+ * nothing.
+ *
+ * Jobs go to a short queue served by NX_RA_THREADS threads, started on the
+ * first job (tools that never read through a reader never start them). A
+ * worker walks the job's frames in background mode: frames cached or being
+ * fetched by anyone are skipped, the rest are claimed in the in-flight table
+ * like a read's (so a reader arriving at such a frame waits for that one
+ * fetch rather than making a second), and the fetch layer's pool bounds the
+ * transfers. A full queue drops the job: the reader then fetches those
+ * frames itself, which is slower but correct. nx_ra_stop drops queued jobs,
+ * makes running ones give up at the next frame or buffer, and joins.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "cache/cache_i.h"
+
+/* Bytes a run must hold before it counts as sequential. */
+#define NX_RA_TRIGGER (2 * (uint64_t)NX_FRAME_MAX)
+
+int nx_reader_new(struct nx_reader **out)
+{
+	struct nx_reader *rd = calloc(1, sizeof(*rd));
+
+	if (!rd)
+		return -ENOMEM;
+	pthread_mutex_init(&rd->lock, NULL);
+	*out = rd;
+	return 0;
+}
+
+void nx_reader_free(struct nx_reader *rd)
+{
+	if (!rd)
+		return;
+	pthread_mutex_destroy(&rd->lock);
+	free(rd);
+}
+
+static void ra_run(struct nx_store *st, const struct nx_ra_job *j)
+{
+	const struct nx_walk_ops ops = { .background = 1 };
+	int rc;
+
+	rc = nx_frames_walk(st, j->p, j->first, j->last, NX_BATCH_BYTES, &ops, NULL);
+	if (rc < 0 && rc != -ECANCELED)
+		nx_log(NX_LOG_DEBUG, "readahead of %s/%s frames %u-%u: %s", NX_STORE_DIR,
+		       j->p->base, j->first, j->last, rc == -EIO ? "failed" : "gave up");
+}
+
+static void *ra_main(void *arg)
+{
+	struct nx_store *st = arg;
+	struct nx_ra_job *j;
+
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		while (!st->ra_head && !st->ra_stop)
+			pthread_cond_wait(&st->ra_cond, &st->lock);
+		if (st->ra_stop)
+			break;
+		j = st->ra_head;
+		st->ra_head = j->next;
+		if (!st->ra_head)
+			st->ra_tail = NULL;
+		st->ra_queued--;
+		pthread_mutex_unlock(&st->lock);
+		ra_run(st, j);
+		free(j);
+		pthread_mutex_lock(&st->lock);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return NULL;
+}
+
+static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last)
+{
+	struct nx_ra_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return;
+	j->p = p;
+	j->first = first;
+	j->last = last;
+	pthread_mutex_lock(&st->lock);
+	if (st->ra_stop || st->ra_queued >= NX_RA_QUEUE) {
+		pthread_mutex_unlock(&st->lock);
+		free(j);
+		return;
+	}
+	/* Threads inherit the caller's signal mask; libfuse's workers block
+	 * the signals the session handles, which is what a helper wants. */
+	while (st->ra_nthreads < NX_RA_THREADS) {
+		if (pthread_create(&st->ra_threads[st->ra_nthreads], NULL, ra_main, st) != 0)
+			break;
+		st->ra_nthreads++;
+	}
+	if (!st->ra_nthreads) {
+		pthread_mutex_unlock(&st->lock);
+		free(j);
+		return;
+	}
+	if (st->ra_tail)
+		st->ra_tail->next = j;
+	else
+		st->ra_head = j;
+	st->ra_tail = j;
+	st->ra_queued++;
+	pthread_cond_signal(&st->ra_cond);
+	pthread_mutex_unlock(&st->lock);
+}
+
+void nx_ra_stop(struct nx_store *st)
+{
+	struct nx_ra_job *j;
+	unsigned n;
+
+	pthread_mutex_lock(&st->lock);
+	__atomic_store_n(&st->ra_stop, 1, __ATOMIC_RELAXED);
+	while ((j = st->ra_head)) {
+		st->ra_head = j->next;
+		free(j);
+	}
+	st->ra_tail = NULL;
+	st->ra_queued = 0;
+	n = st->ra_nthreads;
+	st->ra_nthreads = 0;
+	pthread_cond_broadcast(&st->ra_cond);
+	pthread_mutex_unlock(&st->lock);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(st->ra_threads[i], NULL);
+}
+
+void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *e = &toc->entries[entry];
+	uint64_t end = off + len, bytes = 0;
+	uint32_t ffirst, flast, start = 0, stop = 0, win;
+	int go = 0;
+
+	if (!st->ra_max || nx_toc_frames_for(toc, e->off, e->size, &ffirst, &flast) < 0)
+		return;
+	pthread_mutex_lock(&rd->lock);
+	if (rd->p != p || rd->entry != entry) {
+		rd->p = p;
+		rd->entry = entry;
+		rd->end = rd->seq = 0;
+		rd->win = rd->ra_next = 0;
+	}
+	if (off + NX_RA_SLACK >= rd->end && off <= rd->end + NX_FRAME_MAX) {
+		if (end > rd->end) {
+			rd->seq += end - (off > rd->end ? off : rd->end);
+			rd->end = end;
+		}
+	} else {
+		/* a seek: start over */
+		rd->end = end;
+		rd->seq = len;
+		rd->win = rd->ra_next = 0;
+	}
+	if (rd->seq >= NX_RA_TRIGGER && last < flast) {
+		uint32_t ahead = rd->ra_next > last ? rd->ra_next - last - 1 : 0;
+
+		if (!rd->win || ahead <= rd->win / 2) {
+			win = rd->win ? rd->win * 2 : NX_RA_MIN;
+			if (win > st->ra_max)
+				win = st->ra_max;
+			rd->win = win;
+			start = rd->ra_next > last + 1 ? rd->ra_next : last + 1;
+			for (stop = start; stop <= flast && stop - start < win; stop++) {
+				bytes += toc->frames[stop].clen;
+				if (bytes > NX_RA_MAX_BYTES && stop > start)
+					break;
+			}
+			if (stop > start) {
+				rd->ra_next = stop;
+				go = 1;
+			}
+		}
+	}
+	pthread_mutex_unlock(&rd->lock);
+	if (go)
+		ra_queue(st, p, start, stop - 1);
+}

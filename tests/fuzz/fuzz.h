@@ -1,0 +1,19 @@
+/*
+ * tests/fuzz/fuzz.h: shared by the libFuzzer targets in tests/fuzz/. Each
+ * target is one fuzz-<name>.c defining LLVMFuzzerTestOneInput; it is linked
+ * with libFuzzer (make fuzz, clang) or with replay.c (make check, gcc).
+ */
+#ifndef NIXOCI_FUZZ_H
+#define NIXOCI_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The parsers log one line per rejected input. Fuzzing wants them quiet
+ * (millions of inputs) but the replay keeps them, so that formatting of
+ * hostile names in log lines is exercised too: NIXOCI_FUZZ_QUIET=1. */
+void fuzz_init_log(void);
+
+#endif

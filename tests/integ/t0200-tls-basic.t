@@ -1,0 +1,130 @@
+#!/bin/bash
+test_description='docker-registry with TLS (a test CA) and htpasswd Basic auth'
+. "$(dirname "$0")/../lib/lib.sh"
+. "$TEST_LIB_DIR/authreg.sh"
+
+test_require_cmd docker-registry curl openssl htpasswd base64
+test_require_nix
+test_require_fuse
+test_require_binaries
+
+MNT=$TRASH/mnt
+# credentials come only from what each test sets up
+export HOME=$TRASH/home
+unset REGISTRY_AUTH_FILE XDG_RUNTIME_DIR XDG_CONFIG_HOME DOCKER_CONFIG
+mkdir -p "$HOME"
+
+test_expect_success 'setup: CA, htpasswd, TLS registry, the small closure' '
+	CA_DIR=$TRASH/ca &&
+	make_ca "$CA_DIR" &&
+	make_htpasswd "$TRASH/htpasswd" alice s3cret &&
+	start_registry_cfg tls https "http:
+  addr: 127.0.0.1:@PORT@
+  tls:
+    certificate: $CA_DIR/server.crt
+    key: $CA_DIR/server.key
+auth:
+  htpasswd:
+    realm: nixoci-test
+    path: $TRASH/htpasswd" &&
+	REF=https://$REG/small &&
+	build_small_closure
+'
+
+test_expect_success 'push with credentials from ~/.docker/config.json and --cafile' '
+	docker_config "$HOME/.docker" "$REG" alice s3cret &&
+	nixoci push --cafile "$CA_DIR/ca.crt" "$REF" "$SMALL" >push.out 2>&1 &&
+	cat push.out &&
+	grep -q "^pushed " push.out &&
+	nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" | sort >ls.out &&
+	echo "$SMALL_CLOSURE" | sort >want &&
+	test_cmp want ls.out
+'
+
+test_expect_success 'mount with -o cafile: every path hashes to its NarHash' '
+	mount_store "$REF" "$MNT" "cafile=$CA_DIR/ca.crt" &&
+	check_mount_hashes "$MNT" $SMALL_CLOSURE &&
+	unmount_store "$MNT"
+'
+
+test_expect_success 'no CA: refused with a message naming the certificate problem' '
+	test_must_fail_quick() { ! "$@"; } &&
+	test_must_fail_quick nixoci ls "$REF" >out 2>err &&
+	cat err &&
+	grep -q "tls certificate verification failed" err &&
+	grep -q "unable to get local issuer certificate" err &&
+	grep -q "cafile" err &&
+	mkdir -p "$TRASH/mnt-noca" &&
+	! nixoci-fs -f -o "cache=$TRASH/cache-noca" "$REF" "$TRASH/mnt-noca" 2>fs.err &&
+	cat fs.err &&
+	grep -q "unable to get local issuer certificate" fs.err &&
+	! mountpoint -q "$TRASH/mnt-noca"
+'
+
+test_expect_success 'plain http to the TLS port fails clearly' '
+	! nixoci ls "$REG/small" 2>err &&
+	cat err && test -s err
+'
+
+test_expect_success 'a wrong password fails within seconds: credentials rejected' '
+	docker_config "$TRASH/wrong" "$REG" alice Badpass9 &&
+	start=$(date +%s) &&
+	! DOCKER_CONFIG=$TRASH/wrong nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" >out 2>err &&
+	end=$(date +%s) &&
+	cat err &&
+	test $((end - start)) -le 5 &&
+	grep -q "credentials rejected for $REG" err &&
+	grep -q "docker login $REG" err &&
+	! grep -q Badpass9 err &&
+	! grep -q "$(printf alice:Badpass9 | base64 -w0)" err
+'
+
+test_expect_success 'no credentials at all: credentials missing' '
+	! DOCKER_CONFIG=$TRASH/none nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" 2>err &&
+	cat err &&
+	grep -q "credentials missing for $REG" err
+'
+
+test_expect_success 'REGISTRY_AUTH_FILE comes before ~/.docker/config.json' '
+	docker_config "$TRASH/raf" "$REG" alice wrong &&
+	! REGISTRY_AUTH_FILE=$TRASH/raf/config.json \
+		nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" 2>err &&
+	grep -q "credentials rejected.*raf/config.json" err &&
+	mkdir -p "$TRASH/xdg/containers" &&
+	cp "$HOME/.docker/config.json" "$TRASH/xdg/containers/auth.json" &&
+	rm -f "$HOME/.docker/config.json" &&
+	XDG_RUNTIME_DIR=$TRASH/xdg nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" >ls2.out &&
+	test_cmp want <(sort ls2.out) &&
+	cp "$TRASH/xdg/containers/auth.json" "$HOME/.docker/config.json"
+'
+
+test_expect_success 'credHelpers: docker-credential-NAME get, host on stdin' '
+	mkdir -p "$TRASH/bin" "$TRASH/helper" &&
+	cat >"$TRASH/bin/docker-credential-nxtest" <<-EOF &&
+	#!/bin/sh
+	echo "\$*" >>"$TRASH/helper/argv"
+	read -r server
+	echo "\$server" >>"$TRASH/helper/stdin"
+	[ "\$1" = get ] || exit 1
+	[ "\$server" = "$REG" ] || { echo "credentials not found in native keychain"; exit 1; }
+	printf "{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}\n" "\$server"
+	EOF
+	chmod +x "$TRASH/bin/docker-credential-nxtest" &&
+	mkdir -p "$TRASH/helpercfg" &&
+	printf "{\"credHelpers\":{\"%s\":\"nxtest\"}}\n" "$REG" >"$TRASH/helpercfg/config.json" &&
+	PATH=$TRASH/bin:$PATH DOCKER_CONFIG=$TRASH/helpercfg \
+		nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" | sort >ls3.out &&
+	test_cmp want ls3.out &&
+	test "$(cat "$TRASH/helper/argv")" = get &&
+	test "$(cat "$TRASH/helper/stdin")" = "$REG"
+'
+
+test_expect_success 'credsStore with a helper that is not installed: clear error' '
+	mkdir -p "$TRASH/storecfg" &&
+	echo "{\"credsStore\":\"nxmissing\"}" >"$TRASH/storecfg/config.json" &&
+	! DOCKER_CONFIG=$TRASH/storecfg nixoci ls --cafile "$CA_DIR/ca.crt" "$REF" 2>err &&
+	cat err &&
+	grep -q "credential helper docker-credential-nxmissing not found in PATH" err
+'
+
+test_done

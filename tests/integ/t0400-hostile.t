@@ -1,0 +1,132 @@
+#!/bin/bash
+test_description='hostile artifacts (tests/data/should-fail): refused with a clear error,
+nothing cached, the daemon stays up and keeps serving a good path'
+. "$(dirname "$0")/../lib/lib.sh"
+
+test_require_cmd docker-registry curl /usr/bin/python3 zstd openssl
+test_require_fuse
+test_require_binaries
+
+SF=$TEST_SRCDIR/tests/data/should-fail
+CORPUS=$TRASH/corpus
+# The daemons' refusals are the point of this test: their "nixoci-fs: ..."
+# lines are expected. Sanitizer reports, crashes and a non-zero exit still
+# fail the cleanup check (they do not start with "nixoci-fs:").
+MOUNT_LOG_ALLOW='^nixoci-fs: '
+
+test_expect_success 'setup: generate the corpus (>= 30 hostile cases)' '
+	/usr/bin/python3 "$SF/gen.py" "$CORPUS" &&
+	n=$(grep -vc "^good	" "$CORPUS/cases.tsv") &&
+	echo "$n hostile cases" && test "$n" -ge 30
+'
+
+test_expect_success 'setup: a registry, the hostile proxy in front, every case uploaded' '
+	start_registry &&
+	echo "{}" >"$TRASH/overrides.json" &&
+	/usr/bin/python3 "$SF/upload.py" "$REG" hostile "$CORPUS" "$REG_STORAGE" \
+		"$TRASH/overrides.json" &&
+	PPORT=$(free_port) &&
+	{ /usr/bin/python3 "$SF/proxy.py" "$PPORT" "$REG" "$TRASH/overrides.json" \
+		>"$TRASH/proxy.log" 2>&1 & } &&
+	PROXY_PID=$! &&
+	test_atexit "kill $PROXY_PID" &&
+	test_wait_for 20 grep -q ready "$TRASH/proxy.log" &&
+	PROXY=127.0.0.1:$PPORT &&
+	curl -fsS "http://$PROXY/v2/" >/dev/null
+'
+
+GOOD=$(awk -F'\t' '$1 == "good" { print $4 }' "$CORPUS/cases.tsv" 2>/dev/null)
+good_f() {
+	printf 'case good\n'
+	for _ in 1 2 3 4 5 6 7 8 9 10; do printf 'the contents of f\n'; done
+}
+
+test_expect_success 'setup: mount twice: plain (lazy) and with trusted keys' '
+	LAZY=$TRASH/lazy KEYS=$TRASH/keys &&
+	mount_store "$PROXY/hostile" "$LAZY" &&
+	mount_store "$PROXY/hostile" "$KEYS" "trusted-public-keys=$(cat "$CORPUS/pubkey")" &&
+	good_f >good.expect &&
+	cat "$LAZY/$GOOD/f" >good.lazy && test_cmp good.expect good.lazy &&
+	cat "$KEYS/$GOOD/f" >good.keys && test_cmp good.expect good.keys &&
+	nixoci verify "$PROXY/hostile" "$GOOD" >verify.out &&
+	grep -qx "ok /nix/store/$GOOD" verify.out
+'
+
+# try_access MNT BASE SUB: read BASE/SUB under MNT (or stat/list the store
+# path when SUB is empty); prints the error; fails when it was served.
+try_access() {
+	local p=$1/$2${3:+/$3}
+	if [ -z "$3" ]; then
+		ls -la "$p" >access.out 2>access.err && return 1
+	elif [ -L "$p" ]; then
+		readlink "$p" >access.out 2>access.err && cat "$p" >/dev/null 2>>access.err &&
+			return 1
+	else
+		cat "$p" >access.out 2>access.err && return 1
+	fi
+	cat access.err
+	grep -qE "No such file or directory|Input/output error|Permission denied" access.err
+}
+
+# no_cached CACHEDIR DIGEST...: no chunk or blob file named by a digest.
+no_cached() {
+	local dir=$1 d bad=0
+	shift
+	for d in "$@"; do
+		if [ -n "$(find "$dir" -name "*$d*" 2>/dev/null)" ]; then
+			echo "cached in $dir: $d"
+			bad=1
+		fi
+	done
+	return $bad
+}
+
+# new_log_lines LOG OFFSET: the lines written after byte OFFSET.
+new_log_lines() { tail -c +$(($2 + 1)) "$1"; }
+
+still_serving() {
+	pid_alive "${MOUNT_PID[$1]}" || { echo "daemon for $1 died"; return 1; }
+	cat "$1/$GOOD/f" >good.now && test_cmp good.expect good.now
+}
+
+# (test_expect_success has locals "name" and "body": the loop uses c*)
+while IFS=$'\t' read -r cname cdetect cserve cbase caccess; do
+	[ "$cname" = good ] && continue
+	cinfo=$CORPUS/$cname/case.json
+	cwhat=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["what"])' \
+		"$cinfo")
+	cframes=$(/usr/bin/python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["frames"]))' "$cinfo")
+	chostile=$(/usr/bin/python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["hostile"]))' "$cinfo")
+	test_expect_success "hostile $cname ($cdetect): $cwhat" '
+		echo "serve: $cserve; access: $cbase/$caccess" &&
+		if [ "$cdetect" = lazy ]; then mnts="$LAZY $KEYS"; else mnts=$KEYS; fi &&
+		for m in $mnts; do
+			dlog=${MOUNT_LOG[$m]} && off=$(stat -c %s "$dlog") &&
+			echo "--- $m" &&
+			try_access "$m" "$cbase" "$caccess" || { echo "served by $m"; return 1; }
+			new_log_lines "$dlog" "$off" >newlog &&
+			echo "log:" && cat newlog &&
+			test -s newlog || { echo "no log line"; return 1; }
+			test "$(wc -l <newlog)" -le 3 || { echo "too many log lines"; return 1; }
+			no_cached "$TRASH/cache-$(basename "$m")" $cframes $chostile || return 1
+			still_serving "$m" || return 1
+		done &&
+		if [ "$cdetect" = keys ]; then
+			echo "--- $LAZY (trusts the TOC for structure; may serve it)" &&
+			{ try_access "$LAZY" "$cbase" "$caccess" || echo "(served)"; } &&
+			still_serving "$LAZY"
+		fi &&
+		echo "--- nixoci verify" &&
+		{ nixoci verify "$PROXY/hostile" "$cbase" >vout 2>verr; rc=$?; } ;
+		cat vout verr && test $rc = 1 &&
+		grep -q "^nixoci: " verr &&
+		! grep -q "^ok " vout
+	'
+done <"$CORPUS/cases.tsv"
+
+test_expect_success 'after the whole corpus: both daemons up, the good path still verifies' '
+	still_serving "$LAZY" && still_serving "$KEYS" &&
+	nixoci verify "$PROXY/hostile" "$GOOD"
+'
+
+test_done

@@ -100,8 +100,13 @@ deps:
 	@tests/lib/install-deps.sh
 
 # make check: unit tests (TAP) and integration tests (TAP), summarised by prove.
+# It also builds the sanitized trees run-all.sh uses for its second pass:
+# build-san (address,undefined) and the cache's concurrency test under
+# ThreadSanitizer (build-tsan).
 check: deps
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory SANITIZE=address,undefined all
+	@$(MAKE) --no-print-directory SANITIZE=thread O=build-tsan build-tsan/tests/unit/cache-store
 	tests/run-all.sh $(O)
 
 unit: all
@@ -115,10 +120,12 @@ demo: deps
 # make check). Results in bench/results/ and docs/benchmarks.md.
 bench: all
 	bench/run.sh $(O)
+	NIXOCI_LOAD_SECONDS=$${NIXOCI_LOAD_SECONDS:-300} PATH=$(O)/bin:$$PATH \
+		bash tests/integ/t0420-load.t -v
 
 install: $(BINS)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 
 clean:
-	rm -rf build build-san bin build-fuzz-san build-tsan-san
+	rm -rf build build-san bin build-fuzz-san build-tsan

@@ -104,7 +104,7 @@ def main():
                        ("nixoci cached (chunk files in RAM, remount)", "nixoci", "cached-ram"),
                        ("nixoci cached (page cache dropped)", "nixoci", "warm"),
                        ("nixoci page cache hot", "nixoci", "hot"),
-                       ("memfs ceiling, uncached", "memfs", "uncached"),
+                       ("memfs (in-memory FUSE ceiling), uncached", "memfs", "uncached"),
                        ("memfs, page cache hot", "memfs", "hot"),
                        ("native /nix/store, cold", "native", "cold")):
         t = ph.get(m, {}).get("read", {}).get(p)
@@ -134,7 +134,7 @@ def main():
         targets.append((f"warm cache, page cache dropped, within 1.5× of native cold: `{w}`",
                         f"{ratio(a, b)} ({fmt_s(a)} vs {fmt_s(b)})",
                         a is not None and b and a / b <= 1.5))
-    c, ceil = thr["nixoci cached (chunk files in RAM, remount)"], thr["memfs ceiling, uncached"]
+    c, ceil = thr["nixoci cached (chunk files in RAM, remount)"], thr["memfs (in-memory FUSE ceiling), uncached"]
     targets.append(("cached sequential read ≥ 50% of the in-memory FUSE ceiling",
                     f"{100 * c / ceil:.0f}% ({c:.0f} vs {ceil:.0f} MB/s)" if c and ceil else "–",
                     bool(c and ceil and c / ceil >= 0.5)))
@@ -172,7 +172,7 @@ set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
-set key top left
+set key outside bottom center horizontal
 set grid ytics
 plot '{dat}' using 2:xtic(1) title columnheader, '' using 3 title columnheader, \
      '' using 4 title columnheader, '' using 5 title columnheader

@@ -249,11 +249,28 @@ import json, os, re, sys
 run, w = sys.argv[1:]
 sizes = {p["path"]: p["narSize"] for p in json.load(open(os.path.join(run, "pathinfo.json")))}
 touched = set()
-for m in re.finditer(r'/nix/store/[0-9a-df-np-sv-z]{32}-[^/"]+(?:/[^"]*)?', open(os.path.join(run, f"strace-{w}.log")).read()):
-    for p in (m.group(0), os.path.realpath(m.group(0))):
-        parts = p.split("/")
-        if p.startswith("/nix/store/") and len(parts) > 3:
+seen = set()
+def add(p):
+    """p and where its symlinks lead; for a script, its #! interpreter too
+    (the kernel opens that one itself, so strace shows no call for it)."""
+    if p in seen:
+        return
+    seen.add(p)
+    for q in (p, os.path.realpath(p)):
+        parts = q.split("/")
+        if q.startswith("/nix/store/") and len(parts) > 3:
             touched.add("/nix/store/" + parts[3])
+    try:
+        with open(p, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return
+    if head.startswith(b"#!"):
+        interp = head[2:].split(b"\n")[0].split()
+        if interp and interp[0].startswith(b"/nix/store/"):
+            add(interp[0].decode())
+for m in re.finditer(r'/nix/store/[0-9a-df-np-sv-z]{32}-[^/"]+(?:/[^"]*)?', open(os.path.join(run, f"strace-{w}.log")).read()):
+    add(m.group(0))
 touched &= set(sizes)
 with open(os.path.join(run, f"touched-{w}.list"), "w") as f:
     f.write("".join(t + "\n" for t in sorted(touched)))

@@ -29,7 +29,7 @@
  * unreachable, 5xx after retries) the store logs one line and goes offline:
  * cached data is still served, and while one request probes the source,
  * other misses fail at once with -EIO instead of piling up on a dead
- * registry (at most one probe per half second). The first success ends it. Only
+ * registry (and logging one line each). The first answer ends it. Only
  * -ENOENT (the registry said "no such path") is remembered for lookups;
  * network failures never are.
  */

@@ -43,8 +43,8 @@
  * still counts as sequential (the kernel sends its readahead requests in
  * parallel, so they arrive slightly out of order). */
 #define NX_RA_SLACK (UINT64_C(4) << 20)
-/* Offline: at most one probe of the source this often. */
-#define NX_PROBE_INTERVAL_NS (UINT64_C(500000000))
+/* How long a reader's failed range fails at once while offline. */
+#define NX_RA_FAIL_NS (UINT64_C(2) * 1000000000)
 /* The running cache total is re-read from LMDB every this many saves. */
 #define NX_RESYNC_SAVES 64
 #define NX_MAP_SIZE ((size_t)1 << 30)
@@ -102,6 +102,10 @@ struct nx_reader {
 	uint64_t seq;      /* bytes read sequentially since the last seek */
 	uint32_t win;      /* current window in frames; 0 = not sequential yet */
 	uint32_t ra_next;  /* first frame not yet given to readahead */
+	/* the last read that failed while the source was offline: the kernel
+	 * retries a failed readahead page at once with a second request,
+	 * which must not wait for the registry a second time */
+	uint64_t fail_ns, fail_off, fail_end;
 };
 
 /* A chunk file a reader is using; eviction skips it. */
@@ -151,7 +155,6 @@ struct nx_store {
 	/* offline gate (under st->lock) */
 	int offline;
 	int probing;
-	uint64_t probe_at;          /* when the last probe started */
 	uint64_t offline_since;
 
 	/* statistics, updated with __atomic builtins */
@@ -213,12 +216,17 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* online.c: every call of the source goes through these two, so an
  * unreachable registry is noticed once and misses fail fast while it is.
  * nx_source_begin returns 0 (go ahead), 1 (go ahead, as the probe of an
- * offline source) or -EIO (offline and probed recently: do not call, fail);
+ * offline source) or -EIO (offline and being probed: do not call, fail);
  * after calling, nx_source_end gets that value and the source's result. */
 int nx_source_begin(struct nx_store *st);
 void nx_source_end(struct nx_store *st, int probe, int rc);
 /* readahead.c */
 void nx_ra_stop(struct nx_store *st);
+/* The offline retry shortcut (see struct nx_reader): 1 if [off, off+len) of
+ * this reader's entry failed moments ago and the source is still offline. */
+int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		     uint32_t entry, uint64_t off, uint64_t len);
+void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, uint64_t off, uint64_t len);
 void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last);
 

@@ -5,16 +5,17 @@
  * Without this, every miss while the registry is down would make its own
  * connection attempts (with the fetch layer's retries) and log its own line,
  * one per frame and thread. Instead the first network failure puts the store
- * offline; from then on one miss at a time, at most once per
- * NX_PROBE_INTERVAL_NS (half a second), is let through as a probe and the others fail at once
- * with -EIO (cached data is served as always). Any answer from the source
- * (even a 404 or a bad digest) ends it, so nothing sticks: the first read
- * after the registry returns (and at least a probe interval after the last
- * failed one) goes through.
+ * offline; from then on one miss at a time is let through as a probe of
+ * the source, and misses that arrive while it runs fail at once with -EIO
+ * (cached data is served as always). Any answer from the source (even a 404
+ * or a bad digest) ends it. There is no time window: the first read after
+ * the registry returns goes through.
  *
  * The fetch layer logs the cause of each failed call, so an outage costs
- * one line per probe (at most two a second), not one per frame and thread;
- * the transitions are logged here.
+ * one line per probe, and a probe lasts as long as the fetch layer tries
+ * (its retries against a refused connection, or the timeout= against a
+ * stalled registry): a burst of readers costs one line, not one per frame
+ * and thread. The transitions are logged here.
  */
 #include <errno.h>
 
@@ -42,13 +43,10 @@ int nx_source_begin(struct nx_store *st)
 
 	pthread_mutex_lock(&st->lock);
 	if (st->offline) {
-		uint64_t now = nx_now_ns();
-
-		if (st->probing || now - st->probe_at < NX_PROBE_INTERVAL_NS) {
+		if (st->probing) {
 			rc = -EIO;
 		} else {
 			st->probing = 1;
-			st->probe_at = now;
 			rc = 1;
 		}
 	}
@@ -69,7 +67,7 @@ void nx_source_end(struct nx_store *st, int probe, int rc)
 	if (network_error(rc)) {
 		if (!st->offline) {
 			st->offline = 1;
-			st->probe_at = st->offline_since = nx_now_ns();
+			st->offline_since = nx_now_ns();
 			down = 1;
 		}
 	} else if (st->offline) {

@@ -48,6 +48,42 @@ void nx_reader_free(struct nx_reader *rd)
 	free(rd);
 }
 
+static int offline(struct nx_store *st)
+{
+	int v;
+
+	pthread_mutex_lock(&st->lock);
+	v = st->offline;
+	pthread_mutex_unlock(&st->lock);
+	return v;
+}
+
+int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		     uint32_t entry, uint64_t off, uint64_t len)
+{
+	int hit;
+
+	pthread_mutex_lock(&rd->lock);
+	hit = rd->fail_ns && rd->p == p && rd->entry == entry &&
+	      nx_now_ns() - rd->fail_ns < NX_RA_FAIL_NS && off < rd->fail_end &&
+	      off + len > rd->fail_off;
+	if (!hit)
+		rd->fail_ns = 0;
+	pthread_mutex_unlock(&rd->lock);
+	return hit && offline(st);
+}
+
+void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, uint64_t off, uint64_t len)
+{
+	if (!offline(st))
+		return; /* not the network: nothing to shortcut */
+	pthread_mutex_lock(&rd->lock);
+	rd->fail_ns = nx_now_ns();
+	rd->fail_off = off;
+	rd->fail_end = off + len;
+	pthread_mutex_unlock(&rd->lock);
+}
+
 static void ra_run(struct nx_store *st, const struct nx_ra_job *j)
 {
 	const struct nx_walk_ops ops = { .background = 1 };

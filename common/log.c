@@ -7,6 +7,7 @@
  * write is never split by another writer's write on a terminal or file).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,7 +19,16 @@
 /* Longer messages are truncated; the tail of a 2 KiB line is not useful. */
 #define NX_LOG_LINE_MAX 2048
 
+/* An error or warning identical to the previous line within this many
+ * seconds is counted, not written: an outage must not log once per request
+ * and thread. */
+#define NX_LOG_REPEAT_NS (UINT64_C(10) * 1000000000)
+
 static atomic_int log_level = NX_LOG_NOTICE;
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_last[NX_LOG_LINE_MAX];
+static uint64_t log_last_ns;
+static unsigned long log_repeats;
 static atomic_int log_syslog;
 static _Atomic(const char *) log_prog = "nixoci";
 
@@ -63,6 +73,34 @@ static void write_all(int fd, const char *buf, size_t len)
 	}
 }
 
+/* Writes @msg (already prefixed on stderr) as one line. */
+static void emit(int level, const char *msg)
+{
+	char line[NX_LOG_LINE_MAX];
+	size_t n = strlen(msg);
+
+	if (atomic_load(&log_syslog)) {
+		syslog(level, "%s", msg);
+		return;
+	}
+	if (n > sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	memcpy(line, msg, n);
+	line[n++] = '\n';
+	write_all(STDERR_FILENO, line, n);
+}
+
+/* "last message repeated N times", prefixed like the other lines. */
+static void emit_repeats(int level, unsigned long rep)
+{
+	char line[128];
+
+	snprintf(line, sizeof(line), "%s%slast message repeated %lu times",
+		 atomic_load(&log_syslog) ? "" : atomic_load(&log_prog),
+		 atomic_load(&log_syslog) ? "" : ": ", rep);
+	emit(level, line);
+}
+
 /* the attribute lets the compiler check vsnprintf below (the header lacks it) */
 NX_PRINTF(2, 0) void nx_vlog(int level, const char *fmt, va_list ap)
 {
@@ -86,15 +124,31 @@ NX_PRINTF(2, 0) void nx_vlog(int level, const char *fmt, va_list ap)
 	while (n > 0 && line[n - 1] == '\n')
 		n--;
 
-	if (atomic_load(&log_syslog)) {
-		line[n] = '\0';
-		syslog(level, "%s", line);
-	} else {
-		if (n >= sizeof(line) - 1)
-			n = sizeof(line) - 2;
-		line[n++] = '\n';
-		write_all(STDERR_FILENO, line, n);
+	if (n >= sizeof(line) - 1)
+		n = sizeof(line) - 2;
+	line[n] = '\0';
+
+	pthread_mutex_lock(&log_mu);
+	{
+		uint64_t now = nx_now_ns();
+		unsigned long rep = 0;
+		int same = strcmp(line, log_last) == 0;
+
+		if (same && level <= NX_LOG_WARNING && now - log_last_ns < NX_LOG_REPEAT_NS) {
+			log_repeats++;
+			pthread_mutex_unlock(&log_mu);
+			errno = saved;
+			return;
+		}
+		rep = log_repeats;
+		log_repeats = 0;
+		memcpy(log_last, line, n + 1);
+		log_last_ns = now;
+		if (rep)
+			emit_repeats(NX_LOG_NOTICE, rep);
+		emit(level, line);
 	}
+	pthread_mutex_unlock(&log_mu);
 	errno = saved;
 }
 

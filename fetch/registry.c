@@ -420,7 +420,7 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 		q.method = "GET";
 		q.url = url;
 		q.what = "tag list";
-		q.flags = NX_REQ_FOLLOW;
+		q.flags = NX_REQ_FOLLOW | (r->quiet_404 ? NX_REQ_QUIET_404 : 0);
 		q.cap = NX_TAGS_BODY_MAX;
 		rc = nx_http_do(r, &q);
 		if (rc < 0) {

@@ -259,17 +259,17 @@ static int check_registry(const char *ref, const struct nx_regopts *ro, const ch
 	int exists = 0;
 	int r;
 
-	r = nx_registry_open(&reg, ref, ro);
+	struct nx_regopts quiet = *ro;
+
+	/* A missing repository is reported here, once, in our words; fetch/
+	 * keeps its 404 line to the debug level. */
+	quiet.quiet_404 = 1;
+	r = nx_registry_open(&reg, ref, &quiet);
 	if (r < 0)
 		return r; /* fetch/ named the malformed reference */
 	r = nx_registry_ping(reg);
-	if (r < 0) {
-		if (r == -EACCES)
-			nx_log(NX_LOG_ERR, "registry of %s denied access", ref);
-		else
-			nx_log(NX_LOG_ERR, "registry of %s is unreachable: %s", ref, strerror(-r));
-		goto out;
-	}
+	if (r < 0)
+		goto out; /* fetch/ logged the one line naming the registry and cause */
 	r = nx_registry_list_tags(reg, stop_at_first_tag, NULL);
 	if (r == -ENOENT) {
 		nx_log(NX_LOG_ERR, "repository %s not found", ref);
@@ -423,10 +423,8 @@ int main(int argc, char *argv[])
 	if (fuse_opt_add_arg(&args, FORCED_OPTS) < 0)
 		goto out_keys;
 	se = fuse_session_new(&args, &nx_fs_ops, sizeof(nx_fs_ops), &fs);
-	if (!se) {
-		nx_log(NX_LOG_ERR, "bad mount options (see nixoci-fs --help)");
-		goto out_keys;
-	}
+	if (!se)
+		goto out_keys; /* libfuse logged the unknown option through nx_vlog */
 
 	/* ---- the registry: reachable, repository and closure present */
 	if (nx_fetch_global_init() < 0) {

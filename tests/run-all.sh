@@ -40,4 +40,35 @@ fi
 
 rc=0
 prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${tests[@]}" || rc=$?
+
+# Second pass: the unit tests, the fuzz replays and a subset of the
+# integration tests against the SANITIZE=address,undefined build (build-san,
+# made by make check), then the cache's concurrency test under
+# ThreadSanitizer (build-tsan). A sanitizer report aborts the process: the
+# unit test fails, a daemon exits non-zero with the report in its log (lib.sh's
+# cleanup check fails on both). NIXOCI_NO_SAN=1 skips this pass;
+# NIXOCI_SAN_TESTS lists the integration tests (names without .t) to run.
+SAN_TESTS=${NIXOCI_SAN_TESTS:-t0010-push-mount t0030-errors t0050-format t0060-trust
+	t0400-hostile t0430-security}
+if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-san/bin/nixoci-fs" ]; then
+	echo "# sanitized pass (build-san: address,undefined)"
+	san=()
+	for t in "$SRC"/build-san/tests/unit/* "$SRC"/build-san/tests/fuzz/replay-*; do
+		case $t in *.o) continue ;; esac
+		[ -f "$t" ] && [ -x "$t" ] && san+=("$t")
+	done
+	for t in $SAN_TESTS; do
+		[ -f "$SRC/tests/integ/$t.t" ] && san+=("$SRC/tests/integ/$t.t")
+	done
+	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+	PATH="$SRC/build-san/bin:$PATH" \
+		prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${san[@]}" ||
+		rc=$?
+fi
+if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-tsan/tests/unit/cache-store" ]; then
+	echo "# ThreadSanitizer pass (build-tsan: the cache's concurrency test)"
+	TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1} \
+		prove --exec '' --timer "$SRC/build-tsan/tests/unit/cache-store" || rc=$?
+fi
 exit $rc

@@ -139,7 +139,7 @@ int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv)
 	};
 	struct ls_ctx l = { 0 };
 	pthread_t th[LS_THREADS];
-	int c, closures = 0, n = 0, ret = NX_EXIT_ERR;
+	int c, closures = 0, n = 0, r, ret = NX_EXIT_ERR;
 	char **lines = NULL;
 	size_t i, nlines = 0;
 
@@ -166,7 +166,10 @@ int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv)
 		return NX_EXIT_ERR;
 	if (nx_cli_registry(cli, argv[optind], 1, &l.reg) < 0)
 		goto out;
-	if (nx_registry_list_tags(l.reg, ls_tag, &l) < 0)
+	r = nx_registry_list_tags(l.reg, ls_tag, &l);
+	if (r == -ENOENT)
+		nx_log(NX_LOG_ERR, "repository %s not found", argv[optind]);
+	if (r < 0)
 		goto out;
 	l.out = calloc(l.ntags + 1, sizeof(*l.out));
 	lines = calloc(l.ntags + 1, sizeof(*lines));

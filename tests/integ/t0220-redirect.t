@@ -21,13 +21,7 @@ auth:
     realm: nixoci-test
     path: $TRASH/htpasswd" &&
 	ORIGIN=$REG &&
-	/usr/bin/python3 "$TEST_LIB_DIR/redirect.py" --registry "$ORIGIN" \
-		--storage-dir "$REG_STORAGE" --port-file "$TRASH/ports" \
-		--log "$TRASH/redirect.log" >"$TRASH/redirect.out" 2>&1 &
-	pid=$! &&
-	test_atexit "kill $pid 2>/dev/null; wait $pid 2>/dev/null; true" &&
-	test_wait_for 20 test -s "$TRASH/ports" &&
-	FRONT=127.0.0.1:$(cut -d" " -f1 "$TRASH/ports") &&
+	start_redirect_front "$ORIGIN" "$REG_STORAGE" &&
 	printf "{\"auths\":{\"%s\":{\"auth\":\"%s\"},\"%s\":{\"auth\":\"%s\"}}}\n" \
 		"$ORIGIN" "$(printf alice:s3cret | base64 -w0)" \
 		"$FRONT" "$(printf alice:s3cret | base64 -w0)" >"$TRASH/config.json" &&
@@ -41,13 +35,13 @@ test_expect_success 'mount through the front: the content arrives from the stora
 	mount_store "$FRONT/small" "$TRASH/mnt" &&
 	check_mount_hashes "$TRASH/mnt" $SMALL_CLOSURE &&
 	unmount_store "$TRASH/mnt" &&
-	cat "$TRASH/redirect.log" &&
-	grep -q "^front blob GET .* auth=yes head=200" "$TRASH/redirect.log" &&
-	grep -q "^storage GET sha256:.*status=20[06]" "$TRASH/redirect.log"
+	cat "$REDIRECT_LOG" &&
+	grep -q "^front blob GET .* auth=yes head=200" "$REDIRECT_LOG" &&
+	grep -q "^storage GET sha256:.*status=20[06]" "$REDIRECT_LOG"
 '
 
 test_expect_success 'the storage host never saw an Authorization header' '
-	grep "^storage " "$TRASH/redirect.log" >storage.log &&
+	grep "^storage " "$REDIRECT_LOG" >storage.log &&
 	test -s storage.log &&
 	! grep -q "authorization=yes" storage.log
 '

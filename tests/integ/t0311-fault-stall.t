@@ -78,15 +78,20 @@ test_expect_success 'two stalls after part of the body: the read resumes and suc
 	test "$(fault_hits stall)" = $((n + 2))
 '
 
-# Every attempt that got bytes before stalling is retried with a fresh
-# deadline (fetch/http.c), up to 6 attempts: the bound is 6 stall
-# detections (T plus curl averaging the speed over a few seconds) plus
-# the backoff between them.
-test_expect_success 'a body that always stalls after 4 KiB: EIO, bounded; then heals' '
+# Known gap (docs/reliability.md, "Timeouts"): every attempt that got bytes
+# before stalling is retried with a fresh deadline (fetch/http.c), up to 6
+# attempts, so a registry that trickles and stalls holds a read for about 6
+# stall detections (measured 33 s to over 70 s with T=2 on a loaded
+# machine). The promise is EIO within the timeout; this stays a TODO until
+# fetch/ bounds a blob read's retries by an overall budget.
+test_expect_failure 'a body that always stalls after 4 KiB: EIO within 2*T + 3 s' '
 	fault_set mode=stall after=4096 match=/blobs/ &&
-	check_file f05 $((6 * (T + 3) + 10)) &&
-	test "$READ_RESULT" = eio &&
-	echo "stalling after 4 KiB each time: EIO after $ELAPSED_MS ms" &&
+	check_file f05 $((2 * T + 3)) &&
+	test "$READ_RESULT" = eio
+'
+
+test_expect_success 'after the trickling stall, the daemon is up and the same mount heals' '
+	fs_alive "$MNT" &&
 	heal_file f05
 '
 

@@ -92,6 +92,8 @@ still_serving() {
 # (test_expect_success has locals "name" and "body": the loop uses c*)
 while IFS=$'\t' read -r cname cdetect cserve cbase caccess; do
 	[ "$cname" = good ] && continue
+	# HOSTILE_ONLY=REGEX runs only the matching cases (by hand, when debugging)
+	[[ $cname =~ ${HOSTILE_ONLY:-.} ]] || continue
 	cinfo=$CORPUS/$cname/case.json
 	cwhat=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["what"])' \
 		"$cinfo")
@@ -107,7 +109,7 @@ while IFS=$'\t' read -r cname cdetect cserve cbase caccess; do
 			new_log_lines "$dlog" "$off" >newlog &&
 			echo "log:" && cat newlog &&
 			test -s newlog || { echo "no log line"; return 1; }
-			test "$(wc -l <newlog)" -le 3 || { echo "too many log lines"; return 1; }
+			test "$(sort -u newlog | wc -l)" -le 3 || { echo "too many distinct log lines"; return 1; }
 			no_cached "$TRASH/cache-$(basename "$m")" $cframes $chostile || return 1
 			still_serving "$m" || return 1
 		done &&

@@ -123,3 +123,17 @@ token_count() {
 elapsed_since() {
 	[ $(($(date +%s) - $1)) -ge "$2" ]
 }
+
+# start_redirect_front REGISTRY STORAGE_DIR: tests/lib/redirect.py in front
+# of REGISTRY; sets FRONT (HOST:PORT) and REDIRECT_LOG.
+start_redirect_front() {
+	local pid
+	REDIRECT_LOG=$TRASH/redirect.log
+	/usr/bin/python3 "$TEST_LIB_DIR/redirect.py" --registry "$1" --storage-dir "$2" \
+		--port-file "$TRASH/redirect.ports" --log "$REDIRECT_LOG" \
+		>"$TRASH/redirect.out" 2>&1 &
+	pid=$!
+	test_atexit "kill $pid 2>/dev/null; wait $pid 2>/dev/null; true"
+	test_wait_for 20 test -s "$TRASH/redirect.ports" || { cat "$TRASH/redirect.out" >&2; return 1; }
+	FRONT=127.0.0.1:$(cut -d" " -f1 "$TRASH/redirect.ports")
+}

@@ -190,12 +190,14 @@ test_expect_success() {
 	else
 		test_failed=$((test_failed + 1))
 		echo "not ok $test_count - $name" >&3
+		# On stderr, like Test::More's diag: prove shows it without -v,
+		# so a CI log says why.
 		{
-			echo "exit status $rc; the test body was:"
+			echo "$TEST_NAME $test_count '$name': exit status $rc; the test body was:"
 			echo "$body"
 			echo "its output (last 60 lines):"
 			tail -n 60 "$log"
-		} | sed 's/^/#   /' >&3
+		} | sed 's/^/#   /' >&4
 	fi
 	return 0
 }
@@ -224,8 +226,8 @@ test_done() {
 		else
 			test_failed=$((test_failed + 1))
 			echo "not ok $test_count - cleanup: mounts gone, daemons exited 0, logs clean" >&3
-			printf '#   %s\n' "${test_cleanup_problems[@]}" >&3
-			sed 's/^/#   atexit: /' "$TRASH/atexit.log" 2>/dev/null | tail -n 40 >&3
+			printf '#   %s\n' "${test_cleanup_problems[@]}" >&4
+			sed 's/^/#   atexit: /' "$TRASH/atexit.log" 2>/dev/null | tail -n 40 >&4
 		fi
 	fi
 	echo "1..$test_count" >&3

@@ -47,9 +47,10 @@ class Front(BaseHTTPRequestHandler):
     def log_message(self, fmt, *a):
         pass
 
-    def forward(self, method):
+    def forward(self, method, drop=()):
         c = http.client.HTTPConnection(args.registry, timeout=30)
-        hdrs = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"host"}}
+        hdrs = {k: v for k, v in self.headers.items()
+                if k.lower() not in HOP | {"host"} | set(drop)}
         c.request(method, self.path, headers=hdrs)
         return c, c.getresponse()
 
@@ -75,7 +76,7 @@ class Front(BaseHTTPRequestHandler):
         if not m:
             self.relay("GET")
             return
-        c, r = self.forward("HEAD")
+        c, r = self.forward("HEAD", drop=("range",))
         r.read()
         c.close()
         log("front blob GET %s auth=%s head=%d" % (

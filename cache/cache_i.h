@@ -105,7 +105,9 @@ struct nx_reader {
 	/* the last read that failed while the source was offline: the kernel
 	 * retries a failed readahead page at once with a second request,
 	 * which must not wait for the registry a second time */
-	uint64_t fail_ns, fail_off, fail_end;
+	uint64_t fail_ns;
+	struct nx_spath *fail_p; /* the file a request of this open just failed on */
+	uint32_t fail_entry;
 };
 
 /* A chunk file a reader is using; eviction skips it. */
@@ -226,7 +228,8 @@ void nx_ra_stop(struct nx_store *st);
  * this reader's entry failed moments ago and the source is still offline. */
 int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		     uint32_t entry, uint64_t off, uint64_t len);
-void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, uint64_t off, uint64_t len);
+void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
+		    uint64_t off, uint64_t len);
 void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last);
 

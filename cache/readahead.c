@@ -64,23 +64,26 @@ int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath 
 	int hit;
 
 	pthread_mutex_lock(&rd->lock);
-	hit = rd->fail_ns && rd->p == p && rd->entry == entry &&
-	      nx_now_ns() - rd->fail_ns < NX_RA_FAIL_NS && off < rd->fail_end &&
-	      off + len > rd->fail_off;
+	/* Any range of the same file: after a failed request the kernel
+	 * retries page by page, and its readahead asks for neighbouring
+	 * ranges, all of which would otherwise each wait a full timeout. */
+	hit = rd->fail_ns && rd->fail_p == p && rd->fail_entry == entry &&
+	      nx_now_ns() - rd->fail_ns < NX_RA_FAIL_NS;
 	if (!hit)
 		rd->fail_ns = 0;
 	pthread_mutex_unlock(&rd->lock);
 	return hit && offline(st);
 }
 
-void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, uint64_t off, uint64_t len)
+void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
+		    uint64_t off, uint64_t len)
 {
 	if (!offline(st))
 		return; /* not the network: nothing to shortcut */
 	pthread_mutex_lock(&rd->lock);
 	rd->fail_ns = nx_now_ns();
-	rd->fail_off = off;
-	rd->fail_end = off + len;
+	rd->fail_p = p;
+	rd->fail_entry = entry;
 	pthread_mutex_unlock(&rd->lock);
 }
 

@@ -811,7 +811,7 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	rc = nx_frames_walk(st, p, first, last, NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0 && rd)
-		nx_reader_fail(st, rd, off, n);
+		nx_reader_fail(st, rd, p, entry, off, n);
 	if (rc < 0)
 		return rc == -ENOMEM ? rc : -EIO;
 	*got = (size_t)n;

@@ -38,7 +38,7 @@
 #define NX_DEFAULT_TRANSFERS 8
 #define NX_MAX_TRANSFERS 64
 #define NX_LOW_SPEED_BYTES 1024L /* a transfer below 1 KiB/s ... */
-#define NX_LOW_SPEED_SECS 10L    /* ... for 10 s is stalled */
+#define NX_LOW_SPEED_SECS 10L    /* ... for 10 s (or a third of the timeout) is stalled */
 #define NX_CONNECT_SECS 10L
 #define NX_MAX_ATTEMPTS 6
 #define NX_REFUSED_ATTEMPTS 3
@@ -415,6 +415,18 @@ static void pool_put(struct nx_registry *r, CURL *h)
 	pthread_mutex_unlock(&r->pool_mu);
 }
 
+/* A stalled transfer is given up after a third of the request timeout (1 to
+ * 10 s), so a read that stalls once or twice can still resume and finish
+ * inside its deadline. */
+static long stall_secs(const struct nx_registry *r)
+{
+	long t = r->timeout_s / 3;
+
+	if (t < 1)
+		t = 1;
+	return t < NX_LOW_SPEED_SECS ? t : NX_LOW_SPEED_SECS;
+}
+
 /* ------------------------------------------------------------ one attempt */
 
 struct xfer {
@@ -450,10 +462,36 @@ struct xfer {
 	uint64_t progress;   /* bytes delivered in this attempt */
 
 	uint64_t up_pos;
+	/* stall detection: curl's low-speed check averages over several
+	 * seconds, so a burst followed by silence is noticed late; this
+	 * notices "no byte either way for stall_secs()" itself */
+	uint64_t last_move_ns;
+	curl_off_t last_dl, last_ul;
+	int stalled;
 	int err;           /* from a callback: the reason of CURLE_*_ERROR */
 	int cb_err;        /* the caller's callback failed: no log, no retry */
 	char curl_msg[CURL_ERROR_SIZE];
 };
+
+/* libcurl calls this about once a second, and whenever data moves. */
+static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	struct xfer *x = ud;
+	uint64_t now = nx_now_ns();
+
+	if (dlnow != x->last_dl || ulnow != x->last_ul) {
+		x->last_dl = dlnow;
+		x->last_ul = ulnow;
+		x->last_move_ns = now;
+		return 0;
+	}
+	if (now - x->last_move_ns > (uint64_t)stall_secs(x->r) * 1000000000ull) {
+		x->stalled = 1;
+		return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a stall */
+	}
+	return 0;
+}
 
 static void copy_hdr(char *dst, size_t cap, const char *v, size_t n, int *too_long)
 {
@@ -874,8 +912,13 @@ static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url
 			 timeout_ms && timeout_ms < NX_CONNECT_SECS * 1000 ? timeout_ms
 									  : NX_CONNECT_SECS * 1000);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, NX_LOW_SPEED_BYTES);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
-			 r->timeout_s < NX_LOW_SPEED_SECS ? (long)r->timeout_s : NX_LOW_SPEED_SECS);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall_secs(r));
+	x->last_move_ns = nx_now_ns();
+	x->last_dl = x->last_ul = 0;
+	x->stalled = 0;
+	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+	curl_easy_setopt(h, CURLOPT_XFERINFODATA, x);
 	if (timeout_ms)
 		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
 	if (q->flags & NX_REQ_FOLLOW) {
@@ -1114,7 +1157,7 @@ static void curl_cause(const struct xfer *x, CURLcode cc, int rc, long os_errno,
 			 os_errno ? strerror((int)os_errno) : "host unreachable");
 	else if (rc == -ETIMEDOUT && (q->flags & NX_REQ_NO_DEADLINE))
 		snprintf(out, cap, "%s: no progress (under %ld bytes/s for %ld s)", q->what,
-			 NX_LOW_SPEED_BYTES, NX_LOW_SPEED_SECS);
+			 NX_LOW_SPEED_BYTES, stall_secs(x->r));
 	else if (rc == -ETIMEDOUT)
 		snprintf(out, cap, "%s: timed out after %d s", q->what, x->r->timeout_s);
 	else if (rc == -EPROTO && cc == CURLE_PEER_FAILED_VERIFICATION && verify != 0)
@@ -1206,6 +1249,11 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 {
 	const uint64_t span = (uint64_t)r->timeout_s * 1000000000ull;
 	uint64_t deadline = nx_now_ns() + span;
+	/* Retries of a streamed read restart the deadline after progress, so a
+	 * registry that trickles a few bytes and stalls again could hold a
+	 * reader for many timeouts; no new attempt starts after twice the
+	 * timeout, so such a read fails within about 2.3 timeouts. */
+	const uint64_t hard_deadline = deadline + span;
 	int attempt = 0, auth_rounds = 0, renewals = 0, rc = 0, quiet = 0;
 	int max_attempts = r->is_mirror ? NX_MIRROR_ATTEMPTS : NX_MAX_ATTEMPTS;
 	int max_refused = r->is_mirror ? 1 : NX_REFUSED_ATTEMPTS;
@@ -1233,6 +1281,8 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 
 		if (cc == CURLE_WRITE_ERROR && x->done_early)
 			cc = CURLE_OK;
+		if (cc == CURLE_ABORTED_BY_CALLBACK && x->stalled)
+			cc = CURLE_OPERATION_TIMEDOUT;
 		if (x->cb_err) {
 			rc = x->err; /* the caller's own error: it logs */
 			quiet = 1;
@@ -1339,6 +1389,8 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 		if (ra > 0 && (unsigned long)ra > delay)
 			delay = (unsigned)ra; /* the server's word, no jitter below it */
 		if (nx_now_ns() + (uint64_t)delay * 1000000ull >= deadline)
+			break;
+		if (q->cb && nx_now_ns() + (uint64_t)delay * 1000000ull >= hard_deadline)
 			break;
 		atomic_fetch_add(&r->st_retries, 1);
 		nx_log(NX_LOG_DEBUG, "registry %s: %s: retrying in %u ms (%s)", r->ref, q->what,

@@ -78,13 +78,10 @@ test_expect_success 'two stalls after part of the body: the read resumes and suc
 	test "$(fault_hits stall)" = $((n + 2))
 '
 
-# Known gap (docs/reliability.md, "Timeouts"): every attempt that got bytes
-# before stalling is retried with a fresh deadline (fetch/http.c), up to 6
-# attempts, so a registry that trickles and stalls holds a read for about 6
-# stall detections (measured 33 s to over 70 s with T=2 on a loaded
-# machine). The promise is EIO within the timeout; this stays a TODO until
-# fetch/ bounds a blob read's retries by an overall budget.
-test_expect_failure 'a body that always stalls after 4 KiB: EIO within 2*T + 3 s' '
+# A registry that trickles and stalls on every attempt: each attempt is
+# given up after T/3 (at least 1 s) without progress, and no retry starts
+# after 2*T (fetch/http.c), so the read fails within about 2.3*T.
+test_expect_success 'a body that always stalls after 4 KiB: EIO within 2*T + 3 s' '
 	fault_set mode=stall after=4096 match=/blobs/ &&
 	check_file f05 $((2 * T + 3)) &&
 	test "$READ_RESULT" = eio

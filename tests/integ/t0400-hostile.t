@@ -110,6 +110,7 @@ while IFS=$'\t' read -r cname cdetect cserve cbase caccess; do
 			echo "log:" && cat newlog &&
 			test -s newlog || { echo "no log line"; return 1; }
 			test "$(sort -u newlog | wc -l)" -le 3 || { echo "too many distinct log lines"; return 1; }
+			grep -qF "${cbase%%-*}" newlog || { echo "no log line names the path"; return 1; }
 			no_cached "$TRASH/cache-$(basename "$m")" $cframes $chostile || return 1
 			still_serving "$m" || return 1
 		done &&

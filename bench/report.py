@@ -75,8 +75,8 @@ def fmt_b(x):
     return f"{x} B"
 
 
-def ratio(a, b):
-    return f"{a / b:.1f}×" if a and b else "–"
+def ratio(a, b, digits=1):
+    return f"{a / b:.{digits}f}×" if a and b else "–"
 
 
 def main():
@@ -120,7 +120,7 @@ def main():
             a, b = cold[m][w], cold["nixoci"][w]
             ok = a is not None and b and a / b >= 10
             targets.append((f"cold start `{w}` ≥ 10× faster than {label}",
-                            f"{ratio(a, b)} ({fmt_s(b)} vs {fmt_s(a)})", ok))
+                            f"{ratio(a, b, 2)} ({fmt_s(b)} vs {fmt_s(a)})", ok))
     for w in ("java", "python"):
         tb = F(f"touched_nar_bytes_{w}")
         fb = fetched[w]
@@ -132,7 +132,7 @@ def main():
     for w in WORKLOADS:
         a, b = nx(w, "warm"), ph.get("native", {}).get(w, {}).get("cold")
         targets.append((f"warm cache, page cache dropped, within 1.5× of native cold: `{w}`",
-                        f"{ratio(a, b)} ({fmt_s(a)} vs {fmt_s(b)})",
+                        f"{ratio(a, b, 2)} ({fmt_s(a)} vs {fmt_s(b)})",
                         a is not None and b and a / b <= 1.5))
     c, ceil = thr["nixoci cached (chunk files in RAM, remount)"], thr["memfs (in-memory FUSE ceiling), uncached"]
     targets.append(("cached sequential read ≥ 50% of the in-memory FUSE ceiling",

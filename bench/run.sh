@@ -232,6 +232,7 @@ run_workload() {
 	read) in_store "$1" dd if="$LARGEST" of=/dev/null bs=1M status=none ;;
 	esac
 }
+# shellcheck disable=SC2046 # one argument per store path
 WALK_COUNT=$(cd /nix/store && find $(cat "$RUN/closure.list") | wc -l)
 fact walk_entries "$WALK_COUNT"
 

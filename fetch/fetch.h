@@ -33,6 +33,9 @@ struct nx_regopts {
 	int timeout_s;          /* per-request deadline; 0 = default 30 */
 	int max_transfers;      /* parallel transfers; 0 = default 8 */
 	int insecure;           /* allow plain HTTP / unverified TLS for this registry */
+	/* with insecure: only the registry or mirror whose HOST[:PORT] is
+	 * this ("-o insecure=HOST"); NULL = the registry of the reference */
+	const char *insecure_host;
 	int quiet_404;          /* 404 on a manifest is expected: log at debug level */
 	/* pull-through mirrors "[https://|http://]HOST[:PORT]", tried in order
 	 * before the registry for manifests, blobs and tags (same repository

@@ -246,7 +246,7 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 {
 	static const struct nx_regopts defaults;
 	struct nx_registry *r;
-	int rc, i;
+	int rc, i, insecure;
 
 	*out = NULL;
 	if (!o)
@@ -269,7 +269,9 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 		rc = -EINVAL;
 		goto fail;
 	}
-	if (r->id.scheme == NX_SCHEME_HTTP && !r->id.loopback && !o->insecure) {
+	insecure = o->insecure &&
+		   (!o->insecure_host || strcmp(o->insecure_host, r->id.hostport) == 0);
+	if (r->id.scheme == NX_SCHEME_HTTP && !r->id.loopback && !insecure) {
 		nx_log(NX_LOG_ERR,
 		       "registry reference %s: plain http to a host that is not loopback needs "
 		       "insecure",
@@ -294,7 +296,7 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 	if (r->max > NX_MAX_TRANSFERS)
 		r->max = NX_MAX_TRANSFERS;
 	r->quiet_404 = o->quiet_404;
-	r->insecure = o->insecure;
+	r->insecure = insecure;
 	/* also for a plain-http registry: a redirect may lead to https */
 	rc = ca_build(r, o->cafile);
 	if (rc < 0)

@@ -39,6 +39,7 @@ struct fs_opts {
 	char *readahead;
 	char *cafile;
 	int insecure;
+	char *insecure_host; /* insecure=HOST */
 	int debug;
 	char *keys; /* every trusted-public-keys= value, space-joined */
 	char **mirrors; /* every mirror= value, in order */
@@ -59,6 +60,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("readahead=%s", readahead),
 	OPT("cafile=%s", cafile),
 	OPT("insecure", insecure),
+	OPT("insecure=%s", insecure_host),
 	OPT("debug", debug),
 	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
 	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
@@ -82,7 +84,9 @@ static void usage(FILE *f)
 		"    -o readahead=FRAMES        largest readahead window for sequential readers,\n"
 		"                               0..32 frames of 1 MiB, 0 = off (default 32)\n"
 		"    -o cafile=FILE             extra CA bundle for the registry\n"
-		"    -o insecure                allow plain HTTP / unverified TLS\n"
+		"    -o insecure[=HOST]         allow plain HTTP / unverified TLS for the\n"
+		"                               registry (or only for HOST[:PORT], the\n"
+		"                               registry or one mirror); never implied\n"
 		"    -o mirror=HOST[:PORT]      pull-through mirror tried before the registry\n"
 		"                               (repeatable, tried in order; https:// or http://\n"
 		"                               prefix to choose the scheme)\n"
@@ -306,6 +310,7 @@ static void fs_opts_release(struct fs_opts *o)
 	free(o->timeout);
 	free(o->readahead);
 	free(o->cafile);
+	free(o->insecure_host);
 	free(o->keys);
 	while (o->nmirrors)
 		free(o->mirrors[--o->nmirrors]);
@@ -433,7 +438,8 @@ int main(int argc, char *argv[])
 	}
 	ro.cafile = o.cafile;
 	ro.timeout_s = timeout;
-	ro.insecure = o.insecure;
+	ro.insecure = o.insecure || o.insecure_host;
+	ro.insecure_host = o.insecure_host;
 	ro.mirrors = (const char *const *)o.mirrors;
 	ro.nmirrors = o.nmirrors;
 	ro.quiet_404 = 1; /* lookups of absent paths are routine */

@@ -31,7 +31,8 @@ static const char usage_main[] =
 	"\n"
 	"common options:\n"
 	"  --cafile FILE             extra CA bundle for TLS\n"
-	"  --insecure                allow plain HTTP and unverified TLS\n"
+	"  --insecure[=HOST]         allow plain HTTP and unverified TLS for REF's\n"
+	"                            registry (or only HOST[:PORT]); never implied\n"
 	"  --mirror HOST[:PORT]      pull-through mirror tried before the registry for\n"
 	"                            reads (repeatable, in order); pushes skip it\n"
 	"  --trusted-public-keys K   space-separated Nix public keys name:base64\n"
@@ -53,6 +54,7 @@ int nx_cli_opt(struct nx_cli *cli, int c, const char *arg)
 		return 1;
 	case NX_OPT_INSECURE:
 		cli->insecure = 1;
+		cli->insecure_host = arg; /* NULL: the registry of REF */
 		return 1;
 	case NX_OPT_KEYS:
 		cli->keys = arg;
@@ -127,6 +129,7 @@ int nx_cli_registry(const struct nx_cli *cli, const char *ref, int quiet_404,
 		.cafile = cli->cafile,
 		.timeout_s = cli->timeout_s,
 		.insecure = cli->insecure,
+		.insecure_host = cli->insecure_host,
 		.quiet_404 = quiet_404,
 		.mirrors = cli->mirrors,
 		.nmirrors = cli->nmirrors,

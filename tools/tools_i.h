@@ -28,6 +28,7 @@
 struct nx_cli {
 	const char *cafile;
 	int insecure;
+	const char *insecure_host; /* --insecure=HOST */
 	const char *keys;  /* --trusted-public-keys, or NULL */
 	int timeout_s;     /* 0 = fetch/'s default */
 	int verbose;
@@ -48,7 +49,7 @@ enum {
 
 #define NX_CLI_LONGOPTS                                                                 \
 	{ "cafile", required_argument, NULL, NX_OPT_CAFILE },                           \
-	{ "insecure", no_argument, NULL, NX_OPT_INSECURE },                             \
+	{ "insecure", optional_argument, NULL, NX_OPT_INSECURE },                             \
 	{ "trusted-public-keys", required_argument, NULL, NX_OPT_KEYS },                \
 	{ "timeout", required_argument, NULL, NX_OPT_TIMEOUT },                         \
 	{ "mirror", required_argument, NULL, NX_OPT_MIRROR },                           \

@@ -135,7 +135,7 @@ test_expect_success 'the registry refuses connections: EIO fast, the mount answe
 	grep -q "listening again" "$PROXY_LOG"
 '
 
-test_expect_success 'corrupted blob bytes: EIO and one log line per bad answer, never wrong bytes' '
+test_expect_success 'corrupted blob bytes: EIO, a log line (identical repeats folded), never wrong bytes' '
 	v0=$(stats_field "$MNT" verify_failures) &&
 	n0=$(grep -c "digest mismatch" "${MOUNT_LOG[$MNT]}" || true) &&
 	fault_set mode=corrupt match=/blobs/ &&
@@ -148,7 +148,8 @@ test_expect_success 'corrupted blob bytes: EIO and one log line per bad answer, 
 	bad=$(fault_hits corrupt) &&
 	echo "verify_failures $v0 -> $v1, mismatch lines $n0 -> $n1, corrupted answers $bad" &&
 	test "$v1" -gt "$v0" &&
-	test $((n1 - n0)) = "$bad" &&
+	test $((n1 - n0)) -ge 1 &&
+	test $((n1 - n0)) -le "$bad" &&
 	test $((v1 - v0)) = "$bad" &&
 	heal_file f13
 '

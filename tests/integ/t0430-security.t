@@ -170,4 +170,12 @@ test_expect_success 'TLS: --insecure / -o insecure is the explicit way, and work
 	test -s ls.out
 '
 
+test_expect_success 'TLS: --insecure=HOST applies to that host only' '
+	hostport=${REF#https://} && hostport=${hostport%%/*} &&
+	nixoci ls --insecure="$hostport" "$REF" >ls2.out 2>err && cat err &&
+	test -s ls2.out &&
+	! nixoci ls --insecure=other.example:5000 "$REF" >ls3.out 2>err3 && cat err3 &&
+	grep -qi "certificate" err3 && ! test -s ls3.out
+'
+
 test_done

@@ -290,8 +290,6 @@ static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX
 		       const void *buf, size_t len)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX], *slash;
-	const uint8_t *p = buf;
-	size_t left = len;
 	int fd, rc = 0;
 
 	snprintf(tmp, sizeof(tmp), "%s/tmp/%ld.XXXXXX", st->dir, (long)getpid());
@@ -300,18 +298,9 @@ static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX
 		rc = -errno;
 		goto out_log;
 	}
-	while (left) {
-		ssize_t n = write(fd, p, left);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = -errno;
-			goto out_unlink;
-		}
-		p += n;
-		left -= (size_t)n;
-	}
+	rc = nx_write_all(fd, buf, len);
+	if (rc < 0)
+		goto out_unlink;
 	if (fsync(fd) < 0) {
 		rc = -errno;
 		goto out_unlink;
@@ -345,25 +334,6 @@ out_log:
 	return rc;
 }
 
-static int read_all(int fd, uint8_t *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, buf + done, len - done, (off_t)done);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **buf,
 		 size_t *len)
 {
@@ -389,7 +359,7 @@ int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 		close(fd);
 		return -ENOMEM;
 	}
-	if (read_all(fd, b, size) < 0)
+	if (nx_pread_all(fd, b, size, 0) < 0)
 		goto drop_fd;
 	close(fd);
 	/* Cheap next to a fetch, and catches a damaged disk. */

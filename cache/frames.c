@@ -64,25 +64,6 @@ static void flight_release(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], 
 	pthread_mutex_unlock(&st->lock);
 }
 
-static int read_fd(int fd, uint8_t *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, buf + done, len - done, (off_t)done);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /* 0 if frame @i was served from the cache, -ENOENT on a miss. */
 static int try_hit(struct nx_store *st, struct nx_spath *p, uint32_t i,
 		   const struct nx_walk_ops *ops, void *ctx)
@@ -101,7 +82,7 @@ static int try_hit(struct nx_store *st, struct nx_spath *p, uint32_t i,
 		if (!buf) {
 			rc = -ENOMEM;
 		} else {
-			rc = read_fd(fd, buf, f->ulen);
+			rc = nx_pread_all(fd, buf, f->ulen, 0);
 			if (rc < 0)
 				nx_log(NX_LOG_ERR, "cache %s: cannot read frame %u of %s/%.*s: %s",
 				       st->dir, i, NX_STORE_DIR, (int)p->base_len, p->base,

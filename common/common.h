@@ -397,6 +397,11 @@ int nx_sig_sign(const struct nx_seckey *key, const char *msg, size_t len, char *
 
 /* Parses "10G", "512M", "4096", "1K" (powers of 1024). Quiet. */
 int nx_parse_size(const char *s, uint64_t *out);
+/* Writes all of @buf to @fd, retrying short writes and EINTR: 0 or -errno
+ * (-EIO if write(2) returns 0). Quiet. */
+int nx_write_all(int fd, const void *buf, size_t len);
+/* Reads exactly @len bytes at @off: 0, -errno, or -EIO at end of file. Quiet. */
+int nx_pread_all(int fd, void *buf, size_t len, off_t off);
 /* Monotonic clock in nanoseconds. */
 uint64_t nx_now_ns(void);
 

@@ -71,29 +71,9 @@ struct nx_packer {
 	int err;     /* sticky */
 };
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 static int emit(struct nx_packer *p, const void *buf, size_t len)
 {
-	int r = write_all(p->fd, buf, len);
+	int r = nx_write_all(p->fd, buf, len);
 
 	if (r < 0) {
 		nx_log(NX_LOG_ERR, "pack: write of the nar layer failed: %s", strerror(-r));

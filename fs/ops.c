@@ -768,10 +768,13 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "paths_loaded %" PRIu64 "\n"
 		     "requests %" PRIu64 "\n"
 		     "readahead_frames %" PRIu64 "\n"
-		     "offline %d\n",
+		     "offline %d\n"
+		     "connections %" PRIu64 "\n"
+		     "h2_requests %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
-		     ss.paths_loaded, fst.requests, ss.readahead_frames, ss.offline);
+		     ss.paths_loaded, fst.requests, ss.readahead_frames, ss.offline,
+		     fst.connections, fst.h2_requests);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;
 	return n;

@@ -47,6 +47,26 @@ test_expect_success 'mount with -o cafile: every path hashes to its NarHash' '
 	unmount_store "$MNT"
 '
 
+test_expect_success 'concurrent reads share one HTTP/2 connection' '
+	H2=$TRASH/mnt-h2 &&
+	mount_store "$REF" "$H2" "cafile=$CA_DIR/ca.crt" &&
+	pids= &&
+	for p in $SMALL_CLOSURE; do
+		{ nar_hash_of "$H2/${p##*/}" >"h2-${p##*/}"; } &
+		pids="$pids $!"
+	done &&
+	for pid in $pids; do wait $pid || return 1; done &&
+	for p in $SMALL_CLOSURE; do
+		test "$(cat "h2-${p##*/}")" = "$(nix_nar_hash "$p")" || return 1
+	done &&
+	nixoci stats "$H2" >h2.stats &&
+	cat h2.stats &&
+	test "$(sed -n "s/^connections //p" h2.stats)" = 1 &&
+	test "$(sed -n "s/^h2_requests //p" h2.stats)" -gt 0 &&
+	test "$(sed -n "s/^h2_requests //p" h2.stats)" = "$(sed -n "s/^requests //p" h2.stats)" &&
+	unmount_store "$H2"
+'
+
 test_expect_success 'no CA: refused with a message naming the certificate problem' '
 	test_must_fail_quick() { ! "$@"; } &&
 	test_must_fail_quick nixoci ls "$REF" >out 2>err &&

@@ -12,7 +12,9 @@
  * share one cache directory (LMDB is multi-process safe).
  *
  * Records (values are little-endian uint64s):
- *   chunks:   frame digest (32) -> size, last_use (unix seconds)
+ *   chunks:   frame digest (32) -> size, last_use (unix nanoseconds: frames
+ *             fetched in the same second must keep their order for LRU, or
+ *             eviction takes frames readahead fetched but nobody read yet)
  *   blobs:    blob digest (32)  -> size, time stored
  *   tags:     hash part (32)    -> manifest digest (32), time
  *   verified: manifest digest   -> time the full NAR verification passed
@@ -285,6 +287,15 @@ static void obj_path(const struct nx_store *st, const char *kind, const uint8_t 
 	snprintf(out, cap, "%s/%s/%.2s/%s", st->dir, kind, hex, hex);
 }
 
+/* Wall-clock nanoseconds: last_use must order frames across restarts too. */
+static uint64_t wall_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* tmp + fsync + rename into DIR/<kind>/xx/<hex>. */
 static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
 		       const void *buf, size_t len)
@@ -496,9 +507,9 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 		rc = -ENOENT;
 		goto unpin;
 	}
-	now = (uint64_t)time(NULL);
+	now = wall_ns();
 	/* LRU bookkeeping without a write per read. */
-	if (!st->readonly && now > last + NX_TOUCH_INTERVAL) {
+	if (!st->readonly && now > last + NX_TOUCH_INTERVAL * 1000000000ull) {
 		put_le64(rec + 8, now);
 		nx_db_put(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec));
 	}
@@ -644,7 +655,7 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	if (file_commit(st, "chunks", d, buf, len) < 0)
 		return;
 	put_le64(rec, len);
-	put_le64(rec + 8, (uint64_t)time(NULL));
+	put_le64(rec + 8, wall_ns());
 	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
 	if (rc == 0) {
 		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);

@@ -227,9 +227,9 @@ void nx_ra_stop(struct nx_store *st);
 /* The offline retry shortcut (see struct nx_reader): 1 if [off, off+len) of
  * this reader's entry failed moments ago and the source is still offline. */
 int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
-		     uint32_t entry, uint64_t off, uint64_t len);
-void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
-		    uint64_t off, uint64_t len);
+		     uint32_t entry);
+void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		    uint32_t entry);
 void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last);
 

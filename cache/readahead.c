@@ -59,7 +59,7 @@ static int offline(struct nx_store *st)
 }
 
 int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
-		     uint32_t entry, uint64_t off, uint64_t len)
+		     uint32_t entry)
 {
 	int hit;
 
@@ -75,8 +75,8 @@ int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath 
 	return hit && offline(st);
 }
 
-void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
-		    uint64_t off, uint64_t len)
+void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		    uint32_t entry)
 {
 	if (!offline(st))
 		return; /* not the network: nothing to shortcut */

@@ -804,14 +804,14 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 	rc = nx_toc_frames_for(toc, w.r.a, n, &first, &last);
 	if (rc < 0)
 		return -EIO;
-	if (rd && nx_reader_failed(st, rd, p, entry, off, n))
+	if (rd && nx_reader_failed(st, rd, p, entry))
 		return -EIO;
 	/* before our own fetch, so the window's transfers overlap with it */
 	if (rd)
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	rc = nx_frames_walk(st, p, first, last, NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0 && rd)
-		nx_reader_fail(st, rd, p, entry, off, n);
+		nx_reader_fail(st, rd, p, entry);
 	if (rc < 0)
 		return rc == -ENOMEM ? rc : -EIO;
 	*got = (size_t)n;

@@ -70,7 +70,7 @@ test_expect_success 'registry killed (SIGKILL) mid-read and restarted: reads rig
 	done &&
 	echo "during the kill: $nok right, $neio EIO" &&
 	fs_alive "$MNT" &&
-	registry_restart &&
+	restart_registry &&
 	for f in $FDATA_FILES; do
 		heal_read "$MNT/${FDATA##*/}/$f" "$FDATA/$f" $((T + 5)) || return 1
 	done &&
@@ -85,7 +85,7 @@ test_expect_success 'nixoci-fs killed (SIGKILL) in parallel reads; the remount v
 		{ cat "$K/${FDATA##*/}/$f" >/dev/null 2>&1; } & pids="$pids $!"
 	done &&
 	test_wait_for 30 eval "test \$(stats_field $K frames_fetched) -ge 4" &&
-	fs_kill9 "$K" &&
+	kill_mount "$K" &&
 	for p in $pids; do wait_pid_status $p 30 st || return 1; done &&
 	mount_store "$REG/local" "$K" "cache=$TRASH/cache-k" &&
 	check_mount_hashes "$K" "$FDATA" &&

@@ -158,26 +158,3 @@ registry_kill9() {
 	return 0
 }
 
-# registry_restart [NAME]: the registry NAME again, same port, config and
-# storage; waits (bounded) until it answers.
-registry_restart() {
-	local name=${1:-reg} dir port pid
-	dir=$TRASH/registry-$name
-	port=$(sed -nE 's/^ *addr: 127\.0\.0\.1:([0-9]+)$/\1/p' "$dir/config.yml")
-	docker-registry serve "$dir/config.yml" >>"$dir/log" 2>&1 &
-	pid=$!
-	printf -v "REG_PID_$name" '%s' "$pid"
-	test_atexit "stop_registry $pid"
-	test_wait_for 20 registry_ready "$port" "$pid" && pid_alive "$pid"
-}
-
-# fs_kill9 MNT: SIGKILL the daemon of MNT and lazily detach the dead mount.
-fs_kill9() {
-	local mnt=$1 pid=${MOUNT_PID[$1]:-}
-	[ -n "$pid" ] || return 1
-	kill -KILL "$pid"
-	wait "$pid" 2>/dev/null
-	unset "MOUNT_PID[$mnt]"
-	fusermount3 -uz "$mnt" 2>/dev/null
-	test_wait_for 10 eval "! mountpoint -q '$mnt'"
-}

@@ -347,6 +347,30 @@ stop_registry() {
 	return 0
 }
 
+# restart_registry [NAME]: start the registry NAME again (after stop_registry)
+# with the same port, config and storage; waits until it answers.
+restart_registry() {
+	local name=${1:-reg} dir port pid
+	dir=$TRASH/registry-$name
+	port=$(sed -nE 's/^ *addr: 127\.0\.0\.1:([0-9]+)$/\1/p' "$dir/config.yml")
+	docker-registry serve "$dir/config.yml" >>"$dir/log" 2>&1 &
+	pid=$!
+	printf -v "REG_PID_$name" '%s' "$pid"
+	test_atexit "stop_registry $pid"
+	test_wait_for 20 registry_ready "$port" "$pid" && pid_alive "$pid"
+}
+
+# kill_mount MNT: kill -9 the daemon of MNT and clear the dead mount.
+kill_mount() {
+	local mnt=$1 pid=${MOUNT_PID[$1]:-}
+	[ -n "$pid" ] || return 1
+	kill -KILL "$pid"
+	wait "$pid" 2>/dev/null
+	unset "MOUNT_PID[$mnt]"
+	fusermount3 -uz "$mnt" 2>/dev/null
+	test_wait_for 10 eval "! mountpoint -q '$mnt'"
+}
+
 # registry_blob_path DIGEST: where the filesystem driver keeps a blob.
 registry_blob_path() {
 	local hex=${1#sha256:}

@@ -118,10 +118,9 @@ wait_for() {
 
 say "closure: describing host files"
 /usr/bin/python3 "$SRC/bench/closure/spec.py" >"$RUN/spec.json" 2>>"$RUN/cmd.log"
-/usr/bin/python3 "$SRC/tests/lib/python-spec.py" >"$RUN/py-spec.json"
 say "closure: nix-build (cached after the first run; ~15 min the first time on 2 cores)"
 timed nix-build "$SRC/bench/closure/closure.nix" --arg spec "$RUN/spec.json" \
-	--arg pySpec "$RUN/py-spec.json" "${NIXB[@]}" --max-jobs 8 \
+	"${NIXB[@]}" --max-jobs 8 \
 	--out-link "$WORK/closure"
 ROOT=$(readlink -f "$WORK/closure")
 fact build_s "$SECS"

@@ -66,7 +66,8 @@ struct nx_store_opts {
 				    * missing or unusable cache then means reading
 				    * straight from the source */
 	int readahead;             /* largest readahead window in frames: 0 =
-				    * default (32), negative = no readahead */
+				    * default (32 MiB of NX_FRAME_TARGET frames),
+				    * negative = no readahead */
 };
 
 struct nx_store;

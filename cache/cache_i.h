@@ -36,8 +36,8 @@
  * compressed bytes. */
 #define NX_RA_THREADS 2
 #define NX_RA_QUEUE 16
-#define NX_RA_MIN 2
-#define NX_RA_DEFAULT_MAX 32
+#define NX_RA_MIN 4
+#define NX_RA_DEFAULT_MAX ((32u << 20) / NX_FRAME_TARGET)
 #define NX_RA_MAX_BYTES (UINT64_C(32) << 20)
 /* A read starting within this distance of where the previous ones ended
  * still counts as sequential (the kernel sends its readahead requests in
@@ -45,6 +45,12 @@
 #define NX_RA_SLACK (UINT64_C(4) << 20)
 /* How long a reader's failed range fails at once while offline. */
 #define NX_RA_FAIL_NS (UINT64_C(2) * 1000000000)
+/* Group commit of chunk files (cache/db.c): a batch is synced and recorded
+ * once it holds this many chunks or bytes, or this long after its first
+ * chunk; savers wait while four batches' worth are waiting. */
+#define NX_SYNC_CHUNKS 64
+#define NX_SYNC_BYTES (UINT64_C(16) << 20)
+#define NX_SYNC_DELAY_NS (UINT64_C(50) * 1000000)
 /* The running cache total is re-read from LMDB every this many saves. */
 #define NX_RESYNC_SAVES 64
 #define NX_MAP_SIZE ((size_t)1 << 30)
@@ -110,6 +116,12 @@ struct nx_reader {
 	uint32_t fail_entry;
 };
 
+/* A chunk file in place but not yet synced and recorded in LMDB. */
+struct nx_pending {
+	uint8_t digest[NX_SHA256_LEN];
+	uint64_t size;
+};
+
 /* A chunk file a reader is using; eviction skips it. */
 struct nx_pin {
 	struct nx_pin *next;
@@ -144,6 +156,16 @@ struct nx_store {
 	struct nx_flight *flights;
 	struct nx_pin *pins;
 	int evicting;
+
+	/* group commit (under st->lock): chunk files waiting for the syncer
+	 * thread, and the batch it is syncing; both are readable already */
+	struct nx_pending *pend, *syncing;
+	size_t npend, nsyncing, pend_cap, syncing_cap;
+	uint64_t pend_bytes, syncing_bytes, pend_since;
+	pthread_cond_t sync_cond;
+	pthread_t sync_thread;
+	int sync_started, sync_stop;
+	int sync_urgent; /* a saver waits for the queue to be recorded */
 
 	/* readahead pool (under st->lock; workers wait on ra_cond) */
 	uint32_t ra_max;            /* 0: readahead off */
@@ -206,6 +228,8 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* 1 if LMDB has a record for the chunk (no file check). */
 int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
+/* The same, for a caller holding st->lock. */
+int nx_chunk_known_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* Stores a verified, decompressed frame, then evicts if over the limit.
  * Failures are logged and ignored (the data was still served). */
 void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,

@@ -2,11 +2,18 @@
  * cache/db.c: the on-disk cache. LMDB knows what is present; files hold it.
  *
  * Invariant: a file under blobs/ or chunks/ only ever holds bytes that were
- * verified against the digest in its name; it is written in tmp/, fsync'ed
- * and renamed into place, and only then is the LMDB record written. So:
+ * verified against the digest in its name; it is written in tmp/ and renamed
+ * into place, and its LMDB record is written only once the file is durable.
+ * Blobs are fsync'ed one by one. Chunks are committed in groups: the saver
+ * renames the file and queues it; a syncer thread syncs a batch of them and
+ * records the batch in one LMDB transaction. One sync per batch instead of
+ * two per chunk is what lets an uncached sequential read run at network
+ * speed. Until then the queued chunk is served from its file (it is
+ * verified and complete, only not yet safe from power loss). So:
  *  - a record whose file is missing (crash, eviction by another process,
  *    someone cleaning up) is a miss and is dropped;
- *  - a file without a record is simply overwritten by the next fetch.
+ *  - a file without a record (a crash before its batch was recorded) is
+ *    simply overwritten by the next fetch.
  * Chunk files are immutable once renamed, so a reader holding an fd keeps
  * valid bytes even if eviction unlinks the name, and several processes may
  * share one cache directory (LMDB is multi-process safe).
@@ -210,8 +217,14 @@ int nx_db_open(struct nx_store *st)
 	return 0;
 }
 
+static void sync_stop(struct nx_store *st);
+
 void nx_db_close(struct nx_store *st)
 {
+	sync_stop(st);
+	free(st->pend);
+	free(st->syncing);
+	st->pend = st->syncing = NULL;
 	if (st->env)
 		mdb_env_close(st->env);
 	st->env = NULL;
@@ -296,9 +309,9 @@ static uint64_t wall_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* tmp + fsync + rename into DIR/<kind>/xx/<hex>. */
+/* tmp + (fsync if @sync) + rename into DIR/<kind>/xx/<hex>. */
 static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
-		       const void *buf, size_t len)
+		       const void *buf, size_t len, int sync)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX], *slash;
 	int fd, rc = 0;
@@ -312,7 +325,7 @@ static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX
 	rc = nx_write_all(fd, buf, len);
 	if (rc < 0)
 		goto out_unlink;
-	if (fsync(fd) < 0) {
+	if (sync && fsync(fd) < 0) {
 		rc = -errno;
 		goto out_unlink;
 	}
@@ -407,7 +420,7 @@ void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const voi
 		return;
 	if (nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0)
 		return;
-	if (file_commit(st, "blobs", d, buf, len) < 0)
+	if (file_commit(st, "blobs", d, buf, len, 1) < 0)
 		return;
 	put_le64(rec, len);
 	put_le64(rec + 8, (uint64_t)time(NULL));
@@ -465,10 +478,51 @@ void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	pthread_mutex_unlock(&st->lock);
 }
 
+/* The queued or syncing record of @d, or NULL; under st->lock. */
+static const struct nx_pending *pending_find(const struct nx_store *st,
+					     const uint8_t d[NX_SHA256_LEN])
+{
+	for (size_t i = 0; i < st->npend; i++)
+		if (memcmp(st->pend[i].digest, d, NX_SHA256_LEN) == 0)
+			return &st->pend[i];
+	for (size_t i = 0; i < st->nsyncing; i++)
+		if (memcmp(st->syncing[i].digest, d, NX_SHA256_LEN) == 0)
+			return &st->syncing[i];
+	return NULL;
+}
+
+/*
+ * Size of @d if it is waiting for its batch, else 0. Asked before LMDB: the
+ * syncer takes a batch off its list only after committing it, so a chunk not
+ * found here is either in LMDB already or nowhere.
+ */
+static uint64_t pending_size(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	const struct nx_pending *p;
+	uint64_t size;
+
+	pthread_mutex_lock(&st->lock);
+	p = pending_find(st, d);
+	size = p ? p->size : 0;
+	pthread_mutex_unlock(&st->lock);
+	return size;
+}
+
 int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
 	uint8_t rec[16];
 
+	if (pending_size(st, d))
+		return 1;
+	return nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0;
+}
+
+int nx_chunk_known_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	uint8_t rec[16];
+
+	if (pending_find(st, d))
+		return 1;
 	return nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0;
 }
 
@@ -485,13 +539,18 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 	rc = chunk_pin(st, d);
 	if (rc < 0)
 		return rc;
-	rc = nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
-	if (rc < 0) {
-		rc = -ENOENT; /* an LMDB hiccup is a miss, not a failed read */
-		goto unpin;
+	size = pending_size(st, d);
+	if (size) {
+		last = UINT64_MAX; /* recorded with a fresh last_use soon */
+	} else {
+		rc = nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
+		if (rc < 0) {
+			rc = -ENOENT; /* an LMDB hiccup is a miss, not a failed read */
+			goto unpin;
+		}
+		size = get_le64(rec);
+		last = get_le64(rec + 8);
 	}
-	size = get_le64(rec);
-	last = get_le64(rec + 8);
 	obj_path(st, "chunks", d, path, sizeof(path));
 	f = open(path, O_RDONLY | O_CLOEXEC);
 	if (f < 0 || fstat(f, &sb) < 0 || (uint64_t)sb.st_size != size || size != ulen) {
@@ -509,7 +568,8 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 	}
 	now = wall_ns();
 	/* LRU bookkeeping without a write per read. */
-	if (!st->readonly && now > last + NX_TOUCH_INTERVAL * 1000000000ull) {
+	if (!st->readonly && last != UINT64_MAX &&
+	    now > last + NX_TOUCH_INTERVAL * 1000000000ull) {
 		put_le64(rec + 8, now);
 		nx_db_put(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec));
 	}
@@ -604,6 +664,9 @@ static void evict(struct nx_store *st)
 
 		for (size_t i = 0; i < n; i++)
 			sum += c[i].size;
+		pthread_mutex_lock(&st->lock);
+		sum += st->pend_bytes + st->syncing_bytes; /* not in LMDB yet */
+		pthread_mutex_unlock(&st->lock);
 		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
 	}
 
@@ -642,49 +705,213 @@ out:
 	pthread_mutex_unlock(&st->lock);
 }
 
-void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
-		   size_t len)
+/*
+ * Syncs the files of @n queued chunks and records them in one transaction.
+ * A file that cannot be synced (or is gone) is left unrecorded: the next
+ * read of it is a miss.
+ */
+static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n)
 {
-	uint8_t rec[16];
+	char path[PATH_MAX];
+	uint8_t rec[16], *ok;
+	uint64_t now = wall_ns(), unrecorded = 0;
 	MDB_txn *txn;
-	MDB_val k = { NX_SHA256_LEN, (void *)d }, v = { sizeof(rec), rec };
-	int rc, added = 1;
+	size_t i;
+	int rc;
 
-	if (!st->env || st->readonly)
-		return;
-	if (file_commit(st, "chunks", d, buf, len) < 0)
-		return;
-	put_le64(rec, len);
-	put_le64(rec + 8, wall_ns());
+	ok = calloc(n ? n : 1, 1);
+	if (!ok)
+		return; /* nothing recorded: every one of them is a miss later */
+	for (i = 0; i < n; i++) {
+		int fd;
+
+		obj_path(st, "chunks", b[i].digest, path, sizeof(path));
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		/* the first fsync's journal commit carries most of the others */
+		ok[i] = fsync(fd) == 0;
+		close(fd);
+	}
 	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
-	if (rc == 0) {
+	for (i = 0; rc == 0 && i < n; i++) {
+		MDB_val k = { NX_SHA256_LEN, (void *)b[i].digest }, v = { sizeof(rec), rec };
+
+		if (!ok[i])
+			continue;
+		put_le64(rec, b[i].size);
+		/* one batch shares a second: keep fetch order for LRU */
+		put_le64(rec + 8, now + i);
 		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);
 		if (rc == MDB_KEYEXIST) {
-			/* re-fetched after a damaged file, or another process */
-			added = 0;
+			/* re-fetched after a damaged file, or another process
+			 * got there first: counted once */
+			unrecorded += b[i].size;
 			v.mv_size = sizeof(rec);
 			v.mv_data = rec;
 			rc = mdb_put(txn, st->dbi_chunks, &k, &v, 0);
 		}
-		if (rc)
-			mdb_txn_abort(txn);
-		else
-			rc = mdb_txn_commit(txn);
 	}
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else if (txn)
+		mdb_txn_abort(txn);
 	if (rc) {
-		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record chunk: %s", st->dir,
+		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record %zu chunks: %s", st->dir, n,
 		       mdb_strerror(rc));
-		return;
+		for (i = 0; i < n; i++)
+			ok[i] = 0;
 	}
-	if (added)
-		nx_stat_add(&st->total_bytes, len);
+	for (i = 0; i < n; i++)
+		if (!ok[i])
+			unrecorded += b[i].size;
+	if (unrecorded)
+		nx_stat_sub(&st->total_bytes, unrecorded);
+	free(ok);
+}
+
+/* Takes the queued batch (under st->lock), syncs and records it outside. */
+static void sync_take(struct nx_store *st)
+{
+	struct nx_pending *t = st->syncing;
+	size_t tcap = st->syncing_cap;
+
+	st->syncing = st->pend;
+	st->syncing_cap = st->pend_cap;
+	st->nsyncing = st->npend;
+	st->syncing_bytes = st->pend_bytes;
+	st->pend = t;
+	st->pend_cap = tcap;
+	st->npend = 0;
+	st->pend_bytes = 0;
+	pthread_cond_broadcast(&st->sync_cond); /* room for waiting savers */
+	pthread_mutex_unlock(&st->lock);
+	sync_batch(st, st->syncing, st->nsyncing);
+	pthread_mutex_lock(&st->lock);
+	st->nsyncing = 0;
+	st->syncing_bytes = 0;
+	pthread_cond_broadcast(&st->sync_cond); /* for savers waiting on a full cache */
+}
+
+static void *syncer(void *arg)
+{
+	struct nx_store *st = arg;
+	struct timespec ts;
+
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		while (!st->npend && !st->sync_stop)
+			pthread_cond_wait(&st->sync_cond, &st->lock);
+		if (!st->npend)
+			break; /* stopping with nothing left */
+		if (!st->sync_stop && !st->sync_urgent && st->npend < NX_SYNC_CHUNKS &&
+		    st->pend_bytes < NX_SYNC_BYTES) {
+			uint64_t due = st->pend_since + NX_SYNC_DELAY_NS;
+
+			ts.tv_sec = (time_t)(due / 1000000000u);
+			ts.tv_nsec = (long)(due % 1000000000u);
+			if (nx_now_ns() < due &&
+			    pthread_cond_timedwait(&st->sync_cond, &st->lock, &ts) == 0)
+				continue; /* woken early: look again */
+		}
+		st->sync_urgent = 0;
+		sync_take(st);
+		if (nx_stat_get(&st->total_bytes) > st->limit) {
+			pthread_mutex_unlock(&st->lock);
+			evict(st);
+			pthread_mutex_lock(&st->lock);
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	return NULL;
+}
+
+static void sync_stop(struct nx_store *st)
+{
+	pthread_mutex_lock(&st->lock);
+	st->sync_stop = 1;
+	pthread_cond_broadcast(&st->sync_cond);
+	pthread_mutex_unlock(&st->lock);
+	if (st->sync_started) {
+		pthread_join(st->sync_thread, NULL);
+		st->sync_started = 0;
+	}
+	pthread_mutex_lock(&st->lock);
+	while (st->npend) /* no thread: sync what is left here */
+		sync_take(st);
+	pthread_mutex_unlock(&st->lock);
+}
+
+void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
+		   size_t len)
+{
+	int resync, first;
+
+	if (!st->env || st->readonly)
+		return;
+	pthread_mutex_lock(&st->lock);
+	if (pending_find(st, d)) {
+		pthread_mutex_unlock(&st->lock);
+		return; /* this process stored it a moment ago */
+	}
+	pthread_mutex_unlock(&st->lock);
+	if (file_commit(st, "chunks", d, buf, len, 0) < 0)
+		return;
+
+	pthread_mutex_lock(&st->lock);
+	if (!st->sync_started && !st->sync_stop)
+		st->sync_started = pthread_create(&st->sync_thread, NULL, syncer, st) == 0;
+	while (st->sync_started && !st->sync_stop &&
+	       (st->npend >= 4 * NX_SYNC_CHUNKS || st->pend_bytes >= 4 * NX_SYNC_BYTES))
+		pthread_cond_wait(&st->sync_cond, &st->lock);
+	if (st->npend == st->pend_cap) {
+		size_t ncap = st->pend_cap ? 2 * st->pend_cap : NX_SYNC_CHUNKS;
+		struct nx_pending *np = realloc(st->pend, ncap * sizeof(*np));
+
+		if (!np) {
+			pthread_mutex_unlock(&st->lock);
+			return; /* the file stays unrecorded: a miss next time */
+		}
+		st->pend = np;
+		st->pend_cap = ncap;
+	}
+	first = !st->npend;
+	if (first)
+		st->pend_since = nx_now_ns();
+	memcpy(st->pend[st->npend].digest, d, NX_SHA256_LEN);
+	st->pend[st->npend].size = len;
+	st->npend++;
+	st->pend_bytes += len;
+	nx_stat_add(&st->total_bytes, len);
+	if (!st->sync_started) {
+		sync_take(st); /* no thread (or closing): sync right here */
+	} else if (nx_stat_get(&st->total_bytes) > st->limit) {
+		/* Only recorded chunks can be evicted: a full cache records
+		 * what is queued now, so it stays within its limit. Others
+		 * may queue more meanwhile: ask again each time. */
+		while ((st->npend || st->nsyncing) && !st->sync_stop) {
+			st->sync_urgent = 1;
+			pthread_cond_broadcast(&st->sync_cond);
+			pthread_cond_wait(&st->sync_cond, &st->lock);
+		}
+	} else if (first || st->npend >= NX_SYNC_CHUNKS || st->pend_bytes >= NX_SYNC_BYTES) {
+		/* the first one starts the syncer's clock; a full batch goes now */
+		pthread_cond_broadcast(&st->sync_cond);
+	}
+	pthread_mutex_unlock(&st->lock);
+
 	/* Another process sharing the cache (nixoci prefetch, a second
 	 * daemon) adds and evicts behind our back: our running total is only
 	 * our own view, so now and then take the real one from LMDB. */
-	if (__atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0)
-		__atomic_store_n(&st->total_bytes,
-				 sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs),
-				 __ATOMIC_RELAXED);
+	resync = __atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0;
+	if (resync) {
+		uint64_t sum = sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs);
+
+		pthread_mutex_lock(&st->lock);
+		sum += st->pend_bytes + st->syncing_bytes;
+		pthread_mutex_unlock(&st->lock);
+		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
+	}
 	if (nx_stat_get(&st->total_bytes) > st->limit)
 		evict(st);
 }
@@ -700,7 +927,7 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	if (!st->env || st->readonly)
 		return;
 	pthread_mutex_lock(&st->lock);
-	skip = pin_find(st, d) || flight_busy(st, d);
+	skip = pin_find(st, d) || flight_busy(st, d) || pending_find(st, d);
 	if (!skip) {
 		obj_path(st, "chunks", d, path, sizeof(path));
 		unlink(path);

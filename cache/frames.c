@@ -334,7 +334,7 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 				return rc == -ENOMEM ? rc : -EIO; /* the owner logged it */
 			continue;
 		}
-		if (!st->readonly && nx_chunk_known(st, fr[i].sha256)) {
+		if (!st->readonly && nx_chunk_known_locked(st, fr[i].sha256)) {
 			/* fetched and saved since our miss: read it */
 			pthread_mutex_unlock(&st->lock);
 			continue;
@@ -358,7 +358,7 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 			 * Its claim is gone, and since the chunk is saved
 			 * before the claim is released, the record is there:
 			 * claiming it again would fetch it twice. */
-			if (k > i && !st->readonly && nx_chunk_known(st, fr[k].sha256))
+			if (k > i && !st->readonly && nx_chunk_known_locked(st, fr[k].sha256))
 				break;
 			rc = flight_claim(st, fr[k].sha256);
 			if (rc == 0)

@@ -171,6 +171,15 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_cond_init(&st->cond, NULL);
 	pthread_cond_init(&st->ra_cond, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* the syncer's timed wait must not jump with the wall clock */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&st->sync_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	rc = nx_db_open(st);
 	if (rc < 0)
 		goto fail;
@@ -216,6 +225,7 @@ void nx_store_close(struct nx_store *st)
 	nx_index_release(&st->ix);
 	free(st->ix_sorted);
 	pthread_cond_destroy(&st->ra_cond);
+	pthread_cond_destroy(&st->sync_cond);
 	pthread_cond_destroy(&st->cond);
 	pthread_mutex_destroy(&st->lock);
 	free(st->dir);

@@ -2,7 +2,7 @@
  * common/pack.c: the zstd seekable NAR layer (docs/format.md section 3) and
  * the zstd helpers for single-frame blobs and untrusted frames.
  *
- * Frame cutting: NAR bytes collect in a 1 MiB buffer. A file node arms a
+ * Frame cutting: NAR bytes collect in an NX_FRAME_TARGET buffer. A file node arms a
  * cut at its contents offset; when the stream reaches that offset, the
  * frame is closed if the file does not fit in what is left of it and the
  * frame is not empty. The buffer is also closed whenever it is full. Cutting
@@ -56,7 +56,7 @@ struct nx_packer {
 	struct nx_toc_builder *toc;
 	struct nx_nar_sink sink;
 	ZSTD_CCtx *cctx;
-	uint8_t *buf; /* current frame, NX_FRAME_MAX bytes */
+	uint8_t *buf; /* current frame, NX_FRAME_TARGET bytes */
 	size_t cur;
 	uint8_t *cbuf; /* compressed frame */
 	size_t ccap;
@@ -147,7 +147,7 @@ static int sink_write(void *ctx, const void *buf, size_t len)
 		return p->err;
 	nx_sha256_update(&p->nar_h, buf, len);
 	while (len > 0) {
-		size_t room = NX_FRAME_MAX - p->cur, n;
+		size_t room = NX_FRAME_TARGET - p->cur, n;
 
 		if (p->cut_armed && p->nar_off == p->cut_at) {
 			p->cut_armed = 0;
@@ -155,7 +155,7 @@ static int sink_write(void *ctx, const void *buf, size_t len)
 				r = flush_frame(p);
 				if (r < 0)
 					return p->err = r;
-				room = NX_FRAME_MAX;
+				room = NX_FRAME_TARGET;
 			}
 		}
 		n = len < room ? len : room;
@@ -166,7 +166,7 @@ static int sink_write(void *ctx, const void *buf, size_t len)
 		p->nar_off += n;
 		s += n;
 		len -= n;
-		if (p->cur == NX_FRAME_MAX) {
+		if (p->cur == NX_FRAME_TARGET) {
 			r = flush_frame(p);
 			if (r < 0)
 				return p->err = r;
@@ -209,8 +209,8 @@ int nx_packer_new(struct nx_packer **out, int fd, struct nx_toc_builder *toc)
 	p->sink.ctx = p;
 	p->sink.write = sink_write;
 	p->sink.node = sink_node;
-	p->ccap = ZSTD_compressBound(NX_FRAME_MAX);
-	p->buf = malloc(NX_FRAME_MAX);
+	p->ccap = ZSTD_compressBound(NX_FRAME_TARGET);
+	p->buf = malloc(NX_FRAME_TARGET);
 	p->cbuf = malloc(p->ccap);
 	p->cctx = ZSTD_createCCtx();
 	if (!p->buf || !p->cbuf || !p->cctx) {
@@ -312,7 +312,7 @@ static void params_init(void)
 {
 	snprintf(params, sizeof(params),
 		 "zstd=%s;level=%d;frame-max=%u;checksum=1;pledged=1;workers=0",
-		 ZSTD_versionString(), NX_ZSTD_LEVEL, NX_FRAME_MAX);
+		 ZSTD_versionString(), NX_ZSTD_LEVEL, NX_FRAME_TARGET);
 }
 
 const char *nx_packer_params(void)

@@ -81,8 +81,8 @@ static void usage(FILE *f)
 		"    -o trusted-public-keys=KEY Nix public key name:base64 (repeatable; separate\n"
 		"                               several keys in one option with spaces)\n"
 		"    -o timeout=SECONDS         per-request registry deadline, 1..3600 (default 30)\n"
-		"    -o readahead=FRAMES        largest readahead window for sequential readers,\n"
-		"                               0..32 frames of 1 MiB, 0 = off (default 32)\n"
+		"    -o readahead=SIZE          largest readahead window for sequential readers,\n"
+		"                               K/M suffixes, up to 256M, 0 = off (default 32M)\n"
 		"    -o cafile=FILE             extra CA bundle for the registry\n"
 		"    -o insecure[=HOST]         allow plain HTTP / unverified TLS for the\n"
 		"                               registry (or only for HOST[:PORT], the\n"
@@ -388,17 +388,15 @@ int main(int argc, char *argv[])
 		goto out_args;
 	}
 	if (o.readahead) {
-		char *end;
-		long v;
+		uint64_t v;
 
-		errno = 0;
-		v = strtol(o.readahead, &end, 10);
-		if (errno || end == o.readahead || *end || v < 0 || v > 32) {
-			nx_log(NX_LOG_ERR, "bad option readahead=%s: expected frames from 0 to 32",
-			       o.readahead);
+		if (nx_parse_size(o.readahead, &v) < 0 || v > (UINT64_C(256) << 20)) {
+			nx_log(NX_LOG_ERR, "bad option readahead=%s: expected a size from 0 to 256M "
+			       "such as 32M, or 0 for none", o.readahead);
 			goto out_args;
 		}
-		so.readahead = v ? (int)v : -1;
+		/* the window counts frames; the packer cuts NX_FRAME_TARGET ones */
+		so.readahead = v ? (int)((v + NX_FRAME_TARGET - 1) / NX_FRAME_TARGET) : -1;
 	}
 	if (o.closure && check_closure_name(o.closure) < 0) {
 		nx_log(NX_LOG_ERR, "bad option closure=%s: expected a tag or sha256:<64 hex>",

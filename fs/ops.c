@@ -461,6 +461,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		len = size;
 	if (len > READ_MAX)
 		len = READ_MAX; /* never: the kernel's largest read is 1 MiB */
+	nx_log(NX_LOG_DEBUG, "read ino %#llx off %lld len %llu", (unsigned long long)ino,
+	       (long long)off, (unsigned long long)len);
 	buf = read_buf();
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);

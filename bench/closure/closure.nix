@@ -6,10 +6,9 @@
 # (which files, which names), not on the bytes: a host upgrade keeps the old
 # build until the spec changes or the paths are collected.
 #
-#   nix-build bench/closure/closure.nix --arg spec spec.json --arg pySpec py.json
-# where spec.json is bench/closure/spec.py's output and py.json
-# tests/lib/python-spec.py's (the CPython split of tests/lib/big.nix).
-{ spec, pySpec, busyboxDir ? "/usr/bin" }:
+#   nix-build bench/closure/closure.nix --arg spec spec.json
+# where spec.json is bench/closure/spec.py's output.
+{ spec, busyboxDir ? "/usr/bin" }:
 let
   s = builtins.fromJSON (builtins.readFile spec);
   bb = import ../../tests/lib/busybox.nix { inherit busyboxDir; };
@@ -80,7 +79,29 @@ let
     ${depsLine (map (d: libs.${d}) v.deps)}
   '' { }) s.big;
 
-  python = import ../../tests/lib/big.nix { spec = pySpec; inherit busyboxDir; };
+  # CPython as nixpkgs ships it: bin/ and the whole lib/pythonX.Y in one
+  # path. The sources get mtime 1 before compileall, as Nix gives them in the
+  # store, so the bytecode is valid there and imports read only the .pyc
+  # files (nixpkgs gets the same result from its deterministic-build patch).
+  # The wrapper starts the interpreter with the loader and libraries of the
+  # lib-<pkg> paths, which is what nixpkgs' RPATHs amount to.
+  py = s.python;
+  pyLibPath = builtins.concatStringsSep ":" (map (d: "${libs.${d}}/lib") py.deps);
+  python = mk py.name ''
+    mkdir -p $out/bin $out/lib
+    cp "${py.exe}" $out/bin/${py.name}
+    chmod 0555 $out/bin/${py.name}
+    cp -r "${py.stdlib}" $out/lib/${py.name}
+    find $out/lib -name __pycache__ -type d | xargs rm -rf
+    find $out/lib -name '*.py' -type f -exec touch -d @1 {} +
+    "${py.exe}" -I -m compileall -q -j 0 $out/lib/${py.name} >/dev/null
+    cat > $out/bin/python3 <<EOS
+    #!${busybox}/bin/sh
+    exec ${libs.libc6}/lib/ld-linux-x86-64.so.2 --library-path ${pyLibPath} $out/bin/${py.name} "\$@"
+    EOS
+    chmod 0555 $out/bin/python3
+    ${depsLine (map (d: libs.${d}) py.deps)}
+  '' { };
 
   all = builtins.attrValues libs ++ builtins.attrValues docs ++ builtins.attrValues locales
     ++ builtins.attrValues big ++ [ python ];

@@ -9,15 +9,19 @@ closure.nix turns this into ~1500 store paths built by a static busybox:
   big ones      the JDK 17 (symlinks resolved), Temurin 25 and /usr/lib/gcc,
                 each referencing the lib-<dep> paths of the
                 package that ships it
-plus the CPython closure of tests/lib/big.nix. Only the host knows which
-package owns what (dpkg's database), so this script looks and the Nix stays
-declarative.
+  python3.11    CPython packaged the way nixpkgs packages it: one store path
+                with the interpreter and the whole standard library (bytecode
+                compiled at build time), referencing the lib-<pkg> paths that
+                own the libraries the interpreter and its extension modules load
+Only the host knows which package owns what (dpkg's database), so this script
+looks and the Nix stays declarative.
 
 usage: spec.py > spec.json
 """
 import json
 import os
 import re
+import subprocess
 import sys
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -84,6 +88,42 @@ def lib_files():
     return {k: sorted(v) for k, v in owned.items()}
 
 
+def ldd(path):
+    """Host paths of the shared libraries @path loads (the loader included)."""
+    out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+    found = set()
+    for line in out.splitlines():
+        m = re.match(r"\s*(?:\S+ => )?(/\S+) \(0x", line)
+        if m:
+            found.add(os.path.realpath(m.group(1)))
+    return found
+
+
+def python_spec(libs):
+    """The host's CPython 3 and the lib-<pkg> packages its libraries live in."""
+    exe = os.path.realpath("/usr/bin/python3")
+    ver = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    stdlib = "/usr/lib/python" + ver
+    owner = {}
+    for pkg, files in libs.items():
+        for f in files:
+            full = os.path.join(LIBDIR, f)
+            if not os.path.islink(full):  # -dev packages own only the links
+                owner[full] = pkg
+    need = ldd(exe)
+    dynload = os.path.join(stdlib, "lib-dynload")
+    for n in sorted(os.listdir(dynload)):
+        if n.endswith(".so"):
+            need |= ldd(os.path.join(dynload, n))
+    deps = sorted({owner[p] for p in need if p in owner})
+    missing = sorted(p for p in need if p not in owner)
+    if missing:
+        print(f"spec: python: no lib package owns {missing}", file=sys.stderr)
+    return {"name": "python" + ver, "version": ver, "exe": exe, "stdlib": stdlib,
+            "deps": deps}
+
+
 def acyclic(graph):
     """Drop the edges that close a cycle (libc6 <-> libgcc-s1 and friends):
     store paths cannot reference each other both ways."""
@@ -132,12 +172,13 @@ def main():
         "docs": {d: clean(d) for d in docs},
         "locales": {d: clean(d) for d in locales},
         "big": big,
+        "python": python_spec(libs),
     }
     json.dump(spec, sys.stdout, indent=0, sort_keys=True)
     print()
     n = len(libs) + len(docs) + len(locales) + len(big)
     print(f"spec: {len(libs)} lib packages, {len(docs)} docs, {len(locales)} locales, "
-          f"{len(big)} big paths ({n} store paths before CPython)", file=sys.stderr)
+          f"{len(big)} big paths and CPython ({n + 1} store paths)", file=sys.stderr)
 
 
 main()

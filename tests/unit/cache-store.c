@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -1111,6 +1112,61 @@ static void test_closure(void)
 	is_int(rc, -ENOENT, "missing closure tag: ENOENT");
 }
 
+/*
+ * Chunks are recorded in LMDB by batch, after an fsync. A process that dies
+ * between the rename of its chunk files and their batch's commit must leave a
+ * cache that reopens and reads back right; it may fetch again what it had not
+ * recorded, but never more than once more.
+ */
+static void test_crash_before_commit(void)
+{
+	struct nx_store *st;
+	struct nx_store_stats s;
+	struct nx_spath *p;
+	int rc, status = -1;
+	pid_t pid;
+
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		/* the child prints no TAP: it reads, then dies without closing */
+		rc = open_store(&st, "c5", 0, NULL, NULL, 0);
+		if (rc == 0)
+			rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+		if (rc == 0)
+			rc = compare_all(st, p, tree, 131072, NULL);
+		_exit(rc == 0 ? 0 : 1);
+	}
+	ok(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	   WEXITSTATUS(status) == 0, "a process reads every file and dies without closing");
+	rc = open_store(&st, "c5", 0, NULL, NULL, 0);
+	is_int(rc, 0, "the cache it left opens");
+	if (rc)
+		return;
+	rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+	is_int(rc, 0, "lookup");
+	if (rc == 0) {
+		is_int(compare_all(st, p, tree, 131072, NULL), 0, "every file reads back");
+		is_int(compare_all(st, p, tree, 65536, NULL), 0, "and again");
+	}
+	nx_store_stats(st, &s);
+	ok(s.frames_fetched <= content_frames(tp_main.toc),
+	   "what was not recorded is fetched once (%llu of %u frames)",
+	   (unsigned long long)s.frames_fetched, content_frames(tp_main.toc));
+	is_int(s.verify_failures, 0, "no verify failures");
+	nx_store_close(st);
+
+	rc = open_store(&st, "c5", 0, NULL, NULL, 0);
+	is_int(rc, 0, "reopen after a clean close");
+	if (rc)
+		return;
+	if (nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0)
+		is_int(compare_all(st, p, tree, 131072, NULL), 0, "every file from the cache");
+	nx_store_stats(st, &s);
+	is_int(s.frames_fetched, 0, "a clean close recorded everything: 0 frames fetched");
+	nx_store_close(st);
+}
+
 static void test_damaged(void)
 {
 	char path[PATH_MAX * 2];
@@ -1174,6 +1230,7 @@ int main(void)
 	test_trust();
 	test_closure();
 	test_damaged();
+	test_crash_before_commit();
 
 	nx_toc_free(tp_main.toc);
 	nx_toc_free(tp_unsigned.toc);

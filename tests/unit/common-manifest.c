@@ -57,7 +57,7 @@ static const char *golden =
 	"\"dev.nixoci.sigs\":\"" SIG "\","
 	"\"dev.nixoci.store-path\":\"" SP "\","
 	"\"dev.nixoci.toc-sigs\":\"k1:AAAA k2:BBBB\","
-	"\"dev.nixoci.zstd\":\"zstd=1.5.4;level=3;frame-max=1048576;checksum=1;pledged=1;workers=0\"},"
+	"\"dev.nixoci.zstd\":\"zstd=1.5.4;level=3;frame-max=262144;checksum=1;pledged=1;workers=0\"},"
 	"\"artifactType\":\"application/vnd.nixoci.store-path.v1\","
 	"\"config\":{\"digest\":\"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a\","
 	"\"mediaType\":\"application/vnd.oci.empty.v1+json\",\"size\":2},"

@@ -218,13 +218,13 @@ static void test_pack(void)
 
 		nx_sha256(data + f->coff, f->clen, h);
 		good &= memcmp(h, f->sha256, 32) == 0;
-		good &= f->ulen <= NX_FRAME_MAX;
+		good &= f->ulen <= NX_FRAME_TARGET;
 		good &= nx_frame_decompress(data + f->coff, f->clen, u, f->ulen) == 0;
 		good &= memcmp(u, nar.p + f->uoff, f->ulen) == 0;
 		good &= ZSTD_getFrameContentSize(data + f->coff, f->clen) == f->ulen;
 		free(u);
 	}
-	ok(good, "every frame: sha256, <= 1 MiB, decompresses to its nar slice");
+	ok(good, "every frame: sha256, <= 256 KiB, decompresses to its nar slice");
 
 	good = 1;
 	for (uint32_t i = 0; i < t->nentries; i++) {
@@ -237,17 +237,17 @@ static void test_pack(void)
 			good = 0;
 			continue;
 		}
-		if (e->size <= NX_FRAME_MAX && f0 != f1) {
+		if (e->size <= NX_FRAME_TARGET && f0 != f1) {
 			size_t l;
 			const char *nm = nx_toc_name(t, i, &l);
 
 			diag("file %.*s straddles frames %u..%u", (int)l, nm, f0, f1);
 			good = 0;
 		}
-		if (e->size > NX_FRAME_MAX && t->frames[f0].uoff != e->off)
+		if (e->size > NX_FRAME_TARGET && t->frames[f0].uoff != e->off)
 			good = 0; /* a big file starts its own frame */
 	}
-	ok(good, "files up to 1 MiB never straddle frames; big files start a frame");
+	ok(good, "files up to 256 KiB never straddle frames; big files start a frame");
 	{
 		int64_t share = nx_toc_lookup(t, 0, "share", 5), c3;
 
@@ -378,7 +378,7 @@ static void test_params(void)
 	char want[160];
 
 	snprintf(want, sizeof(want),
-		 "zstd=%s;level=3;frame-max=1048576;checksum=1;pledged=1;workers=0",
+		 "zstd=%s;level=3;frame-max=262144;checksum=1;pledged=1;workers=0",
 		 ZSTD_versionString());
 	ok(strcmp(nx_packer_params(), want) == 0, "params: %s", nx_packer_params());
 }

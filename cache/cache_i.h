@@ -31,6 +31,8 @@
  * compresses to more than about 1 MiB + 4 KiB). */
 #define NX_CLEN_MAX (2u * NX_FRAME_MAX)
 #define NX_DEFAULT_CACHE_SIZE (UINT64_C(10) << 30)
+/* What the xx/ directories of chunks/ and blobs/ can take on disk. */
+#define NX_FANOUT_BYTES (UINT64_C(2) * 256 * 4096)
 /* Readahead: background threads, queued jobs (more are dropped), the first
  * and the default largest window (frames), and the largest window in
  * compressed bytes. */

@@ -773,8 +773,16 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 /* Takes the queued batch (under st->lock), syncs and records it outside. */
 static void sync_take(struct nx_store *st)
 {
-	struct nx_pending *t = st->syncing;
-	size_t tcap = st->syncing_cap;
+	struct nx_pending *t;
+	size_t tcap;
+
+	/* one batch at a time: the syncing array is read outside the lock */
+	while (st->nsyncing)
+		pthread_cond_wait(&st->sync_cond, &st->lock);
+	if (!st->npend)
+		return;
+	t = st->syncing;
+	tcap = st->syncing_cap;
 
 	st->syncing = st->pend;
 	st->syncing_cap = st->pend_cap;
@@ -849,16 +857,15 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 
 	if (!st->env || st->readonly)
 		return;
-	pthread_mutex_lock(&st->lock);
-	if (pending_find(st, d)) {
-		pthread_mutex_unlock(&st->lock);
-		return; /* this process stored it a moment ago */
-	}
-	pthread_mutex_unlock(&st->lock);
 	if (file_commit(st, "chunks", d, buf, len, 0) < 0)
 		return;
 
 	pthread_mutex_lock(&st->lock);
+	if (pending_find(st, d)) {
+		/* queued a moment ago (a repeated digest): the file is the same */
+		pthread_mutex_unlock(&st->lock);
+		return;
+	}
 	if (!st->sync_started && !st->sync_stop)
 		st->sync_started = pthread_create(&st->sync_thread, NULL, syncer, st) == 0;
 	while (st->sync_started && !st->sync_stop &&
@@ -927,10 +934,21 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	if (!st->env || st->readonly)
 		return;
 	pthread_mutex_lock(&st->lock);
-	skip = pin_find(st, d) || flight_busy(st, d) || pending_find(st, d);
+	skip = pin_find(st, d) || flight_busy(st, d);
 	if (!skip) {
 		obj_path(st, "chunks", d, path, sizeof(path));
 		unlink(path);
+		/* Queued: forget it. Being synced: the syncer finds no file
+		 * and records nothing, or records it just before the unlink,
+		 * and the record of a missing file is a miss. */
+		for (size_t i = 0; i < st->npend; i++) {
+			if (memcmp(st->pend[i].digest, d, NX_SHA256_LEN) != 0)
+				continue;
+			st->pend_bytes -= st->pend[i].size;
+			nx_stat_sub(&st->total_bytes, st->pend[i].size);
+			st->pend[i] = st->pend[--st->npend];
+			break;
+		}
 	}
 	pthread_mutex_unlock(&st->lock);
 	if (skip || mdb_txn_begin(st->env, NULL, 0, &txn) != 0)

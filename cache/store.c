@@ -158,6 +158,11 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	st->src = *src;
 	st->dir = strdup(o->cache_dir ? o->cache_dir : "/var/cache/nixoci");
 	st->limit = o->cache_size ? o->cache_size : NX_DEFAULT_CACHE_SIZE;
+	/* The limit is on the directory as du sees it: the fan-out
+	 * directories (up to 256 under chunks/ and under blobs/, a block
+	 * each) count too, so the files get what is left. */
+	if (st->limit > 4 * NX_FANOUT_BYTES)
+		st->limit -= NX_FANOUT_BYTES;
 	st->keys = o->nkeys ? o->keys : NULL;
 	st->nkeys = o->keys ? o->nkeys : 0;
 	st->readonly = o->readonly_cache;

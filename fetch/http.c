@@ -627,6 +627,25 @@ static long stall_secs(const struct nx_registry *r)
 	return t < NX_LOW_SPEED_SECS ? t : NX_LOW_SPEED_SECS;
 }
 
+/*
+ * The same in nanoseconds, for on_xferinfo: a third of the timeout, at least
+ * half a second, and 100 ms early. libcurl calls the callback about once a
+ * second while nothing moves, so a silence of exactly stall_secs() would be
+ * seen at the callback after the one that should have seen it: up to a
+ * second late per stall, which is what made two stalls exceed the retry
+ * deadline at small timeouts.
+ */
+static uint64_t stall_ns(const struct nx_registry *r)
+{
+	uint64_t t = (uint64_t)r->timeout_s * 1000000000ull / 3;
+
+	if (t < 500000000ull)
+		t = 500000000ull;
+	if (t > (uint64_t)NX_LOW_SPEED_SECS * 1000000000ull)
+		t = (uint64_t)NX_LOW_SPEED_SECS * 1000000000ull;
+	return t - 100000000ull;
+}
+
 /* ------------------------------------------------------------ one attempt */
 
 struct xfer {
@@ -664,7 +683,7 @@ struct xfer {
 	uint64_t up_pos;
 	/* stall detection: curl's low-speed check averages over several
 	 * seconds, so a burst followed by silence is noticed late; this
-	 * notices "no byte either way for stall_secs()" itself */
+	 * notices "no byte either way for stall_ns()" itself */
 	uint64_t last_move_ns;
 	curl_off_t last_dl, last_ul;
 	int stalled;
@@ -694,7 +713,7 @@ static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
 		x->last_move_ns = now;
 		return 0;
 	}
-	if (now - x->last_move_ns > (uint64_t)stall_secs(x->r) * 1000000000ull) {
+	if (now - x->last_move_ns >= stall_ns(x->r)) {
 		x->stalled = 1;
 		return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a stall */
 	}

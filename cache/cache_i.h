@@ -232,6 +232,8 @@ void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* The same, for a caller holding st->lock. */
 int nx_chunk_known_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
+/* Starts reading cached chunk @d from disk in the background (a hint). */
+void nx_chunk_willneed(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* Stores a verified, decompressed frame, then evicts if over the limit.
  * Failures are logged and ignored (the data was still served). */
 void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,

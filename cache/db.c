@@ -581,6 +581,21 @@ unpin:
 	return rc;
 }
 
+void nx_chunk_willneed(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	char path[PATH_MAX];
+	int fd;
+
+	obj_path(st, "chunks", d, path, sizeof(path));
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOATIME);
+	if (fd < 0)
+		fd = open(path, O_RDONLY | O_CLOEXEC); /* O_NOATIME needs the owner */
+	if (fd < 0)
+		return; /* evicted meanwhile: the read will fetch it */
+	posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+	close(fd);
+}
+
 struct evict_cand {
 	uint8_t digest[NX_SHA256_LEN];
 	uint64_t size;

@@ -291,6 +291,9 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 			if (__atomic_load_n(&st->ra_stop, __ATOMIC_RELAXED))
 				return -ECANCELED;
 			if (nx_chunk_known(st, fr[i].sha256)) {
+				/* cached: have the disk read it before the reader
+				 * asks, as the kernel does for one big file */
+				nx_chunk_willneed(st, fr[i].sha256);
 				i++;
 				continue;
 			}

@@ -48,6 +48,17 @@ test_expect_success "$THREADS readers for ${SECS}s: zero errors, all bytes right
 	say "load stats: $(tr "\n" " " <stats.out)"
 '
 
+# The pool runs at most 8 transfers (fetch/http.c); connections must be
+# kept and reused, not opened per request, or a TLS registry pays a
+# handshake for every frame.
+test_expect_success 'the load reused connections: at most 16 for all its requests' '
+	req=$(awk "/^requests /{print \$2}" stats.out) &&
+	conn=$(awk "/^connections /{print \$2}" stats.out) &&
+	echo "requests $req, connections $conn" &&
+	test "$req" -gt 100 &&
+	test "$conn" -ge 1 && test "$conn" -le 16
+'
+
 test_expect_success 'after the load: the whole tree still dumps to its NarHash' '
 	check_mount_hashes "$MNT" "$P"
 '

@@ -440,11 +440,19 @@ static struct nx_pin *pin_find(struct nx_store *st, const uint8_t d[NX_SHA256_LE
 	return NULL;
 }
 
-static int chunk_pin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+static const struct nx_pending *pending_find(const struct nx_store *st,
+					     const uint8_t d[NX_SHA256_LEN]);
+
+/* Pins @d; *@queued gets its size if it waits for its batch, else 0 (one
+ * lock for both: this is on every read of a cached frame). */
+static int chunk_pin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t *queued)
 {
+	const struct nx_pending *q;
 	struct nx_pin *p;
 
 	pthread_mutex_lock(&st->lock);
+	q = pending_find(st, d);
+	*queued = q ? q->size : 0;
 	p = pin_find(st, d);
 	if (!p) {
 		p = calloc(1, sizeof(*p));
@@ -491,39 +499,30 @@ static const struct nx_pending *pending_find(const struct nx_store *st,
 	return NULL;
 }
 
-/*
- * Size of @d if it is waiting for its batch, else 0. Asked before LMDB: the
- * syncer takes a batch off its list only after committing it, so a chunk not
- * found here is either in LMDB already or nowhere.
- */
-static uint64_t pending_size(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
-{
-	const struct nx_pending *p;
-	uint64_t size;
-
-	pthread_mutex_lock(&st->lock);
-	p = pending_find(st, d);
-	size = p ? p->size : 0;
-	pthread_mutex_unlock(&st->lock);
-	return size;
-}
-
-int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+static int recorded(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
 	uint8_t rec[16];
 
-	if (pending_size(st, d))
-		return 1;
 	return nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0;
+}
+
+/*
+ * Queued first, LMDB second: the syncer takes a batch off its list only
+ * after committing it, so a chunk not queued is either recorded or nowhere.
+ */
+int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	int queued;
+
+	pthread_mutex_lock(&st->lock);
+	queued = pending_find(st, d) != NULL;
+	pthread_mutex_unlock(&st->lock);
+	return queued || recorded(st, d);
 }
 
 int nx_chunk_known_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
-	uint8_t rec[16];
-
-	if (pending_find(st, d))
-		return 1;
-	return nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0;
+	return pending_find(st, d) != NULL || recorded(st, d);
 }
 
 int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd)
@@ -536,10 +535,9 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 
 	if (!st->env)
 		return -ENOENT;
-	rc = chunk_pin(st, d);
+	rc = chunk_pin(st, d, &size);
 	if (rc < 0)
 		return rc;
-	size = pending_size(st, d);
 	if (size) {
 		last = UINT64_MAX; /* recorded with a fresh last_use soon */
 	} else {
@@ -587,13 +585,22 @@ void nx_chunk_willneed(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	int fd;
 
 	obj_path(st, "chunks", d, path, sizeof(path));
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOATIME);
-	if (fd < 0)
-		fd = open(path, O_RDONLY | O_CLOEXEC); /* O_NOATIME needs the owner */
+	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return; /* evicted meanwhile: the read will fetch it */
 	posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
 	close(fd);
+}
+
+/* Bytes of chunk files queued or being synced: counted, not in LMDB yet. */
+static uint64_t unrecorded_bytes(struct nx_store *st)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&st->lock);
+	n = st->pend_bytes + st->syncing_bytes;
+	pthread_mutex_unlock(&st->lock);
+	return n;
 }
 
 struct evict_cand {
@@ -679,9 +686,7 @@ static void evict(struct nx_store *st)
 
 		for (size_t i = 0; i < n; i++)
 			sum += c[i].size;
-		pthread_mutex_lock(&st->lock);
-		sum += st->pend_bytes + st->syncing_bytes; /* not in LMDB yet */
-		pthread_mutex_unlock(&st->lock);
+		sum += unrecorded_bytes(st);
 		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
 	}
 
@@ -868,7 +873,7 @@ static void sync_stop(struct nx_store *st)
 void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		   size_t len)
 {
-	int resync, first;
+	int first;
 
 	if (!st->env || st->readonly)
 		return;
@@ -925,15 +930,11 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	/* Another process sharing the cache (nixoci prefetch, a second
 	 * daemon) adds and evicts behind our back: our running total is only
 	 * our own view, so now and then take the real one from LMDB. */
-	resync = __atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0;
-	if (resync) {
-		uint64_t sum = sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs);
-
-		pthread_mutex_lock(&st->lock);
-		sum += st->pend_bytes + st->syncing_bytes;
-		pthread_mutex_unlock(&st->lock);
-		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
-	}
+	if (__atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0)
+		__atomic_store_n(&st->total_bytes,
+				 sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs) +
+					 unrecorded_bytes(st),
+				 __ATOMIC_RELAXED);
 	if (nx_stat_get(&st->total_bytes) > st->limit)
 		evict(st);
 }
@@ -944,6 +945,7 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	uint8_t rec[16];
 	MDB_txn *txn;
 	MDB_val k = { NX_SHA256_LEN, (void *)d }, v;
+	const struct nx_pending *q;
 	int skip;
 
 	if (!st->env || st->readonly)
@@ -956,13 +958,11 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 		/* Queued: forget it. Being synced: the syncer finds no file
 		 * and records nothing, or records it just before the unlink,
 		 * and the record of a missing file is a miss. */
-		for (size_t i = 0; i < st->npend; i++) {
-			if (memcmp(st->pend[i].digest, d, NX_SHA256_LEN) != 0)
-				continue;
-			st->pend_bytes -= st->pend[i].size;
-			nx_stat_sub(&st->total_bytes, st->pend[i].size);
-			st->pend[i] = st->pend[--st->npend];
-			break;
+		q = pending_find(st, d);
+		if (q && q >= st->pend && q < st->pend + st->npend) {
+			st->pend_bytes -= q->size;
+			nx_stat_sub(&st->total_bytes, q->size);
+			st->pend[q - st->pend] = st->pend[--st->npend];
 		}
 	}
 	pthread_mutex_unlock(&st->lock);

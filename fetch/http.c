@@ -615,35 +615,20 @@ static void pool_put(struct nx_registry *r, CURL *h)
 	pthread_mutex_unlock(&r->pool_mu);
 }
 
-/* A stalled transfer is given up after a third of the request timeout (1 to
- * 10 s), so a read that stalls once or twice can still resume and finish
- * inside its deadline. */
-static long stall_secs(const struct nx_registry *r)
-{
-	long t = r->timeout_s / 3;
-
-	if (t < 1)
-		t = 1;
-	return t < NX_LOW_SPEED_SECS ? t : NX_LOW_SPEED_SECS;
-}
-
 /*
- * The same in nanoseconds, for on_xferinfo: a third of the timeout, at least
- * half a second, and 100 ms early. libcurl calls the callback about once a
- * second while nothing moves, so a silence of exactly stall_secs() would be
- * seen at the callback after the one that should have seen it: up to a
- * second late per stall, which is what made two stalls exceed the retry
- * deadline at small timeouts.
+ * A stalled transfer is given up after a third of the request timeout (half
+ * a second to 10 s), so a read that stalls once or twice can still resume and
+ * finish inside its deadline. on_xferinfo checks 100 ms early: libcurl calls
+ * it about once a second while nothing moves, so a silence of exactly this
+ * long would be seen a callback late, up to a second per stall.
  */
-static uint64_t stall_ns(const struct nx_registry *r)
+static uint64_t stall_ms(const struct nx_registry *r)
 {
-	uint64_t t = (uint64_t)r->timeout_s * 1000000000ull / 3;
+	uint64_t t = (uint64_t)r->timeout_s * 1000 / 3;
 
-	if (t < 500000000ull)
-		t = 500000000ull;
-	if (t > (uint64_t)NX_LOW_SPEED_SECS * 1000000000ull)
-		t = (uint64_t)NX_LOW_SPEED_SECS * 1000000000ull;
-	return t - 100000000ull;
+	if (t < 500)
+		t = 500;
+	return t < NX_LOW_SPEED_SECS * 1000 ? t : NX_LOW_SPEED_SECS * 1000;
 }
 
 /* ------------------------------------------------------------ one attempt */
@@ -683,7 +668,7 @@ struct xfer {
 	uint64_t up_pos;
 	/* stall detection: curl's low-speed check averages over several
 	 * seconds, so a burst followed by silence is noticed late; this
-	 * notices "no byte either way for stall_ns()" itself */
+	 * notices "no byte either way for stall_ms()" itself */
 	uint64_t last_move_ns;
 	curl_off_t last_dl, last_ul;
 	int stalled;
@@ -713,7 +698,7 @@ static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
 		x->last_move_ns = now;
 		return 0;
 	}
-	if (now - x->last_move_ns >= stall_ns(x->r)) {
+	if (now - x->last_move_ns >= (stall_ms(x->r) - 100) * 1000000) {
 		x->stalled = 1;
 		return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a stall */
 	}
@@ -1184,7 +1169,8 @@ static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url
 			 timeout_ms && timeout_ms < NX_CONNECT_SECS * 1000 ? timeout_ms
 									  : NX_CONNECT_SECS * 1000);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, NX_LOW_SPEED_BYTES);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall_secs(r));
+	/* a backstop to on_xferinfo; whole seconds only */
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)((stall_ms(r) + 999) / 1000));
 	x->last_move_ns = nx_now_ns();
 	x->last_dl = x->last_ul = 0;
 	x->stalled = 0;
@@ -1519,8 +1505,8 @@ static void curl_cause(const struct xfer *x, CURLcode cc, int rc, long os_errno,
 		snprintf(out, cap, "cannot connect: %s",
 			 os_errno ? strerror((int)os_errno) : "host unreachable");
 	else if (rc == -ETIMEDOUT && (q->flags & NX_REQ_NO_DEADLINE))
-		snprintf(out, cap, "%s: no progress (under %ld bytes/s for %ld s)", q->what,
-			 NX_LOW_SPEED_BYTES, stall_secs(x->r));
+		snprintf(out, cap, "%s: no progress (under %ld bytes/s for %.1f s)", q->what,
+			 NX_LOW_SPEED_BYTES, (double)stall_ms(x->r) / 1000);
 	else if (rc == -ETIMEDOUT)
 		snprintf(out, cap, "%s: timed out after %d s", q->what, x->r->timeout_s);
 	else if (rc == -EPROTO && cc == CURLE_PEER_FAILED_VERIFICATION && verify != 0)

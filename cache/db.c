@@ -842,13 +842,12 @@ static void *syncer(void *arg)
 			    pthread_cond_timedwait(&st->sync_cond, &st->lock, &ts) == 0)
 				continue; /* woken early: look again */
 		}
+		/* No eviction here: a saver over the limit waits for this
+		 * batch and evicts itself, so it returns with the cache within
+		 * its limit; evicting here too made that saver skip (one
+		 * eviction at a time) and return while the cache was over. */
 		st->sync_urgent = 0;
 		sync_take(st);
-		if (nx_stat_get(&st->total_bytes) > st->limit) {
-			pthread_mutex_unlock(&st->lock);
-			evict(st);
-			pthread_mutex_lock(&st->lock);
-		}
 	}
 	pthread_mutex_unlock(&st->lock);
 	return NULL;

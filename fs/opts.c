@@ -1,0 +1,228 @@
+/*
+ * fs/opts.c: nixoci-fs's command line. Parsing (ours first, then libfuse's
+ * -f -d -s -h -V) and the checks of every option value, none of which has a
+ * side effect: main() acts only after all of them passed, so a typo never
+ * leaves a cache directory or a mount behind.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fs/fs_i.h"
+
+enum { KEY_KEYS, KEY_MIRROR };
+
+#define OPT(t, m) { t, offsetof(struct nx_fs_opts, m), 1 }
+static const struct fuse_opt fs_opt_spec[] = {
+	OPT("cache=%s", cache),
+	OPT("cache_size=%s", cache_size),
+	OPT("closure=%s", closure),
+	OPT("timeout=%s", timeout),
+	OPT("readahead=%s", readahead),
+	OPT("cafile=%s", cafile),
+	OPT("insecure", insecure),
+	OPT("insecure=%s", insecure_host),
+	OPT("debug", debug),
+	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
+	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
+	FUSE_OPT_END,
+};
+
+void nx_fs_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: nixoci-fs [-f] [-d] [-o OPT[,OPT...]] REGISTRY/REPO MOUNTPOINT\n"
+		"\n"
+		"Mounts the Nix store held in an OCI repository, read-only and lazily.\n"
+		"\n"
+		"nixoci-fs options:\n"
+		"    -o cache=DIR               cache directory (default " NX_FS_DEFAULT_CACHE_DIR ")\n"
+		"    -o cache_size=SIZE         cache limit, K/M/G suffixes (default 10G)\n"
+		"    -o closure=NAME            serve only the closure under tag NAME or sha256:<hex>\n"
+		"    -o trusted-public-keys=KEY Nix public key name:base64 (repeatable; separate\n"
+		"                               several keys in one option with spaces)\n"
+		"    -o timeout=SECONDS         per-request registry deadline, 1..3600 (default 30)\n"
+		"    -o readahead=SIZE          largest readahead window for sequential readers,\n"
+		"                               K/M suffixes, up to 256M, 0 = off (default 32M)\n"
+		"    -o cafile=FILE             extra CA bundle for the registry\n"
+		"    -o insecure[=HOST]         allow plain HTTP / unverified TLS for the\n"
+		"                               registry (or only for HOST[:PORT], the\n"
+		"                               registry or one mirror); never implied\n"
+		"    -o mirror=HOST[:PORT]      pull-through mirror tried before the registry\n"
+		"                               (repeatable, tried in order; https:// or http://\n"
+		"                               prefix to choose the scheme)\n"
+		"    -o debug                   log at debug level\n"
+		"    -o allow_other             let other users (and root) use the mount\n"
+		"Always mounted ro,nosuid,nodev,default_permissions,fsname=nixoci,subtype=nixoci.\n"
+		"\n");
+}
+
+static int append_keys(struct nx_fs_opts *o, const char *val)
+{
+	size_t old = o->keys ? strlen(o->keys) : 0, add = strlen(val);
+	char *k = realloc(o->keys, old + add + 2);
+
+	if (!k)
+		return -1;
+	if (old)
+		k[old++] = ' ';
+	memcpy(k + old, val, add + 1);
+	o->keys = k;
+	return 0;
+}
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct nx_fs_opts *o = data;
+
+	switch (key) {
+	case KEY_KEYS:
+		if (append_keys(o, arg + strlen("trusted-public-keys=")) < 0)
+			return -1;
+		return 0;
+	case KEY_MIRROR: {
+		char **m = realloc(o->mirrors, (o->nmirrors + 1) * sizeof(*m));
+
+		if (!m)
+			return -1;
+		o->mirrors = m;
+		if (!(m[o->nmirrors] = strdup(arg + strlen("mirror="))))
+			return -1;
+		o->nmirrors++;
+		return 0;
+	}
+	case FUSE_OPT_KEY_NONOPT:
+		/* Both positionals are ours: fuse_parse_cmdline would realpath()
+		 * the mountpoint and fail with a message of its own. */
+		if (!o->ref)
+			o->ref = strdup(arg);
+		else if (!o->mountpoint)
+			o->mountpoint = strdup(arg);
+		else {
+			nx_log(NX_LOG_ERR, "unexpected argument '%s' (see nixoci-fs --help)", arg);
+			o->bad_arg = 1;
+		}
+		return 0;
+	default:
+		return 1; /* libfuse's */
+	}
+}
+
+int nx_fs_opts_parse(struct nx_fs_opts *o, struct fuse_args *args)
+{
+	if (fuse_opt_parse(args, o, fs_opt_spec, opt_proc) < 0 || o->bad_arg)
+		return -EINVAL;
+	if (fuse_parse_cmdline(args, &o->fo) < 0)
+		return -EINVAL;
+	return 0;
+}
+
+/* distribution's tag grammar: [A-Za-z0-9_][A-Za-z0-9._-]{0,127} */
+static int check_closure_name(const char *s)
+{
+	uint8_t d[NX_SHA256_LEN];
+	size_t i, n = strlen(s);
+
+	if (strncmp(s, "sha256:", 7) == 0)
+		return nx_digest_parse(s, d);
+	if (n == 0 || n > 128 || s[0] == '.' || s[0] == '-')
+		return -EINVAL;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '.' || c == '-'))
+			return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_timeout(const char *s, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < 1 || v > 3600)
+		return -EINVAL;
+	*out = (int)v;
+	return 0;
+}
+
+int nx_fs_opts_check(struct nx_fs_opts *o)
+{
+	int r;
+
+	o->timeout_s = 30;
+	o->cache_dir = o->cache ? o->cache : NX_FS_DEFAULT_CACHE_DIR;
+	if (!o->ref || !o->mountpoint) {
+		nx_log(NX_LOG_ERR, "missing %s (usage: nixoci-fs [-f] [-o OPTS] REGISTRY/REPO "
+		       "MOUNTPOINT)", o->ref ? "MOUNTPOINT" : "REGISTRY/REPO and MOUNTPOINT");
+		return -EINVAL;
+	}
+	if (o->cache_size &&
+	    (nx_parse_size(o->cache_size, &o->cache_bytes) < 0 || o->cache_bytes == 0)) {
+		nx_log(NX_LOG_ERR, "bad option cache_size=%s: expected a size such as 512M or 10G",
+		       o->cache_size);
+		return -EINVAL;
+	}
+	if (o->timeout && parse_timeout(o->timeout, &o->timeout_s) < 0) {
+		nx_log(NX_LOG_ERR, "bad option timeout=%s: expected whole seconds from 1 to 3600",
+		       o->timeout);
+		return -EINVAL;
+	}
+	if (o->readahead) {
+		uint64_t v;
+
+		if (nx_parse_size(o->readahead, &v) < 0 || v > (UINT64_C(256) << 20)) {
+			nx_log(NX_LOG_ERR, "bad option readahead=%s: expected a size from 0 to 256M "
+			       "such as 32M, or 0 for none", o->readahead);
+			return -EINVAL;
+		}
+		/* the window counts frames; the packer cuts NX_FRAME_TARGET ones */
+		o->readahead_frames = v ? (int)((v + NX_FRAME_TARGET - 1) / NX_FRAME_TARGET) : -1;
+	}
+	if (o->closure && check_closure_name(o->closure) < 0) {
+		nx_log(NX_LOG_ERR, "bad option closure=%s: expected a tag or sha256:<64 hex>",
+		       o->closure);
+		return -EINVAL;
+	}
+	if (o->keys) {
+		r = nx_pubkeys_parse(o->keys, &o->pubkeys, &o->npubkeys);
+		if (r < 0 || o->npubkeys == 0) {
+			/* a parse error was logged by common/ naming the key */
+			if (r >= 0)
+				nx_log(NX_LOG_ERR, "bad option trusted-public-keys=%s: expected "
+				       "name:base64 keys separated by spaces", o->keys);
+			return -EINVAL;
+		}
+	}
+	if (o->cafile && access(o->cafile, R_OK) < 0) {
+		nx_log(NX_LOG_ERR, "bad option cafile=%s: %s", o->cafile, strerror(errno));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+void nx_fs_opts_release(struct nx_fs_opts *o)
+{
+	free(o->cache);
+	free(o->cache_size);
+	free(o->closure);
+	free(o->timeout);
+	free(o->readahead);
+	free(o->cafile);
+	free(o->insecure_host);
+	free(o->keys);
+	free(o->pubkeys);
+	while (o->nmirrors)
+		free(o->mirrors[--o->nmirrors]);
+	free(o->mirrors);
+	free(o->ref);
+	free(o->mountpoint);
+	free(o->fo.mountpoint);
+}

@@ -34,6 +34,8 @@ obj = $(patsubst %.c,$(O)/%.o,$(1))
 COMMON_A  := $(O)/libcommon.a
 FETCH_A   := $(O)/libfetch.a
 CACHE_A   := $(O)/libcache.a
+# fs/ minus main(): the unit tests of fs/ link it
+FS_A      := $(O)/libfs.a
 HEADERS   := $(wildcard */*.h)
 
 BINS      := $(O)/bin/nixoci $(O)/bin/nixoci-fs
@@ -57,6 +59,7 @@ $(O)/%.o: %.c $(HEADERS)
 $(COMMON_A): $(call obj,$(COMMON_SRC))
 $(FETCH_A): $(call obj,$(FETCH_SRC))
 $(CACHE_A): $(call obj,$(CACHE_SRC))
+$(FS_A): $(call obj,$(filter-out fs/main.c,$(FS_SRC)))
 $(O)/lib%.a:
 	@rm -f $@
 	@ar rcs $@ $^
@@ -67,7 +70,7 @@ $(O)/bin/nixoci: $(call obj,$(TOOLS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@echo "  LINK    $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(O)/bin/nixoci-fs: $(call obj,$(FS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)
+$(O)/bin/nixoci-fs: $(O)/fs/main.o $(FS_A) $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -79,6 +82,8 @@ $(O)/tests/unit/common-%: $(O)/tests/unit/common-%.o $(COMMON_A)
 $(O)/tests/unit/fetch-%: $(O)/tests/unit/fetch-%.o $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(O)/tests/unit/cache-%: $(O)/tests/unit/cache-%.o $(CACHE_A) $(FETCH_A) $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/tests/unit/fs-%: $(O)/tests/unit/fs-%.o $(FS_A) $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(O)/tests/fuzz/replay-%: $(O)/tests/fuzz/fuzz-%.o $(O)/tests/fuzz/replay.o \

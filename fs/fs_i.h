@@ -7,11 +7,60 @@
 
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
+#include <sys/uio.h>
 
 #include "cache/cache.h"
 #include "fetch/fetch.h"
 
 #include <stdio.h>
+
+/*
+ * The session layer (session.c): the daemon's read and writev on /dev/fuse,
+ * which rewrite the few protocol fields libfuse 3.14 cannot express.
+ * Everything the kernel negotiated lives here, so a successor daemon could be
+ * handed the fd and this state. Fields are written by the thread that handles
+ * INIT, before any other request is read, and only read afterwards
+ * (passthrough is atomic: it may be turned off at run time).
+ */
+enum { NX_PT_OFF = 0, NX_PT_AUTO = 1 };
+#define NX_SESS_OPCODES 64 /* per-opcode request counters; 0 = other */
+
+struct nx_session {
+	int fd;                 /* /dev/fuse; owned by the libfuse session */
+	int pt_mode;            /* NX_PT_*: -o passthrough= */
+	int pt_capable;         /* CAP_SYS_ADMIN in the initial user namespace */
+	const char *probe_dir;  /* where the passthrough probe creates its file */
+	/* INIT as the kernel sent it */
+	int init_seen, init_done;
+	uint64_t init_unique;
+	uint32_t kmajor, kminor;
+	uint64_t kflags;        /* offered: flags | flags2 << 32 */
+	/* INIT as sent, after the rewrite */
+	uint32_t minor_out;
+	uint64_t flags_out;
+	int parallel_dirops;    /* FUSE_PARALLEL_DIROPS negotiated */
+	int pt_negotiated;      /* FUSE_PASSTHROUGH negotiated */
+	int passthrough;        /* ...and a backing file could be registered */
+	const char *pt_why;     /* why not, when passthrough is 0 */
+	uint64_t nreq[NX_SESS_OPCODES]; /* requests read, by opcode */
+};
+
+void nx_session_init(struct nx_session *s, int pt_mode);
+/* Installs the session's read and writev (fuse_session_custom_io) on the
+ * fd of the mounted session @se. @probe_dir (kept) is where the passthrough
+ * probe creates an unnamed file. 0 or a negative errno. */
+int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir);
+/* The two halves of the rewrite, exposed for the unit tests: a request as
+ * read from /dev/fuse, and a reply about to be written (patched in place). */
+void nx_session_note_request(struct nx_session *s, const void *buf, size_t len);
+void nx_session_patch_reply(struct nx_session *s, struct iovec *iov, int count);
+/* Registers @fd as a backing file: *id for nx_session_reply_open. Fails with
+ * -EOPNOTSUPP when passthrough is not in use, or the ioctl's -errno. */
+int nx_session_backing_open(struct nx_session *s, int fd, int32_t *id);
+void nx_session_backing_close(struct nx_session *s, int32_t id);
+/* fuse_reply_open, with FOPEN_PASSTHROUGH and @backing_id (> 0) in the reply
+ * (0: a plain fuse_reply_open). Returns what fuse_reply_open returns. */
+int nx_session_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int32_t backing_id);
 
 /*
  * The session's userdata. main() fills it before the session loop starts and
@@ -21,6 +70,7 @@ struct nx_fs {
 	struct nx_store *st;     /* opened after fuse_daemonize() */
 	struct nx_registry *reg; /* for the request counter of the stats xattr */
 	int closure_mode;        /* the root lists a closure (not only resolved paths) */
+	struct nx_session *sess; /* the session layer; NULL without one */
 };
 
 /* The command line (opts.c). Strings are malloc'ed by the parser and freed
@@ -36,6 +86,7 @@ struct nx_fs_opts {
 	char *timeout;
 	char *readahead;
 	char *cafile;
+	char *passthrough;
 	int insecure;
 	char *insecure_host; /* insecure=HOST */
 	int debug;
@@ -52,6 +103,7 @@ struct nx_fs_opts {
 	uint64_t cache_bytes;  /* 0: the store's default */
 	int timeout_s;
 	int readahead_frames;  /* 0: the store's default; -1: off */
+	int pt_mode;           /* NX_PT_AUTO (default) or NX_PT_OFF */
 	struct nx_pubkey *pubkeys;
 	size_t npubkeys;
 };

@@ -160,6 +160,7 @@ int main(int argc, char *argv[])
 	struct nx_store_opts so;
 	struct nx_source src;
 	struct nx_fs fs;
+	struct nx_session sess;
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
 	int ret = 1, r;
@@ -202,6 +203,8 @@ int main(int argc, char *argv[])
 	so.readahead = o.readahead_frames;
 	if (check_cache_dir(o.cache_dir) < 0)
 		goto out_args;
+	nx_session_init(&sess, o.pt_mode);
+	fs.sess = &sess;
 
 	/* Forced last, so nothing on the command line can override them. The
 	 * session is created now (no mount yet) so an unknown -o option is a
@@ -235,6 +238,11 @@ int main(int argc, char *argv[])
 	if (fuse_session_mount(se, o.mountpoint) < 0) {
 		nx_log(NX_LOG_ERR, "cannot mount %s on %s", o.ref, o.mountpoint);
 		goto out_signals;
+	}
+	r = nx_session_attach(&sess, se, o.cache_dir);
+	if (r < 0) {
+		nx_log(NX_LOG_ERR, "cannot take over the fuse session's i/o: %s", strerror(-r));
+		goto out_unmount;
 	}
 	if (fuse_daemonize(o.fo.foreground) < 0) {
 		nx_log(NX_LOG_ERR, "cannot daemonize");

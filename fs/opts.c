@@ -23,6 +23,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("timeout=%s", timeout),
 	OPT("readahead=%s", readahead),
 	OPT("cafile=%s", cafile),
+	OPT("passthrough=%s", passthrough),
 	OPT("insecure", insecure),
 	OPT("insecure=%s", insecure_host),
 	OPT("debug", debug),
@@ -54,6 +55,9 @@ void nx_fs_usage(FILE *f)
 		"    -o mirror=HOST[:PORT]      pull-through mirror tried before the registry\n"
 		"                               (repeatable, tried in order; https:// or http://\n"
 		"                               prefix to choose the scheme)\n"
+		"    -o passthrough=auto|off    let the kernel read fully cached files straight\n"
+		"                               from the cache (FUSE passthrough; needs Linux\n"
+		"                               6.9 and CAP_SYS_ADMIN; default auto)\n"
 		"    -o debug                   log at debug level\n"
 		"    -o allow_other             let other users (and root) use the mount\n"
 		"Always mounted ro,nosuid,nodev,default_permissions,fsname=nixoci,subtype=nixoci.\n"
@@ -205,6 +209,15 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		nx_log(NX_LOG_ERR, "bad option cafile=%s: %s", o->cafile, strerror(errno));
 		return -EINVAL;
 	}
+	o->pt_mode = NX_PT_AUTO;
+	if (o->passthrough && strcmp(o->passthrough, "auto") != 0) {
+		if (strcmp(o->passthrough, "off") != 0) {
+			nx_log(NX_LOG_ERR, "bad option passthrough=%s: expected auto or off",
+			       o->passthrough);
+			return -EINVAL;
+		}
+		o->pt_mode = NX_PT_OFF;
+	}
 	return 0;
 }
 
@@ -216,6 +229,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->timeout);
 	free(o->readahead);
 	free(o->cafile);
+	free(o->passthrough);
 	free(o->insecure_host);
 	free(o->keys);
 	free(o->pubkeys);

@@ -22,6 +22,13 @@ The control file holds one line of KEY=VALUE words:
     code=N            status: the code sent (default 503)
     retry_after=N     status: add "Retry-After: N"
     at=BYTE           corrupt: which body byte to flip (default: the middle)
+    delay=MS          hold every request MS milliseconds before forwarding it
+                      (any mode): a link with that much added round-trip time.
+                      While set, the start of each request is logged too, as
+                      "<time> begin <method> <path> inflight=<n>" where n
+                      counts the requests held on the link at that moment,
+                      this one included: the registry-side view of
+                      concurrency
 
 Modes:
     pass      forward untouched
@@ -96,6 +103,11 @@ class Control:
             self._load()
             return self.conf.get("mode", "pass")
 
+    def delay(self):
+        with self.lock:
+            self._load()
+            return int(self.conf.get("delay", "0")) / 1000.0
+
     def decide(self, method, path):
         """The fault for this request: a dict (conf) or None to pass."""
         with self.lock:
@@ -128,6 +140,7 @@ class Proxy:
         self.logf = open(args.log, "a", buffering=1, encoding="utf-8") if args.log else None
         self.port = 0
         self.lsock = None
+        self.inflight = 0
 
     def log(self, msg):
         line = "%.3f %s\n" % (time.time(), msg)
@@ -249,6 +262,15 @@ class Proxy:
                     body, buf = self.read_exact(conn, int(hmap.get("content-length", "0")), buf)
                 keep = hmap.get("connection", "").lower() != "close"
                 rng = hmap.get("range", "-")
+                delay = self.ctl.delay()
+                if delay > 0:
+                    with self.log_lock:
+                        self.inflight += 1
+                        n = self.inflight
+                    self.log("begin %s %s inflight=%d" % (method, target, n))
+                    time.sleep(delay)
+                    with self.log_lock:
+                        self.inflight -= 1
                 fault = self.ctl.decide(method, target)
                 if self.ctl.mode() == "refuse":
                     self.log("%s %s range=%s -> rst fault:refuse bytes=0" % (method, target, rng))

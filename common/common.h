@@ -27,6 +27,11 @@
 
 #define NX_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
+/* The release, printed by --version (the Makefile may pass its own). */
+#ifndef NX_VERSION
+#define NX_VERSION "0.1.0"
+#endif
+
 /* ------------------------------------------------------------------ log */
 
 /* Levels are syslog's. */
@@ -403,8 +408,12 @@ int nx_sig_sign(const struct nx_seckey *key, const char *msg, size_t len, char *
 
 /* -------------------------------------------------------------- misc */
 
-/* Parses "10G", "512M", "4096", "1K" (powers of 1024). Quiet. */
+/* Parses "10G", "10GB", "10GiB", "512M", "4096", "1K" (K/M/G/T, each
+ * optionally followed by B or iB: always powers of 1024). Quiet. */
 int nx_parse_size(const char *s, uint64_t *out);
+/* mkdir -p @path: creates the missing directories with @mode (existing
+ * ones are left as they are). 0 or -errno. */
+int nx_mkdir_p(const char *path, mode_t mode);
 /* Writes all of @buf to @fd, retrying short writes and EINTR: 0 or -errno
  * (-EIO if write(2) returns 0). Quiet. */
 int nx_write_all(int fd, const void *buf, size_t len);

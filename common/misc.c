@@ -2,6 +2,9 @@
  * common/misc.c: small helpers without a better home.
  */
 #include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,13 +48,39 @@ int nx_parse_size(const char *s, uint64_t *out)
 	}
 	if (*p) {
 		p++;
-		/* exactly one unit letter: "10GB" is more likely a typo than a wish */
+		/* "10G", "10GB" and "10GiB" all mean 10 * 2^30, as df -h and
+		 * CVMFS's quota mean them; anything else after the unit is a typo */
+		if ((p[0] == 'i' || p[0] == 'I') && (p[1] == 'B' || p[1] == 'b'))
+			p += 2;
+		else if (p[0] == 'B' || p[0] == 'b')
+			p++;
 		if (*p)
 			return -EINVAL;
 	}
 	if (v > UINT64_MAX / mult)
 		return -EINVAL;
 	*out = v * mult;
+	return 0;
+}
+
+int nx_mkdir_p(const char *path, mode_t mode)
+{
+	char buf[PATH_MAX];
+	size_t n = strlen(path), i;
+
+	if (n == 0 || n >= sizeof(buf))
+		return n ? -ENAMETOOLONG : -EINVAL;
+	memcpy(buf, path, n + 1);
+	for (i = 1; i <= n; i++) {
+		char c = buf[i];
+
+		if (c != '/' && c != '\0')
+			continue;
+		buf[i] = '\0';
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			return -errno;
+		buf[i] = c;
+	}
 	return 0;
 }
 

@@ -95,6 +95,7 @@ struct nx_fs_opts {
 	size_t nmirrors;
 	char *ref;
 	char *mountpoint;
+	int nonempty;
 	int bad_arg;
 	struct fuse_cmdline_opts fo; /* libfuse's -f -d -s -h -V ... */
 
@@ -117,6 +118,25 @@ int nx_fs_opts_parse(struct nx_fs_opts *o, struct fuse_args *args);
  * (logged, naming the option) on a bad value. */
 int nx_fs_opts_check(struct nx_fs_opts *o);
 void nx_fs_opts_release(struct nx_fs_opts *o);
+
+/* Mount safety (mountcheck.c); each logs one line naming the problem. */
+/* 1 if @mp carries a nixoci-fs mount (its source copied to @source), 0 if
+ * not, -errno if it cannot be told. */
+int nx_fs_mounted_here(const char *mp, char *source, size_t cap);
+/* @mp is a directory, not already carrying nixoci-fs, and empty unless
+ * @nonempty. 0 or -errno. */
+int nx_fs_check_mountpoint(const char *mp, int nonempty);
+/* Creates @dir with its parents, checks it is writable and takes its
+ * exclusive lock (-EBUSY: another daemon holds it). *fd keeps the lock
+ * until it is closed (or the process exits). */
+int nx_fs_cache_lock(const char *dir, int *fd);
+/* Records the holder (this pid, @mountpoint) in the lock file. */
+void nx_fs_cache_lock_note(int fd, const char *mountpoint);
+
+/* Sends @state ("READY=1", "STOPPING=1", newline-separated assignments)
+ * to the service manager when $NOTIFY_SOCKET is set (notify.c); 0 when it
+ * is not. Logs a warning on failure. */
+int nx_fs_notify(const char *state);
 
 /* The low-level operations of ops.c. */
 extern const struct fuse_lowlevel_ops nx_fs_ops;

@@ -17,9 +17,6 @@
 
 #include "fs/fs_i.h"
 
-#ifndef NX_VERSION
-#define NX_VERSION "0.1.0"
-#endif
 
 #define DEFAULT_MAX_THREADS 32
 /* libfuse 3.14's fuse_parse_cmdline default for max_threads: if we still see
@@ -27,8 +24,32 @@
  * (each may block on a fetch). */
 #define FUSE_DEFAULT_MAX_THREADS 10
 
-/* Forced on every mount: see the contract in the usage text. */
-#define FORCED_OPTS "-oro,nosuid,nodev,default_permissions,fsname=nixoci,subtype=nixoci"
+/* Forced on every mount: see the contract in the usage text. The source
+ * (fsname) is the repository, added by forced_opts(). */
+#define FORCED_OPTS "-oro,nosuid,nodev,default_permissions,subtype=nixoci-fs,fsname="
+
+/* Exit status of a usage error (bad or unknown option, missing argument),
+ * as nixoci's. */
+#define EXIT_USAGE 2
+
+/* FORCED_OPTS + @ref, with fuse_opt's separators escaped. */
+static char *forced_opts(const char *ref)
+{
+	size_t n = strlen(FORCED_OPTS), i;
+	char *s = malloc(n + 2 * strlen(ref) + 1), *w;
+
+	if (!s)
+		return NULL;
+	memcpy(s, FORCED_OPTS, n);
+	w = s + n;
+	for (i = 0; ref[i]; i++) {
+		if (ref[i] == ',' || ref[i] == '\\')
+			*w++ = '\\';
+		*w++ = ref[i];
+	}
+	*w = '\0';
+	return s;
+}
 
 /*
  * libfuse builds some lines from several fuse_log calls ("unknown option(s):
@@ -49,55 +70,6 @@ static void log_from_fuse(enum fuse_log_level level, const char *fmt, va_list ap
 	nx_log((int)level, "%s", line);
 	len = 0;
 	line[0] = '\0';
-}
-
-static int check_mountpoint(const char *mp)
-{
-	struct stat st;
-
-	if (stat(mp, &st) < 0) {
-		if (errno == ENOENT)
-			nx_log(NX_LOG_ERR, "mountpoint %s does not exist", mp);
-		else if (errno == ENOTCONN)
-			nx_log(NX_LOG_ERR,
-			       "mountpoint %s: transport endpoint is not connected "
-			       "(a dead mount? run fusermount3 -u %s)",
-			       mp, mp);
-		else
-			nx_log(NX_LOG_ERR, "mountpoint %s: %s", mp, strerror(errno));
-		return -1;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		nx_log(NX_LOG_ERR, "mountpoint %s is not a directory", mp);
-		return -1;
-	}
-	return 0;
-}
-
-/* The store creates the directory too; checking here turns a failure after
- * daemonizing (only in syslog) into an error the user sees. */
-static int check_cache_dir(const char *dir)
-{
-	struct stat st;
-
-	if (stat(dir, &st) < 0) {
-		if (errno != ENOENT || mkdir(dir, 0700) < 0) {
-			nx_log(NX_LOG_ERR, "cache directory %s: %s (choose one with -o cache=DIR)",
-			       dir, strerror(errno));
-			return -1;
-		}
-		return 0;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		nx_log(NX_LOG_ERR, "cache directory %s is not a directory", dir);
-		return -1;
-	}
-	if (access(dir, W_OK | X_OK) < 0) {
-		nx_log(NX_LOG_ERR, "cache directory %s is not writable (choose one with -o cache=DIR)",
-		       dir);
-		return -1;
-	}
-	return 0;
 }
 
 static int stop_at_first_tag(void *ctx, const char *tag)
@@ -163,6 +135,8 @@ int main(int argc, char *argv[])
 	struct nx_session sess;
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
+	char *forced = NULL;
+	int lock_fd = -1;
 	int ret = 1, r;
 
 	memset(&o, 0, sizeof(o));
@@ -173,6 +147,7 @@ int main(int argc, char *argv[])
 	fuse_set_log_func(log_from_fuse);
 
 	/* ---- options: ours first, then libfuse's (-f -d -s -h -V ...) */
+	ret = EXIT_USAGE;
 	if (nx_fs_opts_parse(&o, &args) < 0)
 		goto out_args;
 	if (o.fo.show_help) {
@@ -195,25 +170,28 @@ int main(int argc, char *argv[])
 	if (o.debug || o.fo.debug)
 		nx_log_set_level(NX_LOG_DEBUG);
 
-	/* ---- validate before touching the network */
+	/* ---- every option checked before any side effect. Forced options
+	 * come last, so nothing on the command line can override them; the
+	 * session is created now (no mount yet) so libfuse judges its own
+	 * options too. */
 	if (nx_fs_opts_check(&o) < 0)
-		goto out_args;
-	if (check_mountpoint(o.mountpoint) < 0)
-		goto out_args;
-	so.readahead = o.readahead_frames;
-	if (check_cache_dir(o.cache_dir) < 0)
 		goto out_args;
 	nx_session_init(&sess, o.pt_mode);
 	fs.sess = &sess;
-
-	/* Forced last, so nothing on the command line can override them. The
-	 * session is created now (no mount yet) so an unknown -o option is a
-	 * usage error before any network traffic. */
-	if (fuse_opt_add_arg(&args, FORCED_OPTS) < 0)
+	forced = forced_opts(o.ref);
+	if (!forced || fuse_opt_add_arg(&args, forced) < 0)
 		goto out_args;
 	se = fuse_session_new(&args, &nx_fs_ops, sizeof(nx_fs_ops), &fs);
 	if (!se)
 		goto out_args; /* libfuse logged the unknown option through nx_vlog */
+	so.readahead = o.readahead_frames;
+
+	/* ---- the mountpoint and the cache directory, before the network */
+	ret = 1;
+	if (nx_fs_check_mountpoint(o.mountpoint, o.nonempty) < 0)
+		goto out_session;
+	if (nx_fs_cache_lock(o.cache_dir, &lock_fd) < 0)
+		goto out_session;
 
 	/* ---- the registry: reachable, repository and closure present */
 	if (nx_fetch_global_init() < 0) {
@@ -250,6 +228,7 @@ int main(int argc, char *argv[])
 	}
 	if (!o.fo.foreground)
 		nx_log_use_syslog(1);
+	nx_fs_cache_lock_note(lock_fd, o.mountpoint);
 
 	r = nx_registry_open(&fs.reg, o.ref, &ro);
 	if (r < 0) {
@@ -312,7 +291,10 @@ out_fetch:
 	nx_fetch_global_cleanup();
 out_session:
 	fuse_session_destroy(se);
+	if (lock_fd >= 0)
+		close(lock_fd);
 out_args:
+	free(forced);
 	fuse_opt_free_args(&args);
 	nx_fs_opts_release(&o);
 	return ret;

@@ -27,6 +27,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("insecure", insecure),
 	OPT("insecure=%s", insecure_host),
 	OPT("debug", debug),
+	OPT("nonempty", nonempty),
 	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
 	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
 	FUSE_OPT_END,
@@ -41,7 +42,8 @@ void nx_fs_usage(FILE *f)
 		"\n"
 		"nixoci-fs options:\n"
 		"    -o cache=DIR               cache directory (default " NX_FS_DEFAULT_CACHE_DIR ")\n"
-		"    -o cache_size=SIZE         cache limit, K/M/G suffixes (default 10G)\n"
+		"    -o cache_size=SIZE         cache limit, K/M/G/T suffixes, B or iB accepted,\n"
+		"                               powers of 1024 (default 10G)\n"
 		"    -o closure=NAME            serve only the closure under tag NAME or sha256:<hex>\n"
 		"    -o trusted-public-keys=KEY Nix public key name:base64 (repeatable; separate\n"
 		"                               several keys in one option with spaces)\n"
@@ -60,7 +62,10 @@ void nx_fs_usage(FILE *f)
 		"                               6.9 and CAP_SYS_ADMIN; default auto)\n"
 		"    -o debug                   log at debug level\n"
 		"    -o allow_other             let other users (and root) use the mount\n"
-		"Always mounted ro,nosuid,nodev,default_permissions,fsname=nixoci,subtype=nixoci.\n"
+		"    -o nonempty                mount over a non-empty directory (hiding it)\n"
+		"Always mounted ro,nosuid,nodev,default_permissions; the source is REGISTRY/REPO,\n"
+		"the type fuse.nixoci-fs. rw is refused; mount(8)'s _netdev, nofail, noauto,\n"
+		"x-* are ignored. Exit status: 0 ok, 1 error, 2 usage error.\n"
 		"\n");
 }
 
@@ -75,6 +80,153 @@ static int append_keys(struct nx_fs_opts *o, const char *val)
 		k[old++] = ' ';
 	memcpy(k + old, val, add + 1);
 	o->keys = k;
+	return 0;
+}
+
+/*
+ * Options we hand to libfuse, checked here so that every option is judged
+ * before any side effect (libfuse would only judge them in
+ * fuse_session_new) and an unknown one gets a suggestion. The kernel flags
+ * mount.fuse3 adds on its own ("dev,suid") are accepted: FORCED_OPTS come
+ * after them and win.
+ */
+static const char *const fuse_passed[] = {
+	"allow_other", "allow_root", "auto_unmount", "max_read=", "default_permissions",
+	"ro", "nosuid", "nodev", "suid", "dev", "exec", "noexec", "atime", "noatime",
+	"sync", "async", "dirsync", "context=", "fscontext=", "defcontext=", "rootcontext=",
+	/* fuse_parse_cmdline's */
+	"clone_fd", "max_idle_threads=", "max_threads=",
+};
+static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help", "--version",
+					 "--debug" };
+/* For the suggestion only: ours, as the user types them. */
+static const char *const ours[] = {
+	"cache=", "cache_size=", "closure=", "timeout=", "readahead=", "cafile=", "insecure",
+	"debug", "nonempty", "trusted-public-keys=", "mirror=", "passthrough=",
+};
+
+/* Options of fstab and mount(8) that mean nothing to the file system
+ * itself; mount(8) strips most of them, a direct call may not. */
+static int is_mount_only(const char *a)
+{
+	static const char *const plain[] = { "_netdev", "nofail", "noauto", "auto", "defaults",
+					     "user", "users", "nouser", "owner", "group" };
+	size_t i;
+
+	if (strncmp(a, "x-", 2) == 0 || strncmp(a, "comment=", 8) == 0)
+		return 1;
+	for (i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+		if (strcmp(a, plain[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* @name matches @pat ("max_read=" matches "max_read=4096", "ro" only "ro") */
+static int opt_match(const char *name, const char *pat)
+{
+	size_t n = strlen(pat);
+
+	if (n && pat[n - 1] == '=')
+		return strncmp(name, pat, n) == 0;
+	return strcmp(name, pat) == 0;
+}
+
+/* Levenshtein distance of the option names (up to '='), capped at 9. */
+static unsigned name_distance(const char *a, const char *b)
+{
+	size_t la = strcspn(a, "="), lb = strcspn(b, "="), i, j;
+	unsigned row[64], prev, tmp;
+
+	if (la >= 64 || lb >= 64)
+		return 9;
+	for (j = 0; j <= lb; j++)
+		row[j] = (unsigned)j;
+	for (i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = (unsigned)i;
+		for (j = 1; j <= lb; j++) {
+			unsigned best = prev + (a[i - 1] != b[j - 1]);
+
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			tmp = row[j];
+			row[j] = best;
+			prev = tmp;
+		}
+	}
+	return row[lb] < 9 ? row[lb] : 9;
+}
+
+static const char *suggest(const char *arg, const char *const *list, size_t n,
+			   const char *best, unsigned *bestd)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned d = name_distance(arg, list[i]);
+
+		if (d < *bestd) {
+			*bestd = d;
+			best = list[i];
+		}
+	}
+	return best;
+}
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+/* An option that is not ours: pass it to libfuse (1), drop it (0), or
+ * refuse it (-1, logged). */
+static int check_other_opt(struct nx_fs_opts *o, const char *arg)
+{
+	const char *best = NULL;
+	unsigned d = 9;
+	size_t i;
+
+	if (!*arg)
+		return 0; /* "-o ro," from an empty variable in a unit file */
+	if (arg[0] == '-') {
+		for (i = 0; i < N(fuse_dash); i++)
+			if (strcmp(arg, fuse_dash[i]) == 0)
+				return 1;
+		best = suggest(arg, fuse_dash, N(fuse_dash), NULL, &d);
+		if (strncmp(arg, "--", 2) == 0 && d > 2) /* --cache=DIR for -o cache=DIR */
+			best = suggest(arg + 2, ours, N(ours), NULL, &d);
+		goto unknown;
+	}
+	if (strcmp(arg, "rw") == 0) {
+		nx_log(NX_LOG_ERR, "option rw refused: the store is read-only (mount(8) passes rw "
+		       "unless told otherwise: give ro, or write ro in the fstab line)");
+		o->bad_arg = 1;
+		return 0;
+	}
+	if (opt_match(arg, "fsname=") || opt_match(arg, "subtype=")) {
+		nx_log(NX_LOG_ERR, "option %s refused: nixoci-fs sets the source to the "
+		       "repository and the type to fuse.nixoci-fs", arg);
+		o->bad_arg = 1;
+		return 0;
+	}
+	for (i = 0; i < N(fuse_passed); i++)
+		if (opt_match(arg, fuse_passed[i]))
+			return 1;
+	if (is_mount_only(arg)) {
+		nx_log(NX_LOG_DEBUG, "ignoring mount option %s", arg);
+		return 0;
+	}
+	best = suggest(arg, ours, N(ours), NULL, &d);
+	best = suggest(arg, fuse_passed, N(fuse_passed), best, &d);
+unknown:
+	/* a suggestion further than a third of the name away is noise */
+	if (best && d <= 2 && d * 3 <= strcspn(arg, "="))
+		nx_log(NX_LOG_ERR, "unknown option %s%s: did you mean %s%.*s? (see nixoci-fs "
+		       "--help)", arg[0] == '-' ? "" : "-o ", arg,
+		       best[0] == '-' ? "" : "-o ", (int)strcspn(best, "="), best);
+	else
+		nx_log(NX_LOG_ERR, "unknown option %s%s (see nixoci-fs --help)",
+		       arg[0] == '-' ? "" : "-o ", arg);
+	o->bad_arg = 1;
 	return 0;
 }
 
@@ -110,8 +262,10 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			o->bad_arg = 1;
 		}
 		return 0;
+	case FUSE_OPT_KEY_OPT:
+		return check_other_opt(o, arg);
 	default:
-		return 1; /* libfuse's */
+		return 1;
 	}
 }
 

@@ -39,6 +39,7 @@ static const char usage_main[] =
 	"  --timeout SECONDS         per-request timeout (default 30)\n"
 	"  -v, --verbose             more log output (twice: debug)\n"
 	"  -h, --help                this text; COMMAND -h: help for COMMAND\n"
+	"  --version                 print the version and exit\n"
 	"\n"
 	"REF is [https://|http://]HOST[:PORT]/REPO (loopback hosts default to http).\nPATH is /nix/store/<hash>-<name> or <hash>-<name>.\n"
 	"Exit status: 0 ok, 1 error, 2 usage error.\n";
@@ -288,7 +289,9 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-	static const struct option lo[] = { NX_CLI_LONGOPTS, { NULL, 0, NULL, 0 } };
+	static const struct option lo[] = { NX_CLI_LONGOPTS,
+					    { "version", no_argument, NULL, 'V' },
+					    { NULL, 0, NULL, 0 } };
 	struct nx_cli cli = { 0 };
 	size_t i;
 	int c, r, ret, first;
@@ -298,6 +301,10 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "+:hv", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage_main, stdout);
+			return NX_EXIT_OK;
+		}
+		if (c == 'V') {
+			printf("nixoci %s\n", NX_VERSION);
 			return NX_EXIT_OK;
 		}
 		if (c == '?' || c == ':')

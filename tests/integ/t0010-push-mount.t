@@ -50,7 +50,7 @@ test_expect_success 'nixoci cat reads one file without FUSE' '
 
 test_expect_success 'mount it' '
 	mount_store "$REF" "$MNT" &&
-	grep -q " $MNT fuse.nixoci ro," /proc/self/mounts
+	grep -q " $MNT fuse.nixoci-fs ro," /proc/self/mounts
 '
 
 test_expect_success 'nix-store --dump of every mounted path hashes to Nix NarHash' '

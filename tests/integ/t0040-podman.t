@@ -48,7 +48,7 @@ test_expect_success 'setup: registry, small closure pushed, mounted with allow_o
 	build_small_closure &&
 	nixoci push "$REF" "$SMALL" &&
 	mount_store "$REF" "$MNT" allow_other &&
-	grep " $MNT fuse.nixoci " /proc/self/mounts | grep -q allow_other
+	grep " $MNT fuse.nixoci-fs " /proc/self/mounts | grep -q allow_other
 '
 
 test_expect_success 'a container runs hello from the mount' '

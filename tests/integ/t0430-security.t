@@ -43,11 +43,11 @@ auth:
 	grep -q "^pushed " push.out
 '
 
-test_expect_success 'mount (debug logging): /proc/mounts says fuse.nixoci, ro, nosuid, nodev' '
+test_expect_success 'mount (debug logging): /proc/mounts says fuse.nixoci-fs, ro, nosuid, nodev' '
 	mount_store "$REF" "$MNT" "cafile=$CA_DIR/ca.crt,debug" &&
 	line=$(awk -v m="$MNT" "\$2 == m" /proc/mounts) &&
 	echo "$line" &&
-	test "$(echo "$line" | cut -d" " -f3)" = fuse.nixoci &&
+	test "$(echo "$line" | cut -d" " -f3)" = fuse.nixoci-fs &&
 	opts=,$(echo "$line" | cut -d" " -f4), &&
 	case $opts in *,ro,*) ;; *) echo "not ro"; false ;; esac &&
 	case $opts in *,nosuid,*) ;; *) echo "not nosuid"; false ;; esac &&

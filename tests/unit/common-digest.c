@@ -157,7 +157,17 @@ static void test_size(void)
 	is_int(nx_parse_size("-1", &v), -EINVAL, "negative");
 	is_int(nx_parse_size(" 1", &v), -EINVAL, "leading space");
 	is_int(nx_parse_size("1 G", &v), -EINVAL, "inner space");
-	is_int(nx_parse_size("10GB", &v), -EINVAL, "two letters");
+	v = 0;
+	is_int(nx_parse_size("10GB", &v), 0, "10GB");
+	is_int(v, 10ull << 30, "10GB value: powers of 1024 too");
+	v = 0;
+	is_int(nx_parse_size("10GiB", &v), 0, "10GiB");
+	is_int(v, 10ull << 30, "10GiB value");
+	is_int(nx_parse_size("512mb", &v), 0, "512mb");
+	is_int(v, 512ull << 20, "512mb value");
+	is_int(nx_parse_size("10GBB", &v), -EINVAL, "GBB");
+	is_int(nx_parse_size("10Gi", &v), -EINVAL, "Gi without B");
+	is_int(nx_parse_size("10B", &v), -EINVAL, "B alone");
 	is_int(nx_parse_size("10X", &v), -EINVAL, "unknown unit");
 	is_int(nx_parse_size("1.5G", &v), -EINVAL, "fraction");
 	{

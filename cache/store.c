@@ -352,7 +352,9 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 	if (e && (memcmp(digest, e->desc.digest, NX_SHA256_LEN) != 0 || *blen != e->desc.size)) {
 		nx_log(NX_LOG_ERR, "manifest of %s: does not match the closure's descriptor",
 		       e->store_path);
+		/* the caller owns *body only on success */
 		free(*body);
+		*body = NULL;
 		return -EIO;
 	}
 	*fetched = 1;

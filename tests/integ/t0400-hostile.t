@@ -127,6 +127,53 @@ while IFS=$'\t' read -r cname cdetect cserve cbase caccess; do
 	'
 done <"$CORPUS/cases.tsv"
 
+# ---------------------------------------------------------- containment
+# Cases that are not one store path each (tests/data/should-fail/gen.py,
+# write_containment): each function is one test.
+
+# proxy_serves PATH FILE TYPE: the hostile proxy answers GET PATH with FILE
+# (what the real registry refuses to store).
+proxy_serves() {
+	/usr/bin/python3 - "$TRASH/overrides.json" "$@" <<-'EOF'
+	import hashlib, json, os, sys
+	ovr, path, body, mt = sys.argv[1:5]
+	with open(ovr) as f:
+	    ov = json.load(f)
+	with open(body, "rb") as f:
+	    d = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+	ov[path] = {"file": body, "type": mt, "digest": d}
+	with open(ovr + ".tmp", "w") as f:
+	    json.dump(ov, f)
+	os.rename(ovr + ".tmp", ovr)
+	EOF
+}
+
+# A closure index whose descriptor has the manifest's digest but another
+# size: the path is EIO with one line, the daemon (ASan in make check) stays
+# up, the index's other path is served.
+containment_closure_size() {
+	local tag=$1 other mnt=$TRASH/$1
+	other=$(sed -n 2p "$CORPUS/containment/closure-size-paths") &&
+	proxy_serves "/v2/hostile/manifests/$tag" "$CORPUS/containment/$tag.json" \
+		application/vnd.oci.image.index.v1+json &&
+	mount_store "$PROXY/hostile" "$mnt" "closure=$tag" &&
+	off=$(stat -c %s "${MOUNT_LOG[$mnt]}") &&
+	try_access "$mnt" "$other" f &&
+	try_access "$mnt" "$other" f &&
+	new_log_lines "${MOUNT_LOG[$mnt]}" "$off" >newlog && cat newlog &&
+	grep -q "manifest of /nix/store/$other: does not match the closure" newlog &&
+	test "$(sort -u newlog | wc -l)" = 1 &&
+	still_serving "$mnt" &&
+	unmount_store "$mnt"
+}
+
+test_expect_success 'containment: closure descriptor with the right digest, size +1' '
+	containment_closure_size closure-size-plus
+'
+test_expect_success 'containment: closure descriptor with the right digest, size -1' '
+	containment_closure_size closure-size-minus
+'
+
 test_expect_success 'after the whole corpus: both daemons up, the good path still verifies' '
 	still_serving "$LAZY" && still_serving "$KEYS" &&
 	nixoci verify "$PROXY/hostile" "$GOOD"

@@ -583,6 +583,38 @@ def write_case(outdir, c):
     return r
 
 
+# ------------------------------------------------- containment extras
+# Artifacts that are not one store path each (closure indexes, ...), written
+# next to the cases as OUTDIR/containment/*; the tests that use them say what.
+
+def closure_index(entries, roots):
+    """a closure index (docs/format.md): entries [(store path, manifest bytes, size)]"""
+    return json.dumps({
+        "annotations": {"dev.nixoci.closure": "1", "dev.nixoci.roots": " ".join(roots)},
+        "artifactType": "application/vnd.nixoci.closure.v1",
+        "manifests": [{"annotations": {"dev.nixoci.store-path": sp}, "artifactType": ART,
+                       "digest": "sha256:" + sha(m).hex(), "mediaType": MT_MANIFEST,
+                       "size": size} for sp, m, size in entries],
+        "mediaType": "application/vnd.oci.image.index.v1+json", "schemaVersion": 2,
+    }, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_containment(outdir):
+    d = os.path.join(outdir, "containment")
+    os.makedirs(d, exist_ok=True)
+    by_name = {c.name: c for c in cases()}
+    good, other = by_name["good"], by_name["toc-nar-size-mismatch"]
+    gm, om = build(good)["manifest"], build(other)["manifest"]
+    gsp, osp = "/nix/store/" + good.base, "/nix/store/" + other.base
+    # the second path's descriptor has the right digest and a size one byte
+    # too large (then too small): EIO for that path, the good one is served
+    for name, delta in (("closure-size-plus", 1), ("closure-size-minus", -1)):
+        with open(os.path.join(d, name + ".json"), "wb") as f:
+            f.write(closure_index([(gsp, gm, len(gm)), (osp, om, len(om) + delta)], [gsp]))
+    with open(os.path.join(d, "closure-size-paths"), "w") as f:
+        f.write("%s\n%s\n" % (good.base, other.base))
+
+
 def main():
     if len(sys.argv) == 2 and sys.argv[1] == "--list":
         for c in cases():
@@ -604,6 +636,7 @@ def main():
             tsv.write("%s\t%s\t%s\t%s\t%s\n" % (c.name, c.detect, c.serve, c.base, c.access))
     with open(os.path.join(out, "pubkey"), "w") as f:
         f.write(pubkey() + "\n")
+    write_containment(out)
 
 
 def seeds(d):

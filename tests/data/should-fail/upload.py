@@ -47,8 +47,8 @@ def blob_file(hexd):
 ov = {}
 for name in sorted(os.listdir(CORPUS)):
     d = os.path.join(CORPUS, name)
-    if not os.path.isdir(d):
-        continue
+    if not os.path.isfile(os.path.join(d, "case.json")):
+        continue  # not a case (the containment extras)
     with open(os.path.join(d, "case.json")) as f:
         info = json.load(f)
     for b in sorted(os.listdir(os.path.join(d, "blobs"))):

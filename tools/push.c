@@ -18,7 +18,8 @@
  * Paths are pushed by --jobs worker threads that share one registry handle
  * (fetch/ is thread-safe); each worker owns its temporary file, packer and
  * TOC builder. The closure index (--tag) is written last, after every
- * manifest it lists exists.
+ * manifest it lists exists. Uploading, signing, the manifest, the index and
+ * the workers are tools/publish.c, shared with `nixoci import`.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -56,36 +57,9 @@ static const char usage_push[] =
 /* Paths per `nix path-info` invocation, far below ARG_MAX. */
 #define PATHINFO_BATCH 500
 
-struct push_path {
-	struct nx_pathinfo info; /* from Nix */
-	uint8_t mdigest[NX_SHA256_LEN];
-	uint64_t msize;
-	int have_info;
-};
-
-struct push {
-	struct nx_registry *reg;
-	struct nx_seckey key;
-	int have_key;
-	const char *tmpdir;
-
-	struct push_path *paths; /* sorted by store path */
-	size_t npaths;
-
-	pthread_mutex_t lock; /* guards everything below */
-	size_t next;
-	size_t done, uploaded, skipped;
-	uint64_t bytes;
-	int failed;
-	int tty;
-	int progress_shown;
-};
-
 /* ------------------------------------------------------ running Nix */
 
-/* Runs @argv (no shell) with stdin from /dev/null and stderr inherited, and
- * returns its standard output (NUL-terminated, caller frees). */
-static int run_capture(const char *what, char *const argv[], char **out, size_t *outlen)
+int nx_run_capture(const char *what, char *const argv[], char **out, size_t *outlen)
 {
 	posix_spawn_file_actions_t fa;
 	int fds[2] = { -1, -1 }, status, r;
@@ -176,22 +150,8 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int cmp_path(const void *a, const void *b)
-{
-	const struct push_path *x = a, *y = b;
-
-	return strcmp(x->info.store_path, y->info.store_path);
-}
-
-static struct push_path *find_path(struct push *ps, const char *store_path)
-{
-	struct push_path key = { .info = { .store_path = (char *)store_path } };
-
-	return bsearch(&key, ps->paths, ps->npaths, sizeof(*ps->paths), cmp_path);
-}
-
 /* The closure of @roots, as Nix sees it, into ps->paths (sorted). */
-static int query_closure(struct push *ps, char **roots, size_t nroots)
+static int query_closure(struct nx_pub *ps, char **roots, size_t nroots)
 {
 	char **argv, *out = NULL, *line, *nl;
 	size_t i, n = 0, len;
@@ -205,7 +165,7 @@ static int query_closure(struct push *ps, char **roots, size_t nroots)
 	argv[2] = (char *)"--requisites";
 	for (i = 0; i < nroots; i++)
 		argv[3 + i] = roots[i];
-	r = run_capture("nix-store --query --requisites", argv, &out, &len);
+	r = nx_run_capture("nix-store --query --requisites", argv, &out, &len);
 	free(argv);
 	if (r < 0)
 		return r;
@@ -241,7 +201,7 @@ static int query_closure(struct push *ps, char **roots, size_t nroots)
 		ps->npaths++;
 	}
 	free(out);
-	qsort(ps->paths, ps->npaths, sizeof(*ps->paths), cmp_path);
+	nx_pub_sort(ps);
 	/* Nix never lists a path twice, but an index with duplicates is invalid */
 	for (i = 1; i < ps->npaths; i++) {
 		if (strcmp(ps->paths[i - 1].info.store_path, ps->paths[i].info.store_path) == 0) {
@@ -316,10 +276,10 @@ fail:
 	return r;
 }
 
-static int parse_one_info(struct push *ps, json_t *o)
+static int parse_one_info(struct nx_pub *ps, json_t *o)
 {
 	const char *path, *hash, *s;
-	struct push_path *pp;
+	struct nx_pub_path *pp;
 	json_t *size;
 	int r;
 
@@ -328,7 +288,7 @@ static int parse_one_info(struct push *ps, json_t *o)
 		nx_log(NX_LOG_ERR, "nix path-info: an entry has no path");
 		return -EINVAL;
 	}
-	pp = find_path(ps, path);
+	pp = nx_pub_find(ps, path);
 	if (!pp) /* not one we asked for; Nix does not do this */
 		return 0;
 	if (json_is_false(json_object_get(o, "valid"))) {
@@ -373,7 +333,7 @@ static int parse_one_info(struct push *ps, json_t *o)
 }
 
 /* Fills every ps->paths[i].info from `nix path-info --json`. */
-static int query_infos(struct push *ps)
+static int query_infos(struct nx_pub *ps)
 {
 	static const char *const pre[] = { "nix", "--extra-experimental-features", "nix-command",
 					   "path-info", "--json" };
@@ -395,7 +355,7 @@ static int query_infos(struct push *ps)
 		for (j = 0; j < n; j++)
 			argv[npre + j] = ps->paths[i + j].info.store_path;
 		argv[npre + n] = NULL;
-		r = run_capture("nix path-info --json", argv, &out, &len);
+		r = nx_run_capture("nix path-info --json", argv, &out, &len);
 		if (r < 0)
 			break;
 		root = json_loadb(out, len, 0, &err);
@@ -424,288 +384,24 @@ static int query_infos(struct push *ps)
 	return 0;
 }
 
-/* ------------------------------------------------------------ progress */
+/* ---------------------------------------------------------- one path */
 
-/* Caller holds ps->lock. */
-static void progress_locked(struct push *ps)
-{
-	char h[32];
-
-	if (!ps->tty)
-		return;
-	fprintf(stderr, "\r\033[Kpushing %zu/%zu paths, %s", ps->done, ps->npaths,
-		nx_cli_human(ps->bytes, h, sizeof(h)));
-	fflush(stderr);
-	ps->progress_shown = 1;
-}
-
-static void progress_clear_locked(struct push *ps)
-{
-	if (ps->progress_shown) {
-		fputs("\r\033[K", stderr);
-		fflush(stderr);
-		ps->progress_shown = 0;
-	}
-}
-
-static void add_bytes(struct push *ps, uint64_t n)
-{
-	pthread_mutex_lock(&ps->lock);
-	ps->bytes += n;
-	progress_locked(ps);
-	pthread_mutex_unlock(&ps->lock);
-}
-
-/* ---------------------------------------------------------- uploading */
-
-static int upload_blob(struct push *ps, const uint8_t digest[NX_SHA256_LEN], int fd,
-		       const void *buf, uint64_t size)
-{
-	int exists = 0, r;
-
-	r = nx_registry_blob_exists(ps->reg, digest, &exists);
-	if (r < 0)
-		return r;
-	if (exists)
-		return 0;
-	r = nx_registry_put_blob(ps->reg, digest, fd, buf, size);
-	if (r < 0)
-		return r;
-	add_bytes(ps, size);
-	return 0;
-}
-
-/* An unlinked temporary file in ps->tmpdir. */
-static int tmp_file(struct push *ps)
-{
-	char *name;
-	int fd;
-
-	fd = open(ps->tmpdir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
-	if (fd >= 0)
-		return fd;
-	/* O_TMPFILE needs file system support; fall back to create + unlink */
-	if (asprintf(&name, "%s/nixoci-push.XXXXXX", ps->tmpdir) < 0)
-		return -ENOMEM;
-	fd = mkostemp(name, O_CLOEXEC);
-	if (fd < 0) {
-		int r = -errno;
-
-		nx_log(NX_LOG_ERR, "cannot create a temporary file in %s: %s (set TMPDIR)",
-		       ps->tmpdir, strerror(errno));
-		free(name);
-		return r;
-	}
-	unlink(name);
-	free(name);
-	return fd;
-}
-
-static int has_sig(char **sigs, size_t n, const char *sig)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		if (strcmp(sigs[i], sig) == 0)
-			return 1;
-	return 0;
-}
-
-/* What sign_manifest allocated: new signature strings and the arrays that
- * replaced the manifest's (those share the old strings). */
-struct sigset {
-	char *own[2];
-	char **arrays[2];
-};
-
-static void sigset_release(struct sigset *s)
-{
-	free(s->own[0]);
-	free(s->own[1]);
-	free(s->arrays[0]);
-	free(s->arrays[1]);
-}
-
-static int append_sig(char ***arr, size_t *n, char *sig, char ***array_owned)
-{
-	char **v = calloc(*n + 1, sizeof(*v));
-
-	if (!v)
-		return -ENOMEM;
-	if (*n)
-		memcpy(v, *arr, *n * sizeof(*v));
-	v[(*n)++] = sig;
-	*arr = v;
-	*array_owned = v;
-	return 0;
-}
-
-/*
- * Adds our narinfo signature to m->info.sigs and our TOC signature to
- * m->toc_sigs where they are missing; *changed tells whether anything was
- * added. The caller keeps the old array pointers and frees @s.
- */
-static int sign_manifest(struct push *ps, struct nx_manifest *m, struct sigset *s, int *changed)
-{
-	char *fp = NULL, *sig = NULL;
-	int r;
-
-	memset(s, 0, sizeof(*s));
-	*changed = 0;
-	if (!ps->have_key)
-		return 0;
-
-	r = nx_fingerprint(&m->info, &fp);
-	if (r < 0)
-		return r;
-	r = nx_sig_sign(&ps->key, fp, strlen(fp), &sig);
-	free(fp);
-	if (r < 0)
-		return r;
-	if (has_sig(m->info.sigs, m->info.nsigs, sig)) {
-		free(sig);
-	} else {
-		s->own[0] = sig;
-		r = append_sig(&m->info.sigs, &m->info.nsigs, sig, &s->arrays[0]);
-		if (r < 0)
-			return r;
-		*changed = 1;
-	}
-
-	r = nx_toc_fingerprint(m->info.store_path, m->info.nar_hash, m->toc.digest, &fp);
-	if (r < 0)
-		return r;
-	r = nx_sig_sign(&ps->key, fp, strlen(fp), &sig);
-	free(fp);
-	if (r < 0)
-		return r;
-	if (has_sig(m->toc_sigs, m->ntoc_sigs, sig)) {
-		free(sig);
-	} else {
-		s->own[1] = sig;
-		r = append_sig(&m->toc_sigs, &m->ntoc_sigs, sig, &s->arrays[1]);
-		if (r < 0)
-			return r;
-		*changed = 1;
-	}
-	return 0;
-}
-
-static int put_manifest(struct push *ps, struct push_path *pp, const char *tag,
-			const struct nx_manifest *m)
-{
-	char *json = NULL;
-	size_t len = 0;
-	int r;
-
-	r = nx_manifest_build(m, &json, &len);
-	if (r < 0)
-		return r;
-	r = nx_registry_put_manifest(ps->reg, tag, NX_MT_MANIFEST, json, len);
-	if (r == 0) {
-		nx_sha256(json, len, pp->mdigest);
-		pp->msize = len;
-		add_bytes(ps, len);
-	}
-	free(json);
-	return r;
-}
-
-/*
- * Looks at what the registry holds under the path's tag. Returns 1 if the
- * path is there (already pushed, pp->mdigest/msize filled, signatures added
- * if they were missing), 0 if it must be pushed, or a negative errno.
- */
-static int check_existing(struct push *ps, struct push_path *pp, const char *tag)
-{
-	struct nx_manifest m = { 0 };
-	uint8_t digest[NX_SHA256_LEN];
-	char *body = NULL, **nsigs, **ntsigs;
-	size_t len = 0, nn, nt;
-	struct sigset s;
-	int r, changed;
-
-	r = nx_registry_get_manifest(ps->reg, tag, NX_MANIFEST_MAX, &body, &len, digest, NULL);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return r;
-	r = nx_manifest_parse(body, len, &m);
-	free(body);
-	if (r < 0) {
-		/* not a nixoci manifest, or a damaged one: ours replaces it */
-		nx_log(NX_LOG_WARNING, "%s: tag %s holds no valid nixoci manifest; replacing it",
-		       pp->info.store_path, tag);
-		return 0;
-	}
-	if (strcmp(m.info.store_path, pp->info.store_path) != 0) {
-		nx_log(NX_LOG_ERR, "%s: tag %s already holds %s; refusing to move it",
-		       pp->info.store_path, tag, m.info.store_path);
-		r = -EEXIST;
-		goto out;
-	}
-	if (memcmp(m.info.nar_hash, pp->info.nar_hash, NX_SHA256_LEN) != 0 ||
-	    m.info.nar_size != pp->info.nar_size) {
-		char a[NX_NARHASH_STRLEN], b[NX_NARHASH_STRLEN];
-
-		nx_narhash_format(m.info.nar_hash, a);
-		nx_narhash_format(pp->info.nar_hash, b);
-		nx_log(NX_LOG_ERR,
-		       "%s: the repository holds another NAR of this path (NarHash %s, local %s); "
-		       "artifacts are immutable, push to another repository",
-		       pp->info.store_path, a, b);
-		r = -EEXIST;
-		goto out;
-	}
-	memcpy(pp->mdigest, digest, NX_SHA256_LEN);
-	pp->msize = len;
-	r = 1;
-	if (!ps->have_key)
-		goto out;
-	/* same artifact, but without our signatures: add them, no blob moves */
-	nsigs = m.info.sigs;
-	nn = m.info.nsigs;
-	ntsigs = m.toc_sigs;
-	nt = m.ntoc_sigs;
-	r = sign_manifest(ps, &m, &s, &changed);
-	if (r == 0 && changed) {
-		r = put_manifest(ps, pp, tag, &m);
-		if (r == 0)
-			r = 2;
-	} else if (r == 0) {
-		r = 1;
-	}
-	m.info.sigs = nsigs;
-	m.info.nsigs = nn;
-	m.toc_sigs = ntsigs;
-	m.ntoc_sigs = nt;
-	sigset_release(&s);
-out:
-	nx_manifest_release(&m);
-	return r;
-}
-
-static int push_one(struct push *ps, struct push_path *pp)
+/* Dumps and packs one path, checks the NAR against Nix's NarHash and NarSize,
+ * and hands it to nx_pub_commit: 2 pushed, 1 already there, or -errno. */
+static int push_one(struct nx_pub *ps, struct nx_pub_path *pp)
 {
 	const char *path = pp->info.store_path;
-	const char *base = path + sizeof(NX_STORE_DIR);
 	uint8_t blob_sha[NX_SHA256_LEN], nar_sha[NX_SHA256_LEN];
-	uint8_t *toc = NULL, *tocz = NULL;
 	struct nx_toc_builder *tb = NULL;
 	struct nx_packer *pk = NULL;
-	struct nx_manifest m;
 	uint64_t nar_size = 0, blob_size = 0;
-	size_t toclen = 0, tocz_len = 0;
-	char tag[NX_HASH_LEN + 1];
-	struct sigset s = { 0 };
-	int fd = -1, r, changed;
+	int fd = -1, r;
 
-	nx_cli_tag(base, tag);
-	r = check_existing(ps, pp, tag);
+	r = nx_pub_existing(ps, pp);
 	if (r != 0)
 		return r;
 
-	fd = tmp_file(ps);
+	fd = nx_pub_tmpfile(ps);
 	if (fd < 0)
 		return fd;
 	r = nx_toc_builder_new(&tb);
@@ -734,143 +430,11 @@ static int push_one(struct push *ps, struct push_path *pp)
 		r = -EBADMSG;
 		goto out;
 	}
-	r = nx_toc_builder_finish(tb, nar_size, blob_size, &toc, &toclen);
-	if (r < 0)
-		goto out;
-	r = nx_zstd_compress(toc, toclen, &tocz, &tocz_len);
-	if (r < 0)
-		goto out;
-
-	memset(&m, 0, sizeof(m));
-	m.info = pp->info; /* shallow: pp keeps ownership */
-	memcpy(m.nar.digest, blob_sha, NX_SHA256_LEN);
-	m.nar.size = blob_size;
-	nx_sha256(tocz, tocz_len, m.toc.digest);
-	m.toc.size = tocz_len;
-	m.zstd_params = (char *)nx_packer_params();
-
-	r = upload_blob(ps, m.nar.digest, fd, NULL, blob_size);
-	if (r < 0)
-		goto out;
-	r = upload_blob(ps, m.toc.digest, -1, tocz, tocz_len);
-	if (r < 0)
-		goto out;
-	r = sign_manifest(ps, &m, &s, &changed);
-	if (r < 0)
-		goto out;
-	r = put_manifest(ps, pp, tag, &m);
-	if (r == 0)
-		r = 2;
+	r = nx_pub_commit(ps, pp, fd, tb, nar_size, blob_size, blob_sha);
 out:
-	sigset_release(&s);
-	free(tocz);
-	free(toc);
 	nx_packer_free(pk);
 	nx_toc_builder_free(tb);
 	close(fd);
-	return r;
-}
-
-static void *worker(void *arg)
-{
-	struct push *ps = arg;
-	struct push_path *pp;
-	size_t i;
-	int r;
-
-	for (;;) {
-		pthread_mutex_lock(&ps->lock);
-		if (ps->failed || ps->next >= ps->npaths) {
-			pthread_mutex_unlock(&ps->lock);
-			return NULL;
-		}
-		i = ps->next++;
-		pthread_mutex_unlock(&ps->lock);
-
-		pp = &ps->paths[i];
-		r = push_one(ps, pp);
-
-		pthread_mutex_lock(&ps->lock);
-		if (r < 0) {
-			ps->failed = 1;
-			progress_clear_locked(ps);
-			nx_log(NX_LOG_ERR, "push %s: %s", pp->info.store_path, strerror(-r));
-		} else {
-			ps->done++;
-			if (r == 2)
-				ps->uploaded++;
-			else
-				ps->skipped++;
-			if (nx_log_get_level() >= NX_LOG_INFO)
-				progress_clear_locked(ps);
-			nx_log(NX_LOG_INFO, "%s %s", r == 2 ? "pushed" : "skipped",
-			       pp->info.store_path);
-			progress_locked(ps);
-		}
-		pthread_mutex_unlock(&ps->lock);
-	}
-}
-
-/* --------------------------------------------------------------- index */
-
-static int valid_tag_name(const char *s)
-{
-	size_t i, n = strlen(s);
-
-	if (n == 0 || n > 128)
-		return 0;
-	for (i = 0; i < n; i++) {
-		char c = s[i];
-		int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-			    (c >= '0' && c <= '9') || c == '_';
-
-		if (!alnum && (i == 0 || (c != '.' && c != '-')))
-			return 0;
-	}
-	return 1;
-}
-
-static int push_index(struct push *ps, const char *name, char **roots, size_t nroots)
-{
-	uint8_t digest[NX_SHA256_LEN], have[NX_SHA256_LEN];
-	struct nx_index ix = { 0 };
-	int exists = 0;
-	char *json = NULL;
-	size_t i, len = 0;
-	int r;
-
-	ix.entries = calloc(ps->npaths, sizeof(*ix.entries));
-	if (!ix.entries)
-		return -ENOMEM;
-	for (i = 0; i < ps->npaths; i++) {
-		memcpy(ix.entries[i].desc.digest, ps->paths[i].mdigest, NX_SHA256_LEN);
-		ix.entries[i].desc.size = ps->paths[i].msize;
-		ix.entries[i].store_path = ps->paths[i].info.store_path;
-	}
-	ix.nentries = ps->npaths;
-	ix.roots = roots;
-	ix.nroots = nroots;
-	r = nx_index_build(&ix, &json, &len);
-	free(ix.entries); /* shallow: strings belong to ps and roots */
-	if (r < 0)
-		return r;
-	/* an unchanged closure re-pushed writes nothing */
-	nx_sha256(json, len, digest);
-	if (nx_registry_manifest_exists(ps->reg, name, &exists, have) == 0 && exists &&
-	    memcmp(have, digest, NX_SHA256_LEN) == 0) {
-		free(json);
-		return 0;
-	}
-	if (len > NX_INDEX_MAX) {
-		nx_log(NX_LOG_ERR, "closure index for tag %s is %zu bytes, over the %u MiB readers "
-		       "accept; push fewer paths under one tag", name, len, NX_INDEX_MAX >> 20);
-		free(json);
-		return -E2BIG;
-	}
-	r = nx_registry_put_manifest(ps->reg, name, NX_MT_INDEX, json, len);
-	if (r == 0)
-		ps->bytes += len;
-	free(json);
 	return r;
 }
 
@@ -951,7 +515,6 @@ static int resolve_root(const char *arg, char **out)
 
 int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 {
-	enum { O_JOBS = NX_OPT_FIRST_PRIVATE, O_TAG, O_KEY };
 	static const struct option lo[] = {
 		{ "jobs", required_argument, NULL, 'j' },
 		{ "tag", required_argument, NULL, 't' },
@@ -959,15 +522,13 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 		NX_CLI_LONGOPTS,
 		{ NULL, 0, NULL, 0 },
 	};
-	struct push ps = { 0 };
+	struct nx_pub ps;
 	const char *tag = NULL, *keyfile = NULL, *ref;
 	char **roots = NULL, *end;
 	size_t nroots = 0, i, j;
-	uint8_t empty[NX_SHA256_LEN];
-	pthread_t *th = NULL;
 	long jobs = 4;
 	uint64_t t0;
-	int c, r, ret = NX_EXIT_ERR, nthreads = 0;
+	int c, r, ret = NX_EXIT_ERR;
 
 	while ((c = getopt_long(argc, argv, ":hvj:t:k:", lo, NULL)) != -1) {
 		switch (c) {
@@ -1003,7 +564,7 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 		return nx_cli_usage_error(usage_push, "push: %s",
 					  optind >= argc ? "missing REGISTRY/REPO and PATH"
 							 : "missing PATH");
-	if (tag && (!valid_tag_name(tag) || nx_cli_is_hash_tag(tag)))
+	if (tag && !nx_pub_tag_valid(tag))
 		return nx_cli_usage_error(usage_push,
 					  "push: bad --tag '%s': want an OCI tag "
 					  "([A-Za-z0-9_][A-Za-z0-9._-]{0,127}) "
@@ -1011,19 +572,14 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 					  tag);
 	ref = argv[optind++];
 	t0 = nx_now_ns();
-	r = pthread_mutex_init(&ps.lock, NULL);
-	if (r)
+	if (nx_pub_init(&ps, "pushing") < 0)
 		return NX_EXIT_ERR;
-	ps.tty = nx_cli_tty();
-	ps.tmpdir = getenv("TMPDIR");
-	if (!ps.tmpdir || !*ps.tmpdir)
-		ps.tmpdir = "/tmp";
+	ps.cmd = "push";
+	ps.done_verb = "pushed";
+	ps.one = push_one;
 
-	if (keyfile) {
-		if (nx_seckey_load(keyfile, &ps.key) < 0)
-			goto out;
-		ps.have_key = 1;
-	}
+	if (keyfile && nx_pub_load_key(&ps, keyfile) < 0)
+		goto out;
 	roots = calloc((size_t)(argc - optind), sizeof(*roots));
 	if (!roots)
 		goto out;
@@ -1040,65 +596,31 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 			roots[nroots++] = rp;
 	}
 
-	if (nx_cli_registry(cli, ref, 1, &ps.reg) < 0)
-		goto out;
-	if (nx_registry_ping(ps.reg) < 0)
+	if (nx_pub_open(&ps, cli, ref) < 0)
 		goto out;
 	if (query_closure(&ps, roots, nroots) < 0 || query_infos(&ps) < 0)
 		goto out;
-	if (nx_digest_parse(NX_EMPTY_DIGEST, empty) < 0 ||
-	    upload_blob(&ps, empty, -1, "{}", 2) < 0) {
-		nx_log(NX_LOG_ERR, "push: cannot upload the empty config blob to %s", ref);
-		goto out;
-	}
-
-	th = calloc((size_t)jobs, sizeof(*th));
-	if (!th)
-		goto out;
-	if ((size_t)jobs > ps.npaths)
-		jobs = (long)ps.npaths;
-	for (nthreads = 0; nthreads < jobs; nthreads++) {
-		r = pthread_create(&th[nthreads], NULL, worker, &ps);
-		if (r) {
-			nx_log(NX_LOG_ERR, "cannot start a worker thread: %s", strerror(r));
-			pthread_mutex_lock(&ps.lock);
-			ps.failed = 1;
-			pthread_mutex_unlock(&ps.lock);
-			break;
-		}
-	}
-	for (i = 0; i < (size_t)nthreads; i++)
-		pthread_join(th[i], NULL);
-	if (nthreads == 0 && ps.npaths)
-		goto out;
-	if (ps.failed)
+	if (nx_pub_run(&ps, jobs) < 0)
 		goto out;
 
 	if (tag) {
-		r = push_index(&ps, tag, roots, nroots);
+		r = nx_pub_index(&ps, tag, roots, nroots);
 		if (r < 0) {
-			progress_clear_locked(&ps);
+			nx_pub_progress_clear(&ps);
 			nx_log(NX_LOG_ERR, "push: cannot write the closure index %s: %s", tag,
 			       strerror(-r));
 			goto out;
 		}
 	}
-	progress_clear_locked(&ps);
+	nx_pub_progress_clear(&ps);
 	printf("pushed %zu paths (%zu uploaded, %zu skipped), %llu bytes uploaded in %.1fs\n",
 	       ps.npaths, ps.uploaded, ps.skipped, (unsigned long long)ps.bytes,
 	       (double)(nx_now_ns() - t0) / 1e9);
 	ret = NX_EXIT_OK;
 out:
-	progress_clear_locked(&ps);
-	free(th);
-	for (i = 0; i < ps.npaths; i++)
-		nx_pathinfo_release(&ps.paths[i].info);
-	free(ps.paths);
+	nx_pub_release(&ps);
 	for (i = 0; i < nroots; i++)
 		free(roots[i]);
 	free(roots);
-	nx_registry_close(ps.reg);
-	pthread_mutex_destroy(&ps.lock);
-	explicit_bzero(&ps.key, sizeof(ps.key));
 	return ret;
 }

@@ -13,6 +13,7 @@
 #define NIXOCI_TOOLS_I_H
 
 #include <getopt.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -107,6 +108,81 @@ void nx_cli_tmpdir_remove(char *dir);
 /* Formats @bytes as "12.3 MiB" into @buf. */
 const char *nx_cli_human(uint64_t bytes, char *buf, size_t len);
 
+/* ---------------------------------------------------------- publishing
+ * tools/publish.c: what push and import share once a store path's NAR is
+ * packed: skip what the registry already holds, upload blobs, sign, write
+ * the manifest, the closure index; a worker pool with a progress line. */
+
+struct nx_pub_path {
+	struct nx_pathinfo info; /* owned; released by nx_pub_release */
+	uint8_t mdigest[NX_SHA256_LEN]; /* manifest written or found */
+	uint64_t msize;
+	int have_info;
+	void *priv; /* the command's own per-path data, freed by the command */
+};
+
+struct nx_pub {
+	struct nx_registry *reg;
+	struct nx_seckey key;
+	int have_key;
+	const char *tmpdir;
+	const char *cmd;       /* "push": log lines of failed paths */
+	const char *verb;      /* "pushing": the progress line */
+	const char *done_verb; /* "pushed": -v lines */
+	void *ctx;             /* the command's */
+	/* one path: 2 written, 1 already there (skipped), or -errno (logged) */
+	int (*one)(struct nx_pub *p, struct nx_pub_path *pp);
+
+	struct nx_pub_path *paths; /* sorted by store path (nx_pub_sort) */
+	size_t npaths;
+
+	pthread_mutex_t lock; /* guards everything below */
+	size_t next;
+	size_t done, uploaded, skipped;
+	uint64_t bytes;
+	int failed;
+	int tty;
+	int progress_shown;
+};
+
+int nx_pub_init(struct nx_pub *p, const char *verb);
+/* Frees the paths (their info), closes the registry, wipes the key. */
+void nx_pub_release(struct nx_pub *p);
+int nx_pub_load_key(struct nx_pub *p, const char *file);
+/* An OCI tag that is not a store path hash part: 1 or 0. */
+int nx_pub_tag_valid(const char *s);
+void nx_pub_sort(struct nx_pub *p);
+struct nx_pub_path *nx_pub_find(struct nx_pub *p, const char *store_path);
+/* Opens REF for writing, pings it and uploads the empty config blob. */
+int nx_pub_open(struct nx_pub *p, const struct nx_cli *cli, const char *ref);
+/* An unlinked temporary file in $TMPDIR. */
+int nx_pub_tmpfile(struct nx_pub *p);
+/*
+ * What the registry holds under @pp's tag: 1 if the same store path with the
+ * same NarHash/NarSize is there (pp->mdigest filled; our signatures added
+ * when a key is loaded and they were missing: then 2), 0 if the path must be
+ * written, -EEXIST (logged) if the tag holds another path or another NAR.
+ */
+int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp);
+/*
+ * Writes @pp: the NAR layer (@blob_size bytes of @fd, SHA-256 @blob_sha), the
+ * TOC that @tb built (finished here; the caller still frees @tb), signatures
+ * when a key is loaded, and the manifest from pp->info. Returns 2.
+ */
+int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,
+		  uint64_t nar_size, uint64_t blob_size, const uint8_t blob_sha[NX_SHA256_LEN]);
+/* Runs p->one over every path with @jobs threads; stops at the first
+ * failure (-EIO). */
+int nx_pub_run(struct nx_pub *p, long jobs);
+/* The closure index of every path under tag @name (unchanged: no write). */
+int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots);
+void nx_pub_add_bytes(struct nx_pub *p, uint64_t n);
+void nx_pub_progress_clear(struct nx_pub *p);
+
+/* Runs @argv (no shell) with stdin from /dev/null and stderr inherited, and
+ * returns its standard output (NUL-terminated, caller frees), capped. */
+int nx_run_capture(const char *what, char *const argv[], char **out, size_t *outlen);
+
 int nx_cmd_push(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_info(struct nx_cli *cli, int argc, char **argv);
@@ -114,5 +190,8 @@ int nx_cmd_verify(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_stats(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_import(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_serve(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_register(struct nx_cli *cli, int argc, char **argv);
 
 #endif

@@ -1,0 +1,539 @@
+/*
+ * tools/publish.c: the writer's half that `nixoci push` and `nixoci import`
+ * share. Both end the same way for every store path: a NAR packed into our
+ * seekable zstd layer (a temporary file) and a TOC builder, plus the narinfo
+ * of the path (from the local Nix for push, from a binary cache's narinfo for
+ * import). What follows is one code path, here: look whether the registry
+ * already holds the path (idempotent re-runs), upload the blobs it lacks,
+ * sign, write the manifest under the hash-part tag, and at the end the
+ * closure index. The worker pool and the progress line are shared too.
+ *
+ * A tag is never moved to a manifest of another store path or of another NAR
+ * (artifacts are immutable, docs/format.md section 1); such a conflict is an
+ * error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tools/tools_i.h"
+
+int nx_pub_init(struct nx_pub *p, const char *verb)
+{
+	int r;
+
+	memset(p, 0, sizeof(*p));
+	r = pthread_mutex_init(&p->lock, NULL);
+	if (r)
+		return -r;
+	p->verb = verb;
+	p->tty = nx_cli_tty();
+	p->tmpdir = getenv("TMPDIR");
+	if (!p->tmpdir || !*p->tmpdir)
+		p->tmpdir = "/tmp";
+	return 0;
+}
+
+void nx_pub_release(struct nx_pub *p)
+{
+	size_t i;
+
+	nx_pub_progress_clear(p);
+	for (i = 0; i < p->npaths; i++)
+		nx_pathinfo_release(&p->paths[i].info);
+	free(p->paths);
+	nx_registry_close(p->reg);
+	pthread_mutex_destroy(&p->lock);
+	explicit_bzero(&p->key, sizeof(p->key));
+}
+
+int nx_pub_load_key(struct nx_pub *p, const char *file)
+{
+	int r = nx_seckey_load(file, &p->key);
+
+	if (r == 0)
+		p->have_key = 1;
+	return r;
+}
+
+int nx_pub_tag_valid(const char *s)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0 || n > 128 || nx_cli_is_hash_tag(s))
+		return 0;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+		int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			    (c >= '0' && c <= '9') || c == '_';
+
+		if (!alnum && (i == 0 || (c != '.' && c != '-')))
+			return 0;
+	}
+	return 1;
+}
+
+static int cmp_path(const void *a, const void *b)
+{
+	const struct nx_pub_path *x = a, *y = b;
+
+	return strcmp(x->info.store_path, y->info.store_path);
+}
+
+void nx_pub_sort(struct nx_pub *p)
+{
+	qsort(p->paths, p->npaths, sizeof(*p->paths), cmp_path);
+}
+
+struct nx_pub_path *nx_pub_find(struct nx_pub *p, const char *store_path)
+{
+	struct nx_pub_path key = { .info = { .store_path = (char *)store_path } };
+
+	return bsearch(&key, p->paths, p->npaths, sizeof(*p->paths), cmp_path);
+}
+
+/* ------------------------------------------------------------ progress */
+
+/* Caller holds p->lock. */
+static void progress_locked(struct nx_pub *p)
+{
+	char h[32];
+
+	if (!p->tty)
+		return;
+	fprintf(stderr, "\r\033[K%s %zu/%zu paths, %s", p->verb, p->done, p->npaths,
+		nx_cli_human(p->bytes, h, sizeof(h)));
+	fflush(stderr);
+	p->progress_shown = 1;
+}
+
+static void progress_clear_locked(struct nx_pub *p)
+{
+	if (p->progress_shown) {
+		fputs("\r\033[K", stderr);
+		fflush(stderr);
+		p->progress_shown = 0;
+	}
+}
+
+void nx_pub_progress_clear(struct nx_pub *p)
+{
+	pthread_mutex_lock(&p->lock);
+	progress_clear_locked(p);
+	pthread_mutex_unlock(&p->lock);
+}
+
+void nx_pub_add_bytes(struct nx_pub *p, uint64_t n)
+{
+	pthread_mutex_lock(&p->lock);
+	p->bytes += n;
+	progress_locked(p);
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* ---------------------------------------------------------- uploading */
+
+static int upload_blob(struct nx_pub *p, const uint8_t digest[NX_SHA256_LEN], int fd,
+		       const void *buf, uint64_t size)
+{
+	int exists = 0, r;
+
+	r = nx_registry_blob_exists(p->reg, digest, &exists);
+	if (r < 0)
+		return r;
+	if (exists)
+		return 0;
+	r = nx_registry_put_blob(p->reg, digest, fd, buf, size);
+	if (r < 0)
+		return r;
+	nx_pub_add_bytes(p, size);
+	return 0;
+}
+
+int nx_pub_open(struct nx_pub *p, const struct nx_cli *cli, const char *ref)
+{
+	uint8_t empty[NX_SHA256_LEN];
+
+	if (nx_cli_registry(cli, ref, 1, &p->reg) < 0)
+		return -EINVAL;
+	if (nx_registry_ping(p->reg) < 0)
+		return -EIO;
+	/* registries check that every blob a manifest names exists */
+	if (nx_digest_parse(NX_EMPTY_DIGEST, empty) < 0 || upload_blob(p, empty, -1, "{}", 2) < 0) {
+		nx_log(NX_LOG_ERR, "cannot upload the empty config blob to %s", ref);
+		return -EIO;
+	}
+	return 0;
+}
+
+int nx_pub_tmpfile(struct nx_pub *p)
+{
+	char *name;
+	int fd;
+
+	fd = open(p->tmpdir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		return fd;
+	/* O_TMPFILE needs file system support; fall back to create + unlink */
+	if (asprintf(&name, "%s/nixoci-push.XXXXXX", p->tmpdir) < 0)
+		return -ENOMEM;
+	fd = mkostemp(name, O_CLOEXEC);
+	if (fd < 0) {
+		int r = -errno;
+
+		nx_log(NX_LOG_ERR, "cannot create a temporary file in %s: %s (set TMPDIR)",
+		       p->tmpdir, strerror(errno));
+		free(name);
+		return r;
+	}
+	unlink(name);
+	free(name);
+	return fd;
+}
+
+static int has_sig(char **sigs, size_t n, const char *sig)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(sigs[i], sig) == 0)
+			return 1;
+	return 0;
+}
+
+/* What sign_manifest allocated: new signature strings and the arrays that
+ * replaced the manifest's (those share the old strings). */
+struct sigset {
+	char *own[2];
+	char **arrays[2];
+};
+
+static void sigset_release(struct sigset *s)
+{
+	free(s->own[0]);
+	free(s->own[1]);
+	free(s->arrays[0]);
+	free(s->arrays[1]);
+}
+
+static int append_sig(char ***arr, size_t *n, char *sig, char ***array_owned)
+{
+	char **v = calloc(*n + 1, sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	if (*n)
+		memcpy(v, *arr, *n * sizeof(*v));
+	v[(*n)++] = sig;
+	*arr = v;
+	*array_owned = v;
+	return 0;
+}
+
+/*
+ * Adds our narinfo signature to m->info.sigs and our TOC signature to
+ * m->toc_sigs where they are missing; *changed tells whether anything was
+ * added. The caller keeps the old array pointers and frees @s.
+ */
+static int sign_manifest(struct nx_pub *p, struct nx_manifest *m, struct sigset *s, int *changed)
+{
+	char *fp = NULL, *sig = NULL;
+	int r;
+
+	memset(s, 0, sizeof(*s));
+	*changed = 0;
+	if (!p->have_key)
+		return 0;
+
+	r = nx_fingerprint(&m->info, &fp);
+	if (r < 0)
+		return r;
+	r = nx_sig_sign(&p->key, fp, strlen(fp), &sig);
+	free(fp);
+	if (r < 0)
+		return r;
+	if (has_sig(m->info.sigs, m->info.nsigs, sig)) {
+		free(sig);
+	} else {
+		s->own[0] = sig;
+		r = append_sig(&m->info.sigs, &m->info.nsigs, sig, &s->arrays[0]);
+		if (r < 0)
+			return r;
+		*changed = 1;
+	}
+
+	r = nx_toc_fingerprint(m->info.store_path, m->info.nar_hash, m->toc.digest, &fp);
+	if (r < 0)
+		return r;
+	r = nx_sig_sign(&p->key, fp, strlen(fp), &sig);
+	free(fp);
+	if (r < 0)
+		return r;
+	if (has_sig(m->toc_sigs, m->ntoc_sigs, sig)) {
+		free(sig);
+	} else {
+		s->own[1] = sig;
+		r = append_sig(&m->toc_sigs, &m->ntoc_sigs, sig, &s->arrays[1]);
+		if (r < 0)
+			return r;
+		*changed = 1;
+	}
+	return 0;
+}
+
+static int put_manifest(struct nx_pub *p, struct nx_pub_path *pp, const char *tag,
+			const struct nx_manifest *m)
+{
+	char *json = NULL;
+	size_t len = 0;
+	int r;
+
+	r = nx_manifest_build(m, &json, &len);
+	if (r < 0)
+		return r;
+	r = nx_registry_put_manifest(p->reg, tag, NX_MT_MANIFEST, json, len);
+	if (r == 0) {
+		nx_sha256(json, len, pp->mdigest);
+		pp->msize = len;
+		nx_pub_add_bytes(p, len);
+	}
+	free(json);
+	return r;
+}
+
+int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp)
+{
+	const char *base = pp->info.store_path + sizeof(NX_STORE_DIR);
+	struct nx_manifest m = { 0 };
+	uint8_t digest[NX_SHA256_LEN];
+	char *body = NULL, **nsigs, **ntsigs, tag[NX_HASH_LEN + 1];
+	size_t len = 0, nn, nt;
+	struct sigset s;
+	int r, changed;
+
+	nx_cli_tag(base, tag);
+	r = nx_registry_get_manifest(p->reg, tag, NX_MANIFEST_MAX, &body, &len, digest, NULL);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	r = nx_manifest_parse(body, len, &m);
+	free(body);
+	if (r < 0) {
+		/* not a nixoci manifest, or a damaged one: ours replaces it */
+		nx_log(NX_LOG_WARNING, "%s: tag %s holds no valid nixoci manifest; replacing it",
+		       pp->info.store_path, tag);
+		return 0;
+	}
+	if (strcmp(m.info.store_path, pp->info.store_path) != 0) {
+		nx_log(NX_LOG_ERR, "%s: tag %s already holds %s; refusing to move it",
+		       pp->info.store_path, tag, m.info.store_path);
+		r = -EEXIST;
+		goto out;
+	}
+	if (memcmp(m.info.nar_hash, pp->info.nar_hash, NX_SHA256_LEN) != 0 ||
+	    m.info.nar_size != pp->info.nar_size) {
+		char a[NX_NARHASH_STRLEN], b[NX_NARHASH_STRLEN];
+
+		nx_narhash_format(m.info.nar_hash, a);
+		nx_narhash_format(pp->info.nar_hash, b);
+		nx_log(NX_LOG_ERR,
+		       "%s: the repository holds another NAR of this path (NarHash %s, ours %s); "
+		       "artifacts are immutable, write to another repository",
+		       pp->info.store_path, a, b);
+		r = -EEXIST;
+		goto out;
+	}
+	memcpy(pp->mdigest, digest, NX_SHA256_LEN);
+	pp->msize = len;
+	r = 1;
+	if (!p->have_key)
+		goto out;
+	/* same artifact, but without our signatures: add them, no blob moves */
+	nsigs = m.info.sigs;
+	nn = m.info.nsigs;
+	ntsigs = m.toc_sigs;
+	nt = m.ntoc_sigs;
+	r = sign_manifest(p, &m, &s, &changed);
+	if (r == 0 && changed) {
+		r = put_manifest(p, pp, tag, &m);
+		if (r == 0)
+			r = 2;
+	} else if (r == 0) {
+		r = 1;
+	}
+	m.info.sigs = nsigs;
+	m.info.nsigs = nn;
+	m.toc_sigs = ntsigs;
+	m.ntoc_sigs = nt;
+	sigset_release(&s);
+out:
+	nx_manifest_release(&m);
+	return r;
+}
+
+int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,
+		  uint64_t nar_size, uint64_t blob_size, const uint8_t blob_sha[NX_SHA256_LEN])
+{
+	const char *base = pp->info.store_path + sizeof(NX_STORE_DIR);
+	uint8_t *toc = NULL, *tocz = NULL;
+	size_t toclen = 0, tocz_len = 0;
+	char tag[NX_HASH_LEN + 1];
+	struct sigset s = { 0 };
+	struct nx_manifest m;
+	int r, changed;
+
+	nx_cli_tag(base, tag);
+	r = nx_toc_builder_finish(tb, nar_size, blob_size, &toc, &toclen);
+	if (r < 0)
+		goto out;
+	r = nx_zstd_compress(toc, toclen, &tocz, &tocz_len);
+	if (r < 0)
+		goto out;
+
+	memset(&m, 0, sizeof(m));
+	m.info = pp->info; /* shallow: pp keeps ownership */
+	memcpy(m.nar.digest, blob_sha, NX_SHA256_LEN);
+	m.nar.size = blob_size;
+	nx_sha256(tocz, tocz_len, m.toc.digest);
+	m.toc.size = tocz_len;
+	m.zstd_params = (char *)nx_packer_params();
+
+	r = upload_blob(p, m.nar.digest, fd, NULL, blob_size);
+	if (r < 0)
+		goto out;
+	r = upload_blob(p, m.toc.digest, -1, tocz, tocz_len);
+	if (r < 0)
+		goto out;
+	r = sign_manifest(p, &m, &s, &changed);
+	if (r < 0)
+		goto out;
+	r = put_manifest(p, pp, tag, &m);
+	if (r == 0)
+		r = 2;
+out:
+	sigset_release(&s);
+	free(tocz);
+	free(toc);
+	return r;
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void *worker(void *arg)
+{
+	struct nx_pub *p = arg;
+	struct nx_pub_path *pp;
+	size_t i;
+	int r;
+
+	for (;;) {
+		pthread_mutex_lock(&p->lock);
+		if (p->failed || p->next >= p->npaths) {
+			pthread_mutex_unlock(&p->lock);
+			return NULL;
+		}
+		i = p->next++;
+		pthread_mutex_unlock(&p->lock);
+
+		pp = &p->paths[i];
+		r = p->one(p, pp);
+
+		pthread_mutex_lock(&p->lock);
+		if (r < 0) {
+			p->failed = 1;
+			progress_clear_locked(p);
+			nx_log(NX_LOG_ERR, "%s %s: %s", p->cmd, pp->info.store_path, strerror(-r));
+		} else {
+			p->done++;
+			if (r == 2)
+				p->uploaded++;
+			else
+				p->skipped++;
+			if (nx_log_get_level() >= NX_LOG_INFO)
+				progress_clear_locked(p);
+			nx_log(NX_LOG_INFO, "%s %s", r == 2 ? p->done_verb : "skipped",
+			       pp->info.store_path);
+			progress_locked(p);
+		}
+		pthread_mutex_unlock(&p->lock);
+	}
+}
+
+int nx_pub_run(struct nx_pub *p, long jobs)
+{
+	pthread_t *th;
+	int r, nthreads;
+	long i;
+
+	if ((size_t)jobs > p->npaths)
+		jobs = (long)p->npaths;
+	if (jobs == 0)
+		return 0;
+	th = calloc((size_t)jobs, sizeof(*th));
+	if (!th)
+		return -ENOMEM;
+	for (nthreads = 0; nthreads < jobs; nthreads++) {
+		r = pthread_create(&th[nthreads], NULL, worker, p);
+		if (r) {
+			nx_log(NX_LOG_ERR, "cannot start a worker thread: %s", strerror(r));
+			pthread_mutex_lock(&p->lock);
+			p->failed = 1;
+			pthread_mutex_unlock(&p->lock);
+			break;
+		}
+	}
+	for (i = 0; i < nthreads; i++)
+		pthread_join(th[i], NULL);
+	free(th);
+	return p->failed || nthreads == 0 ? -EIO : 0;
+}
+
+/* --------------------------------------------------------------- index */
+
+int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots)
+{
+	uint8_t digest[NX_SHA256_LEN], have[NX_SHA256_LEN];
+	struct nx_index ix = { 0 };
+	int exists = 0;
+	char *json = NULL;
+	size_t i, len = 0;
+	int r;
+
+	ix.entries = calloc(p->npaths, sizeof(*ix.entries));
+	if (!ix.entries)
+		return -ENOMEM;
+	for (i = 0; i < p->npaths; i++) {
+		memcpy(ix.entries[i].desc.digest, p->paths[i].mdigest, NX_SHA256_LEN);
+		ix.entries[i].desc.size = p->paths[i].msize;
+		ix.entries[i].store_path = p->paths[i].info.store_path;
+	}
+	ix.nentries = p->npaths;
+	ix.roots = roots;
+	ix.nroots = nroots;
+	r = nx_index_build(&ix, &json, &len);
+	free(ix.entries); /* shallow: strings belong to p and roots */
+	if (r < 0)
+		return r;
+	/* an unchanged closure written again writes nothing */
+	nx_sha256(json, len, digest);
+	if (nx_registry_manifest_exists(p->reg, name, &exists, have) == 0 && exists &&
+	    memcmp(have, digest, NX_SHA256_LEN) == 0) {
+		free(json);
+		return 0;
+	}
+	if (len > NX_INDEX_MAX) {
+		nx_log(NX_LOG_ERR, "closure index for tag %s is %zu bytes, over the %u MiB readers "
+		       "accept; write fewer paths under one tag", name, len, NX_INDEX_MAX >> 20);
+		free(json);
+		return -E2BIG;
+	}
+	r = nx_registry_put_manifest(p->reg, name, NX_MT_INDEX, json, len);
+	if (r == 0)
+		p->bytes += len;
+	free(json);
+	return r;
+}

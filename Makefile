@@ -4,9 +4,13 @@ CC      ?= gcc
 PREFIX  ?= /usr/local
 O       ?= build
 PKGS    := fuse3 libcurl libzstd libcrypto jansson
+# only the nixoci CLI links these: import decompresses (libbz2 has no .pc),
+# serve is an HTTP server
+CLI_PKGS := liblzma libmicrohttpd
 
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) $(CLI_PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -llmdb -lpthread
+CLI_LIBS   := $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null) -lbz2
 
 WARN := -Wall -Wextra -Wformat=2 -Wshadow -Wpointer-arith -Wcast-align \
         -Wwrite-strings -Wstrict-prototypes -Wmissing-prototypes \
@@ -68,7 +72,7 @@ $(O)/lib%.a:
 $(O)/bin/nixoci: $(call obj,$(TOOLS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 
 $(O)/bin/nixoci-fs: $(O)/fs/main.o $(FS_A) $(CACHE_A) $(FETCH_A) $(COMMON_A)
 	@mkdir -p $(dir $@)

@@ -406,6 +406,26 @@ int nx_sig_verify(const struct nx_pubkey *keys, size_t nkeys, const char *sig, c
 /* *sig = "name:base64" (caller frees). */
 int nx_sig_sign(const struct nx_seckey *key, const char *msg, size_t len, char **sig);
 
+/* ------------------------------------------- binary-cache decompression */
+
+/* The compressions of a Nix binary cache's NAR files that we read. */
+enum nx_comp { NX_COMP_NONE, NX_COMP_XZ, NX_COMP_ZSTD, NX_COMP_BZIP2 };
+/* "none", "xz", "zstd", "bzip2" (narinfo's Compression). Quiet: -EINVAL. */
+int nx_comp_parse(const char *name, enum nx_comp *out);
+/*
+ * Streaming decompressor of untrusted input (liblzma, libzstd, libbz2).
+ * Every decompressed byte goes to @fn in pieces of at most 256 KiB, nothing
+ * is accumulated; a negative return from @fn aborts and is returned by
+ * feed/finish. nx_decomp_finish returns -EINVAL (logged) when the stream
+ * was truncated; bytes after the end of the stream are -EINVAL too.
+ */
+struct nx_decomp;
+int nx_decomp_new(struct nx_decomp **out, enum nx_comp kind,
+		  int (*fn)(void *ctx, const void *buf, size_t len), void *ctx);
+int nx_decomp_feed(struct nx_decomp *d, const void *buf, size_t len);
+int nx_decomp_finish(struct nx_decomp *d);
+void nx_decomp_free(struct nx_decomp *d);
+
 /* -------------------------------------------------------------- misc */
 
 /* Parses "10G", "10GB", "10GiB", "512M", "4096", "1K" (K/M/G/T, each

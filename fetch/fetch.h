@@ -89,6 +89,26 @@ typedef int (*nx_blob_cb)(void *ctx, uint64_t off, const void *buf, size_t len);
 int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
 			 uint64_t len, nx_blob_cb cb, void *ctx);
 
+/*
+ * Plain GETs of a URL that is not a registry (a Nix binary cache):
+ * http://, https:// (verified unless @insecure; @cafile adds a CA bundle)
+ * or file://. Redirects are followed; connection errors and 5xx are retried
+ * while no byte was delivered. nx_url_get streams the body to @cb (offsets
+ * from 0; a negative return aborts and is returned). nx_url_get_buf
+ * collects it, NUL-terminated, into *body (caller frees); over @cap bytes is
+ * -E2BIG. Errors follow the table above (a missing file is -ENOENT); one log
+ * line, at debug level for -ENOENT with @quiet_404. Thread-safe.
+ */
+struct nx_get_opts {
+	const char *cafile;
+	int timeout_s; /* stall time in seconds; 0 = 30 */
+	int insecure;
+	int quiet_404;
+};
+int nx_url_get(const char *url, const struct nx_get_opts *o, nx_blob_cb cb, void *ctx);
+int nx_url_get_buf(const char *url, const struct nx_get_opts *o, size_t cap, char **body,
+		   size_t *len);
+
 /* HEAD a blob: *exists = 1 on 200, 0 on 404. */
 int nx_registry_blob_exists(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
 			    int *exists);

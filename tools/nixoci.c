@@ -22,6 +22,7 @@ static const char usage_main[] =
 	"\n"
 	"commands:\n"
 	"  push REF PATH...          push the closure of store paths to REGISTRY/REPO\n"
+	"  import CACHE REF PATH...  copy closures from a Nix binary cache, signatures kept\n"
 	"  ls REF                    list the store paths in the repository\n"
 	"  info REF PATH             print the narinfo view of a store path\n"
 	"  verify REF PATH...        fetch everything and check every digest and signature\n"
@@ -284,7 +285,7 @@ static const struct {
 	{ "push", nx_cmd_push, 1 },   { "ls", nx_cmd_ls, 1 },
 	{ "info", nx_cmd_info, 1 },   { "verify", nx_cmd_verify, 1 },
 	{ "cat", nx_cmd_cat, 1 },     { "prefetch", nx_cmd_prefetch, 1 },
-	{ "stats", nx_cmd_stats, 0 },
+	{ "stats", nx_cmd_stats, 0 },  { "import", nx_cmd_import, 1 },
 };
 
 int main(int argc, char **argv)

@@ -537,3 +537,56 @@ int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots
 	free(json);
 	return r;
 }
+
+/* ------------------------------------------------------------- options */
+
+int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int argc, char **argv,
+		  struct nx_pub_opts *o)
+{
+	static const struct option lo[] = {
+		{ "jobs", required_argument, NULL, 'j' },
+		{ "tag", required_argument, NULL, 't' },
+		{ "sign-key", required_argument, NULL, 'k' },
+		NX_CLI_LONGOPTS,
+		{ NULL, 0, NULL, 0 },
+	};
+	char *end;
+	int c;
+
+	o->jobs = 4;
+	while ((c = getopt_long(argc, argv, ":hvj:t:k:", lo, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			fputs(usage, stdout);
+			return NX_EXIT_OK;
+		case 'j':
+			errno = 0;
+			o->jobs = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || o->jobs < 1 || o->jobs > 64)
+				return nx_cli_usage_error(usage, "bad --jobs '%s': want 1..64",
+							  optarg);
+			break;
+		case 't':
+			o->tag = optarg;
+			break;
+		case 'k':
+			o->keyfile = optarg;
+			break;
+		case '?':
+			return nx_cli_usage_error(usage, "%s: unknown option '%s'", cmd,
+						  argv[optind - 1]);
+		case ':':
+			return nx_cli_usage_error(usage, "%s: option '%s' needs an argument", cmd,
+						  argv[optind - 1]);
+		default:
+			if (nx_cli_opt(cli, c, optarg) < 0)
+				return nx_cli_synopsis(usage);
+		}
+	}
+	if (o->tag && !nx_pub_tag_valid(o->tag))
+		return nx_cli_usage_error(usage,
+					  "%s: bad --tag '%s': want an OCI tag "
+					  "([A-Za-z0-9_][A-Za-z0-9._-]{0,127}) that is not a hash part",
+					  cmd, o->tag);
+	return -1;
+}

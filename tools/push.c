@@ -515,61 +515,21 @@ static int resolve_root(const char *arg, char **out)
 
 int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{ "jobs", required_argument, NULL, 'j' },
-		{ "tag", required_argument, NULL, 't' },
-		{ "sign-key", required_argument, NULL, 'k' },
-		NX_CLI_LONGOPTS,
-		{ NULL, 0, NULL, 0 },
-	};
+	struct nx_pub_opts po = { 0 };
 	struct nx_pub ps;
-	const char *tag = NULL, *keyfile = NULL, *ref;
-	char **roots = NULL, *end;
+	const char *ref;
+	char **roots = NULL;
 	size_t nroots = 0, i, j;
-	long jobs = 4;
 	uint64_t t0;
 	int c, r, ret = NX_EXIT_ERR;
 
-	while ((c = getopt_long(argc, argv, ":hvj:t:k:", lo, NULL)) != -1) {
-		switch (c) {
-		case 'h':
-			fputs(usage_push, stdout);
-			return NX_EXIT_OK;
-		case 'j':
-			errno = 0;
-			jobs = strtol(optarg, &end, 10);
-			if (errno || end == optarg || *end || jobs < 1 || jobs > 64)
-				return nx_cli_usage_error(usage_push,
-							  "bad --jobs '%s': want 1..64", optarg);
-			break;
-		case 't':
-			tag = optarg;
-			break;
-		case 'k':
-			keyfile = optarg;
-			break;
-		case '?':
-			return nx_cli_usage_error(usage_push, "push: unknown option '%s'",
-						  argv[optind - 1]);
-		case ':':
-			return nx_cli_usage_error(usage_push, "push: option '%s' needs an argument",
-						  argv[optind - 1]);
-		default:
-			if (nx_cli_opt(cli, c, optarg) < 0) {
-				return nx_cli_synopsis(usage_push);
-			}
-		}
-	}
+	c = nx_pub_getopt(cli, "push", usage_push, argc, argv, &po);
+	if (c >= 0)
+		return c;
 	if (argc - optind < 2)
 		return nx_cli_usage_error(usage_push, "push: %s",
 					  optind >= argc ? "missing REGISTRY/REPO and PATH"
 							 : "missing PATH");
-	if (tag && !nx_pub_tag_valid(tag))
-		return nx_cli_usage_error(usage_push,
-					  "push: bad --tag '%s': want an OCI tag "
-					  "([A-Za-z0-9_][A-Za-z0-9._-]{0,127}) "
-					  "that is not a hash part",
-					  tag);
 	ref = argv[optind++];
 	t0 = nx_now_ns();
 	if (nx_pub_init(&ps, "pushing") < 0)
@@ -578,7 +538,7 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 	ps.done_verb = "pushed";
 	ps.one = push_one;
 
-	if (keyfile && nx_pub_load_key(&ps, keyfile) < 0)
+	if (po.keyfile && nx_pub_load_key(&ps, po.keyfile) < 0)
 		goto out;
 	roots = calloc((size_t)(argc - optind), sizeof(*roots));
 	if (!roots)
@@ -600,14 +560,14 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 		goto out;
 	if (query_closure(&ps, roots, nroots) < 0 || query_infos(&ps) < 0)
 		goto out;
-	if (nx_pub_run(&ps, jobs) < 0)
+	if (nx_pub_run(&ps, po.jobs) < 0)
 		goto out;
 
-	if (tag) {
-		r = nx_pub_index(&ps, tag, roots, nroots);
+	if (po.tag) {
+		r = nx_pub_index(&ps, po.tag, roots, nroots);
 		if (r < 0) {
 			nx_pub_progress_clear(&ps);
-			nx_log(NX_LOG_ERR, "push: cannot write the closure index %s: %s", tag,
+			nx_log(NX_LOG_ERR, "push: cannot write the closure index %s: %s", po.tag,
 			       strerror(-r));
 			goto out;
 		}

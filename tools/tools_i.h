@@ -177,6 +177,17 @@ int nx_pub_run(struct nx_pub *p, long jobs);
 /* The closure index of every path under tag @name (unchanged: no write). */
 int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots);
 void nx_pub_add_bytes(struct nx_pub *p, uint64_t n);
+/* Options push and import share: -j/--jobs N (1..64, default 4), -t/--tag
+ * NAME (checked), -k/--sign-key FILE, and the common ones. Returns -1 when
+ * the command goes on (optind at the first operand), else the exit status
+ * (help printed, or a usage error logged). */
+struct nx_pub_opts {
+	long jobs;
+	const char *tag;
+	const char *keyfile;
+};
+int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int argc, char **argv,
+		  struct nx_pub_opts *o);
 void nx_pub_progress_clear(struct nx_pub *p);
 
 /* Runs @argv (no shell) with stdin from /dev/null and stderr inherited, and

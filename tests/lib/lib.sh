@@ -538,3 +538,29 @@ stat_of() { stat -c '%a %u %g %Y %F' "$1"; }
 
 # The registry's data directory leaves nothing behind; a failing test run
 # keeps the trash with TEST_KEEP=1.
+
+# ------------------------------------------------------- binary caches
+
+# start_http_dir DIR: python3 -m http.server on a free loopback port serving
+# DIR (a Nix binary cache made by `nix copy --to file://DIR`); sets HTTP_URL
+# and registers its shutdown.
+start_http_dir() {
+	local dir=$1 port pid try
+	for try in 1 2 3; do
+		port=$(free_port) || return 1
+		/usr/bin/python3 -m http.server "$port" --bind 127.0.0.1 --directory "$dir" \
+			>"$TRASH/http-$port.log" 2>&1 &
+		pid=$!
+		test_atexit "kill $pid; wait $pid || true"
+		if test_wait_for 20 http_ready "$port" "$pid" && pid_alive "$pid"; then
+			HTTP_URL=http://127.0.0.1:$port
+			return 0
+		fi
+	done
+	return 1
+}
+
+http_ready() {
+	pid_alive "$2" || return 0
+	curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null
+}

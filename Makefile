@@ -1,7 +1,13 @@
 # nixoci: plain Makefile. Knobs: SANITIZE=address,undefined  DEVELOPER=1 (-Werror)
-#                              PREFIX=/usr/local  CC=gcc  O=build dir
+#                              PREFIX=/usr/local  DESTDIR=  CC=gcc  O=build dir
+# make: the tools; make tests: unit tests and fuzz replay drivers too;
+# make check: both, then the whole suite; make install / make uninstall.
 CC      ?= gcc
 PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 O       ?= build
 PKGS    := fuse3 libcurl libzstd libcrypto jansson
 # only the nixoci CLI links these: import decompresses (libbz2 has no .pc),
@@ -51,9 +57,11 @@ FUZZ_REPLAY  := $(patsubst %,$(O)/tests/fuzz/replay-%,$(FUZZ_TARGETS))
 FUZZ_SECONDS ?= 60
 
 .SECONDARY:
-.PHONY: all deps check unit integ demo install clean bench fuzz
-all: $(BINS) $(UNIT_BINS) $(FUZZ_REPLAY)
+.PHONY: all tests deps check unit integ demo install uninstall clean bench fuzz
+all: $(BINS)
 	@ln -sfn $(O)/bin bin
+
+tests: all $(UNIT_BINS) $(FUZZ_REPLAY)
 
 $(O)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -113,12 +121,12 @@ deps:
 # build-san (address,undefined) and the cache's concurrency test under
 # ThreadSanitizer (build-tsan).
 check: deps
-	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory SANITIZE=address,undefined all
+	@$(MAKE) --no-print-directory tests
+	@$(MAKE) --no-print-directory SANITIZE=address,undefined tests
 	@$(MAKE) --no-print-directory SANITIZE=thread O=build-tsan build-tsan/tests/unit/cache-store
 	tests/run-all.sh $(O)
 
-unit: all
+unit: tests
 	prove -e '' $(UNIT_BINS)
 
 demo: deps
@@ -132,9 +140,33 @@ bench: all
 	NIXOCI_LOAD_SECONDS=$${NIXOCI_LOAD_SECONDS:-300} PATH=$(O)/bin:$$PATH \
 		bash tests/integ/t0420-load.t -v
 
+MAN_PAGES := man/nixoci.1 man/nixoci-fs.8 man/nixoci-format.5
+UNIT_IN   := dist/nixoci-fs@.service.in
+
+# Binaries, man pages, the systemd unit template (with its paths filled in)
+# and an example instance file.
 install: $(BINS)
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/nixoci
+	install -m 0755 $(BINS) $(DESTDIR)$(BINDIR)/
+	install -m 0644 man/nixoci.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 man/nixoci-format.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 man/nixoci-fs.8 $(DESTDIR)$(MANDIR)/man8/
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $(UNIT_IN) \
+		>$(DESTDIR)$(UNITDIR)/nixoci-fs@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/nixoci-fs@.service
+	sed -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/nixoci-fs.env.example \
+		>$(DESTDIR)$(SYSCONFDIR)/nixoci/example.env.sample
+
+# Removes what install put there (instance files in SYSCONFDIR/nixoci are
+# the administrator's and stay).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/nixoci $(DESTDIR)$(BINDIR)/nixoci-fs
+	rm -f $(DESTDIR)$(MANDIR)/man1/nixoci.1 $(DESTDIR)$(MANDIR)/man5/nixoci-format.5 \
+		$(DESTDIR)$(MANDIR)/man8/nixoci-fs.8
+	rm -f $(DESTDIR)$(UNITDIR)/nixoci-fs@.service
+	rm -f $(DESTDIR)$(SYSCONFDIR)/nixoci/example.env.sample
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/nixoci 2>/dev/null
 
 clean:
 	rm -rf build build-san bin build-fuzz-san build-tsan

@@ -51,6 +51,9 @@ void nx_log_set_level(int level);
 int nx_log_get_level(void);
 void nx_log_set_prog(const char *prog); /* pointer is kept; use a literal */
 void nx_log_use_syslog(int on);
+/* Prefix stderr lines with a UTC time stamp and "prog[pid]" (for a log
+ * file, which has no journal to add them). */
+void nx_log_set_stamps(int on);
 
 /* --------------------------------------------------------------- digest */
 

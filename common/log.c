@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/common.h"
@@ -30,6 +31,7 @@ static char log_last[NX_LOG_LINE_MAX];
 static uint64_t log_last_ns;
 static unsigned long log_repeats;
 static atomic_int log_syslog;
+static atomic_int log_stamps;
 static _Atomic(const char *) log_prog = "nixoci";
 
 void nx_log_set_level(int level)
@@ -56,6 +58,11 @@ void nx_log_use_syslog(int on)
 	else if (!on && atomic_load(&log_syslog))
 		closelog();
 	atomic_store(&log_syslog, on ? 1 : 0);
+}
+
+void nx_log_set_stamps(int on)
+{
+	atomic_store(&log_stamps, on ? 1 : 0);
 }
 
 static void write_all(int fd, const char *buf, size_t len)
@@ -112,7 +119,19 @@ NX_PRINTF(2, 0) void nx_vlog(int level, const char *fmt, va_list ap)
 	if (level > atomic_load(&log_level))
 		return;
 
-	if (!atomic_load(&log_syslog)) {
+	if (!atomic_load(&log_syslog) && atomic_load(&log_stamps)) {
+		struct timespec ts;
+		struct tm tm;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		r = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%ld]: ",
+			     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+			     tm.tm_sec, ts.tv_nsec / 1000000, atomic_load(&log_prog),
+			     (long)getpid());
+		if (r > 0)
+			n = (size_t)r < sizeof(line) ? (size_t)r : sizeof(line) - 1;
+	} else if (!atomic_load(&log_syslog)) {
 		r = snprintf(line, sizeof(line), "%s: ", atomic_load(&log_prog));
 		if (r > 0)
 			n = (size_t)r < sizeof(line) ? (size_t)r : sizeof(line) - 1;

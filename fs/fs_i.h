@@ -96,6 +96,7 @@ struct nx_fs_opts {
 	char *ref;
 	char *mountpoint;
 	int nonempty;
+	char *log;     /* log=FILE */
 	int bad_arg;
 	struct fuse_cmdline_opts fo; /* libfuse's -f -d -s -h -V ... */
 
@@ -137,6 +138,17 @@ void nx_fs_cache_lock_note(int fd, const char *mountpoint);
  * to the service manager when $NOTIFY_SOCKET is set (notify.c); 0 when it
  * is not. Logs a warning on failure. */
 int nx_fs_notify(const char *state);
+
+/* The daemon's log destination (logdest.c). nx_fs_log_prepare() runs
+ * before fuse_daemonize() (it may open -o log=FILE: logs and returns
+ * -errno on failure), nx_fs_log_start() after it. */
+struct nx_fs_logdest {
+	int fd;     /* the file or the saved stderr, -1 if none */
+	int syslog; /* daemonized from a terminal */
+};
+int nx_fs_log_prepare(struct nx_fs_logdest *ld, const char *file, int foreground);
+void nx_fs_log_start(struct nx_fs_logdest *ld, int is_file);
+void nx_fs_log_release(struct nx_fs_logdest *ld);
 
 /* The low-level operations of ops.c. */
 extern const struct fuse_lowlevel_ops nx_fs_ops;

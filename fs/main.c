@@ -135,7 +135,8 @@ int main(int argc, char *argv[])
 	struct nx_session sess;
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
-	char *forced = NULL;
+	struct nx_fs_logdest logdest = { .fd = -1 };
+	char *forced = NULL, status[512];
 	int lock_fd = -1;
 	int ret = 1, r;
 
@@ -192,6 +193,8 @@ int main(int argc, char *argv[])
 		goto out_session;
 	if (nx_fs_cache_lock(o.cache_dir, &lock_fd) < 0)
 		goto out_session;
+	if (nx_fs_log_prepare(&logdest, o.log, o.fo.foreground) < 0)
+		goto out_session;
 
 	/* ---- the registry: reachable, repository and closure present */
 	if (nx_fetch_global_init() < 0) {
@@ -226,8 +229,7 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_ERR, "cannot daemonize");
 		goto out_unmount;
 	}
-	if (!o.fo.foreground)
-		nx_log_use_syslog(1);
+	nx_fs_log_start(&logdest, o.log != NULL);
 	nx_fs_cache_lock_note(lock_fd, o.mountpoint);
 
 	r = nx_registry_open(&fs.reg, o.ref, &ro);
@@ -251,6 +253,10 @@ int main(int argc, char *argv[])
 	}
 	fs.closure_mode = o.closure != NULL;
 	nx_log(NX_LOG_INFO, "mounted %s on %s (cache %s)", o.ref, o.mountpoint, so.cache_dir);
+	/* only now: a unit ordered after this one may read the store at once */
+	snprintf(status, sizeof(status), "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s",
+		 (long)getpid(), o.ref, o.mountpoint);
+	nx_fs_notify(status);
 
 	/* ---- serve until fusermount3 -u or a signal */
 	if (o.fo.singlethread) {
@@ -276,6 +282,7 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_ERR, "fuse session loop failed: %s", strerror(-r));
 	else
 		ret = 0;
+	nx_fs_notify("STOPPING=1");
 	nx_log(NX_LOG_INFO, "unmounted %s", o.mountpoint);
 
 	fuse_loop_cfg_destroy(cfg);
@@ -294,6 +301,7 @@ out_session:
 	if (lock_fd >= 0)
 		close(lock_fd);
 out_args:
+	nx_fs_log_release(&logdest);
 	free(forced);
 	fuse_opt_free_args(&args);
 	nx_fs_opts_release(&o);

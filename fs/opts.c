@@ -28,6 +28,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("insecure=%s", insecure_host),
 	OPT("debug", debug),
 	OPT("nonempty", nonempty),
+	OPT("log=%s", log),
 	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
 	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
 	FUSE_OPT_END,
@@ -62,6 +63,8 @@ void nx_fs_usage(FILE *f)
 		"                               6.9 and CAP_SYS_ADMIN; default auto)\n"
 		"    -o debug                   log at debug level\n"
 		"    -o allow_other             let other users (and root) use the mount\n"
+		"    -o log=FILE                append the daemon's messages to FILE (default: stderr\n"
+		"                               if it is not a terminal, else syslog)\n"
 		"    -o nonempty                mount over a non-empty directory (hiding it)\n"
 		"Always mounted ro,nosuid,nodev,default_permissions; the source is REGISTRY/REPO,\n"
 		"the type fuse.nixoci-fs. rw is refused; mount(8)'s _netdev, nofail, noauto,\n"
@@ -102,7 +105,7 @@ static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help",
 /* For the suggestion only: ours, as the user types them. */
 static const char *const ours[] = {
 	"cache=", "cache_size=", "closure=", "timeout=", "readahead=", "cafile=", "insecure",
-	"debug", "nonempty", "trusted-public-keys=", "mirror=", "passthrough=",
+	"debug", "nonempty", "log=", "trusted-public-keys=", "mirror=", "passthrough=",
 };
 
 /* Options of fstab and mount(8) that mean nothing to the file system
@@ -383,6 +386,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->timeout);
 	free(o->readahead);
 	free(o->cafile);
+	free(o->log);
 	free(o->passthrough);
 	free(o->insecure_host);
 	free(o->keys);

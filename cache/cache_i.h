@@ -21,6 +21,9 @@
 /* Negative lookups are remembered this long. */
 #define NX_NEG_TTL_NS (UINT64_C(5) * 1000000000)
 #define NX_NEG_MAX 4096
+/* Refusals remembered by digest (a direct-mapped table: a collision only
+ * forgets an older refusal). */
+#define NX_REFUSED_SLOTS 1024
 /* last_use of a chunk is rewritten at most this often (seconds). */
 #define NX_TOUCH_INTERVAL 60
 /* Bytes of compressed frames asked for in one request. */
@@ -74,6 +77,14 @@ struct nx_loading {
 	int rc;
 	int refs;
 	struct nx_spath *p;
+};
+
+/* A manifest or TOC blob refused for what its bytes say (malformed, not
+ * signed by a trusted key, a NAR that contradicts it): the same digest
+ * always gets the same answer, so it is not fetched or inflated again. */
+struct nx_refused {
+	uint8_t digest[NX_SHA256_LEN];
+	int rc; /* 0: empty slot; -EIO or -EACCES */
 };
 
 struct nx_neg {
@@ -155,6 +166,7 @@ struct nx_store {
 	struct nx_loading *loading;
 	struct nx_neg *neg;
 	size_t nneg;
+	struct nx_refused refused[NX_REFUSED_SLOTS];
 	struct nx_flight *flights;
 	struct nx_pin *pins;
 	int evicting;

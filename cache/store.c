@@ -314,6 +314,41 @@ static int get_meta_blob(struct nx_store *st, const struct nx_desc *d, size_t ca
 	return 0;
 }
 
+static struct nx_refused *refused_slot(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	/* digests are uniform: two bytes pick the slot */
+	return &st->refused[((unsigned)d[0] | (unsigned)d[1] << 8) % NX_REFUSED_SLOTS];
+}
+
+/* The remembered refusal of blob @d (-EIO or -EACCES), or 0. */
+static int refused_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const char *what,
+		       const char *sp)
+{
+	struct nx_refused *r;
+	int rc = 0;
+
+	pthread_mutex_lock(&st->lock);
+	r = refused_slot(st, d);
+	if (r->rc && memcmp(r->digest, d, NX_SHA256_LEN) == 0)
+		rc = r->rc;
+	pthread_mutex_unlock(&st->lock);
+	if (rc)
+		nx_log(NX_LOG_DEBUG, "%s of %s: refused before (%s), not fetched again", what, sp,
+		       strerror(-rc));
+	return rc;
+}
+
+static void refused_add(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int rc)
+{
+	struct nx_refused *r;
+
+	pthread_mutex_lock(&st->lock);
+	r = refused_slot(st, d);
+	memcpy(r->digest, d, NX_SHA256_LEN);
+	r->rc = rc;
+	pthread_mutex_unlock(&st->lock);
+}
+
 /* The manifest of @base: bytes and digest, from the cache or the source. */
 static int get_path_manifest(struct nx_store *st, const char *base, size_t len, char **body,
 			     size_t *blen, uint8_t digest[NX_SHA256_LEN], int *fetched)
@@ -330,6 +365,9 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 		if (!e)
 			return -ENOENT;
 		memcpy(digest, e->desc.digest, NX_SHA256_LEN);
+		rc = refused_get(st, digest, "manifest", e->store_path);
+		if (rc < 0)
+			return rc;
 		if (nx_blob_load(st, digest, NX_MANIFEST_MAX, &b, blen) == 0) {
 			*body = (char *)b;
 			return 0;
@@ -352,7 +390,7 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 	if (e && (memcmp(digest, e->desc.digest, NX_SHA256_LEN) != 0 || *blen != e->desc.size)) {
 		nx_log(NX_LOG_ERR, "manifest of %s: does not match the closure's descriptor",
 		       e->store_path);
-		/* the caller owns *body only on success */
+		/* the caller owns *body from here on only on success */
 		free(*body);
 		*body = NULL;
 		return -EIO;
@@ -389,12 +427,13 @@ static int any_sig(const struct nx_store *st, char **sigs, size_t n, const char 
 	return 0;
 }
 
-/* format.md §6. 0 = trusted. */
-static int check_trust(struct nx_store *st, struct nx_spath *p)
+/* format.md §6, from the manifest alone, so a refused path costs no TOC
+ * fetch: 0 = served as the TOC says (no keys, a pinned closure, or a TOC
+ * signature by a trusted key), 1 = only the narinfo is signed (the whole NAR
+ * must be verified first), -EACCES = refused (logged). */
+static int check_sigs(struct nx_store *st, const struct nx_manifest *m)
 {
-	const struct nx_manifest *m = &p->man;
 	char *fp = NULL;
-	uint8_t rec[8];
 	int rc;
 
 	if (!st->nkeys || st->pinned)
@@ -418,7 +457,19 @@ static int check_trust(struct nx_store *st, struct nx_spath *p)
 		nx_log(NX_LOG_ERR, "%s: refused: no signature by a trusted key", m->info.store_path);
 		return -EACCES;
 	}
-	/* Only NarHash is signed: authenticate the TOC by the whole NAR. */
+	return 1;
+}
+
+/* The rest of format.md §6 for a narinfo-only signature, once the TOC is
+ * decoded: only NarHash is signed, so the TOC is authenticated by the whole
+ * NAR (remembered in the cache by manifest digest). */
+static int check_nar(struct nx_store *st, struct nx_spath *p)
+{
+	const struct nx_manifest *m = &p->man;
+	uint8_t rec[8];
+	uint64_t now;
+	int rc;
+
 	if (nx_db_get(st, st->dbi_verified, p->man_digest, NX_SHA256_LEN, rec, sizeof(rec),
 		      NULL) == 0)
 		return 0;
@@ -427,12 +478,9 @@ static int check_trust(struct nx_store *st, struct nx_spath *p)
 	rc = nx_verify_nar(st, p);
 	if (rc < 0)
 		return rc;
-	{
-		uint64_t now = (uint64_t)time(NULL);
-
-		for (int i = 0; i < 8; i++)
-			rec[i] = (uint8_t)(now >> (8 * i));
-	}
+	now = (uint64_t)time(NULL);
+	for (int i = 0; i < 8; i++)
+		rec[i] = (uint8_t)(now >> (8 * i));
 	nx_db_put(st, st->dbi_verified, p->man_digest, NX_SHA256_LEN, rec, sizeof(rec));
 	return 0;
 }
@@ -443,7 +491,7 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	char *body = NULL, sp[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 1];
 	uint8_t *tocz = NULL, *tocb = NULL;
 	size_t blen, toczlen, toclen;
-	int rc, man_fetched = 0, toc_fetched = 0;
+	int rc, need_nar, man_fetched = 0, toc_fetched = 0;
 
 	snprintf(sp, sizeof(sp), "%s/%.*s", NX_STORE_DIR, (int)len, base);
 	p = calloc(1, sizeof(*p));
@@ -455,10 +503,14 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	rc = get_path_manifest(st, base, len, &body, &blen, p->man_digest, &man_fetched);
 	if (rc < 0)
 		goto fail;
+	rc = refused_get(st, p->man_digest, "manifest", sp);
+	if (rc < 0)
+		goto fail;
 	rc = nx_manifest_parse(body, blen, &p->man);
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "manifest of %s: malformed", sp);
 		rc = -EIO;
+		refused_add(st, p->man_digest, rc);
 		goto fail;
 	}
 	if (strcmp(p->man.info.store_path, sp) != 0) {
@@ -467,6 +519,16 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 		rc = -ENOENT;
 		goto fail;
 	}
+	need_nar = check_sigs(st, &p->man);
+	if (need_nar < 0) {
+		rc = need_nar;
+		if (rc == -EACCES)
+			refused_add(st, p->man_digest, rc);
+		goto fail;
+	}
+	rc = refused_get(st, p->man.toc.digest, "toc", sp);
+	if (rc < 0)
+		goto fail;
 	rc = get_meta_blob(st, &p->man.toc, NX_TOC_MAX_BYTES, "toc", sp, &tocz, &toczlen,
 			   &toc_fetched);
 	if (rc < 0)
@@ -477,16 +539,22 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "toc of %s: malformed", sp);
 		rc = -EIO;
+		refused_add(st, p->man.toc.digest, rc);
 		goto fail;
 	}
 	if (p->toc->nar_size != p->man.info.nar_size || p->toc->blob_size != p->man.nar.size) {
 		nx_log(NX_LOG_ERR, "toc of %s: sizes do not match the manifest", sp);
 		rc = -EIO;
+		refused_add(st, p->man_digest, rc);
 		goto fail;
 	}
-	rc = check_trust(st, p);
-	if (rc < 0)
-		goto fail;
+	if (need_nar) {
+		rc = check_nar(st, p);
+		if (rc == -EACCES) /* the NAR contradicts what was signed */
+			refused_add(st, p->man_digest, rc);
+		if (rc < 0)
+			goto fail;
+	}
 	/* accepted: only now does any of it go into the cache */
 	if (man_fetched)
 		save_path_manifest(st, base, body, blen, p->man_digest);

@@ -25,6 +25,8 @@ test_expect_success 'setup: a registry, the hostile proxy in front, every case u
 	echo "{}" >"$TRASH/overrides.json" &&
 	/usr/bin/python3 "$SF/upload.py" "$REG" hostile "$CORPUS" "$REG_STORAGE" \
 		"$TRASH/overrides.json" &&
+	/usr/bin/python3 "$SF/upload.py" "$REG" hostile "$CORPUS/containment/cases" \
+		"$REG_STORAGE" "$TRASH/overrides-containment.json" &&
 	PPORT=$(free_port) &&
 	{ /usr/bin/python3 "$SF/proxy.py" "$PPORT" "$REG" "$TRASH/overrides.json" \
 		>"$TRASH/proxy.log" 2>&1 & } &&
@@ -172,6 +174,52 @@ test_expect_success 'containment: closure descriptor with the right digest, size
 '
 test_expect_success 'containment: closure descriptor with the right digest, size -1' '
 	containment_closure_size closure-size-minus
+'
+
+# A path the trusted keys refuse is refused from its manifest: the TOC blob
+# is never asked for (the hostile proxy's request log says so), and the
+# refusal is remembered. A plain mount serves the same path.
+containment_refused_without_toc() {
+	local name=$1 base=$2 toc=$3 off
+	off=$(stat -c %s "$TRASH/proxy.log") &&
+	try_access "$KEYS" "$base" f && try_access "$KEYS" "$base" "" &&
+	grep -q "Permission denied" access.err &&
+	grep -q "$base: refused: no signature by a trusted key" "${MOUNT_LOG[$KEYS]}" &&
+	new_log_lines "$TRASH/proxy.log" "$off" >proxynew && cat proxynew &&
+	grep -q "GET /v2/hostile/manifests/${base%%-*}" proxynew &&
+	! grep "blobs/sha256:$toc" proxynew &&
+	cat "$LAZY/$base/f" >/dev/null &&
+	still_serving "$KEYS"
+}
+
+while IFS=$'\t' read -r cname cbase ctoc; do
+	test_expect_success "containment: $cname is refused without fetching its TOC" '
+		containment_refused_without_toc "$cname" "$cbase" "$ctoc"
+	'
+done <"$CORPUS/containment/trust-cases.tsv"
+
+# A malformed TOC is refused by its digest: asking again does not fetch it
+# (nor inflate it) again.
+containment_refusal_remembered() {
+	local case=$1 base toc off n
+	base=$(awk -F'\t' -v c="$case" '$1 == c { print $4 }' "$CORPUS/cases.tsv") &&
+	toc=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["toc_digest"])' \
+		"$CORPUS/$case/case.json") &&
+	mnt=$TRASH/remember-$case &&
+	mount_store "$PROXY/hostile" "$mnt" &&
+	off=$(stat -c %s "$TRASH/proxy.log") &&
+	for i in 1 2 3; do try_access "$mnt" "$base" "" || return 1; done &&
+	new_log_lines "$TRASH/proxy.log" "$off" >proxynew &&
+	n=$(grep -c "GET /v2/hostile/blobs/sha256:$toc" proxynew) &&
+	echo "TOC fetched $n time(s) for 3 lookups" && test "$n" = 1 &&
+	unmount_store "$mnt"
+}
+
+test_expect_success 'containment: a TOC refused once (bad magic) is not fetched again' '
+	containment_refusal_remembered toc-bad-magic
+'
+test_expect_success 'containment: a TOC refused once (zstd bomb) is not fetched again' '
+	containment_refusal_remembered toc-zstd-bomb
 '
 
 test_expect_success 'after the whole corpus: both daemons up, the good path still verifies' '

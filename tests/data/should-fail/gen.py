@@ -613,6 +613,37 @@ def write_containment(outdir):
             f.write(closure_index([(gsp, gm, len(gm)), (osp, om, len(om) + delta)], [gsp]))
     with open(os.path.join(d, "closure-size-paths"), "w") as f:
         f.write("%s\n%s\n" % (good.base, other.base))
+    cd = os.path.join(d, "cases")
+    with open(os.path.join(d, "trust-cases.tsv"), "w") as tsv:
+        for c in trust_cases():
+            r = write_case(cd, c)
+            tsv.write("%s\t%s\t%s\n" % (c.name, c.base, r["info"]["toc_digest"]))
+
+
+def trust_cases():
+    """valid paths a mount with trusted keys refuses from the manifest alone
+    (no TOC fetch); a plain mount serves them"""
+    import base64
+
+    def sigs(val):
+        def f(m):
+            if val is None:
+                del m["annotations"]["dev.nixoci.sigs"]
+            else:
+                m["annotations"]["dev.nixoci.sigs"] = val
+            return m
+        return f
+    C = []
+    for name, what, val in (
+            ("sig-untrusted-key", "narinfo signature by a key not trusted",
+             "untrusted-1:" + base64.b64encode(b"\1" * 64).decode()),
+            ("sig-forged", "trusted key name, signature that does not verify",
+             KEY_NAME + ":" + base64.b64encode(b"\0" * 64).decode()),
+            ("sig-none", "no signature at all", None)):
+        c = Case(name, what, "keys", "f")
+        c.man_fn = sigs(val)
+        C.append(c)
+    return C
 
 
 def main():

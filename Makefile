@@ -55,13 +55,16 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(UNIT_SRC))
 FUZZ_TARGETS := $(filter-out common,$(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c)))
 FUZZ_REPLAY  := $(patsubst %,$(O)/tests/fuzz/replay-%,$(FUZZ_TARGETS))
 FUZZ_SECONDS ?= 60
+# The tests' LMDB and syscall fault injector (LD_PRELOAD; tests/lib/faultinject.c).
+# Built without sanitizers in both trees: it is preloaded into either.
+FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
 .PHONY: all tests deps check unit integ demo install uninstall clean bench fuzz
 all: $(BINS)
 	@ln -sfn $(O)/bin bin
 
-tests: all $(UNIT_BINS) $(FUZZ_REPLAY)
+tests: all $(UNIT_BINS) $(FUZZ_REPLAY) $(FAULT_SO)
 
 $(O)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -75,6 +78,11 @@ $(FS_A): $(call obj,$(filter-out fs/main.c,$(FS_SRC)))
 $(O)/lib%.a:
 	@rm -f $@
 	@ar rcs $@ $^
+
+$(FAULT_SO): tests/lib/faultinject.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) -O2 -g -std=gnu11 -D_GNU_SOURCE $(WARN) -fPIC -shared -o $@ $< -ldl
 
 # Link order: dependants first (tools/fs -> cache, fetch -> common).
 $(O)/bin/nixoci: $(call obj,$(TOOLS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)

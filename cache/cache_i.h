@@ -58,7 +58,10 @@
 #define NX_SYNC_DELAY_NS (UINT64_C(50) * 1000000)
 /* The running cache total is re-read from LMDB every this many saves. */
 #define NX_RESYNC_SAVES 64
+/* The LMDB map starts at this size and doubles on MDB_MAP_FULL up to
+ * NX_MAP_MAX (address space, not disk: the file grows as pages are used). */
 #define NX_MAP_SIZE ((size_t)1 << 30)
+#define NX_MAP_MAX ((size_t)1 << 36)
 
 struct nx_spath {
 	struct nx_spath *next_name, *next_id, *next_all;
@@ -156,6 +159,11 @@ struct nx_store {
 	size_t nix;
 
 	MDB_env *env; /* NULL: no usable cache (read-only mode without one) */
+	/* Every transaction of this process holds db_rw shared: changing the
+	 * map size (growth, or adopting another process's growth) is only
+	 * allowed with no transaction open in the process, so it holds it
+	 * exclusively. Transactions never nest, so this cannot deadlock. */
+	pthread_rwlock_t db_rw;
 	MDB_dbi dbi_chunks, dbi_blobs, dbi_tags, dbi_verified;
 
 	pthread_mutex_t lock;

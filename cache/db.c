@@ -90,6 +90,119 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
+/*
+ * Transactions. Every one goes through txn_begin and ends in txn_abort or
+ * txn_commit, which hold st->db_rw shared in between (see cache_i.h); *txn
+ * is NULL after a failed begin, so no error path can touch a garbage
+ * pointer. A begin that finds the map grown by another process
+ * (MDB_MAP_RESIZED) adopts the new size and tries once more.
+ */
+static void map_adopt(struct nx_store *st)
+{
+	pthread_rwlock_wrlock(&st->db_rw);
+	/* size 0: take the size the other process set */
+	mdb_env_set_mapsize(st->env, 0);
+	pthread_rwlock_unlock(&st->db_rw);
+}
+
+static int txn_begin(struct nx_store *st, unsigned flags, MDB_txn **txn)
+{
+	int rc;
+
+	*txn = NULL;
+	for (int tries = 0;; tries++) {
+		pthread_rwlock_rdlock(&st->db_rw);
+		rc = mdb_txn_begin(st->env, NULL, flags, txn);
+		if (rc == 0)
+			return 0;
+		*txn = NULL;
+		pthread_rwlock_unlock(&st->db_rw);
+		if (rc != MDB_MAP_RESIZED || tries > 0)
+			return rc;
+		map_adopt(st);
+	}
+}
+
+static void txn_abort(struct nx_store *st, MDB_txn *txn)
+{
+	if (!txn)
+		return;
+	mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&st->db_rw);
+}
+
+/* Commits (LMDB frees the transaction whatever the result). */
+static int txn_commit(struct nx_store *st, MDB_txn *txn)
+{
+	int rc = mdb_txn_commit(txn);
+
+	pthread_rwlock_unlock(&st->db_rw);
+	return rc;
+}
+
+/*
+ * MDB_MAP_FULL: doubles the map (up to NX_MAP_MAX) so the caller can retry.
+ * @seen is the size the failed transaction had; if someone grew it since,
+ * that is enough. 0 when there is room now, else the MDB error to report.
+ */
+static int map_grow(struct nx_store *st, size_t seen)
+{
+	MDB_envinfo info;
+	size_t want;
+	int rc = 0;
+
+	pthread_rwlock_wrlock(&st->db_rw);
+	if (mdb_env_info(st->env, &info) == 0 && info.me_mapsize == seen) {
+		want = seen >= NX_MAP_MAX / 2 ? NX_MAP_MAX : 2 * seen;
+		if (want <= seen) {
+			rc = MDB_MAP_FULL;
+		} else {
+			rc = mdb_env_set_mapsize(st->env, want);
+			if (rc == 0)
+				nx_log(NX_LOG_NOTICE, "cache %s: lmdb map grown to %zu MiB", st->dir,
+				       want >> 20);
+		}
+	}
+	pthread_rwlock_unlock(&st->db_rw);
+	return rc;
+}
+
+static size_t map_size(struct nx_store *st);
+
+/* Runs @fn in a write transaction and commits it; on MDB_MAP_FULL grows the
+ * map and runs it again from the start (so @fn must reset what it
+ * computes). Returns an MDB code. */
+static int write_txn(struct nx_store *st, int (*fn)(struct nx_store *st, MDB_txn *txn, void *arg),
+		     void *arg)
+{
+	for (int tries = 0;; tries++) {
+		size_t seen = map_size(st);
+		MDB_txn *txn;
+		int rc = txn_begin(st, 0, &txn);
+
+		if (rc == 0) {
+			rc = fn(st, txn, arg);
+			if (rc == 0)
+				rc = txn_commit(st, txn);
+			else
+				txn_abort(st, txn);
+		}
+		if (rc != MDB_MAP_FULL || tries >= 8 || map_grow(st, seen) != 0)
+			return rc;
+	}
+}
+
+static size_t map_size(struct nx_store *st)
+{
+	MDB_envinfo info;
+
+	pthread_rwlock_rdlock(&st->db_rw);
+	if (mdb_env_info(st->env, &info) != 0)
+		info.me_mapsize = 0;
+	pthread_rwlock_unlock(&st->db_rw);
+	return info.me_mapsize;
+}
+
 /* Removes tmp files of processes that no longer exist. Names are
  * "<pid>.<random>" so a prefetch CLI sharing the cache keeps its files. */
 static void clean_tmp(struct nx_store *st)
@@ -120,14 +233,14 @@ static void clean_tmp(struct nx_store *st)
 }
 
 /* Sums the sizes recorded in @dbi (for the running total). */
-static uint64_t sum_sizes(MDB_env *env, MDB_dbi dbi)
+static uint64_t sum_sizes(struct nx_store *st, MDB_dbi dbi)
 {
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, v;
 	uint64_t sum = 0;
 
-	if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+	if (txn_begin(st, MDB_RDONLY, &txn))
 		return 0;
 	if (mdb_cursor_open(txn, dbi, &cur) == 0) {
 		while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0)
@@ -135,7 +248,7 @@ static uint64_t sum_sizes(MDB_env *env, MDB_dbi dbi)
 				sum += get_le64(v.mv_data);
 		mdb_cursor_close(cur);
 	}
-	mdb_txn_abort(txn);
+	txn_abort(st, txn);
 	return sum;
 }
 
@@ -146,17 +259,17 @@ static int open_dbis(struct nx_store *st)
 	MDB_txn *txn;
 	int rc;
 
-	rc = mdb_txn_begin(st->env, NULL, st->readonly ? MDB_RDONLY : 0, &txn);
+	rc = txn_begin(st, st->readonly ? MDB_RDONLY : 0, &txn);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < 4; i++) {
 		rc = mdb_dbi_open(txn, names[i], st->readonly ? 0 : MDB_CREATE, dbis[i]);
 		if (rc) {
-			mdb_txn_abort(txn);
+			txn_abort(st, txn);
 			return rc;
 		}
 	}
-	return mdb_txn_commit(txn);
+	return txn_commit(st, txn);
 }
 
 int nx_db_open(struct nx_store *st)
@@ -200,8 +313,15 @@ int nx_db_open(struct nx_store *st)
 		rc = mdb_env_open(st->env, path,
 				  MDB_NOTLS | MDB_NOMETASYNC | (st->readonly ? MDB_RDONLY : 0),
 				  0644);
-	if (rc == 0)
+	if (rc == 0) {
+		int dead = 0;
+
+		/* slots of readers that died (kill -9) would pin old pages */
+		if (mdb_reader_check(st->env, &dead) == 0 && dead > 0)
+			nx_log(NX_LOG_INFO, "cache %s: cleared %d stale lmdb reader slots", st->dir,
+			       dead);
 		rc = open_dbis(st);
+	}
 	if (rc) {
 		nx_log(st->readonly ? NX_LOG_WARNING : NX_LOG_ERR,
 		       "cache %s: lmdb: %s; remove the directory to rebuild", st->dir,
@@ -213,7 +333,7 @@ int nx_db_open(struct nx_store *st)
 			return 0;
 		return rc > 0 ? -rc : -EIO;
 	}
-	st->total_bytes = sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs);
+	st->total_bytes = sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs);
 	return 0;
 }
 
@@ -239,7 +359,7 @@ int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, vo
 
 	if (!st->env)
 		return -ENOENT;
-	rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn);
+	rc = txn_begin(st, MDB_RDONLY, &txn);
 	if (rc)
 		return mdb_errno(rc);
 	rc = mdb_get(txn, dbi, &k, &v);
@@ -248,47 +368,42 @@ int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, vo
 		if (vlen)
 			*vlen = v.mv_size;
 	}
-	mdb_txn_abort(txn);
+	txn_abort(st, txn);
 	return mdb_errno(rc);
+}
+
+struct kv_op {
+	MDB_dbi dbi;
+	MDB_val k, v;
+	int del;
+};
+
+static int kv_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	struct kv_op *op = arg;
+
+	if (op->del)
+		return mdb_del(txn, op->dbi, &op->k, NULL);
+	return mdb_put(txn, op->dbi, &op->k, &op->v, 0);
 }
 
 int nx_db_put(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, const void *val,
 	      size_t vlen)
 {
-	MDB_txn *txn;
-	MDB_val k = { klen, (void *)key }, v = { vlen, (void *)val };
-	int rc;
+	struct kv_op op = { dbi, { klen, (void *)key }, { vlen, (void *)val }, 0 };
 
 	if (!st->env || st->readonly)
 		return 0;
-	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
-	if (rc)
-		return mdb_errno(rc);
-	rc = mdb_put(txn, dbi, &k, &v, 0);
-	if (rc) {
-		mdb_txn_abort(txn);
-		return mdb_errno(rc);
-	}
-	return mdb_errno(mdb_txn_commit(txn));
+	return mdb_errno(write_txn(st, kv_apply, &op));
 }
 
 int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen)
 {
-	MDB_txn *txn;
-	MDB_val k = { klen, (void *)key };
-	int rc;
+	struct kv_op op = { dbi, { klen, (void *)key }, { 0, NULL }, 1 };
 
 	if (!st->env || st->readonly)
 		return 0;
-	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
-	if (rc)
-		return mdb_errno(rc);
-	rc = mdb_del(txn, dbi, &k, NULL);
-	if (rc) {
-		mdb_txn_abort(txn);
-		return mdb_errno(rc);
-	}
-	return mdb_errno(mdb_txn_commit(txn));
+	return mdb_errno(write_txn(st, kv_apply, &op));
 }
 
 static void obj_path(const struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
@@ -626,6 +741,25 @@ static int flight_busy(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	return 0;
 }
 
+struct del_batch {
+	const struct evict_cand *c;
+	size_t n;
+};
+
+static int del_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	const struct del_batch *b = arg;
+
+	for (size_t i = 0; i < b->n; i++) {
+		MDB_val key = { NX_SHA256_LEN, (void *)b->c[i].digest };
+		int rc = mdb_del(txn, st->dbi_chunks, &key, NULL);
+
+		if (rc && rc != MDB_NOTFOUND)
+			return rc;
+	}
+	return 0;
+}
+
 /*
  * Evicts least recently used chunks until the total is at 90% of the limit
  * (so eviction runs once per tenth of the cache, not once per frame). Only
@@ -651,10 +785,10 @@ static void evict(struct nx_store *st)
 	st->evicting = 1;
 	pthread_mutex_unlock(&st->lock);
 
-	if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn))
+	if (txn_begin(st, MDB_RDONLY, &txn))
 		goto out;
 	if (mdb_cursor_open(txn, st->dbi_chunks, &cur)) {
-		mdb_txn_abort(txn);
+		txn_abort(st, txn);
 		goto out;
 	}
 	while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
@@ -677,12 +811,12 @@ static void evict(struct nx_store *st)
 		n++;
 	}
 	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
+	txn_abort(st, txn);
 	qsort(c, n, sizeof(*c), cand_cmp);
 	if (complete) {
 		/* the scan saw every chunk: start from the true total (other
 		 * processes may have added or evicted since our last look) */
-		uint64_t sum = sum_sizes(st->env, st->dbi_blobs);
+		uint64_t sum = sum_sizes(st, st->dbi_blobs);
 
 		for (size_t i = 0; i < n; i++)
 			sum += c[i].size;
@@ -708,14 +842,14 @@ static void evict(struct nx_store *st)
 		nx_stat_add(&st->evictions, 1);
 		c[ndel++] = c[i];
 	}
-	if (ndel && mdb_txn_begin(st->env, NULL, 0, &txn) == 0) {
-		for (size_t i = 0; i < ndel; i++) {
-			MDB_val key = { NX_SHA256_LEN, c[i].digest };
+	if (ndel) {
+		struct del_batch db = { c, ndel };
+		int rc = write_txn(st, del_apply, &db);
 
-			mdb_del(txn, st->dbi_chunks, &key, NULL);
-		}
-		if (mdb_txn_commit(txn))
-			nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot record eviction", st->dir);
+		/* the files are gone: their records are misses, dropped when read */
+		if (rc)
+			nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot record eviction: %s", st->dir,
+			       mdb_strerror(rc));
 	}
 	nx_log(NX_LOG_DEBUG, "cache %s: evicted %zu chunks", st->dir, ndel);
 out:
@@ -725,63 +859,93 @@ out:
 	pthread_mutex_unlock(&st->lock);
 }
 
+struct rec_batch {
+	const struct nx_pending *b;
+	size_t n;
+	const uint8_t *ok;
+	uint64_t now;
+	uint64_t dup; /* bytes of chunks another process had recorded */
+};
+
+static int rec_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	struct rec_batch *rb = arg;
+	uint8_t rec[16];
+
+	rb->dup = 0;
+	for (size_t i = 0; i < rb->n; i++) {
+		MDB_val k = { NX_SHA256_LEN, (void *)rb->b[i].digest }, v = { sizeof(rec), rec };
+		int rc;
+
+		if (!rb->ok[i])
+			continue;
+		put_le64(rec, rb->b[i].size);
+		/* one batch shares a second: keep fetch order for LRU */
+		put_le64(rec + 8, rb->now + i);
+		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST) {
+			/* re-fetched after a damaged file, or another process
+			 * got there first: counted once */
+			rb->dup += rb->b[i].size;
+			v.mv_size = sizeof(rec);
+			v.mv_data = rec;
+			rc = mdb_put(txn, st->dbi_chunks, &k, &v, 0);
+		}
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /*
  * Syncs the files of @n queued chunks and records them in one transaction.
  * A file that cannot be synced (or is gone) is left unrecorded: the next
- * read of it is a miss.
+ * read of it is a miss. A batch LMDB cannot record (disk error, full map
+ * that cannot grow, a damaged environment) is one log line and a miss
+ * later: its files stay, unrecorded, until the orphan sweep.
  */
 static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n)
 {
 	char path[PATH_MAX];
-	uint8_t rec[16], *ok;
-	uint64_t now = wall_ns(), unrecorded = 0;
-	MDB_txn *txn;
+	uint8_t *ok;
+	uint64_t unrecorded = 0;
+	struct rec_batch rb = { .b = b, .n = n, .now = wall_ns() };
 	size_t i;
-	int rc;
+	int rc, sync_err = 0;
 
 	ok = calloc(n ? n : 1, 1);
-	if (!ok)
+	if (!ok) {
+		for (i = 0; i < n; i++)
+			unrecorded += b[i].size;
+		nx_stat_sub(&st->total_bytes, unrecorded);
 		return; /* nothing recorded: every one of them is a miss later */
+	}
 	for (i = 0; i < n; i++) {
 		int fd;
 
 		obj_path(st, "chunks", b[i].digest, path, sizeof(path));
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
-			continue;
+			continue; /* dropped or evicted meanwhile */
 		/* the first fsync's journal commit carries most of the others */
 		ok[i] = fsync(fd) == 0;
+		if (!ok[i] && !sync_err)
+			sync_err = errno;
 		close(fd);
 	}
-	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
-	for (i = 0; rc == 0 && i < n; i++) {
-		MDB_val k = { NX_SHA256_LEN, (void *)b[i].digest }, v = { sizeof(rec), rec };
-
-		if (!ok[i])
-			continue;
-		put_le64(rec, b[i].size);
-		/* one batch shares a second: keep fetch order for LRU */
-		put_le64(rec + 8, now + i);
-		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);
-		if (rc == MDB_KEYEXIST) {
-			/* re-fetched after a damaged file, or another process
-			 * got there first: counted once */
-			unrecorded += b[i].size;
-			v.mv_size = sizeof(rec);
-			v.mv_data = rec;
-			rc = mdb_put(txn, st->dbi_chunks, &k, &v, 0);
-		}
-	}
-	if (rc == 0)
-		rc = mdb_txn_commit(txn);
-	else if (txn)
-		mdb_txn_abort(txn);
+	if (sync_err)
+		nx_log(NX_LOG_ERR, "cache %s: cannot sync chunk files: %s; they stay unrecorded",
+		       st->dir, strerror(sync_err));
+	rb.ok = ok;
+	rc = write_txn(st, rec_apply, &rb);
 	if (rc) {
 		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record %zu chunks: %s", st->dir, n,
 		       mdb_strerror(rc));
 		for (i = 0; i < n; i++)
 			ok[i] = 0;
+		rb.dup = 0;
 	}
+	unrecorded = rb.dup;
 	for (i = 0; i < n; i++)
 		if (!ok[i])
 			unrecorded += b[i].size;
@@ -931,21 +1095,41 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	 * our own view, so now and then take the real one from LMDB. */
 	if (__atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0)
 		__atomic_store_n(&st->total_bytes,
-				 sum_sizes(st->env, st->dbi_chunks) + sum_sizes(st->env, st->dbi_blobs) +
+				 sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs) +
 					 unrecorded_bytes(st),
 				 __ATOMIC_RELAXED);
 	if (nx_stat_get(&st->total_bytes) > st->limit)
 		evict(st);
 }
 
+struct drop_op {
+	const uint8_t *d;
+	uint64_t size; /* of the record deleted, 0 if none */
+};
+
+static int drop_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	struct drop_op *op = arg;
+	MDB_val k = { NX_SHA256_LEN, (void *)op->d }, v;
+	int rc;
+
+	op->size = 0;
+	rc = mdb_get(txn, st->dbi_chunks, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return rc;
+	if (v.mv_size >= 8)
+		op->size = get_le64(v.mv_data);
+	return mdb_del(txn, st->dbi_chunks, &k, NULL);
+}
+
 void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
 	char path[PATH_MAX];
-	uint8_t rec[16];
-	MDB_txn *txn;
-	MDB_val k = { NX_SHA256_LEN, (void *)d }, v;
+	struct drop_op op = { d, 0 };
 	const struct nx_pending *q;
-	int skip;
+	int skip, rc;
 
 	if (!st->env || st->readonly)
 		return;
@@ -965,16 +1149,12 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 		}
 	}
 	pthread_mutex_unlock(&st->lock);
-	if (skip || mdb_txn_begin(st->env, NULL, 0, &txn) != 0)
+	if (skip)
 		return;
-	if (mdb_get(txn, st->dbi_chunks, &k, &v) == 0 && v.mv_size >= sizeof(rec)) {
-		memcpy(rec, v.mv_data, sizeof(rec));
-		if (mdb_del(txn, st->dbi_chunks, &k, NULL) == 0) {
-			/* commit frees the transaction, whatever it returns */
-			if (mdb_txn_commit(txn) == 0)
-				nx_stat_sub(&st->total_bytes, get_le64(rec));
-			return;
-		}
-	}
-	mdb_txn_abort(txn);
+	rc = write_txn(st, drop_apply, &op);
+	if (rc == 0)
+		nx_stat_sub(&st->total_bytes, op.size);
+	else /* the file is gone: the record is a miss, dropped when read */
+		nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot drop a chunk record: %s", st->dir,
+		       mdb_strerror(rc));
 }

@@ -177,6 +177,15 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	pthread_cond_init(&st->cond, NULL);
 	pthread_cond_init(&st->ra_cond, NULL);
 	{
+		pthread_rwlockattr_t ra;
+
+		/* a map growth must not wait behind a stream of readers */
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&st->db_rw, &ra);
+		pthread_rwlockattr_destroy(&ra);
+	}
+	{
 		pthread_condattr_t ca;
 
 		/* the syncer's timed wait must not jump with the wall clock */
@@ -230,6 +239,7 @@ void nx_store_close(struct nx_store *st)
 	nx_index_release(&st->ix);
 	free(st->ix_sorted);
 	pthread_cond_destroy(&st->ra_cond);
+	pthread_rwlock_destroy(&st->db_rw);
 	pthread_cond_destroy(&st->sync_cond);
 	pthread_cond_destroy(&st->cond);
 	pthread_mutex_destroy(&st->lock);

@@ -24,8 +24,13 @@
 /* Refusals remembered by digest (a direct-mapped table: a collision only
  * forgets an older refusal). */
 #define NX_REFUSED_SLOTS 1024
-/* last_use of a chunk is rewritten at most this often (seconds). */
+/* last_use of a chunk is rewritten at most this often (seconds), never on
+ * the read path: hits queue a touch that the syncer thread records in one
+ * transaction per batch, at most NX_TOUCH_DELAY_NS after the first one;
+ * at most NX_TOUCH_MAX wait (more are dropped: LRU order is a hint). */
 #define NX_TOUCH_INTERVAL 60
+#define NX_TOUCH_DELAY_NS (UINT64_C(1000) * 1000000)
+#define NX_TOUCH_MAX 4096
 /* Bytes of compressed frames asked for in one request. */
 #define NX_BATCH_BYTES (16u << 20)
 /* ...and at most this many frames. */
@@ -138,6 +143,12 @@ struct nx_pending {
 	uint64_t size;
 };
 
+/* A last-use update waiting for the syncer (chunks or blobs). */
+struct nx_touch {
+	uint8_t digest[NX_SHA256_LEN];
+	uint8_t blob;
+};
+
 /* A chunk file a reader is using; eviction skips it. */
 struct nx_pin {
 	struct nx_pin *next;
@@ -188,6 +199,9 @@ struct nx_store {
 	pthread_t sync_thread;
 	int sync_started, sync_stop;
 	int sync_urgent; /* a saver waits for the queue to be recorded */
+	struct nx_touch *touch; /* NX_TOUCH_MAX slots, allocated on first use */
+	size_t ntouch;
+	uint64_t touch_since;
 
 	/* readahead pool (under st->lock; workers wait on ra_cond) */
 	uint32_t ra_max;            /* 0: readahead off */
@@ -244,9 +258,14 @@ int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		  size_t len);
 
-/* Opens the cached chunk of frame digest @d (expected @ulen bytes), pinned:
- * call nx_chunk_unpin after closing *fd. -ENOENT on a miss. */
-int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd);
+/* Opens the cached chunk of frame digest @d, pinned: call nx_chunk_unpin
+ * after closing *fd. -ENOENT on a miss (a record whose file is missing or
+ * differs from the record is dropped). The chunk is checked against what
+ * the cache recorded, never against the caller: when the asker expects
+ * @ulen bytes and the chunk has others, -ERANGE, and the chunk stays (the
+ * asker's TOC is wrong, not the cache; *size gets the chunk's size). */
+int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd,
+		  uint64_t *size);
 void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* 1 if LMDB has a record for the chunk (no file check). */
 int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);

@@ -640,12 +640,34 @@ int nx_chunk_known_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	return pending_find(st, d) != NULL || recorded(st, d);
 }
 
-int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd)
+static void sync_start_locked(struct nx_store *st);
+
+/* Queues a last-use update for the syncer (the read path never writes). */
+static void touch_queue(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int blob)
+{
+	pthread_mutex_lock(&st->lock);
+	if (!st->touch && !st->sync_stop)
+		st->touch = malloc(NX_TOUCH_MAX * sizeof(*st->touch));
+	if (st->touch && st->ntouch < NX_TOUCH_MAX && !st->sync_stop) {
+		if (!st->ntouch)
+			st->touch_since = nx_now_ns();
+		memcpy(st->touch[st->ntouch].digest, d, NX_SHA256_LEN);
+		st->touch[st->ntouch].blob = (uint8_t)blob;
+		st->ntouch++;
+		sync_start_locked(st);
+		if (st->ntouch == 1 || st->ntouch >= NX_TOUCH_MAX / 2)
+			pthread_cond_broadcast(&st->sync_cond);
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd,
+		  uint64_t *sizep)
 {
 	uint8_t rec[16];
 	char path[PATH_MAX];
 	struct stat sb;
-	uint64_t size, last, now;
+	uint64_t size, last;
 	int rc, f;
 
 	if (!st->env)
@@ -666,7 +688,8 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 	}
 	obj_path(st, "chunks", d, path, sizeof(path));
 	f = open(path, O_RDONLY | O_CLOEXEC);
-	if (f < 0 || fstat(f, &sb) < 0 || (uint64_t)sb.st_size != size || size != ulen) {
+	/* The cache's own facts only: the file and its record must agree. */
+	if (f < 0 || fstat(f, &sb) < 0 || (uint64_t)sb.st_size != size) {
 		if (f >= 0)
 			close(f);
 		nx_log(NX_LOG_DEBUG, "cache %s: dropping missing or damaged chunk %s", st->dir,
@@ -679,13 +702,16 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 		rc = -ENOENT;
 		goto unpin;
 	}
-	now = wall_ns();
-	/* LRU bookkeeping without a write per read. */
-	if (!st->readonly && last != UINT64_MAX &&
-	    now > last + NX_TOUCH_INTERVAL * 1000000000ull) {
-		put_le64(rec + 8, now);
-		nx_db_put(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec));
+	if (size != ulen) {
+		close(f);
+		*sizep = size;
+		rc = -ERANGE;
+		goto unpin;
 	}
+	/* LRU bookkeeping without a write per read, and none on this thread */
+	if (!st->readonly && last != UINT64_MAX &&
+	    wall_ns() > last + NX_TOUCH_INTERVAL * 1000000000ull)
+		touch_queue(st, d, 0);
 	*fd = f;
 	return 0;
 
@@ -954,6 +980,63 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 	free(ok);
 }
 
+struct touch_batch {
+	const struct nx_touch *t;
+	size_t n;
+	uint64_t now;
+};
+
+static int touch_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	const struct touch_batch *tb = arg;
+
+	for (size_t i = 0; i < tb->n; i++) {
+		MDB_dbi dbi = tb->t[i].blob ? st->dbi_blobs : st->dbi_chunks;
+		MDB_val k = { NX_SHA256_LEN, (void *)tb->t[i].digest }, v;
+		uint8_t rec[64];
+		int rc = mdb_get(txn, dbi, &k, &v);
+
+		if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size < 16 || v.mv_size > sizeof(rec))))
+			continue; /* evicted meanwhile */
+		if (rc)
+			return rc;
+		memcpy(rec, v.mv_data, v.mv_size);
+		put_le64(rec + 8, tb->now + i);
+		v.mv_data = rec;
+		rc = mdb_put(txn, dbi, &k, &v, 0);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Takes the queued touches (under st->lock) and records them outside. */
+static void touch_take(struct nx_store *st)
+{
+	struct touch_batch tb;
+	struct nx_touch *t = st->touch;
+	int rc;
+
+	if (!st->ntouch)
+		return;
+	tb.t = t;
+	tb.n = st->ntouch;
+	tb.now = wall_ns();
+	/* the next ones queue into a fresh array meanwhile */
+	st->touch = NULL;
+	st->ntouch = 0;
+	pthread_mutex_unlock(&st->lock);
+	rc = write_txn(st, touch_apply, &tb);
+	if (rc)
+		nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot record last use: %s", st->dir,
+		       mdb_strerror(rc));
+	pthread_mutex_lock(&st->lock);
+	if (!st->touch)
+		st->touch = t; /* reuse it */
+	else
+		free(t);
+}
+
 /* Takes the queued batch (under st->lock), syncs and records it outside. */
 static void sync_take(struct nx_store *st)
 {
@@ -985,36 +1068,63 @@ static void sync_take(struct nx_store *st)
 	pthread_cond_broadcast(&st->sync_cond); /* for savers waiting on a full cache */
 }
 
+static void wait_until(struct nx_store *st, uint64_t due)
+{
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)(due / 1000000000u);
+	ts.tv_nsec = (long)(due % 1000000000u);
+	pthread_cond_timedwait(&st->sync_cond, &st->lock, &ts);
+}
+
 static void *syncer(void *arg)
 {
 	struct nx_store *st = arg;
-	struct timespec ts;
 
+	pthread_setname_np(pthread_self(), "nx-sync"); /* for tests and debuggers */
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
-		while (!st->npend && !st->sync_stop)
+		uint64_t now;
+
+		while (!st->npend && !st->ntouch && !st->sync_stop)
 			pthread_cond_wait(&st->sync_cond, &st->lock);
-		if (!st->npend)
+		if (!st->npend && !st->ntouch)
 			break; /* stopping with nothing left */
-		if (!st->sync_stop && !st->sync_urgent && st->npend < NX_SYNC_CHUNKS &&
-		    st->pend_bytes < NX_SYNC_BYTES) {
+		now = nx_now_ns();
+		if (st->npend) {
 			uint64_t due = st->pend_since + NX_SYNC_DELAY_NS;
 
-			ts.tv_sec = (time_t)(due / 1000000000u);
-			ts.tv_nsec = (long)(due % 1000000000u);
-			if (nx_now_ns() < due &&
-			    pthread_cond_timedwait(&st->sync_cond, &st->lock, &ts) == 0)
-				continue; /* woken early: look again */
+			if (!st->sync_stop && !st->sync_urgent && st->npend < NX_SYNC_CHUNKS &&
+			    st->pend_bytes < NX_SYNC_BYTES && now < due) {
+				wait_until(st, due);
+				continue; /* look again */
+			}
+			/* No eviction here: a saver over the limit waits for
+			 * this batch and evicts itself, so it returns with the
+			 * cache within its limit; evicting here too made that
+			 * saver skip (one eviction at a time) and return while
+			 * the cache was over. */
+			st->sync_urgent = 0;
+			sync_take(st);
+			continue;
 		}
-		/* No eviction here: a saver over the limit waits for this
-		 * batch and evicts itself, so it returns with the cache within
-		 * its limit; evicting here too made that saver skip (one
-		 * eviction at a time) and return while the cache was over. */
-		st->sync_urgent = 0;
-		sync_take(st);
+		/* only touches: they wait for a batch worth a commit */
+		if (!st->sync_stop && st->ntouch < NX_TOUCH_MAX / 2 &&
+		    now < st->touch_since + NX_TOUCH_DELAY_NS) {
+			wait_until(st, st->touch_since + NX_TOUCH_DELAY_NS);
+			continue;
+		}
+		touch_take(st);
 	}
 	pthread_mutex_unlock(&st->lock);
 	return NULL;
+}
+
+/* Starts the syncer thread if it is not running (under st->lock). */
+static void sync_start_locked(struct nx_store *st)
+{
+	if (!st->sync_started && !st->sync_stop)
+		st->sync_started = pthread_create(&st->sync_thread, NULL, syncer, st) == 0;
 }
 
 static void sync_stop(struct nx_store *st)
@@ -1030,6 +1140,9 @@ static void sync_stop(struct nx_store *st)
 	pthread_mutex_lock(&st->lock);
 	while (st->npend) /* no thread: sync what is left here */
 		sync_take(st);
+	touch_take(st);
+	free(st->touch);
+	st->touch = NULL;
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -1049,8 +1162,7 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 		pthread_mutex_unlock(&st->lock);
 		return;
 	}
-	if (!st->sync_started && !st->sync_stop)
-		st->sync_started = pthread_create(&st->sync_thread, NULL, syncer, st) == 0;
+	sync_start_locked(st);
 	while (st->sync_started && !st->sync_stop &&
 	       (st->npend >= 4 * NX_SYNC_CHUNKS || st->pend_bytes >= 4 * NX_SYNC_BYTES))
 		pthread_cond_wait(&st->sync_cond, &st->lock);

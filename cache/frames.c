@@ -70,9 +70,18 @@ static int try_hit(struct nx_store *st, struct nx_spath *p, uint32_t i,
 {
 	const struct nx_toc_frame *f = &p->toc->frames[i];
 	uint8_t *buf;
+	uint64_t size = 0;
 	int fd, rc;
 
-	rc = nx_chunk_open(st, f->sha256, f->ulen, &fd);
+	rc = nx_chunk_open(st, f->sha256, f->ulen, &fd, &size);
+	if (rc == -ERANGE) {
+		/* the frame is known by its digest and has another size: this
+		 * TOC is wrong about it (the cached chunk serves other paths) */
+		nx_stat_add(&st->verify_failures, 1);
+		nx_log(NX_LOG_ERR, "toc of %s/%.*s: frame %u is %llu bytes, not %u", NX_STORE_DIR,
+		       (int)p->base_len, p->base, i, (unsigned long long)size, f->ulen);
+		return -EIO;
+	}
 	if (rc < 0)
 		return rc;
 	if (ops->file) {
@@ -132,14 +141,14 @@ static int frame_complete(struct run *r)
 		nx_stat_add(&st->verify_failures, 1);
 		nx_log(NX_LOG_ERR, "verify frame %u of %s/%.*s: digest mismatch (got %s, want %s)",
 		       r->cur, NX_STORE_DIR, (int)r->p->base_len, r->p->base, have, want);
-		return -EIO;
+		return -EBADMSG;
 	}
 	rc = nx_frame_decompress(r->cbuf, f->clen, r->ubuf, f->ulen);
 	if (rc < 0) {
 		nx_stat_add(&st->verify_failures, 1);
 		nx_log(NX_LOG_ERR, "frame %u of %s/%.*s: does not decompress to %u bytes", r->cur,
 		       NX_STORE_DIR, (int)r->p->base_len, r->p->base, f->ulen);
-		return -EIO;
+		return -EBADMSG;
 	}
 	nx_stat_add(&st->frames_fetched, 1);
 	if (r->ops->background)
@@ -220,7 +229,7 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 			 .rel = first, .owned = owned, .ops = ops, .ctx = ctx };
 	uint32_t cmax = 0;
 	uint64_t end;
-	int rc, probe;
+	int rc, probe, frc;
 
 	for (uint32_t i = first; i <= last; i++)
 		if (toc->frames[i].clen > cmax)
@@ -248,7 +257,7 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	rc = st->src.get_blob(st->src.ctx, p->man.nar.digest, r.pos, end - r.pos, run_cb, &r);
 	nx_source_end(st, probe, r.err || rc == NX_STOP ? 0 : rc);
 	if (r.err) {
-		rc = r.err;
+		rc = r.err == -EBADMSG ? -EIO : r.err;
 	} else if (rc == NX_STOP || rc == 0) {
 		rc = 0;
 		if (!r.done) {
@@ -263,10 +272,14 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 		rc = -EIO;
 	}
 out:
-	/* Claims of frames that did not complete (completed ones are gone). */
+	/* Claims of frames that did not complete (completed ones are gone).
+	 * -EBADMSG tells waiters that our TOC's claim about a frame failed:
+	 * theirs may be right, so they fetch it themselves instead of
+	 * sharing our failure (a hostile path must not fail a good one). */
+	frc = r.err == -EBADMSG ? -EBADMSG : rc < 0 ? rc : -EIO;
 	for (uint32_t i = r.rel; i <= last; i++)
 		if (owned[i - first])
-			flight_release(st, toc->frames[i].sha256, rc < 0 ? rc : -EIO);
+			flight_release(st, toc->frames[i].sha256, frc);
 	free(r.cbuf);
 	free(r.ubuf);
 	if (rc < 0)
@@ -333,6 +346,8 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 			if (--fl->waiters == 0)
 				free(fl);
 			pthread_mutex_unlock(&st->lock);
+			if (rc == -EBADMSG)
+				continue; /* the owner's TOC was wrong: try ours */
 			if (rc < 0)
 				return rc == -ENOMEM ? rc : -EIO; /* the owner logged it */
 			continue;

@@ -114,4 +114,21 @@ test_expect_success 'tmp files cannot be created (EIO) and renames fail (EIO): r
 	remount_clean create
 '
 
+test_expect_success 'a hit long after its last use is recorded by the syncer thread, not the reader' '
+	MOUNT_LOG_ALLOW="faultinject" &&
+	M=$TRASH/m-touch &&
+	mount_store "$REF" "$M" "cache=$TRASH/c-touch,readahead=0" &&
+	for f in a b c; do cmp "$M/$PB/$f" "$P/$f" || return 1; done &&
+	unmount_store "$M" &&
+	NIXOCI_FAULT_CLOCK=120 NIXOCI_FAULT_TRACE=fdatasync,fsync,msync LD_PRELOAD=$FAULT_SO \
+		mount_store "$REF" "$M" "cache=$TRASH/c-touch,readahead=0" &&
+	for f in a b c; do cmp "$M/$PB/$f" "$P/$f" || return 1; done &&
+	test "$(stat_val "$M" frames_fetched)" = 0 &&
+	unmount_store "$M" &&
+	grep "faultinject: trace" "${MOUNT_LOG[$M]}" >syncs &&
+	cat syncs &&
+	grep -q "thread nx-sync$" syncs &&
+	! grep -v "thread nx-sync$" syncs
+'
+
 test_done

@@ -18,6 +18,11 @@
  *             MDB_READERS_FULL MDB_TXN_FULL MDB_CORRUPTED)
  *   NIXOCI_FAULT_PROG  only a process of this name is affected (default
  *             nixoci-fs), so the test's own tools run normally
+ *   NIXOCI_FAULT_TRACE=CALL[,CALL...]  log every call of these (same
+ *             names) with the name of the calling thread:
+ *             "faultinject: trace CALL thread NAME"
+ *   NIXOCI_FAULT_CLOCK=SECONDS  CLOCK_REALTIME runs SECONDS ahead (a wall
+ *             clock jump, or a daemon started long after the last one)
  *
  * Each injected fault writes one line "faultinject: CALL #N fails with
  * ERROR" to stderr. An injected mdb_txn_commit failure aborts the
@@ -30,6 +35,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +57,7 @@ struct spec {
 	unsigned long count;    /* counted calls so far */
 };
 
+static int active(void);
 static struct spec specs[MAX_SPECS];
 static int nspecs = -1; /* -1: not parsed yet */
 
@@ -75,14 +83,10 @@ static const struct {
 static void parse(void)
 {
 	const char *env = getenv("NIXOCI_FAULT");
-	const char *prog = getenv("NIXOCI_FAULT_PROG");
-	extern char *program_invocation_short_name;
 	char buf[1024], *save = NULL, *tok;
 
 	nspecs = 0;
-	if (!env || !*env)
-		return;
-	if (strcmp(program_invocation_short_name, prog && *prog ? prog : "nixoci-fs") != 0)
+	if (!env || !*env || !active())
 		return;
 	snprintf(buf, sizeof(buf), "%s", env);
 	for (tok = strtok_r(buf, ",", &save); tok && nspecs < MAX_SPECS;
@@ -139,12 +143,38 @@ static int fd_path(int fd, char *out, size_t cap)
 	return 0;
 }
 
+static int active(void)
+{
+	const char *prog = getenv("NIXOCI_FAULT_PROG");
+	extern char *program_invocation_short_name;
+
+	return strcmp(program_invocation_short_name, prog && *prog ? prog : "nixoci-fs") == 0;
+}
+
+static void trace(const char *call)
+{
+	const char *t = getenv("NIXOCI_FAULT_TRACE");
+	size_t n = strlen(call);
+	char name[32] = "?";
+
+	if (!t || !active())
+		return;
+	for (const char *p = strstr(t, call); p; p = strstr(p + 1, call)) {
+		if ((p == t || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) {
+			pthread_getname_np(pthread_self(), name, sizeof(name));
+			fprintf(stderr, "faultinject: trace %s thread %s\n", call, name);
+			return;
+		}
+	}
+}
+
 /* 0: go ahead; else the error to fail with. */
 static int should_fail(const char *call, int dirfd, const char *path)
 {
 	char full[8192];
 	int have_full = 0;
 
+	trace(call);
 	if (nspecs < 0)
 		parse();
 	for (int i = 0; i < nspecs; i++) {
@@ -438,4 +468,22 @@ int mkdirat(int dirfd, const char *path, mode_t mode)
 	if (e)
 		FAIL_ERRNO(e);
 	return real_mkdirat(dirfd, path, mode);
+}
+
+/* --------------------------------------------------------------- clock */
+
+int clock_gettime(clockid_t clk, struct timespec *ts)
+{
+	REAL(clock_gettime, int (*)(clockid_t, struct timespec *));
+	static long shift = -1;
+	int rc = real_clock_gettime(clk, ts);
+
+	if (shift < 0) {
+		const char *e = getenv("NIXOCI_FAULT_CLOCK");
+
+		shift = e && active() ? strtol(e, NULL, 10) : 0;
+	}
+	if (rc == 0 && shift > 0 && clk == CLOCK_REALTIME)
+		ts->tv_sec += shift;
+	return rc;
 }

@@ -123,6 +123,12 @@ int nx_registry_manifest_exists(struct nx_registry *r, const char *ref, int *exi
 int nx_registry_put_manifest(struct nx_registry *r, const char *ref, const char *media_type,
 			     const char *body, size_t len);
 
+/* The URL of a blob for a client without credentials (a redirect target):
+ * -EACCES (quiet) when this registry asked us for credentials so far, else
+ * 0 and *url (caller frees). Valid only after a request went through. */
+int nx_registry_public_blob_url(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+				char **url);
+
 /* Every tag of the repository, following pagination (Link rel=next). @cb
  * gets one tag at a time; a non-zero return stops and is returned. */
 int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char *tag),

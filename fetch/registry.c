@@ -658,3 +658,20 @@ int nx_registry_source_blob(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint
 {
 	return nx_registry_get_blob(ctx, digest, off, len, cb, cbctx);
 }
+
+int nx_registry_public_blob_url(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+				char **url)
+{
+	char d[NX_DIGEST_STRLEN];
+	int mode;
+
+	*url = NULL;
+	pthread_mutex_lock(&r->auth.mu);
+	mode = r->auth.mode;
+	pthread_mutex_unlock(&r->auth.mu);
+	if (mode != NX_AUTH_NONE)
+		return -EACCES;
+	nx_digest_format(digest, d);
+	*url = repo_url(r, "blobs/", d);
+	return *url ? 0 : -ENOMEM;
+}

@@ -564,3 +564,27 @@ http_ready() {
 	pid_alive "$2" || return 0
 	curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null
 }
+
+# start_serve OUT REF [OPTS...]: nixoci serve on a free loopback port (the
+# kernel picks it: --listen 127.0.0.1:0), log in OUT.log; sets SERVE_URL
+# and SERVE_PID; registers its stop (SIGTERM, exit status 0 expected).
+start_serve() {
+	local out=$1 ref=$2
+	shift 2
+	nixoci serve --listen 127.0.0.1:0 "$@" "$ref" >"$out" 2>"$out.log" &
+	SERVE_PID=$!
+	test_atexit "stop_serve $SERVE_PID"
+	if ! test_wait_for 20 eval "grep -q '^serving ' '$out' || ! kill -0 $SERVE_PID 2>/dev/null"; then
+		return 1
+	fi
+	SERVE_URL=$(sed -n 's/^serving .* at //p' "$out")
+	[ -n "$SERVE_URL" ] || { cat "$out.log" >&2; return 1; }
+}
+
+stop_serve() {
+	local st
+	pid_alive "$1" || { wait "$1" 2>/dev/null; return 0; }
+	kill -TERM "$1"
+	wait_pid_status "$1" 20 st
+	[ "$st" = 0 ] || test_cleanup_problem "nixoci serve exited with status $st"
+}

@@ -24,6 +24,7 @@ static const char usage_main[] =
 	"  push REF PATH...          push the closure of store paths to REGISTRY/REPO\n"
 	"  import CACHE REF PATH...  copy closures from a Nix binary cache, signatures kept\n"
 	"  serve REF                 serve the repository to Nix as an HTTP binary cache\n"
+	"  register REF PATH...      Nix database records of a closure (nix-store --load-db)\n"
 	"  ls REF                    list the store paths in the repository\n"
 	"  info REF PATH             print the narinfo view of a store path\n"
 	"  verify REF PATH...        fetch everything and check every digest and signature\n"
@@ -287,7 +288,7 @@ static const struct {
 	{ "info", nx_cmd_info, 1 },   { "verify", nx_cmd_verify, 1 },
 	{ "cat", nx_cmd_cat, 1 },     { "prefetch", nx_cmd_prefetch, 1 },
 	{ "stats", nx_cmd_stats, 0 },  { "import", nx_cmd_import, 1 },
-	{ "serve", nx_cmd_serve, 1 },
+	{ "serve", nx_cmd_serve, 1 },  { "register", nx_cmd_register, 1 },
 };
 
 int main(int argc, char **argv)

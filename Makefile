@@ -60,7 +60,7 @@ FUZZ_SECONDS ?= 60
 FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
-.PHONY: all tests deps check unit integ demo install uninstall clean bench fuzz
+.PHONY: all tests deps check unit integ demo install uninstall clean bench fuzz analyze
 all: $(BINS)
 	@ln -sfn $(O)/bin bin
 
@@ -113,6 +113,23 @@ $(O)/tests/fuzz/replay-wwwauth: $(O)/tests/fuzz/fuzz-wwwauth.o $(O)/tests/fuzz/r
 			  $(O)/tests/fuzz/fuzz-common.o $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
+# make analyze: gcc's static analyzer (-fanalyzer) over every source that
+# ships and the fuzz drivers, every warning an error. One stamp per file, so
+# only what changed is analyzed again (make -j2 analyze: about 30 s from
+# scratch on 2 cores). A finding that is the analyzer's mistake is explained
+# where it is silenced (NX_ANALYZER_ARRAY_STORE_BEGIN in common/common.h).
+ANALYZE_CC  ?= gcc
+ANALYZE_SRC := $(COMMON_SRC) $(FETCH_SRC) $(CACHE_SRC) $(FS_SRC) $(TOOLS_SRC) \
+	       $(wildcard tests/fuzz/*.c)
+ANALYZE_OK  := $(patsubst %.c,$(O)/analyze/%.ok,$(ANALYZE_SRC))
+analyze: $(ANALYZE_OK)
+	@echo "  ANALYZE ok ($(words $(ANALYZE_SRC)) files)"
+$(O)/analyze/%.ok: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	@echo "  ANALYZE $<"
+	@$(ANALYZE_CC) $(filter-out -fsanitize=%,$(CFLAGS)) -fanalyzer -Werror -c -o /dev/null $<
+	@touch $@
+
 # make fuzz FUZZ_SECONDS=N: each libFuzzer target for N seconds (clang);
 # crashers are kept in tests/fuzz/crashers/<target>/.
 fuzz:
@@ -130,6 +147,7 @@ deps:
 # ThreadSanitizer (build-tsan).
 check: deps
 	@$(MAKE) --no-print-directory tests
+	@$(MAKE) --no-print-directory analyze
 	@$(MAKE) --no-print-directory SANITIZE=address,undefined tests
 	@$(MAKE) --no-print-directory SANITIZE=thread O=build-tsan build-tsan/tests/unit/cache-store
 	tests/run-all.sh $(O)

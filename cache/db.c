@@ -838,7 +838,8 @@ static void evict(struct nx_store *st)
 	}
 	mdb_cursor_close(cur);
 	txn_abort(st, txn);
-	qsort(c, n, sizeof(*c), cand_cmp);
+	if (n) /* c is NULL when the scan found nothing */
+		qsort(c, n, sizeof(*c), cand_cmp);
 	if (complete) {
 		/* the scan saw every chunk: start from the true total (other
 		 * processes may have added or evicted since our last look) */

@@ -195,6 +195,8 @@ static int item_ok(enum list_kind k, const char *s, size_t len)
  * Splits a single-space-separated list ("" is the empty list), checking each
  * item. With @sorted, items must be strictly increasing bytewise.
  */
+/* each item is owned by v, freed by free_list (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int split_list(const char *field, const char *s, enum list_kind k, int sorted,
 		      char ***out, size_t *n)
 {
@@ -216,7 +218,7 @@ static int split_list(const char *field, const char *s, enum list_kind k, int so
 		}
 		if (cnt == cap) {
 			size_t ncap = cap ? cap * 2 : 8;
-			char **nv = realloc(v, ncap * sizeof(*nv));
+			char **nv = reallocarray(v, ncap, sizeof(*nv));
 
 			if (!nv)
 				goto nomem;
@@ -247,6 +249,7 @@ fail:
 	free_list(v, cnt);
 	return -EINVAL;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 static int parse_root(const char *what, const char *json, size_t len, size_t cap,
 		      json_t **root)
@@ -629,10 +632,11 @@ int nx_index_build(const struct nx_index *ix, char **json, size_t *len)
 			return -EINVAL;
 		}
 	}
+	/* at least one slot, so sorted is never NULL where the loop reads it */
+	sorted = calloc(ix->nentries ? ix->nentries : 1, sizeof(*sorted));
+	if (!sorted)
+		return -ENOMEM;
 	if (ix->nentries) {
-		sorted = malloc(ix->nentries * sizeof(*sorted));
-		if (!sorted)
-			return -ENOMEM;
 		for (size_t i = 0; i < ix->nentries; i++)
 			sorted[i] = &ix->entries[i];
 		qsort(sorted, ix->nentries, sizeof(*sorted), cmp_entry);
@@ -690,6 +694,8 @@ out:
 	return r;
 }
 
+/* e->store_path is owned by the index entry array (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int parse_index_entry(json_t *d, size_t i, struct nx_index_entry *e)
 {
 	char what[48];
@@ -708,6 +714,7 @@ static int parse_index_entry(json_t *d, size_t i, struct nx_index_entry *e)
 	e->store_path = strdup(sp);
 	return e->store_path ? 0 : -ENOMEM;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 static int cmp_entry_val(const void *a, const void *b)
 {

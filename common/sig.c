@@ -168,10 +168,11 @@ int nx_fingerprint(const struct nx_pathinfo *pi, char **out)
 	nx_narhash_format(pi->nar_hash, nh);
 	snprintf(head, sizeof(head), ";%s;%llu;", nh, (unsigned long long)pi->nar_size);
 	len = 2 + strlen(pi->store_path) + strlen(head) + 1;
+	/* at least one slot, so refs is never NULL where the loop reads it */
+	refs = calloc(pi->nrefs ? pi->nrefs : 1, sizeof(*refs));
+	if (!refs)
+		return -ENOMEM;
 	if (pi->nrefs) {
-		refs = malloc(pi->nrefs * sizeof(*refs));
-		if (!refs)
-			return -ENOMEM;
 		memcpy(refs, pi->refs, pi->nrefs * sizeof(*refs));
 		/* Base names sort like the full paths: same prefix. */
 		qsort(refs, pi->nrefs, sizeof(*refs), cmp_str);

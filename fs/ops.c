@@ -512,6 +512,8 @@ static void root_snap_free(struct root_snap *s)
 	free(s);
 }
 
+/* the strdup'd name is owned by s->ents (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int root_snap_add(void *ctx, const char *base)
 {
 	struct root_snap *s = ctx;
@@ -520,7 +522,7 @@ static int root_snap_add(void *ctx, const char *base)
 
 	if (s->n == s->cap) {
 		cap = s->cap ? 2 * s->cap : 64;
-		ents = realloc(s->ents, cap * sizeof(*ents));
+		ents = reallocarray(s->ents, cap, sizeof(*ents));
 		if (!ents)
 			return -ENOMEM;
 		s->ents = ents;
@@ -534,6 +536,7 @@ static int root_snap_add(void *ctx, const char *base)
 	s->n++;
 	return 0;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 static int root_snap_take(struct nx_fs *fs, struct root_snap **out)
 {

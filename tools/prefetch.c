@@ -33,6 +33,8 @@ struct queue {
 	char **sorted; /* same strings, sorted, for membership */
 };
 
+/* s is owned by q->v (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int queue_add(struct queue *q, const char *base, size_t len)
 {
 	char *s, **nv, **ns, *key;
@@ -59,13 +61,13 @@ static int queue_add(struct queue *q, const char *base, size_t len)
 	if (q->n == q->cap) {
 		size_t cap = q->cap ? q->cap * 2 : 64;
 
-		nv = realloc(q->v, cap * sizeof(*nv));
+		nv = reallocarray(q->v, cap, sizeof(*nv));
 		if (!nv) {
 			free(s);
 			return -ENOMEM;
 		}
 		q->v = nv;
-		ns = realloc(q->sorted, cap * sizeof(*ns));
+		ns = reallocarray(q->sorted, cap, sizeof(*ns));
 		if (!ns) {
 			free(s);
 			return -ENOMEM;
@@ -78,6 +80,7 @@ static int queue_add(struct queue *q, const char *base, size_t len)
 	q->v[q->n++] = s;
 	return 0;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 struct pf_progress {
 	int tty;

@@ -151,10 +151,12 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* The closure of @roots, as Nix sees it, into ps->paths (sorted). */
+/* each store_path is owned by ps->paths (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int query_closure(struct nx_pub *ps, char **roots, size_t nroots)
 {
 	char **argv, *out = NULL, *line, *nl;
-	size_t i, n = 0, len;
+	size_t i, n = 0, len = 0;
 	int r;
 
 	argv = calloc(nroots + 4, sizeof(*argv));
@@ -167,8 +169,10 @@ static int query_closure(struct nx_pub *ps, char **roots, size_t nroots)
 		argv[3 + i] = roots[i];
 	r = nx_run_capture("nix-store --query --requisites", argv, &out, &len);
 	free(argv);
-	if (r < 0)
+	if (r != 0) /* posix_spawn's codes are positive: != 0, not < 0, for the analyzer */
 		return r;
+	if (!out) /* set on success; the analyzer does not follow run_capture that far */
+		return -EIO;
 	for (i = 0; i < len; i++)
 		n += out[i] == '\n';
 	ps->paths = calloc(n + 1, sizeof(*ps->paths));
@@ -212,6 +216,7 @@ static int query_closure(struct nx_pub *ps, char **roots, size_t nroots)
 	}
 	return 0;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 /* "/nix/store/<base>" -> strdup(base), validated. */
 static int base_of(const char *what, const char *full, char **out)
@@ -356,7 +361,7 @@ static int query_infos(struct nx_pub *ps)
 			argv[npre + j] = ps->paths[i + j].info.store_path;
 		argv[npre + n] = NULL;
 		r = nx_run_capture("nix path-info --json", argv, &out, &len);
-		if (r < 0)
+		if (r != 0)
 			break;
 		root = json_loadb(out, len, 0, &err);
 		free(out);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/common.h"
 #include "tests/fuzz/fuzz.h"
 
 static int count;
@@ -53,6 +54,8 @@ static int cmp(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* each name is owned by names (NX_ANALYZER_ARRAY_STORE_BEGIN in common.h says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int run_arg(const char *arg)
 {
 	struct stat st;
@@ -73,7 +76,7 @@ static int run_arg(const char *arg)
 		if (de->d_name[0] == '.')
 			continue;
 		if (n == cap) {
-			char **nn = realloc(names, (cap = cap ? 2 * cap : 64) * sizeof(*names));
+			char **nn = reallocarray(names, (cap = cap ? 2 * cap : 64), sizeof(*names));
 
 			if (!nn)
 				abort();
@@ -96,6 +99,7 @@ static int run_arg(const char *arg)
 	free(names);
 	return bad;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 int main(int argc, char **argv)
 {

@@ -243,14 +243,15 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			return -1;
 		return 0;
 	case KEY_MIRROR: {
-		char **m = realloc(o->mirrors, (o->nmirrors + 1) * sizeof(*m));
+		char *v = strdup(arg + strlen("mirror="));
+		char **m = v ? reallocarray(o->mirrors, o->nmirrors + 1, sizeof(*m)) : NULL;
 
-		if (!m)
+		if (!m) {
+			free(v);
 			return -1;
+		}
 		o->mirrors = m;
-		if (!(m[o->nmirrors] = strdup(arg + strlen("mirror="))))
-			return -1;
-		o->nmirrors++;
+		o->mirrors[o->nmirrors++] = v;
 		return 0;
 	}
 	case FUSE_OPT_KEY_NONOPT:

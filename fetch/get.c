@@ -121,7 +121,7 @@ static int get_once(const char *url, const struct nx_get_opts *o, struct get_ctx
 int nx_url_get(const char *url, const struct nx_get_opts *o, nx_blob_cb cb, void *ctx)
 {
 	struct get_ctx g = { cb, ctx, 0, 0 };
-	char errbuf[CURL_ERROR_SIZE];
+	char errbuf[CURL_ERROR_SIZE] = "";
 	long status = 0;
 	int rc = -EIO, attempt;
 

@@ -72,6 +72,8 @@ static void narinfo_x_free(struct narinfo_x *x)
 	free(x);
 }
 
+/* the copy is owned by *v (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int push_str(char ***v, size_t *n, const char *s, size_t len)
 {
 	char **nv = realloc(*v, (*n + 1) * sizeof(**v));
@@ -85,6 +87,7 @@ static int push_str(char ***v, size_t *n, const char *s, size_t len)
 	(*n)++;
 	return 0;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 static int cmp_str(const void *a, const void *b)
 {

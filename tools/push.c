@@ -231,6 +231,8 @@ static int base_of(const char *what, const char *full, char **out)
 	return *out ? 0 : -ENOMEM;
 }
 
+/* each item is owned by v (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int str_array(json_t *a, const char *what, int base_names, char ***out, size_t *n)
 {
 	size_t i, cnt;
@@ -280,6 +282,7 @@ fail:
 	free(v);
 	return r;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 static int parse_one_info(struct nx_pub *ps, json_t *o)
 {
@@ -343,9 +346,9 @@ static int query_infos(struct nx_pub *ps)
 	static const char *const pre[] = { "nix", "--extra-experimental-features", "nix-command",
 					   "path-info", "--json" };
 	const size_t npre = sizeof(pre) / sizeof(pre[0]);
-	char **argv, *out;
+	char **argv, *out = NULL;
 	json_error_t err;
-	size_t i, j, len;
+	size_t i, j, len = 0;
 	json_t *root;
 	int r = 0;
 
@@ -363,6 +366,10 @@ static int query_infos(struct nx_pub *ps)
 		r = nx_run_capture("nix path-info --json", argv, &out, &len);
 		if (r != 0)
 			break;
+		if (!out) { /* set on success; the analyzer cannot see that */
+			r = -EIO;
+			break;
+		}
 		root = json_loadb(out, len, 0, &err);
 		free(out);
 		if (!json_is_array(root)) {

@@ -147,6 +147,8 @@ static int finish_load(FILE *f, pid_t pid)
 	return bad ? -EIO : 0;
 }
 
+/* queue[] owns its names and paths[] its manifests, freed at out (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 int nx_cmd_register(struct nx_cli *cli, int argc, char **argv)
 {
 	enum { O_LOAD = NX_OPT_FIRST_PRIVATE, O_STORE, O_NOCLOSURE };
@@ -270,7 +272,8 @@ int nx_cmd_register(struct nx_cli *cli, int argc, char **argv)
 				goto out;
 		}
 	}
-	qsort(paths, npaths, sizeof(*paths), cmp_reg);
+	if (npaths) /* paths is NULL when there is none */
+		qsort(paths, npaths, sizeof(*paths), cmp_reg);
 	if (load && start_load(store, &out, &pid) < 0)
 		goto out;
 	r = 0;
@@ -302,3 +305,4 @@ out:
 	nx_registry_close(reg);
 	return ret;
 }
+NX_ANALYZER_ARRAY_STORE_END

@@ -307,6 +307,9 @@ struct nx_walk_ops {
 	int (*data)(void *ctx, uint32_t i, const uint8_t *buf, size_t len);
 	/* a cached frame, as an open chunk file */
 	int (*file)(void *ctx, uint32_t i, int fd);
+	/* optional: frame @i was fetched and saved into the cache by this
+	 * walk (each digest once: a repeat inside the run is not reported) */
+	void (*saved)(void *ctx, uint32_t i);
 	/* readahead: skip frames that are cached or being fetched instead of
 	 * reading or waiting for them, deliver nothing, give up on stop */
 	int background;

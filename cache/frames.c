@@ -157,6 +157,8 @@ static int frame_complete(struct run *r)
 	if (r->owned[r->cur - r->first]) {
 		nx_chunk_save(st, f->sha256, r->ubuf, f->ulen);
 		flight_release(st, f->sha256, 0);
+		if (r->ops->saved)
+			r->ops->saved(r->ctx, r->cur);
 	}
 	r->rel = r->cur + 1;
 	if (r->ops->data) {
@@ -403,6 +405,7 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 
 struct verify {
 	struct nx_spath *p;
+	uint8_t *saved; /* saved[i]: frame i was brought into the cache by this walk */
 	struct nx_sha256 h;
 	struct nx_nar_parser *parser;
 	uint32_t stack[NX_NAR_DEPTH_MAX + 2];
@@ -420,6 +423,53 @@ static int verify_data(void *ctx, uint32_t i, const uint8_t *buf, size_t len)
 	if (rc < 0 && !v->why)
 		v->why = "the NAR is malformed";
 	return rc < 0 ? -EIO : 0;
+}
+
+static void verify_saved(void *ctx, uint32_t i)
+{
+	struct verify *v = ctx;
+
+	v->saved[i] = 1;
+}
+
+/* 1 if a loaded path other than @p lists frame digest @d. */
+static int listed_elsewhere(struct nx_store *st, const struct nx_spath *p,
+			    const uint8_t d[NX_SHA256_LEN])
+{
+	int found = 0;
+
+	pthread_mutex_lock(&st->lock);
+	for (const struct nx_spath *q = st->all; q && !found; q = q->next_all) {
+		if (q == p || !q->toc)
+			continue;
+		for (uint32_t i = 0; i < q->toc->nframes; i++) {
+			if (memcmp(q->toc->frames[i].sha256, d, NX_SHA256_LEN) == 0) {
+				found = 1;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	return found;
+}
+
+/*
+ * A refused path keeps nothing of itself in the cache, and takes nothing
+ * from anyone else: only frames this verification brought in are dropped,
+ * and of those only the ones no loaded path lists. A frame that was cached
+ * before belongs to whoever fetched it (a good path sharing the frame, a
+ * path that was loaded in an earlier run): its bytes verified against their
+ * digest, so a hostile TOC listing the same digest says nothing about them.
+ * (A path that loads at the same moment and needs one of the dropped frames
+ * fetches it again; that costs a transfer, never correctness.)
+ */
+static void drop_own_frames(struct nx_store *st, const struct verify *v)
+{
+	const struct nx_toc *toc = v->p->toc;
+
+	for (uint32_t i = 0; i < toc->nframes; i++)
+		if (v->saved[i] && !listed_elsewhere(st, v->p, toc->frames[i].sha256))
+			nx_chunk_drop(st, toc->frames[i].sha256);
 }
 
 /* Each NAR node must be the TOC entry at the same path, with equal fields;
@@ -473,7 +523,7 @@ int nx_verify_nar(struct nx_store *st, struct nx_spath *p)
 {
 	struct verify v = { .p = p };
 	struct nx_nar_sink sink = { .ctx = &v, .node = verify_node };
-	struct nx_walk_ops ops = { .data = verify_data };
+	struct nx_walk_ops ops = { .data = verify_data, .saved = verify_saved };
 	uint8_t got[NX_SHA256_LEN];
 	int rc;
 
@@ -484,6 +534,12 @@ int nx_verify_nar(struct nx_store *st, struct nx_spath *p)
 	if (rc < 0) {
 		nx_sha256_release(&v.h);
 		return rc;
+	}
+	v.saved = calloc(p->toc->nframes, 1);
+	if (!v.saved) {
+		nx_nar_parser_free(v.parser);
+		nx_sha256_release(&v.h);
+		return -ENOMEM;
 	}
 	rc = nx_frames_walk(st, p, 0, p->toc->nframes - 1, NX_BATCH_BYTES, &ops, &v);
 	if (rc == 0 && nx_nar_parser_finish(v.parser) < 0) {
@@ -502,12 +558,12 @@ int nx_verify_nar(struct nx_store *st, struct nx_spath *p)
 	}
 	if (rc < 0 && v.why) {
 		/* the content contradicts what was signed: refuse the path, and
-		 * keep nothing of it (the walk cached the frames it fetched) */
-		for (uint32_t i = 0; i < p->toc->nframes; i++)
-			nx_chunk_drop(st, p->toc->frames[i].sha256);
+		 * drop what this walk cached for it and only that */
+		drop_own_frames(st, &v);
 		nx_stat_add(&st->verify_failures, 1);
 		nx_log(NX_LOG_ERR, "verify %s: %s; refusing it", p->man.info.store_path, v.why);
 		rc = -EACCES;
 	}
+	free(v.saved);
 	return rc;
 }

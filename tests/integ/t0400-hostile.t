@@ -222,6 +222,39 @@ test_expect_success 'containment: a TOC refused once (zstd bomb) is not fetched 
 	containment_refusal_remembered toc-zstd-bomb
 '
 
+# A path whose NAR layer starts with the good path's very frame (same digest,
+# same ulen) and whose whole NAR is malformed: full verification refuses it
+# and drops the frames it brought in, never the one the good path had
+# cached. Checked by reading the good path with the page cache dropped and
+# its source gone (a proxy of its own, stopped).
+containment_shared_frames() {
+	local name=$1 base=$2 shared=$3 own=$4 mnt=$TRASH/shared-$1 port ppid
+	port=$(free_port) &&
+	{ /usr/bin/python3 "$SF/proxy.py" "$port" "$REG" "$TRASH/overrides.json" \
+		>"$TRASH/proxy-$name.log" 2>&1 & } &&
+	ppid=$! &&
+	test_atexit "kill $ppid 2>/dev/null || :" &&
+	test_wait_for 20 grep -q ready "$TRASH/proxy-$name.log" &&
+	mount_store "127.0.0.1:$port/hostile" "$mnt" \
+		"trusted-public-keys=$(cat "$CORPUS/pubkey")" &&
+	cat "$mnt/$GOOD/f" >good.now && test_cmp good.expect good.now &&
+	try_access "$mnt" "$base" f &&
+	grep -q "Permission denied" access.err &&
+	grep "verify /nix/store/$base: .*refusing it" "${MOUNT_LOG[$mnt]}" &&
+	no_cached "$TRASH/cache-shared-$name" $own &&
+	test -n "$(find "$TRASH/cache-shared-$name" -name "*$shared*")" &&
+	kill "$ppid" && { wait "$ppid" 2>/dev/null || :; } &&
+	sync && echo 3 >/proc/sys/vm/drop_caches &&
+	cat "$mnt/$GOOD/f" >good.now && test_cmp good.expect good.now &&
+	unmount_store "$mnt"
+}
+
+while IFS=$'\t' read -r cname cbase cshared cown; do
+	test_expect_success "containment: $cname refused, the good path it shares a frame with still reads offline" '
+		containment_shared_frames "$cname" "$cbase" "$cshared" "$cown"
+	'
+done <"$CORPUS/containment/shared-cases.tsv"
+
 test_expect_success 'after the whole corpus: both daemons up, the good path still verifies' '
 	still_serving "$LAZY" && still_serving "$KEYS" &&
 	nixoci verify "$PROXY/hostile" "$GOOD"

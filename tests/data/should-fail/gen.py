@@ -618,6 +618,35 @@ def write_containment(outdir):
         for c in trust_cases():
             r = write_case(cd, c)
             tsv.write("%s\t%s\t%s\n" % (c.name, c.base, r["info"]["toc_digest"]))
+    with open(os.path.join(d, "shared-cases.tsv"), "w") as tsv:
+        for c in shared_cases():
+            r = write_case(cd, c)
+            # the frames it shares with "good", then its own
+            tsv.write("%s\t%s\t%s\t%s\n" % (c.name, c.base, r["info"]["frames"][0],
+                                             " ".join(r["info"]["frames"][1:])))
+
+
+def shared_cases():
+    """paths whose NAR layer starts with the very frame of "good" (same
+    digest, same ulen) and whose whole NAR is malformed: full verification
+    (trusted keys, narinfo signature only) refuses them"""
+    C = []
+
+    def tail_frames(extra):
+        def f(nar, blob, frames):
+            gb, gf = pack(nar[:-len(extra)])
+            e = zstd(extra)
+            return gb + e, gf + [[len(gb), len(nar) - len(extra), len(e), len(extra), sha(e)]]
+        return f
+    for name, what, extra in (
+            ("shared-trailing", "good's frame, then a frame of trailing bytes", b"\0" * 16),
+            ("shared-garbage", "good's frame, then a frame of NAR garbage", b"\x07" * 4096)):
+        c = Case(name, what, "keys", "f")
+        c.tree = good_tree("good")
+        c.nar_fn = lambda nar, extra=extra: nar + extra
+        c.frames_fn = tail_frames(extra)
+        C.append(c)
+    return C
 
 
 def trust_cases():

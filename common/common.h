@@ -445,6 +445,42 @@ int nx_decomp_feed(struct nx_decomp *d, const void *buf, size_t len);
 int nx_decomp_finish(struct nx_decomp *d);
 void nx_decomp_free(struct nx_decomp *d);
 
+/* ----------------------------------------------------------- metrics */
+
+/*
+ * Latency histogram: bucket i counts observations <= nx_hist_bounds_ns[i]
+ * (and above the previous bound); count[NX_HIST_BUCKETS] the rest (+Inf).
+ * Zero-initialize; nx_hist_observe is thread-safe (relaxed atomics).
+ */
+#define NX_HIST_BUCKETS 15
+extern const uint64_t nx_hist_bounds_ns[NX_HIST_BUCKETS];
+struct nx_hist {
+	uint64_t count[NX_HIST_BUCKETS + 1];
+	uint64_t sum_ns;
+};
+void nx_hist_observe(struct nx_hist *h, uint64_t ns);
+/* dst += a snapshot of src (dst is private to the caller). */
+void nx_hist_add(struct nx_hist *dst, const struct nx_hist *src);
+
+/*
+ * Prometheus text exposition format (0.0.4) into a caller's buffer. Every
+ * writer appends; on overflow p->err becomes -E2BIG and the text stops at
+ * the last whole line. @labels is the inside of {...} ("" for none), with
+ * values escaped by nx_prom_label_escape.
+ */
+struct nx_prom {
+	char *buf;
+	size_t cap, len;
+	int err;
+};
+void nx_prom_init(struct nx_prom *p, char *buf, size_t cap);
+int nx_prom_label_escape(const char *in, char *out, size_t cap);
+void nx_prom_help(struct nx_prom *p, const char *name, const char *type, const char *help);
+void nx_prom_value(struct nx_prom *p, const char *name, const char *labels, uint64_t v);
+/* _bucket (cumulative, le in seconds), _sum (seconds) and _count lines */
+void nx_prom_hist(struct nx_prom *p, const char *name, const char *labels,
+		  const struct nx_hist *h);
+
 /* -------------------------------------------------------------- misc */
 
 /* Parses "10G", "10GB", "10GiB", "512M", "4096", "1K" (K/M/G/T, each

@@ -154,7 +154,11 @@ struct nx_fetch_stats {
 	uint64_t retries;
 	uint64_t connections; /* TCP connections opened (CURLINFO_NUM_CONNECTS) */
 	uint64_t h2_requests; /* responses that came over HTTP/2 */
+	struct nx_hist latency; /* of each request (mirrors included), from its
+				 * start to its last byte or failure */
 };
+/* Fills *out (overwritten, latency included) with the counters of @r and its
+ * mirrors. */
 void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out);
 
 #endif

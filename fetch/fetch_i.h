@@ -119,6 +119,7 @@ struct nx_registry {
 	struct nx_auth auth;
 
 	atomic_uint_fast64_t st_requests, st_bytes, st_errors, st_retries;
+	struct nx_hist st_latency; /* of each request, transfer included */
 	atomic_uint_fast64_t st_connections, st_h2;
 };
 

@@ -559,6 +559,8 @@ void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out)
 {
 	size_t i;
 
+	memset(&out->latency, 0, sizeof(out->latency));
+	nx_hist_add(&out->latency, &r->st_latency);
 	out->requests = atomic_load(&r->st_requests);
 	out->bytes = atomic_load(&r->st_bytes);
 	out->errors = atomic_load(&r->st_errors);
@@ -575,6 +577,7 @@ void nx_registry_stats(struct nx_registry *r, struct nx_fetch_stats *out)
 		out->retries += m.retries;
 		out->connections += m.connections;
 		out->h2_requests += m.h2_requests;
+		nx_hist_add(&out->latency, &m.latency);
 	}
 }
 
@@ -1460,6 +1463,7 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 		rc = setup(h, r, x, url, &hdrs, timeout_ms, range_p, auth);
 		if (rc == 0) {
 			long nconn = 0, ver = 0;
+			uint64_t t0 = nx_now_ns();
 
 			atomic_fetch_add(&r->st_requests, 1);
 			*cc = CURLE_FAILED_INIT;
@@ -1468,6 +1472,7 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 			if (!r->multi || atomic_load(&r->plain_http) ||
 			    (q->upload && q->up_fd >= 0) || mx_perform(r, x, h, cc) < 0)
 				*cc = curl_easy_perform(h);
+			nx_hist_observe(&r->st_latency, nx_now_ns() - t0);
 			curl_easy_getinfo(h, CURLINFO_OS_ERRNO, os_errno);
 			curl_easy_getinfo(h, CURLINFO_REDIRECT_COUNT, redirects);
 			curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, verify);

@@ -71,6 +71,8 @@ struct nx_fs {
 	struct nx_registry *reg; /* for the request counter of the stats xattr */
 	int closure_mode;        /* the root lists a closure (not only resolved paths) */
 	struct nx_session *sess; /* the session layer; NULL without one */
+	const char *ref;         /* REGISTRY/REPO and the mountpoint, for the */
+	const char *mountpoint;  /* metrics' labels */
 };
 
 /* The command line (opts.c). Strings are malloc'ed by the parser and freed
@@ -97,6 +99,7 @@ struct nx_fs_opts {
 	char *mountpoint;
 	int nonempty;
 	char *log;     /* log=FILE */
+	char *metrics; /* metrics=FILE */
 	int bad_arg;
 	struct fuse_cmdline_opts fo; /* libfuse's -f -d -s -h -V ... */
 
@@ -149,6 +152,21 @@ struct nx_fs_logdest {
 int nx_fs_log_prepare(struct nx_fs_logdest *ld, const char *file, int foreground);
 void nx_fs_log_start(struct nx_fs_logdest *ld, int is_file);
 void nx_fs_log_release(struct nx_fs_logdest *ld);
+
+/* Metrics (metrics.c), in the Prometheus text format. */
+#define NX_METRICS_XATTR "user.nixoci.metrics"
+#define NX_METRICS_MAX (60 * 1024) /* under the xattr limit of 64 KiB */
+/* Replaces the operations in @ops by wrappers that time them (call once,
+ * before fuse_session_new). */
+void nx_fs_metrics_wrap(struct fuse_lowlevel_ops *ops);
+/* The text into @buf: its length, or -E2BIG. */
+int nx_fs_metrics_text(struct nx_fs *fs, char *buf, size_t cap);
+/* Writes the text to @file (tmp + rename). 0 or -errno. Not thread-safe. */
+int nx_fs_metrics_write(struct nx_fs *fs, const char *file);
+/* A thread writes @file every 15 s until nx_fs_metrics_stop(), which
+ * writes it once more. */
+int nx_fs_metrics_start(struct nx_fs *fs, const char *file);
+void nx_fs_metrics_stop(void);
 
 /* The low-level operations of ops.c. */
 extern const struct fuse_lowlevel_ops nx_fs_ops;

@@ -133,6 +133,7 @@ int main(int argc, char *argv[])
 	struct nx_source src;
 	struct nx_fs fs;
 	struct nx_session sess;
+	struct fuse_lowlevel_ops ops;
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
 	struct nx_fs_logdest logdest = { .fd = -1 };
@@ -182,7 +183,11 @@ int main(int argc, char *argv[])
 	forced = forced_opts(o.ref);
 	if (!forced || fuse_opt_add_arg(&args, forced) < 0)
 		goto out_args;
-	se = fuse_session_new(&args, &nx_fs_ops, sizeof(nx_fs_ops), &fs);
+	ops = nx_fs_ops;
+	nx_fs_metrics_wrap(&ops);
+	fs.ref = o.ref;
+	fs.mountpoint = o.mountpoint;
+	se = fuse_session_new(&args, &ops, sizeof(ops), &fs);
 	if (!se)
 		goto out_args; /* libfuse logged the unknown option through nx_vlog */
 	so.readahead = o.readahead_frames;
@@ -252,6 +257,8 @@ int main(int argc, char *argv[])
 		goto out_registry;
 	}
 	fs.closure_mode = o.closure != NULL;
+	if (o.metrics && nx_fs_metrics_start(&fs, o.metrics) < 0)
+		goto out_store;
 	nx_log(NX_LOG_INFO, "mounted %s on %s (cache %s)", o.ref, o.mountpoint, so.cache_dir);
 	/* only now: a unit ordered after this one may read the store at once */
 	snprintf(status, sizeof(status), "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s",
@@ -287,6 +294,7 @@ int main(int argc, char *argv[])
 
 	fuse_loop_cfg_destroy(cfg);
 out_store:
+	nx_fs_metrics_stop();
 	nx_store_close(fs.st);
 out_registry:
 	nx_registry_close(fs.reg);

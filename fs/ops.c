@@ -797,6 +797,24 @@ static void reply_xattr_value(fuse_req_t req, const char *val, size_t len, size_
 		fuse_reply_buf(req, val, len);
 }
 
+/* The Prometheus text (metrics.c); too big for the stack of a worker. */
+static void reply_metrics(fuse_req_t req, size_t size)
+{
+	char *text = malloc(NX_METRICS_MAX);
+	int n;
+
+	if (!text) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = nx_fs_metrics_text(fs_of(req), text, NX_METRICS_MAX);
+	if (n < 0)
+		fuse_reply_err(req, err_of(n));
+	else
+		reply_xattr_value(req, text, (size_t)n, size);
+	free(text);
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	char text[STATS_MAX];
@@ -804,6 +822,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 	/* ENODATA, not ENOSYS: the kernel would stop asking for good, and the
 	 * stats xattr would become unreachable too. */
+	if (ino == FUSE_ROOT_ID && strcmp(name, NX_METRICS_XATTR) == 0) {
+		reply_metrics(req, size);
+		return;
+	}
 	if (ino != FUSE_ROOT_ID || strcmp(name, STATS_XATTR) != 0) {
 		fuse_reply_err(req, ENODATA);
 		return;
@@ -818,7 +840,8 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	static const char list[] = STATS_XATTR; /* with its NUL: sizeof */
+	/* each name with its NUL: sizeof */
+	static const char list[] = STATS_XATTR "\0" NX_METRICS_XATTR;
 
 	if (ino == FUSE_ROOT_ID)
 		reply_xattr_value(req, list, sizeof(list), size);

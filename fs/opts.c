@@ -5,6 +5,7 @@
  * leaves a cache directory or a mount behind.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("debug", debug),
 	OPT("nonempty", nonempty),
 	OPT("log=%s", log),
+	OPT("metrics=%s", metrics),
 	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
 	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
 	FUSE_OPT_END,
@@ -65,6 +67,8 @@ void nx_fs_usage(FILE *f)
 		"    -o allow_other             let other users (and root) use the mount\n"
 		"    -o log=FILE                append the daemon's messages to FILE (default: stderr\n"
 		"                               if it is not a terminal, else syslog)\n"
+		"    -o metrics=FILE            write Prometheus metrics to FILE every 15 s (for\n"
+		"                               node_exporter's textfile collector)\n"
 		"    -o nonempty                mount over a non-empty directory (hiding it)\n"
 		"Always mounted ro,nosuid,nodev,default_permissions; the source is REGISTRY/REPO,\n"
 		"the type fuse.nixoci-fs. rw is refused; mount(8)'s _netdev, nofail, noauto,\n"
@@ -105,7 +109,7 @@ static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help",
 /* For the suggestion only: ours, as the user types them. */
 static const char *const ours[] = {
 	"cache=", "cache_size=", "closure=", "timeout=", "readahead=", "cafile=", "insecure",
-	"debug", "nonempty", "log=", "trusted-public-keys=", "mirror=", "passthrough=",
+	"debug", "nonempty", "log=", "metrics=", "trusted-public-keys=", "mirror=", "passthrough=",
 };
 
 /* Options of fstab and mount(8) that mean nothing to the file system
@@ -363,6 +367,18 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 			return -EINVAL;
 		}
 	}
+	if (o->metrics) {
+		char dir[PATH_MAX];
+		const char *slash = strrchr(o->metrics, '/');
+
+		snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - o->metrics) + 1 : 1,
+			 slash ? o->metrics : ".");
+		if (o->metrics[0] != '/' || access(dir, W_OK | X_OK) < 0) {
+			nx_log(NX_LOG_ERR, "bad option metrics=%s: %s", o->metrics,
+			       o->metrics[0] == '/' ? strerror(errno) : "give an absolute path");
+			return -EINVAL;
+		}
+	}
 	if (o->cafile && access(o->cafile, R_OK) < 0) {
 		nx_log(NX_LOG_ERR, "bad option cafile=%s: %s", o->cafile, strerror(errno));
 		return -EINVAL;
@@ -388,6 +404,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->readahead);
 	free(o->cafile);
 	free(o->log);
+	free(o->metrics);
 	free(o->passthrough);
 	free(o->insecure_host);
 	free(o->keys);

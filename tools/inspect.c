@@ -15,6 +15,7 @@
  * same read path; it is the debugging twin of a mount.
  */
 #include <errno.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,8 @@ static const char usage_ls[] =
 	"\n"
 	"options:\n"
 	"  --closures            also list the tags of closure indexes\n"
+	"  --json                one JSON object: {\"repository\", \"paths\": [...],\n"
+	"                        \"closures\": [...] with --closures}\n"
 	"  --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
 
 #define LS_THREADS 4
@@ -130,16 +133,40 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Prints @v (store paths and, with @closures, closure tags) as one object. */
+static int ls_json(const char *ref, char **v, size_t n, int closures)
+{
+	json_t *o = json_object(), *paths = json_array(), *cl = closures ? json_array() : NULL;
+	size_t i;
+	int r = -ENOMEM;
+
+	if (!o || !paths || (closures && !cl))
+		goto out;
+	for (i = 0; i < n; i++)
+		if (json_array_append_new(v[i][0] == '/' ? paths : cl, json_string(v[i])) < 0)
+			goto out;
+	if (json_object_set_new(o, "repository", json_string(ref)) < 0 ||
+	    json_object_set(o, "paths", paths) < 0 || (cl && json_object_set(o, "closures", cl) < 0))
+		goto out;
+	r = nx_cli_print_json(o);
+out:
+	json_decref(paths);
+	json_decref(cl);
+	json_decref(o);
+	return r;
+}
+
 int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "closures", no_argument, NULL, NX_OPT_FIRST_PRIVATE },
+		{ "json", no_argument, NULL, NX_OPT_FIRST_PRIVATE + 1 },
 		NX_CLI_LONGOPTS,
 		{ NULL, 0, NULL, 0 },
 	};
 	struct ls_ctx l = { 0 };
 	pthread_t th[LS_THREADS];
-	int c, closures = 0, n = 0, r, ret = NX_EXIT_ERR;
+	int c, closures = 0, json = 0, n = 0, r, ret = NX_EXIT_ERR;
 	char **lines = NULL;
 	size_t i, nlines = 0;
 
@@ -149,6 +176,8 @@ int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv)
 			return NX_EXIT_OK;
 		} else if (c == NX_OPT_FIRST_PRIVATE) {
 			closures = 1;
+		} else if (c == NX_OPT_FIRST_PRIVATE + 1) {
+			json = 1;
 		} else if (c == '?' || c == ':') {
 			return nx_cli_usage_error(usage_ls, "ls: %s '%s'",
 						  c == '?' ? "unknown option"
@@ -189,8 +218,13 @@ int nx_cmd_ls(struct nx_cli *cli, int argc, char **argv)
 			lines[nlines++] = l.tags[i];
 	}
 	qsort(lines, nlines, sizeof(*lines), cmp_str);
-	for (i = 0; i < nlines; i++)
-		printf("%s\n", lines[i]);
+	if (json) {
+		if (ls_json(argv[optind], lines, nlines, closures) < 0)
+			goto out;
+	} else {
+		for (i = 0; i < nlines; i++)
+			printf("%s\n", lines[i]);
+	}
 	ret = l.failed ? NX_EXIT_ERR : NX_EXIT_OK;
 out:
 	free(lines);
@@ -213,21 +247,28 @@ static const char usage_info[] =
 	"\n"
 	"Prints the narinfo view of a store path and where its layers are.\n"
 	"\n"
-	"options: --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
+	"options:\n"
+	"  --json                one JSON object (keys as nix path-info --json where\n"
+	"                        they exist: path, narHash, narSize, references, ...)\n"
+	"  --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
 
-/* Parses options of commands that only take the common ones. Returns -1 to
- * go on, or an exit status. */
+/* Parses options of commands that only take the common ones and --json
+ * (*json, when not NULL). Returns -1 to go on, or an exit status. */
 static int common_only(struct nx_cli *cli, int argc, char **argv, const char *usage,
-		       const char *cmd)
+		       const char *cmd, int *json)
 {
-	static const struct option lo[] = { NX_CLI_LONGOPTS, { NULL, 0, NULL, 0 } };
+	static const struct option lo[] = { { "json", no_argument, NULL, NX_OPT_FIRST_PRIVATE },
+					    NX_CLI_LONGOPTS,
+					    { NULL, 0, NULL, 0 } };
 	int c;
 
 	while ((c = getopt_long(argc, argv, ":hv", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage, stdout);
 			return NX_EXIT_OK;
-		} else if (c == '?' || c == ':') {
+		} else if (c == NX_OPT_FIRST_PRIVATE && json) {
+			*json = 1;
+		} else if (c == '?' || c == ':' || c == NX_OPT_FIRST_PRIVATE) {
 			return nx_cli_usage_error(usage, "%s: %s '%s'", cmd,
 						  c == '?' ? "unknown option"
 							   : "missing argument to",
@@ -247,6 +288,55 @@ static void print_list(const char *key, char **v, size_t n)
 		printf("%s: %s\n", key, v[i]);
 }
 
+static json_t *json_strings(char **v, size_t n)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; a && i < n; i++)
+		if (json_array_append_new(a, json_string(v[i])) < 0) {
+			json_decref(a);
+			return NULL;
+		}
+	return a;
+}
+
+static json_t *json_layer(const struct nx_desc *d)
+{
+	char s[NX_DIGEST_STRLEN];
+
+	nx_digest_format(d->digest, s);
+	return json_pack("{s:s, s:I}", "digest", s, "size", (json_int_t)d->size);
+}
+
+/* The narinfo view as JSON; nix path-info --json's names where it has one. */
+static int info_json(const struct nx_manifest *m, const uint8_t digest[NX_SHA256_LEN])
+{
+	char h[NX_NARHASH_STRLEN], d[NX_DIGEST_STRLEN];
+	json_t *o;
+	int r;
+
+	nx_narhash_format(m->info.nar_hash, h);
+	nx_digest_format(digest, d);
+	o = json_pack("{s:s, s:s, s:I, s:o, s:o, s:s, s:o, s:o, s:o}", "path", m->info.store_path,
+		      "narHash", h, "narSize", (json_int_t)m->info.nar_size, "references",
+		      json_strings(m->info.refs, m->info.nrefs), "signatures",
+		      json_strings(m->info.sigs, m->info.nsigs), "manifest", d, "narLayer",
+		      json_layer(&m->nar), "tocLayer", json_layer(&m->toc), "tocSignatures",
+		      json_strings(m->toc_sigs, m->ntoc_sigs));
+	if (!o)
+		return -ENOMEM;
+	if ((m->info.deriver && json_object_set_new(o, "deriver", json_string(m->info.deriver))) ||
+	    (m->info.ca && json_object_set_new(o, "ca", json_string(m->info.ca))) ||
+	    (m->zstd_params && json_object_set_new(o, "zstd", json_string(m->zstd_params)))) {
+		json_decref(o);
+		return -ENOMEM;
+	}
+	r = nx_cli_print_json(o);
+	json_decref(o);
+	return r;
+}
+
 int nx_cmd_info(struct nx_cli *cli, int argc, char **argv)
 {
 	struct nx_registry *reg = NULL;
@@ -255,9 +345,9 @@ int nx_cmd_info(struct nx_cli *cli, int argc, char **argv)
 	char h[NX_NARHASH_STRLEN], d[NX_DIGEST_STRLEN];
 	const char *base;
 	size_t blen, i;
-	int r;
+	int r, json = 0;
 
-	r = common_only(cli, argc, argv, usage_info, "info");
+	r = common_only(cli, argc, argv, usage_info, "info", &json);
 	if (r >= 0)
 		return r;
 	if (argc - optind != 2)
@@ -278,6 +368,11 @@ int nx_cmd_info(struct nx_cli *cli, int argc, char **argv)
 	nx_registry_close(reg);
 	if (r < 0)
 		return NX_EXIT_ERR;
+	if (json) {
+		r = info_json(&m, digest);
+		nx_manifest_release(&m);
+		return r < 0 ? NX_EXIT_ERR : NX_EXIT_OK;
+	}
 
 	printf("StorePath: %s\n", m.info.store_path);
 	nx_narhash_format(m.info.nar_hash, h);
@@ -315,8 +410,10 @@ static const char usage_verify[] =
 	"against NarHash and NarSize, the TOC against the NAR, and with\n"
 	"--trusted-public-keys the signatures. Prints \"ok PATH\" per good path.\n"
 	"\n"
-	"options: --trusted-public-keys KEYS, --cafile FILE, --insecure,\n"
-	"         --timeout SECONDS, -v   as for every command\n";
+	"options:\n"
+	"  --json                one JSON array of {\"path\", \"ok\", \"error\"} at the end\n"
+	"  --trusted-public-keys KEYS, --cafile FILE, --insecure,\n"
+	"  --timeout SECONDS, -v   as for every command\n";
 
 /* A compressed frame of at most 1 MiB of content never needs more than
  * this (ZSTD_compressBound(1 MiB) is about 1 MiB + 4 KiB). */
@@ -690,7 +787,7 @@ static int verify_sigs(const struct nx_manifest *m, const struct nx_pubkey *keys
 	return -EACCES;
 }
 
-static int verify_one(struct nx_registry *reg, const char *base, size_t blen,
+static int verify_one(json_t *results, struct nx_registry *reg, const char *base, size_t blen,
 		      const struct nx_pubkey *keys, size_t nkeys)
 {
 	static const struct nx_desc empty_desc = { .size = 2 };
@@ -768,8 +865,19 @@ out:
 	if (r < 0)
 		nx_log(NX_LOG_ERR, "verify %s/%.*s: %s", NX_STORE_DIR, (int)blen, base,
 		       what ? what : strerror(-r));
-	else
+	else if (!results)
 		printf("ok %s/%.*s\n", NX_STORE_DIR, (int)blen, base);
+	if (results) {
+		char *sp = NULL;
+
+		if (asprintf(&sp, "%s/%.*s", NX_STORE_DIR, (int)blen, base) < 0 ||
+		    json_array_append_new(results,
+					  r < 0 ? json_pack("{s:s, s:b, s:s}", "path", sp, "ok", 0,
+							    "error", what ? what : strerror(-r))
+						: json_pack("{s:s, s:b}", "path", sp, "ok", 1)) < 0)
+			r = r < 0 ? r : -ENOMEM;
+		free(sp);
+	}
 	fflush(stdout);
 	free(what);
 	nx_toc_free(toc);
@@ -786,9 +894,10 @@ int nx_cmd_verify(struct nx_cli *cli, int argc, char **argv)
 	struct nx_pubkey *keys = NULL;
 	size_t nkeys = 0, blen;
 	const char *base;
-	int r, i, failed = 0;
+	json_t *results = NULL;
+	int r, i, failed = 0, json = 0;
 
-	r = common_only(cli, argc, argv, usage_verify, "verify");
+	r = common_only(cli, argc, argv, usage_verify, "verify", &json);
 	if (r >= 0)
 		return r;
 	if (argc - optind < 2)
@@ -806,11 +915,16 @@ int nx_cmd_verify(struct nx_cli *cli, int argc, char **argv)
 		free(keys);
 		return NX_EXIT_ERR;
 	}
-	for (i = optind + 1; i < argc; i++) {
+	if (json && !(results = json_array()))
+		failed = 1;
+	for (i = optind + 1; i < argc && !(json && !results); i++) {
 		nx_cli_path_arg(argv[i], &base, &blen, NULL);
-		if (verify_one(reg, base, blen, keys, nkeys) < 0)
+		if (verify_one(results, reg, base, blen, keys, nkeys) < 0)
 			failed = 1;
 	}
+	if (results && nx_cli_print_json(results) < 0)
+		failed = 1;
+	json_decref(results);
 	nx_registry_close(reg);
 	free(keys);
 	return failed ? NX_EXIT_ERR : NX_EXIT_OK;

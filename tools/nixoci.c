@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <ftw.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +105,13 @@ int nx_cli_usage_error(const char *usage, const char *fmt, ...)
 	va_end(ap);
 	/* the synopsis line only: the whole text is one -h away */
 	return nx_cli_synopsis(usage);
+}
+
+int nx_cli_print_json(void *v)
+{
+	if (json_dumpf(v, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII) < 0 || putchar('\n') == EOF)
+		return -EIO;
+	return 0;
 }
 
 int nx_cli_keys(const struct nx_cli *cli, struct nx_pubkey **keys, size_t *n)

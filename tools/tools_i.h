@@ -69,6 +69,10 @@ int nx_cli_usage_error(const char *usage, const char *fmt, ...) NX_PRINTF(2, 3);
  * already logged). Returns NX_EXIT_USAGE. */
 int nx_cli_synopsis(const char *usage);
 
+/* Prints @v (a jansson json_t *) on stdout as indented JSON and a newline.
+ * 0 or -EIO. (void * keeps <jansson.h> out of this header.) */
+int nx_cli_print_json(void *v);
+
 /* Parses --trusted-public-keys into *keys (caller frees) or NULL/0 when
  * none were given. */
 int nx_cli_keys(const struct nx_cli *cli, struct nx_pubkey **keys, size_t *n);

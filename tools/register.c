@@ -49,6 +49,46 @@ struct reg_path {
 	struct nx_manifest m;
 };
 
+struct queue {
+	char **v; /* base names, each once */
+	size_t n, cap;
+};
+
+/* Appends a copy of @base[0..len) unless the queue has it already. */
+NX_ANALYZER_ARRAY_STORE_BEGIN
+static int queue_push(struct queue *q, const char *base, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < q->n; i++)
+		if (strlen(q->v[i]) == len && memcmp(q->v[i], base, len) == 0)
+			return 0;
+	if (q->n == q->cap) {
+		size_t ncap = q->cap ? 2 * q->cap : 64;
+		char **nv = realloc(q->v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		q->v = nv;
+		q->cap = ncap;
+	}
+	q->v[q->n] = strndup(base, len);
+	if (!q->v[q->n])
+		return -ENOMEM;
+	q->n++;
+	return 0;
+}
+NX_ANALYZER_ARRAY_STORE_END
+
+static void queue_release(struct queue *q)
+{
+	size_t i;
+
+	for (i = 0; i < q->n; i++)
+		free(q->v[i]);
+	free(q->v);
+}
+
 static int cmp_reg(const void *a, const void *b)
 {
 	const struct reg_path *x = a, *y = b;
@@ -147,8 +187,6 @@ static int finish_load(FILE *f, pid_t pid)
 	return bad ? -EIO : 0;
 }
 
-/* queue[] owns its names and paths[] its manifests, freed at out (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
-NX_ANALYZER_ARRAY_STORE_BEGIN
 int nx_cmd_register(struct nx_cli *cli, int argc, char **argv)
 {
 	enum { O_LOAD = NX_OPT_FIRST_PRIVATE, O_STORE, O_NOCLOSURE };
@@ -162,8 +200,8 @@ int nx_cmd_register(struct nx_cli *cli, int argc, char **argv)
 	struct nx_registry *reg = NULL;
 	struct nx_pubkey *keys = NULL;
 	struct reg_path *paths = NULL;
-	char **queue = NULL;
-	size_t nkeys = 0, npaths = 0, pcap = 0, nq = 0, qcap = 0, i, j;
+	struct queue q = { 0 };
+	size_t nkeys = 0, npaths = 0, pcap = 0, i, j;
 	const char *store = NULL, *ref;
 	int c, r, load = 0, closure = 1, ret = NX_EXIT_ERR;
 	FILE *out = stdout;
@@ -216,29 +254,20 @@ int nx_cmd_register(struct nx_cli *cli, int argc, char **argv)
 	if (nx_cli_registry(cli, ref, 1, &reg) < 0)
 		goto out;
 
-	qcap = (size_t)(argc - optind) + 16;
-	queue = calloc(qcap, sizeof(*queue));
-	if (!queue)
-		goto out;
 	for (i = (size_t)optind; i < (size_t)argc; i++) {
 		const char *b;
 		size_t bl;
 
 		nx_cli_path_arg(argv[i], &b, &bl, NULL);
-		queue[nq] = strndup(b, bl);
-		if (!queue[nq++])
+		if (queue_push(&q, b, bl) < 0)
 			goto out;
 	}
-	for (i = 0; i < nq; i++) {
+	for (i = 0; i < q.n; i++) {
 		struct nx_manifest m = { 0 };
 
-		for (j = 0; j < i && strcmp(queue[j], queue[i]) != 0; j++)
-			;
-		if (j < i)
-			continue;
-		r = nx_cli_get_manifest(reg, queue[i], strlen(queue[i]), &m, NULL, NULL);
+		r = nx_cli_get_manifest(reg, q.v[i], strlen(q.v[i]), &m, NULL, NULL);
 		if (r == -ENOENT)
-			nx_log(NX_LOG_ERR, "register: %s/%s is not in the repository", ref, queue[i]);
+			nx_log(NX_LOG_ERR, "register: %s/%s is not in the repository", ref, q.v[i]);
 		if (r < 0)
 			goto out;
 		if (nkeys && signed_by(&m, keys, nkeys) != 1) {
@@ -258,21 +287,11 @@ int nx_cmd_register(struct nx_cli *cli, int argc, char **argv)
 			pcap += 64;
 		}
 		paths[npaths++].m = m;
-		for (j = 0; closure && j < m.info.nrefs; j++) {
-			if (nq == qcap) {
-				char **nqv = realloc(queue, 2 * qcap * sizeof(*nqv));
-
-				if (!nqv)
-					goto out;
-				queue = nqv;
-				qcap *= 2;
-			}
-			queue[nq] = strdup(m.info.refs[j]);
-			if (!queue[nq++])
+		for (j = 0; closure && j < m.info.nrefs; j++)
+			if (queue_push(&q, m.info.refs[j], strlen(m.info.refs[j])) < 0)
 				goto out;
-		}
 	}
-	if (npaths) /* paths is NULL when there is none */
+	if (npaths > 1)
 		qsort(paths, npaths, sizeof(*paths), cmp_reg);
 	if (load && start_load(store, &out, &pid) < 0)
 		goto out;
@@ -298,11 +317,8 @@ out:
 	for (i = 0; i < npaths; i++)
 		nx_manifest_release(&paths[i].m);
 	free(paths);
-	for (i = 0; i < nq; i++)
-		free(queue[i]);
-	free(queue);
+	queue_release(&q);
 	free(keys);
 	nx_registry_close(reg);
 	return ret;
 }
-NX_ANALYZER_ARRAY_STORE_END

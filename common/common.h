@@ -486,6 +486,12 @@ void nx_prom_hist(struct nx_prom *p, const char *name, const char *labels,
 /* Parses "10G", "10GB", "10GiB", "512M", "4096", "1K" (K/M/G/T, each
  * optionally followed by B or iB: always powers of 1024). Quiet. */
 int nx_parse_size(const char *s, uint64_t *out);
+/* The default cache directory of nixoci-fs and nixoci prefetch: for root
+ * /var/cache/nixoci, for anyone else $XDG_CACHE_HOME/nixoci (when set and
+ * absolute) or $HOME/.cache/nixoci (HOME from the environment, else the
+ * password database). 0, or -ENOENT when there is no home, -ENAMETOOLONG. */
+#define NX_ROOT_CACHE_DIR "/var/cache/nixoci"
+int nx_default_cache_dir(char *buf, size_t cap);
 /* mkdir -p @path: creates the missing directories with @mode (existing
  * ones are left as they are). 0 or -errno. */
 int nx_mkdir_p(const char *path, mode_t mode);

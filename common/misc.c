@@ -2,6 +2,9 @@
  * common/misc.c: small helpers without a better home.
  */
 #include <errno.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -60,6 +63,31 @@ int nx_parse_size(const char *s, uint64_t *out)
 	if (v > UINT64_MAX / mult)
 		return -EINVAL;
 	*out = v * mult;
+	return 0;
+}
+
+int nx_default_cache_dir(char *buf, size_t cap)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	struct passwd pw, *res = NULL;
+	char pwbuf[1024];
+	int n;
+
+	if (geteuid() == 0)
+		n = snprintf(buf, cap, "%s", NX_ROOT_CACHE_DIR);
+	else if (xdg && xdg[0] == '/')
+		n = snprintf(buf, cap, "%s/nixoci", xdg);
+	else {
+		if (!home || home[0] != '/') {
+			if (getpwuid_r(geteuid(), &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res ||
+			    !res->pw_dir || res->pw_dir[0] != '/')
+				return -ENOENT;
+			home = res->pw_dir;
+		}
+		n = snprintf(buf, cap, "%s/.cache/nixoci", home);
+	}
+	if (n < 0 || (size_t)n >= cap)
+		return -ENAMETOOLONG;
 	return 0;
 }
 

@@ -12,6 +12,7 @@
 #include "cache/cache.h"
 #include "fetch/fetch.h"
 
+#include <limits.h>
 #include <stdio.h>
 
 /*
@@ -78,7 +79,6 @@ struct nx_fs {
 /* The command line (opts.c). Strings are malloc'ed by the parser and freed
  * by nx_fs_opts_release(); the parsed values are filled by
  * nx_fs_opts_check(). */
-#define NX_FS_DEFAULT_CACHE_DIR "/var/cache/nixoci"
 
 struct nx_fs_opts {
 	/* as given */
@@ -104,7 +104,8 @@ struct nx_fs_opts {
 	struct fuse_cmdline_opts fo; /* libfuse's -f -d -s -h -V ... */
 
 	/* parsed by nx_fs_opts_check() */
-	const char *cache_dir; /* cache, or the default */
+	const char *cache_dir; /* cache, or the default (in default_cache) */
+	char default_cache[PATH_MAX];
 	uint64_t cache_bytes;  /* 0: the store's default */
 	int timeout_s;
 	int readahead_frames;  /* 0: the store's default; -1: off */

@@ -734,16 +734,23 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct nx_fs *fs = fs_of(req);
 	struct nx_store_stats ss;
 	struct statvfs sv;
+	uint64_t used;
 
 	nx_store_stats(fs->st, &ss);
 	memset(&sv, 0, sizeof(sv));
 	sv.f_bsize = 4096;
 	sv.f_frsize = 4096;
-	/* What the cache holds now; a lazy store has no meaningful total. */
-	sv.f_blocks = (fsblkcnt_t)((ss.cache_bytes + 4095) / 4096);
-	sv.f_bfree = 0;
-	sv.f_bavail = 0;
-	sv.f_files = (fsfilcnt_t)ss.paths_loaded;
+	/* As CVMFS does: the size is the cache's limit and the use what the
+	 * cache holds, so df shows how full the cache is (a lazy store has no
+	 * meaningful total, and "100% full" would fire disk alerts). The
+	 * limit bounds chunks and blobs only, and is enforced after a save,
+	 * so the use may pass it briefly: free is then 0. */
+	used = ss.cache_bytes;
+	sv.f_blocks = (fsblkcnt_t)(ss.cache_limit / 4096);
+	sv.f_bfree = used < ss.cache_limit ? (fsblkcnt_t)((ss.cache_limit - used) / 4096) : 0;
+	sv.f_bavail = sv.f_bfree;
+	/* no inode count to speak of: 0 total shows as "-" in df -i */
+	sv.f_files = 0;
 	sv.f_ffree = 0;
 	sv.f_favail = 0;
 	sv.f_namemax = NX_NAR_NAME_MAX;

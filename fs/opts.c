@@ -44,7 +44,8 @@ void nx_fs_usage(FILE *f)
 		"Mounts the Nix store held in an OCI repository, read-only and lazily.\n"
 		"\n"
 		"nixoci-fs options:\n"
-		"    -o cache=DIR               cache directory (default " NX_FS_DEFAULT_CACHE_DIR ")\n"
+		"    -o cache=DIR               cache directory (default " NX_ROOT_CACHE_DIR " for\n"
+		"                               root, else $XDG_CACHE_HOME/nixoci or ~/.cache/nixoci)\n"
 		"    -o cache_size=SIZE         cache limit, K/M/G/T suffixes, B or iB accepted,\n"
 		"                               powers of 1024 (default 10G)\n"
 		"    -o closure=NAME            serve only the closure under tag NAME or sha256:<hex>\n"
@@ -324,7 +325,15 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 	int r;
 
 	o->timeout_s = 30;
-	o->cache_dir = o->cache ? o->cache : NX_FS_DEFAULT_CACHE_DIR;
+	o->cache_dir = o->cache;
+	if (!o->cache_dir) {
+		if (nx_default_cache_dir(o->default_cache, sizeof(o->default_cache)) < 0) {
+			nx_log(NX_LOG_ERR, "no default cache directory (no home directory): give "
+			       "-o cache=DIR");
+			return -EINVAL;
+		}
+		o->cache_dir = o->default_cache;
+	}
 	if (!o->ref || !o->mountpoint) {
 		nx_log(NX_LOG_ERR, "missing %s (usage: nixoci-fs [-f] [-o OPTS] REGISTRY/REPO "
 		       "MOUNTPOINT)", o->ref ? "MOUNTPOINT" : "REGISTRY/REPO and MOUNTPOINT");

@@ -8,6 +8,7 @@
  * prefetches usually has none.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,13 +16,14 @@
 #include "tools/tools_i.h"
 
 static const char usage_prefetch[] =
-	"usage: nixoci prefetch --cache DIR [OPTIONS] REGISTRY/REPO PATH...\n"
+	"usage: nixoci prefetch [--cache DIR] [OPTIONS] REGISTRY/REPO PATH...\n"
 	"\n"
 	"Fetches every frame of each PATH and of everything it references\n"
 	"(recursively) into the cache DIR, verifying as nixoci-fs does.\n"
 	"\n"
 	"options:\n"
-	"  --cache DIR           the cache to fill (required)\n"
+	"  --cache DIR           the cache to fill; default nixoci-fs's: /var/cache/nixoci\n"
+	"                        for root, $XDG_CACHE_HOME/nixoci or ~/.cache/nixoci else\n"
 	"  --closure NAME        resolve paths through the closure index NAME\n"
 	"  --trusted-public-keys KEYS, --cafile FILE, --insecure, --timeout SECONDS, -v\n";
 
@@ -119,6 +121,7 @@ int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv)
 	const char *base;
 	size_t blen, nkeys = 0, i, j;
 	uint64_t t0 = nx_now_ns();
+	char defcache[PATH_MAX];
 	int c, r, ret = NX_EXIT_ERR;
 
 	while ((c = getopt_long(argc, argv, ":hv", lo, NULL)) != -1) {
@@ -144,8 +147,12 @@ int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv)
 			}
 		}
 	}
-	if (!so.cache_dir)
-		return nx_cli_usage_error(usage_prefetch, "prefetch: --cache DIR is required");
+	if (!so.cache_dir) {
+		if (nx_default_cache_dir(defcache, sizeof(defcache)) < 0)
+			return nx_cli_usage_error(usage_prefetch, "prefetch: no default cache "
+						  "directory (no HOME): give --cache DIR");
+		so.cache_dir = defcache;
+	}
 	if (argc - optind < 2)
 		return nx_cli_usage_error(usage_prefetch, "prefetch: missing %s",
 					  optind >= argc ? "REGISTRY/REPO and PATH" : "PATH");

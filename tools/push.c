@@ -452,8 +452,22 @@ out:
 
 /* ---------------------------------------------------------------- main */
 
+/* A derivation is a build recipe: its closure is sources and other .drv
+ * files, not what a mount should serve. -EINVAL (logged) for one. */
+static int is_drv(const char *arg, const char *sp)
+{
+	size_t n = strlen(sp);
+
+	if (n < 4 || strcmp(sp + n - 4, ".drv") != 0)
+		return 0;
+	nx_log(NX_LOG_ERR, "push %s: %s is a derivation (a build recipe), not a build "
+	       "output; push its outputs: nixoci push REF $(nix-store -q --outputs %s)",
+	       arg, sp, sp);
+	return -EINVAL;
+}
+
 /*
- * Resolves @arg to a store path: a store path itself, or a chain of symlinks
+ * Resolves @arg to a store path: a store path itself, its "<hash>-<name>", or a chain of symlinks
  * that ends at one (./result). The store path may itself be a symlink (a
  * store path whose root object is a symlink), so the chain is followed one
  * link at a time and stops at the first store path, never beyond it.
@@ -466,7 +480,13 @@ static int resolve_root(const char *arg, char **out)
 	int hops, r;
 	ssize_t n;
 
-	p = strdup(arg);
+	/* "<hash>-<name>" alone names the store path, as everywhere else */
+	if (!strchr(arg, '/') && nx_storepath_check_base(arg, strlen(arg)) == 0) {
+		if (asprintf(&p, "%s/%s", NX_STORE_DIR, arg) < 0)
+			return -ENOMEM;
+	} else {
+		p = strdup(arg);
+	}
 	if (!p)
 		return -ENOMEM;
 	for (hops = 0; hops < 40; hops++) {
@@ -478,7 +498,7 @@ static int resolve_root(const char *arg, char **out)
 		}
 		if (nx_storepath_check(p, &base) == 0) {
 			*out = p;
-			return 0;
+			return is_drv(arg, p);
 		}
 		if (!S_ISLNK(st.st_mode))
 			break;
@@ -517,7 +537,7 @@ static int resolve_root(const char *arg, char **out)
 	free(p);
 	if (rp && nx_storepath_check(rp, &base) == 0) {
 		*out = rp;
-		return 0;
+		return is_drv(arg, rp);
 	}
 	nx_log(NX_LOG_ERR, "push %s: not a store path (/nix/store/<hash>-<name>) "
 	       "or a symlink to one", arg);
@@ -558,8 +578,10 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 	for (; optind < argc; optind++) {
 		char *rp = NULL;
 
-		if (resolve_root(argv[optind], &rp) < 0)
+		if (resolve_root(argv[optind], &rp) < 0) {
+			free(rp); /* set when it named a .drv */
 			goto out;
+		}
 		for (j = 0; j < nroots && strcmp(roots[j], rp) != 0; j++)
 			;
 		if (j < nroots)

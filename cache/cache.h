@@ -73,6 +73,19 @@ struct nx_store_opts {
 struct nx_store;
 struct nx_spath;
 
+/*
+ * Creates the cache directory @dir if it is missing (0700; missing parents
+ * 0755) and checks that it can be trusted: a directory owned by this
+ * process's user that no other user can write, whose parents only root or
+ * this user can change (a root-owned sticky directory such as /tmp counts
+ * as unchangeable), with index.mdb, blobs, chunks and tmp the same and no
+ * symlink anywhere on the way. Anyone who could write the cache could
+ * change the bytes served (chunks are not re-hashed on every read) and
+ * steer the daemon's file operations. 0, or a negative errno after one log
+ * line that says why and what to do. nx_store_open applies the same check.
+ */
+int nx_cache_dir_check(const char *dir);
+
 /* Opens (creating) the cache and, in closure mode, fetches and verifies the
  * closure index. The store keeps a copy of @src and pointers in @o->keys
  * must outlive the store. */

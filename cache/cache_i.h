@@ -66,6 +66,13 @@
 /* The LMDB map starts at this size and doubles on MDB_MAP_FULL up to
  * NX_MAP_MAX (address space, not disk: the file grows as pages are used). */
 #define NX_MAP_SIZE ((size_t)1 << 30)
+/* Orphans (files in chunks/ or blobs/ without a record: a crash between
+ * the rename and the record) are swept at open, every NX_SWEEP_INTERVAL_NS,
+ * and only once older than NX_ORPHAN_AGE_NS while another process may be
+ * between its rename and its record (at open with the cache to ourselves,
+ * whatever their age). */
+#define NX_SWEEP_INTERVAL_NS (UINT64_C(600) * 1000000000)
+#define NX_ORPHAN_AGE_NS (UINT64_C(600) * 1000000000)
 #define NX_MAP_MAX ((size_t)1 << 36)
 
 struct nx_spath {
@@ -140,7 +147,8 @@ struct nx_reader {
 /* A chunk file in place but not yet synced and recorded in LMDB. */
 struct nx_pending {
 	uint8_t digest[NX_SHA256_LEN];
-	uint64_t size;
+	uint64_t size; /* bytes of the chunk (its record checks the file) */
+	uint64_t disk; /* what it takes on disk (st_blocks), for the limit */
 };
 
 /* A last-use update waiting for the syncer (chunks or blobs). */
@@ -170,6 +178,13 @@ struct nx_store {
 	size_t nix;
 
 	MDB_env *env; /* NULL: no usable cache (read-only mode without one) */
+	/* The checked cache directory and its subdirectories, opened once
+	 * (O_NOFOLLOW, owner and mode checked): every file operation is
+	 * relative to these, so nothing is reached through a path that
+	 * someone could redirect. -1 when closed. */
+	int dirfd, fd_index, fd_blobs, fd_chunks, fd_tmp, lockfd;
+	char *rdir; /* the directory's resolved path (LMDB opens by path) */
+	uint64_t next_sweep; /* nx_now_ns() of the next orphan sweep */
 	/* Every transaction of this process holds db_rw shared: changing the
 	 * map size (growth, or adopting another process's growth) is only
 	 * allowed with no transaction open in the process, so it holds it
@@ -194,7 +209,7 @@ struct nx_store {
 	 * thread, and the batch it is syncing; both are readable already */
 	struct nx_pending *pend, *syncing;
 	size_t npend, nsyncing, pend_cap, syncing_cap;
-	uint64_t pend_bytes, syncing_bytes, pend_since;
+	uint64_t pend_bytes, syncing_bytes, pend_since; /* disk bytes */
 	pthread_cond_t sync_cond;
 	pthread_t sync_thread;
 	int sync_started, sync_stop;

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +70,25 @@ static int mdb_errno(int rc)
 	return -EIO;
 }
 
+/* Disk bytes of a record (what du counts): recorded since records carry it,
+ * else the size rounded up to a block. */
+static uint64_t rec_disk(const void *v, size_t n)
+{
+	uint64_t size = get_le64(v);
+
+	if (n >= 24)
+		return get_le64((const uint8_t *)v + 16);
+	return (size + 4095) & ~UINT64_C(4095);
+}
+
+/* What @fd takes on disk, as du counts it. */
+static uint64_t disk_bytes(const struct stat *sb)
+{
+	return (uint64_t)sb->st_blocks * 512;
+}
+
+/* mkdir -p with parents 0755 and the last one 0700 (an existing one is left
+ * as it is: the walk below judges it). */
 static int mkdir_p(const char *path)
 {
 	char buf[PATH_MAX];
@@ -83,11 +103,223 @@ static int mkdir_p(const char *path)
 		char c = buf[i];
 
 		buf[i] = '\0';
-		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+		if (mkdir(buf, c ? 0755 : 0700) < 0 && errno != EEXIST)
 			return -errno;
 		buf[i] = c;
 	}
 	return 0;
+}
+
+/* Why a directory above the cache or the cache itself cannot be trusted,
+ * or NULL. */
+static const char *untrusted(const struct stat *sb, int above, uid_t me)
+{
+	if (!S_ISDIR(sb->st_mode))
+		return "is not a directory";
+	if (above) {
+		if (sb->st_uid != 0 && sb->st_uid != me)
+			return "is owned by another user, who could replace the cache";
+		if ((sb->st_mode & 022) && !((sb->st_mode & S_ISVTX) && sb->st_uid == 0))
+			return "is writable by other users (and not a root-owned sticky directory), "
+			       "who could replace the cache";
+		return NULL;
+	}
+	if (sb->st_uid != me)
+		return "is owned by another user, who could change the bytes served";
+	if (sb->st_mode & 022)
+		return "is writable by other users, who could change the bytes served";
+	return NULL;
+}
+
+/*
+ * Opens the cache directory for use: resolves @dir (creating it when
+ * @create), then opens every component from / with O_NOFOLLOW and checks it
+ * on the open descriptor, so what is checked is what is used. *out is an
+ * O_RDONLY descriptor of the directory, *resolved its path (caller frees).
+ * -ENOENT quietly when it does not exist and !@create; other failures log
+ * one line (at @level) saying why and what to do.
+ */
+static int dir_open_checked(const char *dir, int create, int level, int *out, char **resolved)
+{
+	char *real = NULL, *save = NULL, *tok, *walk = NULL;
+	uid_t me = geteuid();
+	struct stat sb;
+	int fd = -1, nfd, rc = 0;
+	const char *why;
+
+	*out = -1;
+	if (create) {
+		rc = mkdir_p(dir);
+		if (rc < 0) {
+			nx_log(level, "cache directory %s: cannot create it: %s; choose another "
+			       "with -o cache=DIR", dir, strerror(-rc));
+			return rc;
+		}
+	}
+	real = realpath(dir, NULL);
+	if (!real) {
+		rc = -errno;
+		if (rc != -ENOENT || create)
+			nx_log(level, "cache directory %s: %s; choose another with -o cache=DIR", dir,
+			       strerror(-rc));
+		return rc;
+	}
+	walk = strdup(real);
+	fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (!walk || fd < 0) {
+		rc = walk ? -errno : -ENOMEM;
+		goto out;
+	}
+	tok = strtok_r(walk, "/", &save);
+	if (fstat(fd, &sb) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	why = untrusted(&sb, tok != NULL, me);
+	if (why) {
+		nx_log(level, "cache directory %s: / %s; choose a cache= directory that only "
+		       "root or uid %u can change", dir, why, (unsigned)me);
+		rc = -EPERM;
+		goto out;
+	}
+	for (; tok; tok = strtok_r(NULL, "/", &save)) {
+		const char *next = save && *save ? save : NULL;
+
+		nfd = openat(fd, tok, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (nfd < 0) {
+			rc = -errno;
+			nx_log(level, "cache directory %s: cannot open %s: %s (changed while "
+			       "being checked?)", dir, tok, strerror(-rc));
+			goto out;
+		}
+		close(fd);
+		fd = nfd;
+		if (fstat(fd, &sb) < 0) {
+			rc = -errno;
+			goto out;
+		}
+		why = untrusted(&sb, next != NULL, me);
+		if (why) {
+			if (next) {
+				/* the directory above, as a path for the message */
+				size_t len = (size_t)(tok - walk) + strlen(tok);
+
+				nx_log(level, "cache directory %s: %.*s above it %s; choose a "
+				       "cache= directory whose parents only root or uid %u can "
+				       "change", dir, (int)len, real, why, (unsigned)me);
+			} else {
+				nx_log(level, "cache directory %s %s (owner uid %u, mode %04o; "
+				       "nixoci runs as uid %u); remove it to have it created "
+				       "again (mode 0700), or choose another with -o cache=DIR",
+				       dir, why, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 07777),
+				       (unsigned)me);
+			}
+			rc = -EPERM;
+			goto out;
+		}
+	}
+	*out = fd;
+	fd = -1;
+	*resolved = real;
+	real = NULL;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(walk);
+	free(real);
+	return rc;
+}
+
+/* Opens subdirectory @name of the cache directory @dirfd (named @dir in
+ * messages), creating it if @create, with the same checks as the cache
+ * directory. -ENOENT quietly when it is missing and !@create. */
+static int subdir_open_at(int dirfd, const char *dir, const char *name, int create, int level,
+			  int *out)
+{
+	struct stat sb;
+	const char *why;
+	int fd;
+
+	if (create && mkdirat(dirfd, name, 0700) < 0 && errno != EEXIST) {
+		int e = errno;
+
+		nx_log(level, "cache %s: cannot create %s: %s", dir, name, strerror(e));
+		return -e;
+	}
+	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		if (e == ENOENT && !create)
+			return -ENOENT;
+		nx_log(level, "cache %s: %s is %s; remove it (the cache rebuilds itself)", dir,
+		       name, e == ELOOP || e == ENOTDIR ? "a symlink or not a directory" :
+		       strerror(e));
+		return -e;
+	}
+	why = fstat(fd, &sb) < 0 ? "cannot be checked" : untrusted(&sb, 0, geteuid());
+	if (why) {
+		nx_log(level, "cache %s: %s %s; remove it (the cache rebuilds itself)", dir,
+		       name, why);
+		close(fd);
+		return -EPERM;
+	}
+	*out = fd;
+	return 0;
+}
+
+static int subdir_open(struct nx_store *st, const char *name, int level, int *out)
+{
+	return subdir_open_at(st->dirfd, st->dir, name, !st->readonly, level, out);
+}
+
+/* LMDB opens its two files by path: they must be ours, regular, not
+ * writable by others (or absent). */
+static int index_files_check(struct nx_store *st, int level)
+{
+	static const char *const names[] = { "data.mdb", "lock.mdb" };
+
+	for (size_t i = 0; i < 2; i++) {
+		struct stat sb;
+
+		if (fstatat(st->fd_index, names[i], &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno == ENOENT)
+				continue;
+			return -errno;
+		}
+		if (!S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || (sb.st_mode & 022)) {
+			nx_log(level, "cache %s: index.mdb/%s is not a file of uid %u that only it "
+			       "can write; remove index.mdb (the cache rebuilds itself)", st->dir,
+			       names[i], (unsigned)geteuid());
+			return -EPERM;
+		}
+	}
+	return 0;
+}
+
+int nx_cache_dir_check(const char *dir)
+{
+	char *real = NULL;
+	int fd, rc;
+
+	static const char *const subs[] = { "index.mdb", "blobs", "chunks", "tmp" };
+
+	rc = dir_open_checked(dir, 1, NX_LOG_ERR, &fd, &real);
+	if (rc < 0)
+		return rc;
+	/* the ones that exist already: refused now, not after mounting */
+	for (size_t i = 0; rc == 0 && i < 4; i++) {
+		int sfd;
+
+		rc = subdir_open_at(fd, dir, subs[i], 0, NX_LOG_ERR, &sfd);
+		if (rc == 0)
+			close(sfd);
+		if (rc == -ENOENT)
+			rc = 0;
+	}
+	close(fd);
+	free(real);
+	return rc;
 }
 
 /*
@@ -204,17 +436,20 @@ static size_t map_size(struct nx_store *st)
 }
 
 /* Removes tmp files of processes that no longer exist. Names are
- * "<pid>.<random>" so a prefetch CLI sharing the cache keeps its files. */
+ * "<pid>.<random>" so a prefetch CLI sharing the cache keeps its files.
+ * tmp was opened with O_NOFOLLOW and unlinkat never follows a symlink, so
+ * nothing outside the cache can be removed. */
 static void clean_tmp(struct nx_store *st)
 {
-	char path[PATH_MAX];
-	DIR *d;
+	int fd = dup(st->fd_tmp);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *de;
 
-	snprintf(path, sizeof(path), "%s/tmp", st->dir);
-	d = opendir(path);
-	if (!d)
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
 		return;
+	}
 	while ((de = readdir(d))) {
 		char *end;
 		long pid;
@@ -225,14 +460,28 @@ static void clean_tmp(struct nx_store *st)
 		if (*end == '.' && pid > 0 &&
 		    (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH))
 			continue; /* its writer is alive */
-		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+		if (unlinkat(st->fd_tmp, de->d_name, 0) == 0)
 			nx_log(NX_LOG_DEBUG, "cache %s: removed stale tmp file %s", st->dir,
 			       de->d_name);
 	}
 	closedir(d);
 }
 
-/* Sums the sizes recorded in @dbi (for the running total). */
+/* Disk bytes of the LMDB files (they count in du too). */
+static uint64_t index_bytes(struct nx_store *st)
+{
+	struct stat sb;
+	uint64_t n = 0;
+
+	if (st->fd_index < 0)
+		return 0;
+	if (fstatat(st->fd_index, "data.mdb", &sb, AT_SYMLINK_NOFOLLOW) == 0)
+		n += disk_bytes(&sb);
+	if (fstatat(st->fd_index, "lock.mdb", &sb, AT_SYMLINK_NOFOLLOW) == 0)
+		n += disk_bytes(&sb);
+	return n;
+}
+
 static uint64_t sum_sizes(struct nx_store *st, MDB_dbi dbi)
 {
 	MDB_txn *txn;
@@ -245,7 +494,7 @@ static uint64_t sum_sizes(struct nx_store *st, MDB_dbi dbi)
 	if (mdb_cursor_open(txn, dbi, &cur) == 0) {
 		while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0)
 			if (v.mv_size >= 8)
-				sum += get_le64(v.mv_data);
+				sum += rec_disk(v.mv_data, v.mv_size);
 		mdb_cursor_close(cur);
 	}
 	txn_abort(st, txn);
@@ -272,36 +521,84 @@ static int open_dbis(struct nx_store *st)
 	return txn_commit(st, txn);
 }
 
+static void sweep(struct nx_store *st, uint64_t min_age_ns);
+static void sync_start_locked(struct nx_store *st);
+
+/* The cache's total as du sees it, from LMDB and the files not recorded yet. */
+static uint64_t true_total(struct nx_store *st);
+
+static void fds_close(struct nx_store *st)
+{
+	int *fds[] = { &st->dirfd, &st->fd_index, &st->fd_blobs, &st->fd_chunks, &st->fd_tmp,
+		       &st->lockfd };
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+	free(st->rdir);
+	st->rdir = NULL;
+}
+
+/* The checked directory and its subdirectories; read-only: 1 when there is
+ * no usable cache (then read without one). */
+static int dirs_open(struct nx_store *st)
+{
+	int level = st->readonly ? NX_LOG_WARNING : NX_LOG_ERR;
+	int rc;
+
+	rc = dir_open_checked(st->dir, !st->readonly, level, &st->dirfd, &st->rdir);
+	if (rc == 0)
+		rc = subdir_open(st, "index.mdb", level, &st->fd_index);
+	if (rc == 0)
+		rc = subdir_open(st, "blobs", level, &st->fd_blobs);
+	if (rc == 0)
+		rc = subdir_open(st, "chunks", level, &st->fd_chunks);
+	if (rc == 0)
+		rc = subdir_open(st, "tmp", level, &st->fd_tmp);
+	if (rc == 0)
+		rc = index_files_check(st, level);
+	if (rc == 0 && st->readonly && faccessat(st->fd_index, "data.mdb", R_OK, 0) < 0)
+		rc = -ENOENT;
+	if (rc < 0 && st->readonly) {
+		nx_log(NX_LOG_DEBUG, "cache %s: none usable, reading without a cache", st->dir);
+		fds_close(st);
+		return 1;
+	}
+	return rc;
+}
+
 int nx_db_open(struct nx_store *st)
 {
 	char path[PATH_MAX];
-	static const char *const subs[] = { "index.mdb", "blobs", "chunks", "tmp" };
-	int rc;
+	int rc, exclusive = 0;
 
-	if (st->readonly) {
-		snprintf(path, sizeof(path), "%s/index.mdb/data.mdb", st->dir);
-		if (access(path, R_OK) < 0) {
-			nx_log(NX_LOG_DEBUG, "cache %s: none, reading without a cache", st->dir);
-			return 0;
-		}
-	} else {
-		rc = mkdir_p(st->dir);
-		if (rc == 0 && access(st->dir, W_OK | X_OK) < 0)
+	st->dirfd = st->fd_index = st->fd_blobs = st->fd_chunks = st->fd_tmp = st->lockfd = -1;
+	rc = dirs_open(st);
+	if (rc)
+		return rc > 0 ? 0 : rc;
+	if (!st->readonly) {
+		/* Every writer holds writers.lock shared; one that gets it
+		 * exclusively is alone, so no other process is between a rename
+		 * and its record and every unrecorded file is an orphan. (DIR/lock
+		 * is nixoci-fs's own: one daemon per cache.) */
+		st->lockfd = openat(st->dirfd, "writers.lock",
+				    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (st->lockfd < 0) {
 			rc = -errno;
-		for (size_t i = 0; rc == 0 && i < 4; i++) {
-			snprintf(path, sizeof(path), "%s/%s", st->dir, subs[i]);
-			if (mkdir(path, 0755) < 0 && errno != EEXIST)
-				rc = -errno;
-		}
-		if (rc < 0) {
-			nx_log(NX_LOG_ERR, "cache %s: cannot create: %s; check the cache= directory",
+			nx_log(NX_LOG_ERR, "cache %s: cannot open writers.lock: %s; remove it",
 			       st->dir, strerror(-rc));
+			fds_close(st);
 			return rc;
 		}
+		exclusive = flock(st->lockfd, LOCK_EX | LOCK_NB) == 0;
+		if (!exclusive)
+			flock(st->lockfd, LOCK_SH); /* waits out another's start-up sweep */
 		clean_tmp(st);
 	}
 
-	snprintf(path, sizeof(path), "%s/index.mdb", st->dir);
+	snprintf(path, sizeof(path), "%s/index.mdb", st->rdir);
 	rc = mdb_env_create(&st->env);
 	if (rc == 0)
 		rc = mdb_env_set_mapsize(st->env, NX_MAP_SIZE);
@@ -312,7 +609,7 @@ int nx_db_open(struct nx_store *st)
 	if (rc == 0)
 		rc = mdb_env_open(st->env, path,
 				  MDB_NOTLS | MDB_NOMETASYNC | (st->readonly ? MDB_RDONLY : 0),
-				  0644);
+				  0600);
 	if (rc == 0) {
 		int dead = 0;
 
@@ -329,11 +626,21 @@ int nx_db_open(struct nx_store *st)
 		if (st->env)
 			mdb_env_close(st->env);
 		st->env = NULL;
+		fds_close(st);
 		if (st->readonly) /* a tool can still read without the cache */
 			return 0;
 		return rc > 0 ? -rc : -EIO;
 	}
-	st->total_bytes = sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs);
+	if (!st->readonly) {
+		sweep(st, exclusive ? 0 : NX_ORPHAN_AGE_NS);
+		if (exclusive)
+			flock(st->lockfd, LOCK_SH);
+		pthread_mutex_lock(&st->lock);
+		st->next_sweep = nx_now_ns() + NX_SWEEP_INTERVAL_NS;
+		sync_start_locked(st); /* it sweeps on a schedule */
+		pthread_mutex_unlock(&st->lock);
+	}
+	st->total_bytes = true_total(st);
 	return 0;
 }
 
@@ -348,6 +655,7 @@ void nx_db_close(struct nx_store *st)
 	if (st->env)
 		mdb_env_close(st->env);
 	st->env = NULL;
+	fds_close(st);
 }
 
 int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, void *val,
@@ -406,13 +714,28 @@ int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen)
 	return mdb_errno(write_txn(st, kv_apply, &op));
 }
 
-static void obj_path(const struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
-		     char *out, size_t cap)
+/* "xx/<hex>" of digest @d, relative to fd_chunks or fd_blobs. */
+static void obj_rel(const uint8_t d[NX_SHA256_LEN], char out[2 * NX_SHA256_LEN + 4])
 {
 	char hex[2 * NX_SHA256_LEN + 1];
 
 	nx_hex(d, NX_SHA256_LEN, hex);
-	snprintf(out, cap, "%s/%s/%.2s/%s", st->dir, kind, hex, hex);
+	snprintf(out, 2 * NX_SHA256_LEN + 4, "%.2s/%s", hex, hex);
+}
+
+/* Opens a cache file read-only: a regular file of ours, not through a
+ * symlink; *sb gets its status. -ENOENT for anything else. */
+static int obj_open(int dirfd, const char *rel, struct stat *sb)
+{
+	int fd = openat(dirfd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return -ENOENT;
+	if (fstat(fd, sb) < 0 || !S_ISREG(sb->st_mode) || sb->st_uid != geteuid()) {
+		close(fd);
+		return -ENOENT;
+	}
+	return fd;
 }
 
 /* Wall-clock nanoseconds: last_use must order frames across restarts too. */
@@ -424,15 +747,27 @@ static uint64_t wall_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* tmp + (fsync if @sync) + rename into DIR/<kind>/xx/<hex>. */
-static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX_SHA256_LEN],
-		       const void *buf, size_t len, int sync)
+/* tmp + (fsync if @sync) + rename into <kind>/xx/<hex>, all relative to the
+ * checked descriptors. *disk gets what the file takes on disk. */
+static int file_commit(struct nx_store *st, int kind_fd, const char *kind,
+		       const uint8_t d[NX_SHA256_LEN], const void *buf, size_t len, int sync,
+		       uint64_t *disk)
 {
-	char tmp[PATH_MAX], dst[PATH_MAX], *slash;
-	int fd, rc = 0;
+	static uint64_t seq;
+	char tmp[64], rel[2 * NX_SHA256_LEN + 4];
+	struct stat sb;
+	int fd = -1, rc = 0;
 
-	snprintf(tmp, sizeof(tmp), "%s/tmp/%ld.XXXXXX", st->dir, (long)getpid());
-	fd = mkstemp(tmp);
+	for (int tries = 0; fd < 0 && tries < 8; tries++) {
+		uint64_t r = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15ull ^
+			     nx_now_ns();
+
+		snprintf(tmp, sizeof(tmp), "%ld.%016llx", (long)getpid(), (unsigned long long)r);
+		fd = openat(st->fd_tmp, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			    0600);
+		if (fd < 0 && errno != EEXIST)
+			break;
+	}
 	if (fd < 0) {
 		rc = -errno;
 		goto out_log;
@@ -444,21 +779,25 @@ static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX
 		rc = -errno;
 		goto out_unlink;
 	}
-	if (fchmod(fd, 0444) < 0) {
+	if (fchmod(fd, 0444) < 0 || fstat(fd, &sb) < 0) {
 		rc = -errno;
 		goto out_unlink;
 	}
+	/* at least the size rounded to a block: delayed allocation may not
+	 * show the blocks yet */
+	*disk = disk_bytes(&sb);
+	if (*disk < ((len + 4095) & ~(size_t)4095))
+		*disk = (len + 4095) & ~(size_t)4095;
 	close(fd);
 	fd = -1;
-	obj_path(st, kind, d, dst, sizeof(dst));
-	slash = strrchr(dst, '/');
-	*slash = '\0';
-	if (mkdir(dst, 0755) < 0 && errno != EEXIST) {
+	obj_rel(d, rel);
+	rel[2] = '\0';
+	if (mkdirat(kind_fd, rel, 0700) < 0 && errno != EEXIST) {
 		rc = -errno;
 		goto out_unlink;
 	}
-	*slash = '/';
-	if (rename(tmp, dst) < 0) {
+	rel[2] = '/';
+	if (renameat(st->fd_tmp, tmp, kind_fd, rel) < 0) {
 		rc = -errno;
 		goto out_unlink;
 	}
@@ -467,31 +806,44 @@ static int file_commit(struct nx_store *st, const char *kind, const uint8_t d[NX
 out_unlink:
 	if (fd >= 0)
 		close(fd);
-	unlink(tmp);
+	unlinkat(st->fd_tmp, tmp, 0);
 out_log:
 	nx_log(NX_LOG_ERR, "cache %s: cannot store %s file: %s", st->dir, kind, strerror(-rc));
 	return rc;
 }
 
+static void touch_queue(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int blob);
+
+/* last_use of records written before it was in nanoseconds (blobs kept
+ * the time stored, in seconds) */
+static uint64_t rec_last(const uint8_t *rec)
+{
+	uint64_t t = get_le64(rec + 8);
+
+	return t < UINT64_C(100000000000) ? t * 1000000000u : t;
+}
+
 int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **buf,
 		 size_t *len)
 {
-	uint8_t rec[16], got[NX_SHA256_LEN];
-	char path[PATH_MAX];
+	uint8_t rec[24], got[NX_SHA256_LEN];
+	char rel[2 * NX_SHA256_LEN + 4];
 	struct stat sb;
-	uint64_t size;
+	uint64_t size, disk;
 	uint8_t *b = NULL;
+	size_t rlen = 0;
 	int fd, rc;
 
-	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
-	if (rc < 0)
+	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
+	if (rc < 0 || rlen < 16)
 		return -ENOENT;
 	size = get_le64(rec);
-	obj_path(st, "blobs", d, path, sizeof(path));
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	disk = rec_disk(rec, rlen);
+	obj_rel(d, rel);
+	fd = obj_open(st->fd_blobs, rel, &sb);
 	if (fd < 0)
 		goto drop;
-	if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != size || size > cap)
+	if ((uint64_t)sb.st_size != size || size > cap)
 		goto drop_fd;
 	b = malloc(size ? size : 1);
 	if (!b) {
@@ -507,6 +859,8 @@ int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 		fd = -1;
 		goto drop_fd;
 	}
+	if (!st->readonly && wall_ns() > rec_last(rec) + NX_TOUCH_INTERVAL * 1000000000ull)
+		touch_queue(st, d, 1);
 	*buf = b;
 	*len = size;
 	return 0;
@@ -516,11 +870,11 @@ drop_fd:
 		close(fd);
 drop:
 	free(b);
-	nx_log(NX_LOG_DEBUG, "cache %s: dropping damaged or missing blob %s", st->dir, path);
+	nx_log(NX_LOG_DEBUG, "cache %s: dropping damaged or missing blob %s", st->dir, rel);
 	if (!st->readonly) {
-		unlink(path);
+		unlinkat(st->fd_blobs, rel, 0);
 		if (nx_db_del(st, st->dbi_blobs, d, NX_SHA256_LEN) == 0)
-			nx_stat_sub(&st->total_bytes, size);
+			nx_stat_sub(&st->total_bytes, disk);
 	}
 	return -ENOENT;
 }
@@ -528,23 +882,25 @@ drop:
 void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		  size_t len)
 {
-	uint8_t rec[16];
+	uint8_t rec[24];
+	uint64_t disk = 0;
 	int rc;
 
 	if (!st->env || st->readonly)
 		return;
 	if (nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0)
 		return;
-	if (file_commit(st, "blobs", d, buf, len, 1) < 0)
+	if (file_commit(st, st->fd_blobs, "blobs", d, buf, len, 1, &disk) < 0)
 		return;
 	put_le64(rec, len);
-	put_le64(rec + 8, (uint64_t)time(NULL));
+	put_le64(rec + 8, wall_ns());
+	put_le64(rec + 16, disk);
 	rc = nx_db_put(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec));
 	if (rc < 0)
 		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record blob: %s", st->dir,
 		       strerror(-rc));
 	else
-		nx_stat_add(&st->total_bytes, len);
+		nx_stat_add(&st->total_bytes, disk);
 }
 
 static struct nx_pin *pin_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
@@ -664,10 +1020,11 @@ static void touch_queue(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int
 int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd,
 		  uint64_t *sizep)
 {
-	uint8_t rec[16];
-	char path[PATH_MAX];
+	uint8_t rec[24];
+	char rel[2 * NX_SHA256_LEN + 4];
 	struct stat sb;
-	uint64_t size, last;
+	uint64_t size, last, disk = 0;
+	size_t rlen = 0;
 	int rc, f;
 
 	if (!st->env)
@@ -678,26 +1035,26 @@ int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t 
 	if (size) {
 		last = UINT64_MAX; /* recorded with a fresh last_use soon */
 	} else {
-		rc = nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), NULL);
-		if (rc < 0) {
+		rc = nx_db_get(st, st->dbi_chunks, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
+		if (rc < 0 || rlen < 16) {
 			rc = -ENOENT; /* an LMDB hiccup is a miss, not a failed read */
 			goto unpin;
 		}
 		size = get_le64(rec);
 		last = get_le64(rec + 8);
+		disk = rec_disk(rec, rlen);
 	}
-	obj_path(st, "chunks", d, path, sizeof(path));
-	f = open(path, O_RDONLY | O_CLOEXEC);
+	obj_rel(d, rel);
+	f = obj_open(st->fd_chunks, rel, &sb);
 	/* The cache's own facts only: the file and its record must agree. */
-	if (f < 0 || fstat(f, &sb) < 0 || (uint64_t)sb.st_size != size) {
+	if (f < 0 || (uint64_t)sb.st_size != size) {
 		if (f >= 0)
 			close(f);
-		nx_log(NX_LOG_DEBUG, "cache %s: dropping missing or damaged chunk %s", st->dir,
-		       path);
-		if (!st->readonly) {
-			unlink(path);
+		nx_log(NX_LOG_DEBUG, "cache %s: dropping missing or damaged chunk %s", st->dir, rel);
+		if (!st->readonly && last != UINT64_MAX) {
+			unlinkat(st->fd_chunks, rel, 0);
 			if (nx_db_del(st, st->dbi_chunks, d, NX_SHA256_LEN) == 0)
-				nx_stat_sub(&st->total_bytes, size);
+				nx_stat_sub(&st->total_bytes, disk);
 		}
 		rc = -ENOENT;
 		goto unpin;
@@ -722,11 +1079,13 @@ unpin:
 
 void nx_chunk_willneed(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
-	char path[PATH_MAX];
+	char rel[2 * NX_SHA256_LEN + 4];
 	int fd;
 
-	obj_path(st, "chunks", d, path, sizeof(path));
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (st->fd_chunks < 0)
+		return;
+	obj_rel(d, rel);
+	fd = openat(st->fd_chunks, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return; /* evicted meanwhile: the read will fetch it */
 	posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
@@ -746,8 +1105,9 @@ static uint64_t unrecorded_bytes(struct nx_store *st)
 
 struct evict_cand {
 	uint8_t digest[NX_SHA256_LEN];
-	uint64_t size;
+	uint64_t disk;
 	uint64_t last_use;
+	int blob;
 };
 
 static int cand_cmp(const void *a, const void *b)
@@ -778,7 +1138,7 @@ static int del_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 
 	for (size_t i = 0; i < b->n; i++) {
 		MDB_val key = { NX_SHA256_LEN, (void *)b->c[i].digest };
-		int rc = mdb_del(txn, st->dbi_chunks, &key, NULL);
+		int rc = mdb_del(txn, b->c[i].blob ? st->dbi_blobs : st->dbi_chunks, &key, NULL);
 
 		if (rc && rc != MDB_NOTFOUND)
 			return rc;
@@ -786,22 +1146,70 @@ static int del_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 	return 0;
 }
 
+/* Appends the records of @dbi to the candidates; 0 or -ENOMEM. */
+static int cands_add(struct nx_store *st, MDB_dbi dbi, int blob, struct evict_cand **c, size_t *n,
+		     size_t *cap)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = 0;
+
+	if (txn_begin(st, MDB_RDONLY, &txn))
+		return -EIO;
+	if (mdb_cursor_open(txn, dbi, &cur)) {
+		txn_abort(st, txn);
+		return -EIO;
+	}
+	while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+		if (k.mv_size != NX_SHA256_LEN || v.mv_size < 16)
+			continue;
+		if (*n == *cap) {
+			size_t ncap = *cap ? 2 * *cap : 1024;
+			struct evict_cand *nc = realloc(*c, ncap * sizeof(**c));
+
+			if (!nc) {
+				rc = -ENOMEM;
+				break;
+			}
+			*c = nc;
+			*cap = ncap;
+		}
+		memcpy((*c)[*n].digest, k.mv_data, NX_SHA256_LEN);
+		(*c)[*n].disk = rec_disk(v.mv_data, v.mv_size);
+		(*c)[*n].last_use = rec_last(v.mv_data);
+		(*c)[*n].blob = blob;
+		(*n)++;
+	}
+	mdb_cursor_close(cur);
+	txn_abort(st, txn);
+	return rc;
+}
+
+/* 1 if a loaded path holds @d as its manifest or TOC (under st->lock):
+ * such blobs are what a reload needs, they are never evicted. */
+static int blob_in_use(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
+{
+	for (struct nx_spath *p = st->all; p; p = p->next_all)
+		if (memcmp(p->man_digest, d, NX_SHA256_LEN) == 0 ||
+		    memcmp(p->man.toc.digest, d, NX_SHA256_LEN) == 0)
+			return 1;
+	return 0;
+}
+
 /*
- * Evicts least recently used chunks until the total is at 90% of the limit
- * (so eviction runs once per tenth of the cache, not once per frame). Only
- * one thread evicts at a time; the scan is O(chunks), which is fine at that
- * rate.
+ * Evicts least recently used chunks and metadata blobs until the total is
+ * at 90% of the limit (so eviction runs once per tenth of the cache, not
+ * once per frame). Only one thread evicts at a time; the scan is O(records),
+ * which is fine at that rate. The total is what du counts: blocks of the
+ * files, LMDB's files, and chunks not recorded yet.
  */
 static void evict(struct nx_store *st)
 {
 	uint64_t target = st->limit - st->limit / 10;
 	struct evict_cand *c = NULL;
 	size_t n = 0, cap = 0, ndel = 0;
-	int complete = 1;
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, v;
-	char path[PATH_MAX];
+	int complete;
 
 	pthread_mutex_lock(&st->lock);
 	if (st->evicting) {
@@ -811,61 +1219,38 @@ static void evict(struct nx_store *st)
 	st->evicting = 1;
 	pthread_mutex_unlock(&st->lock);
 
-	if (txn_begin(st, MDB_RDONLY, &txn))
-		goto out;
-	if (mdb_cursor_open(txn, st->dbi_chunks, &cur)) {
-		txn_abort(st, txn);
-		goto out;
-	}
-	while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
-		if (k.mv_size != NX_SHA256_LEN || v.mv_size < 16)
-			continue;
-		if (n == cap) {
-			size_t ncap = cap ? 2 * cap : 1024;
-			struct evict_cand *nc = realloc(c, ncap * sizeof(*c));
-
-			if (!nc) {
-				complete = 0;
-				break;
-			}
-			c = nc;
-			cap = ncap;
-		}
-		memcpy(c[n].digest, k.mv_data, NX_SHA256_LEN);
-		c[n].size = get_le64(v.mv_data);
-		c[n].last_use = get_le64((const uint8_t *)v.mv_data + 8);
-		n++;
-	}
-	mdb_cursor_close(cur);
-	txn_abort(st, txn);
+	complete = cands_add(st, st->dbi_chunks, 0, &c, &n, &cap) == 0 &&
+		   cands_add(st, st->dbi_blobs, 1, &c, &n, &cap) == 0;
 	if (n) /* c is NULL when the scan found nothing */
 		qsort(c, n, sizeof(*c), cand_cmp);
 	if (complete) {
-		/* the scan saw every chunk: start from the true total (other
+		/* the scan saw every record: start from the true total (other
 		 * processes may have added or evicted since our last look) */
-		uint64_t sum = sum_sizes(st, st->dbi_blobs);
+		uint64_t sum = index_bytes(st) + unrecorded_bytes(st);
 
 		for (size_t i = 0; i < n; i++)
-			sum += c[i].size;
-		sum += unrecorded_bytes(st);
+			sum += c[i].disk;
 		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
 	}
 
 	for (size_t i = 0; i < n && nx_stat_get(&st->total_bytes) > target; i++) {
+		char rel[2 * NX_SHA256_LEN + 4];
 		int skip;
 
+		obj_rel(c[i].digest, rel);
 		/* Under the lock, so a reader either pinned the chunk before
 		 * (we skip it) or opens it after the unlink (a miss). */
 		pthread_mutex_lock(&st->lock);
-		skip = pin_find(st, c[i].digest) || flight_busy(st, c[i].digest);
-		if (!skip) {
-			obj_path(st, "chunks", c[i].digest, path, sizeof(path));
-			unlink(path);
-		}
+		if (c[i].blob)
+			skip = blob_in_use(st, c[i].digest);
+		else
+			skip = pin_find(st, c[i].digest) || flight_busy(st, c[i].digest);
+		if (!skip)
+			unlinkat(c[i].blob ? st->fd_blobs : st->fd_chunks, rel, 0);
 		pthread_mutex_unlock(&st->lock);
 		if (skip)
 			continue;
-		nx_stat_sub(&st->total_bytes, c[i].size);
+		nx_stat_sub(&st->total_bytes, c[i].disk);
 		nx_stat_add(&st->evictions, 1);
 		c[ndel++] = c[i];
 	}
@@ -878,12 +1263,109 @@ static void evict(struct nx_store *st)
 			nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot record eviction: %s", st->dir,
 			       mdb_strerror(rc));
 	}
-	nx_log(NX_LOG_DEBUG, "cache %s: evicted %zu chunks", st->dir, ndel);
-out:
+	nx_log(NX_LOG_DEBUG, "cache %s: evicted %zu files", st->dir, ndel);
 	free(c);
 	pthread_mutex_lock(&st->lock);
 	st->evicting = 0;
 	pthread_mutex_unlock(&st->lock);
+}
+
+static uint64_t true_total(struct nx_store *st)
+{
+	return sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs) + index_bytes(st) +
+	       unrecorded_bytes(st);
+}
+
+/* 1 if @d (a file under chunks/ or blobs/) is recorded or about to be. */
+static int obj_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int blob)
+{
+	uint8_t rec[8];
+	int busy = 0, rc;
+
+	if (!blob) {
+		pthread_mutex_lock(&st->lock);
+		busy = pending_find(st, d) || flight_busy(st, d) || pin_find(st, d);
+		pthread_mutex_unlock(&st->lock);
+		if (busy)
+			return 1;
+	}
+	rc = nx_db_get(st, blob ? st->dbi_blobs : st->dbi_chunks, d, NX_SHA256_LEN, rec,
+		       sizeof(rec), NULL);
+	/* an LMDB failure is not proof of an orphan */
+	return rc != -ENOENT;
+}
+
+/*
+ * Removes files under chunks/ and blobs/ that LMDB does not know (a crash
+ * between a file's rename and its record, a batch LMDB could not record):
+ * nothing counts them, so they would grow the directory past the limit.
+ * Files younger than @min_age_ns stay: another process may be about to
+ * record them. Everything is relative to the checked descriptors; entries
+ * that are not our regular files (a symlink...) go too.
+ */
+static void sweep(struct nx_store *st, uint64_t min_age_ns)
+{
+	int kfds[] = { st->fd_chunks, st->fd_blobs };
+	uint64_t now = wall_ns(), bytes = 0;
+	size_t files = 0;
+
+	for (int k = 0; k < 2; k++) {
+		int dfd = dup(kfds[k]);
+		DIR *top = dfd >= 0 ? fdopendir(dfd) : NULL;
+		struct dirent *de;
+
+		if (!top) {
+			if (dfd >= 0)
+				close(dfd);
+			continue;
+		}
+		while ((de = readdir(top))) {
+			int sfd;
+			DIR *sub;
+			struct dirent *fe;
+
+			if (de->d_name[0] == '.')
+				continue;
+			sfd = openat(kfds[k], de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+				     O_CLOEXEC);
+			sub = sfd >= 0 ? fdopendir(sfd) : NULL;
+			if (!sub) {
+				if (sfd >= 0)
+					close(sfd);
+				continue;
+			}
+			while ((fe = readdir(sub))) {
+				uint8_t d[NX_SHA256_LEN];
+				char name[NX_DIGEST_STRLEN + 256];
+				struct stat sb;
+				int ours;
+
+				if (fe->d_name[0] == '.' ||
+				    fstatat(sfd, fe->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+					continue;
+				ours = S_ISREG(sb.st_mode) && sb.st_uid == geteuid();
+				if (ours && (uint64_t)sb.st_mtim.tv_sec * 1000000000u +
+						    (uint64_t)sb.st_mtim.tv_nsec + min_age_ns > now)
+					continue;
+				snprintf(name, sizeof(name), "sha256:%s", fe->d_name);
+				if (ours && strlen(fe->d_name) == 2 * NX_SHA256_LEN &&
+				    nx_digest_parse(name, d) == 0 &&
+				    strncmp(fe->d_name, de->d_name, 2) == 0 && obj_known(st, d, k))
+					continue;
+				if (S_ISDIR(sb.st_mode))
+					continue;
+				if (unlinkat(sfd, fe->d_name, 0) == 0) {
+					files++;
+					bytes += disk_bytes(&sb);
+				}
+			}
+			closedir(sub);
+		}
+		closedir(top);
+	}
+	if (files)
+		nx_log(NX_LOG_NOTICE, "cache %s: removed %zu orphaned files (%llu bytes)", st->dir,
+		       files, (unsigned long long)bytes);
 }
 
 struct rec_batch {
@@ -897,7 +1379,7 @@ struct rec_batch {
 static int rec_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 {
 	struct rec_batch *rb = arg;
-	uint8_t rec[16];
+	uint8_t rec[24];
 
 	rb->dup = 0;
 	for (size_t i = 0; i < rb->n; i++) {
@@ -909,11 +1391,12 @@ static int rec_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 		put_le64(rec, rb->b[i].size);
 		/* one batch shares a second: keep fetch order for LRU */
 		put_le64(rec + 8, rb->now + i);
+		put_le64(rec + 16, rb->b[i].disk);
 		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);
 		if (rc == MDB_KEYEXIST) {
 			/* re-fetched after a damaged file, or another process
 			 * got there first: counted once */
-			rb->dup += rb->b[i].size;
+			rb->dup += rb->b[i].disk;
 			v.mv_size = sizeof(rec);
 			v.mv_data = rec;
 			rc = mdb_put(txn, st->dbi_chunks, &k, &v, 0);
@@ -929,11 +1412,12 @@ static int rec_apply(struct nx_store *st, MDB_txn *txn, void *arg)
  * A file that cannot be synced (or is gone) is left unrecorded: the next
  * read of it is a miss. A batch LMDB cannot record (disk error, full map
  * that cannot grow, a damaged environment) is one log line and a miss
- * later: its files stay, unrecorded, until the orphan sweep.
+ * later; the files of what was not recorded are removed (nothing counts
+ * them; the orphan sweep catches what a crash leaves).
  */
 static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n)
 {
-	char path[PATH_MAX];
+	char rel[2 * NX_SHA256_LEN + 4];
 	uint8_t *ok;
 	uint64_t unrecorded = 0;
 	struct rec_batch rb = { .b = b, .n = n, .now = wall_ns() };
@@ -943,15 +1427,15 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 	ok = calloc(n ? n : 1, 1);
 	if (!ok) {
 		for (i = 0; i < n; i++)
-			unrecorded += b[i].size;
+			unrecorded += b[i].disk;
 		nx_stat_sub(&st->total_bytes, unrecorded);
 		return; /* nothing recorded: every one of them is a miss later */
 	}
 	for (i = 0; i < n; i++) {
 		int fd;
 
-		obj_path(st, "chunks", b[i].digest, path, sizeof(path));
-		fd = open(path, O_RDONLY | O_CLOEXEC);
+		obj_rel(b[i].digest, rel);
+		fd = openat(st->fd_chunks, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			continue; /* dropped or evicted meanwhile */
 		/* the first fsync's journal commit carries most of the others */
@@ -973,9 +1457,13 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 		rb.dup = 0;
 	}
 	unrecorded = rb.dup;
-	for (i = 0; i < n; i++)
-		if (!ok[i])
-			unrecorded += b[i].size;
+	for (i = 0; i < n; i++) {
+		if (ok[i])
+			continue;
+		unrecorded += b[i].disk;
+		obj_rel(b[i].digest, rel);
+		unlinkat(st->fd_chunks, rel, 0); /* readers with it open keep it */
+	}
 	if (unrecorded)
 		nx_stat_sub(&st->total_bytes, unrecorded);
 	free(ok);
@@ -1087,8 +1575,17 @@ static void *syncer(void *arg)
 	for (;;) {
 		uint64_t now;
 
-		while (!st->npend && !st->ntouch && !st->sync_stop)
-			pthread_cond_wait(&st->sync_cond, &st->lock);
+		while (!st->npend && !st->ntouch && !st->sync_stop) {
+			if (nx_now_ns() >= st->next_sweep) {
+				/* orphans of crashes of processes sharing the cache */
+				st->next_sweep = nx_now_ns() + NX_SWEEP_INTERVAL_NS;
+				pthread_mutex_unlock(&st->lock);
+				sweep(st, NX_ORPHAN_AGE_NS);
+				pthread_mutex_lock(&st->lock);
+				continue;
+			}
+			wait_until(st, st->next_sweep);
+		}
 		if (!st->npend && !st->ntouch)
 			break; /* stopping with nothing left */
 		now = nx_now_ns();
@@ -1150,11 +1647,12 @@ static void sync_stop(struct nx_store *st)
 void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		   size_t len)
 {
+	uint64_t disk = 0;
 	int first;
 
 	if (!st->env || st->readonly)
 		return;
-	if (file_commit(st, "chunks", d, buf, len, 0) < 0)
+	if (file_commit(st, st->fd_chunks, "chunks", d, buf, len, 0, &disk) < 0)
 		return;
 
 	pthread_mutex_lock(&st->lock);
@@ -1183,9 +1681,10 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 		st->pend_since = nx_now_ns();
 	memcpy(st->pend[st->npend].digest, d, NX_SHA256_LEN);
 	st->pend[st->npend].size = len;
+	st->pend[st->npend].disk = disk;
 	st->npend++;
-	st->pend_bytes += len;
-	nx_stat_add(&st->total_bytes, len);
+	st->pend_bytes += disk;
+	nx_stat_add(&st->total_bytes, disk);
 	if (!st->sync_started) {
 		sync_take(st); /* no thread (or closing): sync right here */
 	} else if (nx_stat_get(&st->total_bytes) > st->limit) {
@@ -1207,10 +1706,7 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	 * daemon) adds and evicts behind our back: our running total is only
 	 * our own view, so now and then take the real one from LMDB. */
 	if (__atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0)
-		__atomic_store_n(&st->total_bytes,
-				 sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs) +
-					 unrecorded_bytes(st),
-				 __ATOMIC_RELAXED);
+		__atomic_store_n(&st->total_bytes, true_total(st), __ATOMIC_RELAXED);
 	if (nx_stat_get(&st->total_bytes) > st->limit)
 		evict(st);
 }
@@ -1233,13 +1729,13 @@ static int drop_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 	if (rc)
 		return rc;
 	if (v.mv_size >= 8)
-		op->size = get_le64(v.mv_data);
+		op->size = rec_disk(v.mv_data, v.mv_size);
 	return mdb_del(txn, st->dbi_chunks, &k, NULL);
 }
 
 void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
-	char path[PATH_MAX];
+	char rel[2 * NX_SHA256_LEN + 4];
 	struct drop_op op = { d, 0 };
 	const struct nx_pending *q;
 	int skip, rc;
@@ -1249,15 +1745,15 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	pthread_mutex_lock(&st->lock);
 	skip = pin_find(st, d) || flight_busy(st, d);
 	if (!skip) {
-		obj_path(st, "chunks", d, path, sizeof(path));
-		unlink(path);
+		obj_rel(d, rel);
+		unlinkat(st->fd_chunks, rel, 0);
 		/* Queued: forget it. Being synced: the syncer finds no file
 		 * and records nothing, or records it just before the unlink,
 		 * and the record of a missing file is a miss. */
 		q = pending_find(st, d);
 		if (q && q >= st->pend && q < st->pend + st->npend) {
-			st->pend_bytes -= q->size;
-			nx_stat_sub(&st->total_bytes, q->size);
+			st->pend_bytes -= q->disk;
+			nx_stat_sub(&st->total_bytes, q->disk);
 			st->pend[q - st->pend] = st->pend[--st->npend];
 		}
 	}

@@ -196,6 +196,9 @@ int main(int argc, char *argv[])
 	ret = 1;
 	if (nx_fs_check_mountpoint(o.mountpoint, o.nonempty) < 0)
 		goto out_session;
+	/* who owns and can write it, before anything is put in it */
+	if (nx_cache_dir_check(o.cache_dir) < 0)
+		goto out_session;
 	if (nx_fs_cache_lock(o.cache_dir, &lock_fd) < 0)
 		goto out_session;
 	if (nx_fs_log_prepare(&logdest, o.log, o.fo.foreground) < 0)

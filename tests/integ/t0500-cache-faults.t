@@ -19,7 +19,7 @@ test_require_fuse
 test_require_binaries
 
 FAULT_SO=$(cd "$(dirname "$(command -v nixoci-fs)")/.." && pwd)/tests/lib/faultinject.so
-[ -f "$FAULT_SO" ] || skip_all "no $FAULT_SO (run make)"
+[ -f "$FAULT_SO" ] || skip_all "no $FAULT_SO (run make tests)"
 # the shim is preloaded before the ASan runtime in build-san
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}:verify_asan_link_order=0"
 
@@ -53,9 +53,9 @@ test_expect_success 'setup: registry, a path of 3 x 2 MiB (24 frames), push' '
 
 test_expect_success 'every mdb_txn_begin after start-up fails (MDB_PANIC): reads right, syncer survives' '
 	MOUNT_LOG_ALLOW="faultinject|cannot record|MDB_PANIC" &&
-	faulty_mount panic "mdb_txn_begin:4-:MDB_PANIC" &&
+	faulty_mount bgn "mdb_txn_begin:4-:MDB_PANIC" &&
 	grep -E "lmdb: cannot record [0-9]+ chunks: MDB_PANIC" "${MOUNT_LOG[$M]}" &&
-	remount_clean panic
+	remount_clean bgn
 '
 
 test_expect_success 'mdb_txn_begin fails with MDB_MAP_RESIZED once: adopted, retried, recorded' '
@@ -89,8 +89,8 @@ test_expect_success 'mdb_put always MDB_MAP_FULL: the map grows to its bound, th
 
 test_expect_success 'mdb_txn_commit fails with MDB_PANIC from the 3rd on: reads right' '
 	MOUNT_LOG_ALLOW="faultinject|cannot record|MDB_PANIC|lmdb" &&
-	faulty_mount cpanic "mdb_txn_commit:3-:MDB_PANIC" &&
-	remount_clean cpanic
+	faulty_mount cmt "mdb_txn_commit:3-:MDB_PANIC" &&
+	remount_clean cmt
 '
 
 test_expect_success 'fsync of chunk files fails (EIO): one log line, nothing recorded, reads right' '

@@ -30,6 +30,15 @@
 
 int nx_fetch_global_init(void);
 void nx_fetch_global_cleanup(void);
+/*
+ * Shutdown: every transfer in progress, in any registry handle, ends within
+ * about a second (libcurl's progress callback runs at least once a second,
+ * also while a connection is silent), and every later request fails at once;
+ * both with -ECANCELED, without a log line and without a retry. Not undone.
+ * Async-signal-safe: a SIGTERM handler calls it, so that a stalled registry
+ * cannot hold the daemon's exit for the timeout.
+ */
+void nx_fetch_cancel_all(void);
 
 struct nx_regopts {
 	const char *cafile;     /* extra CA bundle, or NULL */

@@ -80,6 +80,19 @@ void nx_fetch_global_cleanup(void)
 	curl_global_cleanup();
 }
 
+/* Set once by nx_fetch_cancel_all (from a signal handler): lock-free. */
+static atomic_int fetch_cancelled;
+
+void nx_fetch_cancel_all(void)
+{
+	atomic_store(&fetch_cancelled, 1);
+}
+
+static int cancelled(void)
+{
+	return atomic_load_explicit(&fetch_cancelled, memory_order_relaxed);
+}
+
 /* ------------------------------------------------------------ CA bundle */
 
 /* Appends the file to the buffer; missing files are fine when @optional. */
@@ -689,6 +702,8 @@ static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
 	uint64_t now = nx_now_ns();
 	int paused = 0;
 
+	if (cancelled())
+		return 1; /* CURLE_ABORTED_BY_CALLBACK: nx_http_do sees the flag */
 	if (x->mx) {
 		pthread_mutex_lock(&x->mx->mu);
 		paused = x->mx->paused;
@@ -1114,12 +1129,17 @@ static unsigned jitter_ms(unsigned ms)
 	return ms / 2 + (unsigned)(s % (ms / 2 + 1));
 }
 
+/* Sleeps @ms, in slices so that nx_fetch_cancel_all ends a backoff too. */
 static void sleep_ms(unsigned ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	while (ms > 0 && !cancelled()) {
+		unsigned slice = ms < 100 ? ms : 100;
+		struct timespec ts = { 0, (long)slice * 1000000L };
 
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		ms -= slice;
+	}
 }
 
 static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url,
@@ -1626,12 +1646,22 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 		unsigned serial, delay = 0;
 		long os_errno, ra = -1, redirects, verify;
 
+		if (cancelled()) {
+			rc = -ECANCELED; /* shutting down: not the registry's fault */
+			quiet = 1;
+			break;
+		}
 		rc = run_attempt(r, x, deadline, &serial, &cc, &os_errno, &redirects, &verify);
 		if (rc < 0) {
 			quiet = 1; /* out of memory, or the auth layer logged why */
 			break;
 		}
 		attempt++;
+		if (cancelled()) {
+			rc = -ECANCELED;
+			quiet = 1;
+			break;
+		}
 
 		if (cc == CURLE_WRITE_ERROR && x->done_early)
 			cc = CURLE_OK;

@@ -138,6 +138,18 @@ int nx_fs_cache_lock(const char *dir, int *fd);
 /* Records the holder (this pid, @mountpoint) in the lock file. */
 void nx_fs_cache_lock_note(int fd, const char *mountpoint);
 
+/* Background and shutdown (daemon.c). nx_fs_daemonize forks; the parent
+ * waits for the child's nx_fs_daemon_report and exits with the status it
+ * reports (1 if the child dies first); the child returns 0 in a new session
+ * in /, keeping fds 0-2 until it reports 0 (then /dev/null). With
+ * @foreground it only changes directory to /. Reporting twice, or without
+ * daemonizing, does nothing. */
+int nx_fs_daemonize(int foreground);
+void nx_fs_daemon_report(int status);
+/* After fuse_set_signal_handlers: SIGTERM, SIGINT and SIGHUP also cancel
+ * every fetch in progress (nx_fetch_cancel_all). 0 or -errno. */
+int nx_fs_cancel_on_exit_signals(void);
+
 /* Sends @state ("READY=1", "STOPPING=1", newline-separated assignments)
  * to the service manager when $NOTIFY_SOCKET is set (notify.c); 0 when it
  * is not. Logs a warning on failure. */

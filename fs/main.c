@@ -220,7 +220,7 @@ int main(int argc, char *argv[])
 		goto out_fetch;
 
 	/* ---- mount, daemonize, then open what must not cross fork() */
-	if (fuse_set_signal_handlers(se) < 0) {
+	if (fuse_set_signal_handlers(se) < 0 || nx_fs_cancel_on_exit_signals() < 0) {
 		nx_log(NX_LOG_ERR, "cannot install signal handlers");
 		goto out_fetch;
 	}
@@ -233,11 +233,12 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_ERR, "cannot take over the fuse session's i/o: %s", strerror(-r));
 		goto out_unmount;
 	}
-	if (fuse_daemonize(o.fo.foreground) < 0) {
-		nx_log(NX_LOG_ERR, "cannot daemonize");
+	/* the parent exits only when the child reports: after the store is
+	 * open, or with its failure (nx_fs_daemon_report at the end) */
+	if (nx_fs_daemonize(o.fo.foreground) < 0) {
+		nx_log(NX_LOG_ERR, "cannot daemonize: %s", strerror(errno));
 		goto out_unmount;
 	}
-	nx_fs_log_start(&logdest, o.log != NULL);
 	nx_fs_cache_lock_note(lock_fd, o.mountpoint);
 
 	r = nx_registry_open(&fs.reg, o.ref, &ro);
@@ -262,6 +263,8 @@ int main(int argc, char *argv[])
 	fs.closure_mode = o.closure != NULL;
 	if (o.metrics && nx_fs_metrics_start(&fs, o.metrics) < 0)
 		goto out_store;
+	nx_fs_daemon_report(0);
+	nx_fs_log_start(&logdest, o.log != NULL);
 	nx_log(NX_LOG_INFO, "mounted %s on %s (cache %s)", o.ref, o.mountpoint, so.cache_dir);
 	/* only now: a unit ordered after this one may read the store at once */
 	snprintf(status, sizeof(status), "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s",
@@ -312,6 +315,7 @@ out_session:
 	if (lock_fd >= 0)
 		close(lock_fd);
 out_args:
+	nx_fs_daemon_report(ret); /* a daemon that gave up: its parent exits so */
 	nx_fs_log_release(&logdest);
 	free(forced);
 	fuse_opt_free_args(&args);

@@ -320,9 +320,46 @@ static int parse_timeout(const char *s, int *out)
 	return 0;
 }
 
+/*
+ * The daemon changes directory to / when it goes to the background, and a
+ * relative path would then name something else: every path option is made
+ * absolute against the directory nixoci-fs was started in, before anything
+ * uses it. No symlink is resolved (the cache directory may not exist yet).
+ */
+static int make_absolute(const char *opt, char **p)
+{
+	char cwd[PATH_MAX], *abs;
+
+	if (!*p || (*p)[0] == '/')
+		return 0;
+	if (!getcwd(cwd, sizeof(cwd))) {
+		nx_log(NX_LOG_ERR, "bad option %s=%s: a relative path, and the current directory "
+		       "cannot be known (%s); give an absolute path", opt, *p, strerror(errno));
+		return -EINVAL;
+	}
+	if (asprintf(&abs, "%s/%s", strcmp(cwd, "/") ? cwd : "", *p) < 0)
+		return -ENOMEM;
+	free(*p);
+	*p = abs;
+	return 0;
+}
+
 int nx_fs_opts_check(struct nx_fs_opts *o)
 {
 	int r;
+
+	if (make_absolute("cache", &o->cache) < 0 || make_absolute("cafile", &o->cafile) < 0 ||
+	    make_absolute("log", &o->log) < 0 || make_absolute("mountpoint", &o->mountpoint) < 0)
+		return -EINVAL;
+	if (o->mountpoint) {
+		/* it exists (checked before mounting): name it as the kernel will */
+		char *rp = realpath(o->mountpoint, NULL);
+
+		if (rp) {
+			free(o->mountpoint);
+			o->mountpoint = rp;
+		}
+	}
 
 	o->timeout_s = 30;
 	o->cache_dir = o->cache;

@@ -25,11 +25,13 @@
  * Errors are negative errnos; -EIO means "could not get verified data"
  * (network down, digest mismatch, malformed artifact) and was logged once.
  *
- * Offline: when the source fails with a network error (refused, timed out,
- * unreachable, 5xx after retries) the store logs one line and goes offline:
- * cached data is still served, and while one request probes the source,
- * other misses fail at once with -EIO instead of piling up on a dead
- * registry (and logging one line each). The first answer ends it. Only
+ * Offline: when the source itself is gone (refused, unreachable, or silent
+ * while nothing else it was asked got an answer either) the store logs one
+ * line and goes offline: cached data is still served, and while one request
+ * probes the source, other misses fail at once with -EIO instead of piling
+ * up on a dead registry (and logging one line each). The first answer ends
+ * it. One object failing (a 503 after retries, one stalled blob while others
+ * are answered) fails only the reads that need it (cache/online.c). Only
  * -ENOENT (the registry said "no such path") is remembered for lookups;
  * network failures never are.
  */
@@ -178,8 +180,9 @@ struct nx_store_stats {
 	uint64_t paths_loaded;
 	uint64_t readahead_frames; /* frames fetched by readahead (also in
 				    * frames_fetched) */
-	int offline;               /* the source failed with a network error
-				    * and has not answered since */
+	int offline;               /* the source was found gone (refused,
+				    * unreachable, silent) and has not
+				    * answered since */
 };
 void nx_store_stats(struct nx_store *st, struct nx_store_stats *out);
 

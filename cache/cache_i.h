@@ -53,7 +53,7 @@
  * still counts as sequential (the kernel sends its readahead requests in
  * parallel, so they arrive slightly out of order). */
 #define NX_RA_SLACK (UINT64_C(4) << 20)
-/* How long a reader's failed range fails at once while offline. */
+/* How long a reader's failed file fails at once (the kernel's retry). */
 #define NX_RA_FAIL_NS (UINT64_C(2) * 1000000000)
 /* Group commit of chunk files (cache/db.c): a batch is synced and recorded
  * once it holds this many chunks or bytes, or this long after its first
@@ -136,9 +136,9 @@ struct nx_reader {
 	uint64_t seq;      /* bytes read sequentially since the last seek */
 	uint32_t win;      /* current window in frames; 0 = not sequential yet */
 	uint32_t ra_next;  /* first frame not yet given to readahead */
-	/* the last read that failed while the source was offline: the kernel
-	 * retries a failed readahead page at once with a second request,
-	 * which must not wait for the registry a second time */
+	/* the last read that failed: the kernel retries a failed readahead
+	 * page at once with a second request, which must not wait for the
+	 * registry (or one failing blob) a second time */
 	uint64_t fail_ns;
 	struct nx_spath *fail_p; /* the file a request of this open just failed on */
 	uint32_t fail_entry;
@@ -231,6 +231,7 @@ struct nx_store {
 	int offline;
 	int probing;
 	uint64_t offline_since;
+	uint64_t answered_ns; /* when the source last answered anything */
 
 	/* statistics, updated with __atomic builtins */
 	uint64_t total_bytes; /* chunks + metadata blobs in the cache */
@@ -306,8 +307,8 @@ int nx_source_begin(struct nx_store *st);
 void nx_source_end(struct nx_store *st, int probe, int rc);
 /* readahead.c */
 void nx_ra_stop(struct nx_store *st);
-/* The offline retry shortcut (see struct nx_reader): 1 if [off, off+len) of
- * this reader's entry failed moments ago and the source is still offline. */
+/* The retry shortcut (see struct nx_reader): 1 if a read of this reader's
+ * entry failed moments ago (NX_RA_FAIL_NS). */
 int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		     uint32_t entry);
 void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,

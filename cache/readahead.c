@@ -48,16 +48,6 @@ void nx_reader_free(struct nx_reader *rd)
 	free(rd);
 }
 
-static int offline(struct nx_store *st)
-{
-	int v;
-
-	pthread_mutex_lock(&st->lock);
-	v = st->offline;
-	pthread_mutex_unlock(&st->lock);
-	return v;
-}
-
 int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		     uint32_t entry)
 {
@@ -72,14 +62,12 @@ int nx_reader_failed(struct nx_store *st, struct nx_reader *rd, struct nx_spath 
 	if (!hit)
 		rd->fail_ns = 0;
 	pthread_mutex_unlock(&rd->lock);
-	return hit && offline(st);
+	return hit;
 }
 
 void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		    uint32_t entry)
 {
-	if (!offline(st))
-		return; /* not the network: nothing to shortcut */
 	pthread_mutex_lock(&rd->lock);
 	rd->fail_ns = nx_now_ns();
 	rd->fail_p = p;

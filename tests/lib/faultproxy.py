@@ -14,6 +14,9 @@ The control file holds one line of KEY=VALUE words:
     mode=pass|refuse|rst|reset|truncate|stall|status|corrupt
     match=SUBSTRING   only requests whose path contains it get the fault
                       (e.g. /blobs/ or /manifests/); others pass
+    digest=HEX        only requests for the blob or manifest with this
+                      sha256 (64 hex digits, with or without "sha256:"): one
+                      object fails while every other one is served
     method=GET        only this method gets the fault (default: any)
     every=N           fault every Nth matching request (default 1: all)
     count=N           only the first N faults, then pass (default 0: no limit)
@@ -117,6 +120,10 @@ class Control:
                 return None
             if c.get("match") and c["match"] not in path:
                 return None
+            if c.get("digest"):
+                want = "sha256:" + c["digest"].split(":")[-1]
+                if not path.split("?")[0].endswith("/" + want):
+                    return None
             if c.get("method") and c["method"].upper() != method:
                 return None
             self.matched += 1

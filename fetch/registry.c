@@ -490,12 +490,16 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 /* ------------------------------------------------------------ mirrors */
 
 /*
- * Pull requests try each mirror in order, then the registry, the way
- * registries.conf mirrors work. A mirror that fails in any way - down, 5xx,
- * 404 (a pull-through cache that lacks the object), bad bytes - only costs
- * a debug line (a warning when it becomes unreachable): the next source is
- * asked. Content is verified by digest whatever its source, so a mirror
- * can make a read slower, never wrong.
+ * Mirrors are trusted for bytes, never for names. What is asked by digest
+ * (blobs, manifests pinned by sha256:) tries each mirror in order, then the
+ * registry, the way registries.conf mirrors work: the bytes are checked
+ * against the digest whatever their source, so a mirror can make a read
+ * slower, never wrong. What is asked by name (a tag, the tag list) goes to
+ * the registry only: without trusted keys the manifest a tag names is the
+ * root of trust, and a mirror answering for a tag could substitute any
+ * content. A mirror that fails in any way - down, 5xx, 404 (a pull-through
+ * cache that lacks the object), bad bytes - only costs a debug line (a
+ * warning when it becomes unreachable): the next source is asked.
  */
 static int mirror_usable(struct nx_registry *m)
 {
@@ -523,17 +527,18 @@ static int fatal_for_all(int rc)
 int nx_registry_get_manifest(struct nx_registry *r, const char *ref, size_t cap, char **body,
 			     size_t *len, uint8_t digest[NX_SHA256_LEN], char **media_type)
 {
+	uint8_t pinned[NX_SHA256_LEN];
 	size_t i;
 	int rc;
 
-	for (i = 0; i < r->nmirrors; i++) {
+	/* a tag is a name: the registry's word only */
+	for (i = 0; nx_digest_parse(ref, pinned) == 0 && i < r->nmirrors; i++) {
 		struct nx_registry *m = r->mirrors[i];
 		char what[200];
 
 		if (!mirror_usable(m))
 			continue;
-		/* by tag too: a pull-through cache answers for its upstream;
-		 * a digest is checked against the body as always */
+		/* get_manifest_one checks the body against the pinned digest */
 		rc = get_manifest_one(m, ref, cap, body, len, digest, media_type);
 		if (rc == 0 || fatal_for_all(rc))
 			return rc;
@@ -612,38 +617,9 @@ int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_L
 	}
 }
 
-/* Tags from the first source that answers; a source that fails after
- * handing out tags is not followed by another (tags would repeat). */
-struct tags_ctx {
-	int (*cb)(void *ctx, const char *tag);
-	void *ctx;
-	int any;
-};
-
-static int tags_cb(void *c, const char *tag)
-{
-	struct tags_ctx *t = c;
-
-	t->any = 1;
-	return t->cb(t->ctx, tag);
-}
-
+/* Tags are names: from the registry only, never a mirror. */
 int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char *tag), void *ctx)
 {
-	struct tags_ctx t = { cb, ctx, 0 };
-	size_t i;
-	int rc;
-
-	for (i = 0; i < r->nmirrors; i++) {
-		struct nx_registry *m = r->mirrors[i];
-
-		if (!mirror_usable(m))
-			continue;
-		rc = list_tags_one(m, tags_cb, &t);
-		if (rc == 0 || t.any || fatal_for_all(rc))
-			return rc;
-		mirror_failed(m, "tag list", rc, 1);
-	}
 	return list_tags_one(r, cb, ctx);
 }
 

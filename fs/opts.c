@@ -349,7 +349,8 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 	int r;
 
 	if (make_absolute("cache", &o->cache) < 0 || make_absolute("cafile", &o->cafile) < 0 ||
-	    make_absolute("log", &o->log) < 0 || make_absolute("mountpoint", &o->mountpoint) < 0)
+	    make_absolute("log", &o->log) < 0 || make_absolute("metrics", &o->metrics) < 0 ||
+	    make_absolute("mountpoint", &o->mountpoint) < 0)
 		return -EINVAL;
 	if (o->mountpoint) {
 		/* it exists (checked before mounting): name it as the kernel will */

@@ -70,7 +70,20 @@ struct nx_store_opts {
 	int readahead;             /* largest readahead window in frames: 0 =
 				    * default (32 MiB of NX_FRAME_TARGET frames),
 				    * negative = no readahead */
+	int lookup_rate;           /* registry lookups per second outside
+				    * closure mode: 0 = default
+				    * (NX_LOOKUP_RATE_DEFAULT), negative = no
+				    * bound */
 };
+
+/* The bound on registry lookups (nx_store_lookup of names the cache does not
+ * know, outside closure mode): on average @lookup_rate per second, bursts of
+ * up to twice that, and a lookup over the bound waits for its turn only if
+ * that comes within NX_LOOKUP_WAIT_MS; otherwise it fails at once with
+ * -EAGAIN (one log line per burst). Names in the closure index are bounded
+ * by the index and are not counted. */
+#define NX_LOOKUP_RATE_DEFAULT 50
+#define NX_LOOKUP_WAIT_MS 1000
 
 struct nx_store;
 struct nx_spath;
@@ -102,7 +115,8 @@ void nx_store_close(struct nx_store *st);
  * /nix/store/<base>, enforces the trust policy, and decodes the TOC.
  * -ENOENT when the repository (or closure) has no such path or @base is not
  * a valid store path name; -EACCES when the trust policy refuses it (one log
- * line says why); -EIO when it could not be fetched or is malformed. Results
+ * line says why); -EIO when it could not be fetched or is malformed;
+ * -EAGAIN when it would go to the registry over the lookup bound. Results
  * are remembered: successes until close, -ENOENT and -EACCES for 5 seconds,
  * -EIO not at all. With trusted keys and only a narinfo signature, the first
  * lookup fetches and verifies the whole NAR (remembered in the cache).

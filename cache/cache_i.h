@@ -17,6 +17,7 @@
 #include "cache/cache.h"
 
 #define NX_PATH_BUCKETS 4096
+#define NX_NS_PER_S UINT64_C(1000000000)
 #define NX_ID_MASK ((UINT64_C(1) << 40) - 1)
 /* Negative lookups are remembered this long. */
 #define NX_NEG_TTL_NS (UINT64_C(5) * 1000000000)
@@ -201,6 +202,11 @@ struct nx_store {
 	struct nx_neg *neg;
 	size_t nneg;
 	struct nx_refused refused[NX_REFUSED_SLOTS];
+	/* lookup bound (under st->lock): a GCRA token bucket, tat = the
+	 * theoretical arrival time of the next lookup */
+	uint64_t lk_interval_ns; /* 0: no bound */
+	uint64_t lk_tat;
+	int lk_warned;
 	struct nx_flight *flights;
 	struct nx_pin *pins;
 	int evicting;

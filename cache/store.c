@@ -68,6 +68,52 @@ static const struct nx_index_entry *ix_find(const struct nx_store *st, const cha
 	return NULL;
 }
 
+/*
+ * The lookup bound (cache.h): the generic cell rate algorithm, i.e. a token
+ * bucket kept as one time. Each admitted lookup pushes lk_tat one interval
+ * further; a lookup may start once lk_tat is no more than a burst ahead of
+ * now, and may wait for that moment only if it comes within
+ * NX_LOOKUP_WAIT_MS. So waiters are bounded (one second's worth) and a flood
+ * of random names costs the registry at most the rate, not a queue.
+ */
+static int lookup_admit(struct nx_store *st, const char *base, size_t len)
+{
+	uint64_t now = nx_now_ns(), tat, burst, start;
+	int warn = 0, rc = 0;
+
+	if (!st->lk_interval_ns)
+		return 0;
+	burst = 2 * NX_NS_PER_S; /* two seconds' worth */
+	pthread_mutex_lock(&st->lock);
+	tat = st->lk_tat > now ? st->lk_tat : now;
+	if (tat == now)
+		st->lk_warned = 0; /* the bucket is full again: a new burst */
+	if (tat - now > burst + UINT64_C(1000000) * NX_LOOKUP_WAIT_MS) {
+		if (!st->lk_warned)
+			warn = st->lk_warned = 1;
+		rc = -EAGAIN;
+	} else {
+		st->lk_tat = tat + st->lk_interval_ns;
+	}
+	pthread_mutex_unlock(&st->lock);
+	if (warn)
+		nx_log(NX_LOG_WARNING,
+		       "lookup of %.*s: more than %llu registry lookups per second; names "
+		       "not in the cache fail with EAGAIN until the rate drops (-o lookup_rate=)",
+		       (int)len, base, (unsigned long long)(NX_NS_PER_S / st->lk_interval_ns));
+	if (rc < 0)
+		return rc;
+	start = tat > burst ? tat - burst : 0;
+	if (start > now) {
+		struct timespec ts = { .tv_sec = (time_t)((start - now) / NX_NS_PER_S),
+				       .tv_nsec = (long)((start - now) % NX_NS_PER_S) };
+
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
+	return 0;
+}
+
 static int fetch_manifest(struct nx_store *st, const char *ref, size_t cap, char **body,
 			  size_t *len, uint8_t digest[NX_SHA256_LEN])
 {
@@ -169,6 +215,9 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	st->ra_max = o->readahead < 0 ? 0 : o->readahead ? (uint32_t)o->readahead : NX_RA_DEFAULT_MAX;
 	if (st->ra_max > NX_RA_DEFAULT_MAX)
 		st->ra_max = NX_RA_DEFAULT_MAX;
+	if (o->lookup_rate >= 0)
+		st->lk_interval_ns = NX_NS_PER_S / (uint64_t)(o->lookup_rate ? o->lookup_rate
+								 : NX_LOOKUP_RATE_DEFAULT);
 	if (!st->dir) {
 		free(st);
 		return -ENOMEM;
@@ -393,6 +442,9 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 		}
 		memcpy(ref, base, NX_HASH_LEN);
 		ref[NX_HASH_LEN] = '\0';
+		rc = lookup_admit(st, base, len);
+		if (rc < 0)
+			return rc;
 	}
 	rc = fetch_manifest(st, ref, NX_MANIFEST_MAX, body, blen, digest);
 	if (rc < 0)

@@ -87,6 +87,7 @@ struct nx_fs_opts {
 	char *closure;
 	char *timeout;
 	char *readahead;
+	char *lookup_rate;
 	char *cafile;
 	char *passthrough;
 	int insecure;
@@ -109,6 +110,7 @@ struct nx_fs_opts {
 	uint64_t cache_bytes;  /* 0: the store's default */
 	int timeout_s;
 	int readahead_frames;  /* 0: the store's default; -1: off */
+	int lookup_per_s;      /* 0: the store's default; -1: no bound */
 	int pt_mode;           /* NX_PT_AUTO (default) or NX_PT_OFF */
 	struct nx_pubkey *pubkeys;
 	size_t npubkeys;

@@ -191,6 +191,7 @@ int main(int argc, char *argv[])
 	if (!se)
 		goto out_args; /* libfuse logged the unknown option through nx_vlog */
 	so.readahead = o.readahead_frames;
+	so.lookup_rate = o.lookup_per_s;
 
 	/* ---- the mountpoint and the cache directory, before the network */
 	ret = 1;

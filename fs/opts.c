@@ -23,6 +23,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("closure=%s", closure),
 	OPT("timeout=%s", timeout),
 	OPT("readahead=%s", readahead),
+	OPT("lookup_rate=%s", lookup_rate),
 	OPT("cafile=%s", cafile),
 	OPT("passthrough=%s", passthrough),
 	OPT("insecure", insecure),
@@ -54,6 +55,8 @@ void nx_fs_usage(FILE *f)
 		"    -o timeout=SECONDS         per-request registry deadline, 1..3600 (default 30)\n"
 		"    -o readahead=SIZE          largest readahead window for sequential readers,\n"
 		"                               K/M suffixes, up to 256M, 0 = off (default 32M)\n"
+		"    -o lookup_rate=N           registry lookups of unknown names per second,\n"
+		"                               1..100000, or 0 for no bound (default 50)\n"
 		"    -o cafile=FILE             extra CA bundle for the registry\n"
 		"    -o insecure[=HOST]         allow plain HTTP / unverified TLS for the\n"
 		"                               registry (or only for HOST[:PORT], the\n"
@@ -109,8 +112,9 @@ static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help",
 					 "--debug" };
 /* For the suggestion only: ours, as the user types them. */
 static const char *const ours[] = {
-	"cache=", "cache_size=", "closure=", "timeout=", "readahead=", "cafile=", "insecure",
-	"debug", "nonempty", "log=", "metrics=", "trusted-public-keys=", "mirror=", "passthrough=",
+	"cache=", "cache_size=", "closure=", "timeout=", "readahead=", "lookup_rate=",
+	"cafile=", "insecure", "debug", "nonempty", "log=", "metrics=", "trusted-public-keys=",
+	"mirror=", "passthrough=",
 };
 
 /* Options of fstab and mount(8) that mean nothing to the file system
@@ -399,6 +403,20 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		/* the window counts frames; the packer cuts NX_FRAME_TARGET ones */
 		o->readahead_frames = v ? (int)((v + NX_FRAME_TARGET - 1) / NX_FRAME_TARGET) : -1;
 	}
+	if (o->lookup_rate) {
+		char *end;
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(o->lookup_rate, &end, 10);
+		if (errno || end == o->lookup_rate || *end || o->lookup_rate[0] == '-' ||
+		    v > 100000) {
+			nx_log(NX_LOG_ERR, "bad option lookup_rate=%s: expected lookups per second "
+			       "from 1 to 100000, or 0 for no bound", o->lookup_rate);
+			return -EINVAL;
+		}
+		o->lookup_per_s = v ? (int)v : -1;
+	}
 	if (o->closure && check_closure_name(o->closure) < 0) {
 		nx_log(NX_LOG_ERR, "bad option closure=%s: expected a tag or sha256:<64 hex>",
 		       o->closure);
@@ -449,6 +467,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->closure);
 	free(o->timeout);
 	free(o->readahead);
+	free(o->lookup_rate);
 	free(o->cafile);
 	free(o->log);
 	free(o->metrics);

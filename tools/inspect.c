@@ -1060,6 +1060,7 @@ int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv)
 		cache = tmpdir;
 	}
 	so.cache_dir = cache;
+	so.lookup_rate = -1; /* one user's command, not a shared mount */
 	so.keys = keys;
 	so.nkeys = nkeys;
 	{

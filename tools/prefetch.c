@@ -173,6 +173,7 @@ int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv)
 		goto out;
 	so.keys = keys;
 	so.nkeys = nkeys;
+	so.lookup_rate = -1; /* one user's command, not a shared mount */
 	{
 		struct nx_source src = { reg, nx_registry_source_manifest,
 					 nx_registry_source_blob };

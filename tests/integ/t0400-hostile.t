@@ -255,6 +255,39 @@ while IFS=$'\t' read -r cname cbase cshared cown; do
 	'
 done <"$CORPUS/containment/shared-cases.tsv"
 
+# Any user of the mount can stat names: 300 random ones, 32 at a time, must
+# not become 300 registry requests. The registry (the hostile proxy's request
+# log) sees at most the bound: lookup_rate=5 admits two seconds' worth at
+# once, then 5 a second, and a lookup waits at most 1 s for its turn.
+containment_lookup_flood() {
+	local mnt=$TRASH/flood off t0 t1 n bound
+	mount_store "$PROXY/hostile" "$mnt" lookup_rate=5 &&
+	/usr/bin/python3 -c '
+import hashlib
+A = "0123456789abcdfghijklmnpqrsvwxyz"
+for i in range(300):
+    h = hashlib.sha256(b"flood %d" % i).digest()
+    print("".join(A[b % 32] for b in h[:32]) + "-flood")' >names &&
+	off=$(stat -c %s "$TRASH/proxy.log") &&
+	t0=$(date +%s) &&
+	{ sed "s|^|$mnt/|" names | xargs -P 32 -n 5 stat >/dev/null 2>flood.err || :; } &&
+	t1=$(date +%s) &&
+	new_log_lines "$TRASH/proxy.log" "$off" >proxynew &&
+	n=$(grep -c "GET /v2/hostile/manifests/" proxynew) &&
+	bound=$((5 * (3 + t1 - t0 + 1) + 1)) &&
+	echo "$n manifest requests for 300 names in about $((t1 - t0)) s (bound $bound)" &&
+	test "$n" -le "$bound" &&
+	grep -c "Resource temporarily unavailable" flood.err &&
+	grep "registry lookups per second" "${MOUNT_LOG[$mnt]}" &&
+	test_wait_for 10 eval "cat \"\$mnt/\$GOOD/f\" >/dev/null 2>&1" &&
+	cat "$mnt/$GOOD/f" >good.now && test_cmp good.expect good.now &&
+	unmount_store "$mnt"
+}
+
+test_expect_success 'containment: 300 random names cost the registry at most the lookup bound' '
+	containment_lookup_flood
+'
+
 test_expect_success 'after the whole corpus: both daemons up, the good path still verifies' '
 	still_serving "$LAZY" && still_serving "$KEYS" &&
 	nixoci verify "$PROXY/hostile" "$GOOD"

@@ -438,9 +438,8 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 
 		snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - o->metrics) + 1 : 1,
 			 slash ? o->metrics : ".");
-		if (o->metrics[0] != '/' || access(dir, W_OK | X_OK) < 0) {
-			nx_log(NX_LOG_ERR, "bad option metrics=%s: %s", o->metrics,
-			       o->metrics[0] == '/' ? strerror(errno) : "give an absolute path");
+		if (access(dir, W_OK | X_OK) < 0) {
+			nx_log(NX_LOG_ERR, "bad option metrics=%s: %s", o->metrics, strerror(errno));
 			return -EINVAL;
 		}
 	}

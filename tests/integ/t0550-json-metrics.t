@@ -89,9 +89,7 @@ test_expect_success 'the metrics file (textfile collector): written, valid, fina
 	! test -e "$TRASH/nixoci.prom.tmp"
 '
 
-test_expect_success '-o metrics= with a relative path or an unwritable directory is refused, exit 2' '
-	rc=0 && nixoci-fs -f -o metrics=rel.prom "$REF" "$MNT" 2>err || rc=$? &&
-	cat err && test $rc = 2 && grep -q "give an absolute path" err &&
+test_expect_success '-o metrics= in a directory that cannot be written is refused, exit 2' '
 	rc=0 && nixoci-fs -f -o metrics=/no/such/dir/x.prom "$REF" "$MNT" 2>err || rc=$? &&
 	cat err && test $rc = 2 && grep -q "metrics=/no/such/dir/x.prom" err
 '

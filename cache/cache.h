@@ -176,6 +176,24 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 int nx_store_prefetch(struct nx_store *st, struct nx_spath *p,
 		      void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
 
+/*
+ * Backing files for FUSE passthrough (files.c). A regular file whose frames
+ * are all cached gets a copy holding exactly its bytes, made in the
+ * background: DIR/files/xx/<manifest digest>-<entry>, verified bytes only,
+ * counted in cache_size and evicted before chunks.
+ *
+ * nx_store_file_pin: 0 and *fd (O_RDONLY, caller closes) when the copy
+ * exists; it is then pinned (never evicted) until nx_store_file_unpin, which
+ * the caller calls once per successful pin. -ENOENT when there is no copy
+ * (yet): if every frame is cached a copy is queued, so a later open finds
+ * it. -EOPNOTSUPP without a writable cache. Never fetches.
+ * nx_store_file_want: queues a copy if every frame is cached (a reader just
+ * finished with the file). Thread-safe.
+ */
+int nx_store_file_pin(struct nx_store *st, struct nx_spath *p, uint32_t entry, int *fd);
+void nx_store_file_unpin(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+void nx_store_file_want(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+
 struct nx_store_stats {
 	uint64_t frames_fetched;
 	uint64_t bytes_fetched;    /* compressed bytes received */
@@ -187,6 +205,8 @@ struct nx_store_stats {
 				    * another process sharing the cache added or
 				    * evicted shows up late; blobs are never
 				    * evicted) */
+	uint64_t copy_bytes;       /* of cache_bytes, the whole-file copies kept
+				    * for passthrough (files.c) */
 	uint64_t cache_limit;
 	uint64_t evictions;
 	uint64_t verify_failures;

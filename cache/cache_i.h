@@ -210,6 +210,7 @@ struct nx_store {
 	struct nx_flight *flights;
 	struct nx_pin *pins;
 	int evicting;
+	struct nx_files *files; /* files.c: passthrough copies; NULL = none */
 
 	/* group commit (under st->lock): chunk files waiting for the syncer
 	 * thread, and the batch it is syncing; both are readable already */
@@ -321,6 +322,15 @@ void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *
 		    uint32_t entry);
 void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last);
+
+/* files.c: whole-file copies for passthrough. nx_files_open scans DIR/files
+ * and adds what it finds to total_bytes; nx_files_bytes is their total (for
+ * a recount of total_bytes); nx_files_evict drops unpinned copies, least
+ * recently used first, until total_bytes <= @target. */
+int nx_files_open(struct nx_store *st);
+void nx_files_close(struct nx_store *st);
+uint64_t nx_files_bytes(struct nx_store *st);
+void nx_files_evict(struct nx_store *st, uint64_t target);
 
 /* frames.c */
 struct nx_walk_ops {

@@ -1226,12 +1226,14 @@ static void evict(struct nx_store *st)
 	if (complete) {
 		/* the scan saw every record: start from the true total (other
 		 * processes may have added or evicted since our last look) */
-		uint64_t sum = index_bytes(st) + unrecorded_bytes(st);
+		uint64_t sum = index_bytes(st) + unrecorded_bytes(st) + nx_files_bytes(st);
 
 		for (size_t i = 0; i < n; i++)
 			sum += c[i].disk;
 		__atomic_store_n(&st->total_bytes, sum, __ATOMIC_RELAXED);
 	}
+	/* passthrough copies first: dropping one never costs a fetch */
+	nx_files_evict(st, target);
 
 	for (size_t i = 0; i < n && nx_stat_get(&st->total_bytes) > target; i++) {
 		char rel[2 * NX_SHA256_LEN + 4];
@@ -1273,7 +1275,7 @@ static void evict(struct nx_store *st)
 static uint64_t true_total(struct nx_store *st)
 {
 	return sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs) + index_bytes(st) +
-	       unrecorded_bytes(st);
+	       unrecorded_bytes(st) + nx_files_bytes(st);
 }
 
 /* 1 if @d (a file under chunks/ or blobs/) is recorded or about to be. */

@@ -246,6 +246,9 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	rc = nx_db_open(st);
 	if (rc < 0)
 		goto fail;
+	rc = nx_files_open(st);
+	if (rc < 0)
+		goto fail;
 	if (o->closure && o->closure[0]) {
 		rc = load_closure(st, o->closure);
 		if (rc < 0)
@@ -273,6 +276,7 @@ void nx_store_close(struct nx_store *st)
 		return;
 	/* first: readahead workers use paths and the cache */
 	nx_ra_stop(st);
+	nx_files_close(st); /* its worker uses paths too */
 	for (p = st->all; p; p = pn) {
 		pn = p->next_all;
 		spath_free(p);
@@ -1004,6 +1008,7 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->cache_hits = nx_stat_get(&st->cache_hits);
 	out->cache_misses = nx_stat_get(&st->cache_misses);
 	out->cache_bytes = nx_stat_get(&st->total_bytes);
+	out->copy_bytes = nx_files_bytes(st);
 	out->cache_limit = st->limit;
 	out->evictions = nx_stat_get(&st->evictions);
 	out->verify_failures = nx_stat_get(&st->verify_failures);

@@ -31,6 +31,8 @@ struct nx_session {
 	int pt_mode;            /* NX_PT_*: -o passthrough= */
 	int pt_capable;         /* CAP_SYS_ADMIN in the initial user namespace */
 	const char *probe_dir;  /* where the passthrough probe creates its file */
+	const char *mountpoint; /* absolute, for the kernel readahead setting */
+	int read_ahead_kb;      /* what the mount's readahead was set to; 0: default */
 	/* INIT as the kernel sent it */
 	int init_seen, init_done;
 	uint64_t init_unique;
@@ -49,8 +51,10 @@ struct nx_session {
 void nx_session_init(struct nx_session *s, int pt_mode);
 /* Installs the session's read and writev (fuse_session_custom_io) on the
  * fd of the mounted session @se. @probe_dir (kept) is where the passthrough
- * probe creates an unnamed file. 0 or a negative errno. */
-int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir);
+ * probe creates an unnamed file; @mountpoint (kept, absolute) finds the
+ * mount's readahead setting. 0 or a negative errno. */
+int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir,
+		      const char *mountpoint);
 /* The two halves of the rewrite, exposed for the unit tests: a request as
  * read from /dev/fuse, and a reply about to be written (patched in place). */
 void nx_session_note_request(struct nx_session *s, const void *buf, size_t len);
@@ -74,6 +78,7 @@ struct nx_fs {
 	struct nx_session *sess; /* the session layer; NULL without one */
 	const char *ref;         /* REGISTRY/REPO and the mountpoint, for the */
 	const char *mountpoint;  /* metrics' labels */
+	uint64_t pt_opens;       /* opens answered with passthrough (atomic) */
 };
 
 /* The command line (opts.c). Strings are malloc'ed by the parser and freed

@@ -134,6 +134,7 @@ int main(int argc, char *argv[])
 	struct nx_fs fs;
 	struct nx_session sess;
 	struct fuse_lowlevel_ops ops;
+	char *mp_abs = NULL;
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
 	struct nx_fs_logdest logdest = { .fd = -1 };
@@ -178,6 +179,8 @@ int main(int argc, char *argv[])
 	 * options too. */
 	if (nx_fs_opts_check(&o) < 0)
 		goto out_args;
+	/* now: once mounted, resolving it would ask the daemon itself */
+	mp_abs = realpath(o.mountpoint, NULL);
 	nx_session_init(&sess, o.pt_mode);
 	fs.sess = &sess;
 	forced = forced_opts(o.ref);
@@ -229,7 +232,7 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_ERR, "cannot mount %s on %s", o.ref, o.mountpoint);
 		goto out_signals;
 	}
-	r = nx_session_attach(&sess, se, o.cache_dir);
+	r = nx_session_attach(&sess, se, o.cache_dir, mp_abs);
 	if (r < 0) {
 		nx_log(NX_LOG_ERR, "cannot take over the fuse session's i/o: %s", strerror(-r));
 		goto out_unmount;
@@ -319,6 +322,7 @@ out_args:
 	nx_fs_daemon_report(ret); /* a daemon that gave up: its parent exits so */
 	nx_fs_log_release(&logdest);
 	free(forced);
+	free(mp_abs);
 	fuse_opt_free_args(&args);
 	nx_fs_opts_release(&o);
 	return ret;

@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "fs/fs_i.h"
 
@@ -61,10 +62,11 @@
 #define TIMEOUT_ROOT_NEG 5.0    /* a store path that may be pushed soon */
 #define TIMEOUT_ROOT_BAD 3600.0 /* a name that can never be a store path */
 
+#define NX_FS_MAX_BACKGROUND 64
 #define READ_MAX (1u << 20)    /* the kernel sends at most max_pages (256) pages */
 #define READDIR_MAX (1u << 20) /* cap on the reply buffer we allocate */
 #define STATS_XATTR "user.nixoci.stats"
-#define STATS_MAX 1024
+#define STATS_MAX 2048
 
 /* A d_ino for root entries whose store path is not loaded (closure mode). */
 #define INO_UNKNOWN 0xffffffffu
@@ -201,6 +203,13 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 
 	/* Bits outside capable make libfuse abort the session. */
 	conn->want |= want & conn->capable;
+	/* A registry, not a disk: many readers' readahead in flight at once
+	 * (the kernel's default is 12 background requests, 9 before it
+	 * throttles); unless -o max_background= chose. */
+	if (!conn->max_background)
+		conn->max_background = NX_FS_MAX_BACKGROUND;
+	if (!conn->congestion_threshold)
+		conn->congestion_threshold = conn->max_background * 3 / 4;
 	/* Pages of an immutable store never go stale: drop them only when told. */
 	if (conn->want & FUSE_CAP_EXPLICIT_INVAL_DATA)
 		conn->want &= ~(unsigned int)FUSE_CAP_AUTO_INVAL_DATA;
@@ -348,12 +357,128 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 
 /* ----------------------------------------------------------------- files */
 
+/*
+ * Passthrough opens. The kernel puts an inode either in cached mode (opens
+ * without FOPEN_PASSTHROUGH) or in passthrough mode with one backing file,
+ * and fails an open that does not match the mode the inode is in while
+ * other opens of it live. So the daemon keeps, per inode with live opens,
+ * the mode it answered and the backing id, and answers every further open
+ * the same way until the last release. Our count only drops at RELEASE,
+ * which the kernel sends after it dropped the file, so ours is never below
+ * the kernel's: a mode we keep is never one the kernel has left for the
+ * other.
+ */
+#define OPENS_BUCKETS 1024
+
+struct open_ino {
+	struct open_ino *next;
+	fuse_ino_t ino;
+	unsigned opens;
+	int32_t backing_id; /* > 0: passthrough */
+	struct nx_spath *p; /* for the unpin */
+	uint32_t entry;
+};
+
+static pthread_mutex_t opens_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct open_ino *opens_tab[OPENS_BUCKETS];
+
+static struct open_ino **opens_slot(fuse_ino_t ino)
+{
+	struct open_ino **pp = &opens_tab[(ino ^ (ino >> 24)) % OPENS_BUCKETS];
+
+	while (*pp && (*pp)->ino != ino)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+/* Registers a backing file for a fully cached file; 0 when none (the file
+ * is not copied yet, or passthrough is off). */
+static int32_t backing_for(struct nx_fs *fs, struct nx_spath *p, uint32_t e)
+{
+	int32_t id = 0;
+	int fd, r;
+
+	if (!fs->sess || !__atomic_load_n(&fs->sess->passthrough, __ATOMIC_ACQUIRE))
+		return 0;
+	if (nx_store_file_pin(fs->st, p, e, &fd) < 0)
+		return 0;
+	r = nx_session_backing_open(fs->sess, fd, &id);
+	close(fd);
+	if (r == 0) {
+		__atomic_fetch_add(&fs->pt_opens, 1, __ATOMIC_RELAXED);
+		return id;
+	}
+	nx_store_file_unpin(fs->st, p, e);
+	/* The probe at mount worked, so this is new (an LSM, a cache moved to
+	 * another filesystem): say it once and serve through the daemon. */
+	if (__atomic_exchange_n(&fs->sess->passthrough, 0, __ATOMIC_ACQ_REL))
+		nx_log(NX_LOG_WARNING, "passthrough turned off: the kernel did not accept a "
+		       "backing file: %s", strerror(-r));
+	return 0;
+}
+
+/* Counts an open of @ino; returns its backing id (0: cached mode). */
+static int32_t opens_get(struct nx_fs *fs, fuse_ino_t ino, struct nx_spath *p, uint32_t e)
+{
+	struct open_ino **pp, *o;
+	int32_t id;
+
+	pthread_mutex_lock(&opens_lock);
+	pp = opens_slot(ino);
+	o = *pp;
+	if (!o) {
+		o = calloc(1, sizeof(*o));
+		if (!o) {
+			pthread_mutex_unlock(&opens_lock);
+			return -ENOMEM;
+		}
+		o->ino = ino;
+		o->p = p;
+		o->entry = e;
+		/* under the lock: a second open must see the mode chosen */
+		o->backing_id = backing_for(fs, p, e);
+		*pp = o;
+	}
+	o->opens++;
+	id = o->backing_id;
+	pthread_mutex_unlock(&opens_lock);
+	return id;
+}
+
+static void opens_put(struct nx_fs *fs, fuse_ino_t ino)
+{
+	struct open_ino **pp, *o;
+
+	pthread_mutex_lock(&opens_lock);
+	pp = opens_slot(ino);
+	o = *pp;
+	if (o && --o->opens == 0) {
+		*pp = o->next;
+		if (o->backing_id > 0) {
+			nx_session_backing_close(fs->sess, o->backing_id);
+			nx_store_file_unpin(fs->st, o->p, o->entry);
+		}
+	} else {
+		o = NULL;
+	}
+	pthread_mutex_unlock(&opens_lock);
+	if (o) {
+		/* the reader may have completed the file: copy it for next time */
+		if (o->backing_id <= 0 && fs->sess &&
+		    __atomic_load_n(&fs->sess->passthrough, __ATOMIC_ACQUIRE))
+			nx_store_file_want(fs->st, o->p, o->entry);
+		free(o);
+	}
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct nx_fs *fs = fs_of(req);
+	struct nx_reader *rd = NULL;
 	struct nx_spath *p;
+	int32_t id;
 	uint32_t e;
-	uint64_t id;
+	uint64_t id64;
 	int r;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
@@ -364,7 +489,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EISDIR);
 		return;
 	}
-	r = resolve(fs, ino, &p, &id, &e);
+	r = resolve(fs, ino, &p, &id64, &e);
 	if (r < 0) {
 		fuse_reply_err(req, err_of(r));
 		return;
@@ -379,15 +504,25 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ELOOP);
 		return;
 	}
-	fi->keep_cache = 1; /* immutable: the page cache never goes stale */
-	fi->noflush = 1;    /* nothing to flush on close */
-	{
+	id = opens_get(fs, ino, p, e);
+	if (id < 0) {
+		fuse_reply_err(req, -id);
+		return;
+	}
+	fi->noflush = 1; /* nothing to flush on close */
+	if (id > 0) {
+		/* the kernel reads the backing file: no reads reach us */
+		fi->fh = 0;
+		fi->keep_cache = 0;
+	} else {
+		fi->keep_cache = 1; /* immutable: the page cache never goes stale */
 		/* per-open readahead state; without it reads just get none */
-		struct nx_reader *rd = NULL;
-
 		fi->fh = nx_reader_new(&rd) == 0 ? (uint64_t)(uintptr_t)rd : 0;
-		if (fuse_reply_open(req, fi) == -ENOENT)
-			nx_reader_free(rd); /* the opener was interrupted: no release */
+	}
+	if (nx_session_reply_open(req, fi, id) == -ENOENT) {
+		/* the opener was interrupted: no release follows */
+		nx_reader_free(rd);
+		opens_put(fs, ino);
 	}
 }
 
@@ -482,6 +617,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	nx_reader_free((struct nx_reader *)(uintptr_t)fi->fh);
+	opens_put(fs_of(req), ino);
 	fuse_reply_err(req, 0);
 }
 
@@ -630,8 +766,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
  * list of a TOC directory never changes and the root's comes from the
  * snapshot taken at opendir.
  */
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi, int plus)
 {
 	struct nx_fs *fs = fs_of(req);
 	struct root_snap *snap = NULL;
@@ -711,13 +847,55 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			nm = name;
 			entry_stat(toc, id, c, &st);
 		}
-		need = fuse_add_direntry(req, buf + used, size - used, nm, &st, (off_t)(pos + 1));
+		if (plus) {
+			struct fuse_entry_param ep;
+
+			memset(&ep, 0, sizeof(ep));
+			ep.attr = st;
+			/* Attributes ride along, so `ls -l` costs no lookup per
+			 * name: for nodes of a TOC, and for root entries whose
+			 * path is loaded. Otherwise nodeid 0: name only. */
+			if (pos >= 2 && !snap) {
+				ep.ino = st.st_ino;
+			} else if (pos >= 2 && snap && st.st_ino != INO_UNKNOWN) {
+				struct nx_spath *rp;
+				uint64_t rid;
+
+				if (nx_store_lookup(fs->st, nm, strlen(nm), &rp) == 0 &&
+				    spath_id(rp, &rid) == 0) {
+					entry_stat(nx_spath_toc(rp), rid, 0, &ep.attr);
+					ep.ino = ep.attr.st_ino;
+				}
+			}
+			if (ep.ino) {
+				ep.generation = 1;
+				ep.attr_timeout = TIMEOUT_STORE;
+				ep.entry_timeout = TIMEOUT_STORE;
+			}
+			need = fuse_add_direntry_plus(req, buf + used, size - used, nm, &ep,
+						      (off_t)(pos + 1));
+		} else {
+			need = fuse_add_direntry(req, buf + used, size - used, nm, &st,
+						 (off_t)(pos + 1));
+		}
 		if (need > size - used)
 			break; /* did not fit: the kernel asks again from pos */
 		used += need;
 	}
 	fuse_reply_buf(req, buf, used);
 	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, 0);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, 1);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -757,6 +935,45 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
+/* The session's counters: passthrough and the requests the kernel sent, by
+ * kind (what the kernel settings are tuned against). */
+static int session_stats(struct nx_fs *fs, char *buf, size_t cap)
+{
+	static const struct {
+		unsigned op;
+		const char *name;
+	} ops[] = {
+		{ 1, "lookup" },  { 3, "getattr" },   { 5, "readlink" }, { 14, "open" },
+		{ 15, "read" },   { 18, "release" },  { 22, "getxattr" }, { 23, "listxattr" },
+		{ 27, "opendir" }, { 28, "readdir" }, { 44, "readdirplus" }, { 34, "access" },
+		{ 17, "statfs" },  { 2, "forget" },   { 42, "batch_forget" },
+	};
+	const struct nx_session *ss = fs->sess;
+	uint64_t total = 0;
+	size_t i, used = 0;
+	int n;
+
+	if (!ss)
+		return 0;
+	for (i = 0; i < NX_SESS_OPCODES; i++)
+		total += __atomic_load_n(&ss->nreq[i], __ATOMIC_RELAXED);
+	n = snprintf(buf, cap, "passthrough %d\npassthrough_opens %" PRIu64 "\n"
+		     "fuse_requests %" PRIu64 "\n",
+		     __atomic_load_n(&ss->passthrough, __ATOMIC_RELAXED),
+		     __atomic_load_n(&fs->pt_opens, __ATOMIC_RELAXED), total);
+	if (n < 0 || (size_t)n >= cap)
+		return (int)cap;
+	used = (size_t)n;
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		n = snprintf(buf + used, cap - used, "fuse_%s %" PRIu64 "\n", ops[i].name,
+			     __atomic_load_n(&ss->nreq[ops[i].op], __ATOMIC_RELAXED));
+		if (n < 0 || (size_t)n >= cap - used)
+			return (int)cap;
+		used += (size_t)n;
+	}
+	return (int)used;
+}
+
 static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 {
 	struct nx_store_stats ss;
@@ -773,6 +990,7 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "cache_hits %" PRIu64 "\n"
 		     "cache_misses %" PRIu64 "\n"
 		     "cache_bytes %" PRIu64 "\n"
+		     "cache_copy_bytes %" PRIu64 "\n"
 		     "cache_limit %" PRIu64 "\n"
 		     "evictions %" PRIu64 "\n"
 		     "verify_failures %" PRIu64 "\n"
@@ -784,10 +1002,13 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "connections %" PRIu64 "\n"
 		     "h2_requests %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
-		     ss.cache_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
+		     ss.cache_bytes, ss.copy_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
 		     ss.paths_loaded, fst.requests, ss.readahead_frames, ss.offline,
 		     fst.connections, fst.h2_requests);
 	if (n < 0 || (size_t)n >= cap)
+		return -EIO;
+	n += session_stats(fs, buf + n, cap - (size_t)n);
+	if ((size_t)n >= cap)
 		return -EIO;
 	return n;
 }
@@ -936,6 +1157,7 @@ const struct fuse_lowlevel_ops nx_fs_ops = {
 	.release = op_release,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
 	.releasedir = op_releasedir,
 	.statfs = op_statfs,
 	.getxattr = op_getxattr,

@@ -322,6 +322,50 @@ log:
 	       s->parallel_dirops ? "on" : "off");
 }
 
+/*
+ * The kernel's readahead for the mount is its bdi's read_ahead_kb, which the
+ * INIT reply can only lower (from the default 128 KiB). A registry behind
+ * the mount wants fewer, larger reads: raise it to what one FUSE request
+ * carries (max_pages, 256 pages: 1 MiB). Only root may; after INIT, since
+ * INIT sets it. The mount is found in mountinfo by its mountpoint, so no
+ * request is sent to ourselves.
+ */
+#define NX_READ_AHEAD_KB 1024
+
+static void tune_readahead(struct nx_session *s)
+{
+	char line[4096], mp[4096], path[128], dev[32] = "";
+	unsigned maj, min;
+	FILE *f;
+
+	if (!s->mountpoint)
+		return;
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		/* id parent maj:min root mountpoint ... - fstype ... */
+		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) == 3 &&
+		    strcmp(mp, s->mountpoint) == 0 && strstr(line, " - fuse"))
+			snprintf(dev, sizeof(dev), "%u:%u", maj, min); /* the last one */
+	}
+	fclose(f);
+	if (!dev[0])
+		return;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	f = fopen(path, "we");
+	if (!f) {
+		nx_log(NX_LOG_DEBUG, "kernel readahead stays at its default: %s: %s", path,
+		       strerror(errno));
+		return;
+	}
+	fprintf(f, "%d\n", NX_READ_AHEAD_KB);
+	if (fclose(f) != 0)
+		nx_log(NX_LOG_DEBUG, "kernel readahead stays at its default: %s", strerror(errno));
+	else
+		s->read_ahead_kb = NX_READ_AHEAD_KB;
+}
+
 /* ------------------------------------------------ the libfuse callbacks */
 
 static struct nx_session *sess_of(void *userdata)
@@ -349,8 +393,10 @@ static ssize_t session_writev(int fd, struct iovec *iov, int count, void *userda
 	if (!was_init && s->init_done) {
 		int e = errno;
 
-		if (n >= 0)
+		if (n >= 0) {
 			probe_passthrough(s);
+			tune_readahead(s);
+		}
 		errno = e;
 	}
 	return n;
@@ -385,7 +431,8 @@ static int may_passthrough(void)
 	return ok;
 }
 
-int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir)
+int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir,
+		      const char *mountpoint)
 {
 	struct fuse_custom_io io;
 	int r;
@@ -395,6 +442,7 @@ int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char 
 	io.writev = session_writev;
 	s->fd = fuse_session_fd(se);
 	s->probe_dir = probe_dir;
+	s->mountpoint = mountpoint;
 	s->pt_capable = s->pt_mode != NX_PT_OFF && may_passthrough();
 	r = fuse_session_custom_io(se, &io, s->fd);
 	if (r < 0)

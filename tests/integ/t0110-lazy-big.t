@@ -61,7 +61,10 @@ test_expect_success 'remount over the warm cache: reading a again fetches 0 byte
 	nixoci stats "$MNT" | tee stats.2 &&
 	test "$(stat_val "$MNT" bytes_fetched)" = 0 &&
 	test "$(stat_val "$MNT" frames_fetched)" = 0 &&
-	test "$(stat_val "$MNT" cache_hits)" -ge "$AFRAMES" &&
+	# through the daemon from the chunks, or by the kernel from the
+	# passthrough copy made after the first mount read all of a
+	{ test "$(stat_val "$MNT" cache_hits)" -ge "$AFRAMES" ||
+		test "$(stat_val "$MNT" passthrough_opens)" -ge 1; } &&
 	unmount_store "$MNT"
 '
 

@@ -33,8 +33,8 @@ test_expect_success 'setup: nine store paths, registry behind a slow link, mount
 '
 
 test_expect_success 'one log line says whether passthrough is in use' '
-	test_wait_for 10 grep -q "passthrough" "${MOUNT_LOG[$MNT]}" &&
-	grep "passthrough" "${MOUNT_LOG[$MNT]}" >pt.lines &&
+	test_wait_for 10 grep -q "nixoci-fs: passthrough" "${MOUNT_LOG[$MNT]}" &&
+	grep "nixoci-fs: passthrough" "${MOUNT_LOG[$MNT]}" >pt.lines &&
 	cat pt.lines &&
 	test "$(wc -l <pt.lines)" = 1
 '

@@ -381,7 +381,8 @@ registry_blob_path() {
 
 # mount_store REF MNT [OPTS]: run nixoci-fs -f in the background, log in
 # $TRASH/fs-<mnt>.log, wait (bounded) until MNT is a mountpoint; fail early
-# when the daemon exits. The cache is $TRASH/cache-<mnt> unless OPTS has one.
+# when the daemon exits. The cache is $TRASH/cache-<mnt> unless OPTS has one;
+# NIXOCI_TEST_PASSTHROUGH=off|auto adds passthrough= unless OPTS has one.
 # Registers the unmount. Set MOUNT_LOG_ALLOW to an ERE of log lines the test
 # expects (they then do not count as errors).
 declare -A MOUNT_PID MOUNT_LOG
@@ -392,6 +393,13 @@ mount_store() {
 	log=$TRASH/fs-$key.log
 	o=
 	case ",$opts," in *,cache=*) ;; *) o="cache=$TRASH/cache-$key" ;; esac
+	# NIXOCI_TEST_PASSTHROUGH=off|auto: run a test's mounts that way
+	# (t0141 runs read tests both ways) unless the test chose itself
+	case ",$opts," in
+	*,passthrough=*) ;;
+	*) [ -n "${NIXOCI_TEST_PASSTHROUGH:-}" ] &&
+		o="$o,passthrough=$NIXOCI_TEST_PASSTHROUGH" ;;
+	esac
 	[ -n "$opts" ] && o="${o:+$o,}$opts"
 	echo "nixoci-fs -f -o $o $ref $mnt" >"$log"
 	nixoci-fs -f -o "$o" "$ref" "$mnt" >>"$log" 2>&1 &

@@ -520,7 +520,10 @@ void nx_files_close(struct nx_store *st)
 	st->files = NULL;
 }
 
-/* Queues a copy of a fully cached file; f->lock held. */
+/* Queues a copy of a fully cached file; f->lock held. The job goes on the
+ * queue and the entry into a hash bucket (a variable index): the analyzer
+ * loses both (see NX_ANALYZER_ARRAY_STORE_BEGIN). */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static void want_locked(struct nx_store *st, struct nx_files *f, struct nx_spath *p,
 			uint32_t entry)
 {
@@ -550,6 +553,7 @@ static void want_locked(struct nx_store *st, struct nx_files *f, struct nx_spath
 	f->queued++;
 	pthread_cond_signal(&f->cond);
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 int nx_store_file_pin(struct nx_store *st, struct nx_spath *p, uint32_t entry, int *fd)
 {

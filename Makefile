@@ -97,21 +97,22 @@ $(O)/bin/nixoci-fs: $(O)/fs/main.o $(FS_A) $(CACHE_A) $(FETCH_A) $(COMMON_A)
 
 # Unit tests: tests/unit/<folder>-<name>.c links that folder's library and
 # the ones below it, so a test of common/ builds while cache/ is broken.
+# CLI_LIBS: common/decompress.c's liblzma and libbz2 (pulled in only where used).
 $(O)/tests/unit/common-%: $(O)/tests/unit/common-%.o $(COMMON_A)
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 $(O)/tests/unit/fetch-%: $(O)/tests/unit/fetch-%.o $(FETCH_A) $(COMMON_A)
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 $(O)/tests/unit/cache-%: $(O)/tests/unit/cache-%.o $(CACHE_A) $(FETCH_A) $(COMMON_A)
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 $(O)/tests/unit/fs-%: $(O)/tests/unit/fs-%.o $(FS_A) $(CACHE_A) $(FETCH_A) $(COMMON_A)
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 
 $(O)/tests/fuzz/replay-%: $(O)/tests/fuzz/fuzz-%.o $(O)/tests/fuzz/replay.o \
 			  $(O)/tests/fuzz/fuzz-common.o $(COMMON_A)
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 $(O)/tests/fuzz/replay-wwwauth: $(O)/tests/fuzz/fuzz-wwwauth.o $(O)/tests/fuzz/replay.o \
 			  $(O)/tests/fuzz/fuzz-common.o $(FETCH_A) $(COMMON_A)
-	@$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 
 # make analyze: gcc's static analyzer (-fanalyzer) over every source that
 # ships and the fuzz drivers, every warning an error. One stamp per file, so

@@ -481,6 +481,31 @@ void nx_prom_value(struct nx_prom *p, const char *name, const char *labels, uint
 void nx_prom_hist(struct nx_prom *p, const char *name, const char *labels,
 		  const struct nx_hist *h);
 
+/* ------------------------------------------------------------ narinfo */
+
+#define NX_NARINFO_MAX (1u << 20)
+
+/* A binary cache's narinfo: the path's metadata and where its NAR is. */
+struct nx_narinfo {
+	struct nx_pathinfo info; /* refs sorted; sigs in file order */
+	char *url;               /* relative to the cache: no scheme, no "/.." */
+	enum nx_comp comp;       /* bzip2 when the narinfo names none, as Nix */
+	int have_file_hash;
+	uint8_t file_hash[NX_SHA256_LEN];
+	uint64_t file_size; /* 0: not given */
+};
+/*
+ * Strict parse of untrusted narinfo bytes (at most NX_NARINFO_MAX). @src names
+ * the narinfo in log lines (its URL). When @want is not NULL, StorePath's hash
+ * part must be @want (32 chars). Required: StorePath, URL, NarHash, NarSize,
+ * References; every field must be well-formed and appear once (Sig any number
+ * of times); unknown fields are ignored. -EINVAL with one log line naming
+ * @src and the field; on success release with nx_narinfo_release.
+ */
+int nx_narinfo_parse(const char *src, const char *want, const char *text, size_t len,
+		     struct nx_narinfo *out);
+void nx_narinfo_release(struct nx_narinfo *ni);
+
 /* -------------------------------------------------------------- misc */
 
 /* Parses "10G", "10GB", "10GiB", "512M", "4096", "1K" (K/M/G/T, each

@@ -30,24 +30,6 @@ struct nx_decomp {
 	ZSTD_DStream *zs;
 };
 
-int nx_comp_parse(const char *name, enum nx_comp *out)
-{
-	static const struct {
-		const char *name;
-		enum nx_comp kind;
-	} t[] = { { "none", NX_COMP_NONE }, { "xz", NX_COMP_XZ }, { "zstd", NX_COMP_ZSTD },
-		  { "bzip2", NX_COMP_BZIP2 } };
-	size_t i;
-
-	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-		if (strcmp(name, t[i].name) == 0) {
-			*out = t[i].kind;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
 int nx_decomp_new(struct nx_decomp **out, enum nx_comp kind,
 		  int (*fn)(void *ctx, const void *buf, size_t len), void *ctx)
 {

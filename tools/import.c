@@ -43,17 +43,15 @@ static const char usage_import[] =
 	"\n"
 	"PATH is /nix/store/<hash>-<name>, <hash>-<name> or a bare <hash>.\n";
 
-#define NARINFO_MAX (1u << 20)
 #define CACHEINFO_MAX (64u << 10)
 
-/* What a narinfo says beyond struct nx_pathinfo. */
-struct narinfo_x {
-	char *url;             /* relative to the cache */
-	enum nx_comp comp;
-	int have_file_hash;
-	uint8_t file_hash[NX_SHA256_LEN];
-	uint64_t file_size;    /* 0: not given */
-};
+static void narinfo_free(struct nx_narinfo *x)
+{
+	if (x) {
+		nx_narinfo_release(x);
+		free(x);
+	}
+}
 
 struct import {
 	const char *cache; /* without a trailing slash */
@@ -61,241 +59,6 @@ struct import {
 	struct nx_pubkey *keys;
 	size_t nkeys;
 };
-
-/* ------------------------------------------------------------- narinfo */
-
-static void narinfo_x_free(struct narinfo_x *x)
-{
-	if (!x)
-		return;
-	free(x->url);
-	free(x);
-}
-
-/* the copy is owned by *v (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
-NX_ANALYZER_ARRAY_STORE_BEGIN
-static int push_str(char ***v, size_t *n, const char *s, size_t len)
-{
-	char **nv = realloc(*v, (*n + 1) * sizeof(**v));
-
-	if (!nv)
-		return -ENOMEM;
-	*v = nv;
-	nv[*n] = strndup(s, len);
-	if (!nv[*n])
-		return -ENOMEM;
-	(*n)++;
-	return 0;
-}
-NX_ANALYZER_ARRAY_STORE_END
-
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* A signature or key: "name:base64", printable, no spaces. */
-static int sig_form_ok(const char *s)
-{
-	const char *c = strchr(s, ':');
-
-	if (!c || c == s || !c[1])
-		return 0;
-	for (; *s; s++)
-		if (*s <= ' ' || *s > '~')
-			return 0;
-	return 1;
-}
-
-/* A URL relative to the cache: no scheme, no absolute path, no "..". */
-static int rel_url_ok(const char *u)
-{
-	const char *p;
-
-	if (!*u || *u == '/' || strstr(u, "://") || strlen(u) > 1024)
-		return 0;
-	for (p = u; *p; p++)
-		if (*p <= ' ' || *p > '~' || *p == '?' || *p == '#' || *p == '\\')
-			return 0;
-	for (p = u; p; p = strchr(p, '/')) {
-		if (*p == '/')
-			p++;
-		if (strncmp(p, "..", 2) == 0 && (p[2] == '/' || p[2] == '\0'))
-			return 0;
-	}
-	return 1;
-}
-
-/*
- * Strict parse of the narinfo of @want (a hash part) fetched from @src.
- * Every malformed, missing or duplicated field is one error line naming
- * the narinfo and the field; unknown fields are ignored, as Nix does.
- */
-static int narinfo_parse(const char *src, const char *want, char *text, size_t len,
-			 struct nx_pathinfo *pi, struct narinfo_x *x)
-{
-	enum { F_PATH, F_URL, F_COMP, F_FHASH, F_FSIZE, F_NHASH, F_NSIZE, F_REFS, F_DRV, F_CA,
-	       F_N };
-	static const char *const names[F_N] = { "StorePath", "URL",	 "Compression",
-						"FileHash",  "FileSize", "NarHash",
-						"NarSize",   "References", "Deriver", "CA" };
-	int seen[F_N] = { 0 };
-	char *line, *next, *end;
-	const char *base, *what = "";
-	int f, r = -EINVAL;
-
-	if (memchr(text, '\0', len)) {
-		nx_log(NX_LOG_ERR, "%s: holds a NUL byte; not a narinfo", src);
-		return -EINVAL;
-	}
-	x->comp = NX_COMP_BZIP2; /* Nix's default when Compression is absent */
-	for (line = text; line && *line; line = next) {
-		char *colon, *v;
-
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		if (!*line)
-			continue;
-		colon = strstr(line, ": ");
-		if (!colon) {
-			nx_log(NX_LOG_ERR, "%s: line '%.80s' is not 'Key: value'", src, line);
-			return -EINVAL;
-		}
-		*colon = '\0';
-		v = colon + 2;
-		if (strcmp(line, "Sig") == 0) {
-			if (!sig_form_ok(v)) {
-				nx_log(NX_LOG_ERR, "%s: Sig '%.80s' is not name:base64", src, v);
-				return -EINVAL;
-			}
-			r = push_str(&pi->sigs, &pi->nsigs, v, strlen(v));
-			if (r < 0)
-				return r;
-			continue;
-		}
-		for (f = 0; f < F_N && strcmp(line, names[f]) != 0; f++)
-			;
-		if (f == F_N)
-			continue;
-		what = names[f];
-		if (seen[f]++) {
-			nx_log(NX_LOG_ERR, "%s: %s appears twice", src, what);
-			return -EINVAL;
-		}
-		switch (f) {
-		case F_PATH:
-			if (nx_storepath_check(v, &base) < 0)
-				goto bad;
-			if (strncmp(base, want, NX_HASH_LEN) != 0) {
-				nx_log(NX_LOG_ERR, "%s: StorePath %s is not the path of hash %s", src,
-				       v, want);
-				return -EINVAL;
-			}
-			pi->store_path = strdup(v);
-			if (!pi->store_path)
-				return -ENOMEM;
-			break;
-		case F_URL:
-			if (!rel_url_ok(v))
-				goto bad;
-			x->url = strdup(v);
-			if (!x->url)
-				return -ENOMEM;
-			break;
-		case F_COMP:
-			if (nx_comp_parse(v, &x->comp) < 0) {
-				nx_log(NX_LOG_ERR,
-				       "%s: Compression '%.40s' is not one nixoci reads "
-				       "(xz, zstd, bzip2, none)",
-				       src, v);
-				return -EINVAL;
-			}
-			break;
-		case F_FHASH:
-			if (nx_narhash_parse(v, x->file_hash) < 0)
-				goto bad;
-			x->have_file_hash = 1;
-			break;
-		case F_NHASH:
-			if (nx_narhash_parse(v, pi->nar_hash) < 0)
-				goto bad;
-			break;
-		case F_FSIZE:
-		case F_NSIZE: {
-			unsigned long long n;
-
-			errno = 0;
-			if (*v < '0' || *v > '9')
-				goto bad;
-			n = strtoull(v, &end, 10);
-			if (errno || *end || n == 0 || n >= (1ull << 53))
-				goto bad;
-			if (f == F_FSIZE)
-				x->file_size = n;
-			else
-				pi->nar_size = n;
-			break;
-		}
-		case F_REFS: {
-			char *p = v;
-
-			while (*p) {
-				size_t l = strcspn(p, " ");
-
-				if (l) {
-					if (nx_storepath_check_base(p, l) < 0)
-						goto bad;
-					r = push_str(&pi->refs, &pi->nrefs, p, l);
-					if (r < 0)
-						return r;
-				}
-				p += l;
-				p += strspn(p, " ");
-			}
-			break;
-		}
-		case F_DRV:
-			if (strcmp(v, "unknown-deriver") == 0)
-				break;
-			if (nx_storepath_check_base(v, strlen(v)) < 0)
-				goto bad;
-			pi->deriver = strdup(v);
-			if (!pi->deriver)
-				return -ENOMEM;
-			break;
-		case F_CA:
-			if (!*v || strchr(v, ' '))
-				goto bad;
-			pi->ca = strdup(v);
-			if (!pi->ca)
-				return -ENOMEM;
-			break;
-		}
-	}
-	for (f = 0; f < F_N; f++) {
-		if (!seen[f] && (f == F_PATH || f == F_URL || f == F_NHASH || f == F_NSIZE ||
-				 f == F_REFS)) {
-			nx_log(NX_LOG_ERR, "%s: has no %s", src, names[f]);
-			return -EINVAL;
-		}
-	}
-	if (pi->nrefs > 1) {
-		size_t i;
-
-		qsort(pi->refs, pi->nrefs, sizeof(char *), cmp_str);
-		for (i = 1; i < pi->nrefs; i++) {
-			if (strcmp(pi->refs[i - 1], pi->refs[i]) == 0) {
-				nx_log(NX_LOG_ERR, "%s: References lists %s twice", src, pi->refs[i]);
-				return -EINVAL;
-			}
-		}
-	}
-	return 0;
-bad:
-	nx_log(NX_LOG_ERR, "%s: malformed %s", src, what);
-	return -EINVAL;
-}
 
 /* ------------------------------------------------------------ closure */
 
@@ -363,7 +126,7 @@ static int check_sigs(struct import *im, const struct nx_pathinfo *pi)
 
 /*
  * Reads the narinfo of every path of the closure of @roots (hash parts),
- * following References, into p->paths (sorted), each with its narinfo_x in
+ * following References, into p->paths (sorted), each with its struct nx_narinfo in
  * ->priv. A missing narinfo is an error naming the path that needs it.
  */
 static int read_closure(struct nx_pub *p, struct import *im, struct queue *q)
@@ -372,8 +135,7 @@ static int read_closure(struct nx_pub *p, struct import *im, struct queue *q)
 	int r = 0;
 
 	for (i = 0; i < q->n; i++) {
-		struct nx_pathinfo pi = { 0 };
-		struct narinfo_x *x;
+		struct nx_narinfo *x;
 		char *url = NULL, *body = NULL;
 		size_t len = 0;
 
@@ -382,7 +144,7 @@ static int read_closure(struct nx_pub *p, struct import *im, struct queue *q)
 			free(x);
 			return -ENOMEM;
 		}
-		r = nx_url_get_buf(url, &im->get, NARINFO_MAX, &body, &len);
+		r = nx_url_get_buf(url, &im->get, NX_NARINFO_MAX, &body, &len);
 		if (r == -ENOENT) {
 			if (q->from[i])
 				nx_log(NX_LOG_ERR,
@@ -394,14 +156,16 @@ static int read_closure(struct nx_pub *p, struct import *im, struct queue *q)
 				       q->hash[i], url);
 		}
 		if (r == 0)
-			r = narinfo_parse(url, q->hash[i], body, len, &pi, x);
+			r = nx_narinfo_parse(url, q->hash[i], body, len, x);
 		free(body);
 		free(url);
-		if (r == 0)
-			r = check_sigs(im, &pi);
+		if (r == 0) {
+			r = check_sigs(im, &x->info);
+			if (r < 0)
+				nx_narinfo_release(x);
+		}
 		if (r < 0) {
-			nx_pathinfo_release(&pi);
-			narinfo_x_free(x);
+			free(x);
 			return r;
 		}
 		if (p->npaths == cap) {
@@ -409,20 +173,22 @@ static int read_closure(struct nx_pub *p, struct import *im, struct queue *q)
 			struct nx_pub_path *np = realloc(p->paths, ncap * sizeof(*np));
 
 			if (!np) {
-				nx_pathinfo_release(&pi);
-				narinfo_x_free(x);
+				narinfo_free(x);
 				return -ENOMEM;
 			}
 			p->paths = np;
 			cap = ncap;
 		}
 		memset(&p->paths[p->npaths], 0, sizeof(p->paths[0]));
-		p->paths[p->npaths].info = pi;
+		/* the pub path owns the pathinfo, the narinfo keeps the rest */
+		p->paths[p->npaths].info = x->info;
+		memset(&x->info, 0, sizeof(x->info));
 		p->paths[p->npaths].priv = x;
 		p->paths[p->npaths].have_info = 1;
 		p->npaths++;
-		for (j = 0; j < pi.nrefs; j++) {
-			r = queue_add(q, pi.refs[j], p->paths[p->npaths - 1].info.store_path);
+		for (j = 0; j < p->paths[p->npaths - 1].info.nrefs; j++) {
+			r = queue_add(q, p->paths[p->npaths - 1].info.refs[j],
+				      p->paths[p->npaths - 1].info.store_path);
 			if (r < 0)
 				return r;
 		}
@@ -435,7 +201,7 @@ static int read_closure(struct nx_pub *p, struct import *im, struct queue *q)
 
 struct stream {
 	struct nx_pub_path *pp;
-	struct narinfo_x *x;
+	struct nx_narinfo *x;
 	struct nx_decomp *dec;
 	struct nx_nar_parser *parser;
 	struct nx_sha256 fh; /* of the compressed file */
@@ -471,7 +237,7 @@ static int on_file(void *ctx, uint64_t off, const void *buf, size_t len)
 static int import_one(struct nx_pub *p, struct nx_pub_path *pp)
 {
 	struct import *im = p->ctx;
-	struct narinfo_x *x = pp->priv;
+	struct nx_narinfo *x = pp->priv;
 	const char *path = pp->info.store_path;
 	uint8_t blob_sha[NX_SHA256_LEN], nar_sha[NX_SHA256_LEN], file_sha[NX_SHA256_LEN];
 	struct nx_toc_builder *tb = NULL;
@@ -770,7 +536,7 @@ int nx_cmd_import(struct nx_cli *cli, int argc, char **argv)
 	ret = NX_EXIT_OK;
 out:
 	for (i = 0; i < p.npaths; i++)
-		narinfo_x_free(p.paths[i].priv);
+		narinfo_free(p.paths[i].priv);
 	free(roots); /* the strings belong to p */
 	nx_pub_release(&p);
 	free(q.hash);

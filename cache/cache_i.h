@@ -86,6 +86,14 @@ struct nx_spath {
 	uint8_t man_digest[NX_SHA256_LEN];
 };
 
+/* A manifest or TOC blob of the closure metadata blob (closure.c), by the
+ * SHA-256 of its bytes. */
+struct nx_cm_ent {
+	uint8_t digest[NX_SHA256_LEN];
+	const uint8_t *buf; /* inside nx_store.cm_raw */
+	size_t len;
+};
+
 struct nx_loading {
 	struct nx_loading *next;
 	char base[NX_BASE_MAX + 1];
@@ -177,6 +185,11 @@ struct nx_store {
 	struct nx_index ix;
 	struct nx_index_entry **ix_sorted; /* by base name */
 	size_t nix;
+	/* the closure metadata blob, inflated, and its blobs sorted by
+	 * digest (closure.c); read-only once nx_store_open returns */
+	uint8_t *cm_raw;
+	struct nx_cm_ent *cm;
+	size_t ncm;
 
 	MDB_env *env; /* NULL: no usable cache (read-only mode without one) */
 	/* The checked cache directory and its subdirectories, opened once
@@ -312,6 +325,14 @@ void nx_chunk_drop(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
  * after calling, nx_source_end gets that value and the source's result. */
 int nx_source_begin(struct nx_store *st);
 void nx_source_end(struct nx_store *st, int probe, int rc);
+/* closure.c: in closure mode with a metadata blob, fetches, verifies and
+ * keeps it (any failure: one log line, and paths load one by one). */
+int nx_cmeta_load(struct nx_store *st, const char *closure);
+/* A copy (NUL-terminated; caller frees) of the blob with digest @d, if the
+ * metadata blob has it; -ENOENT otherwise. */
+int nx_cmeta_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **out,
+		 size_t *len);
+void nx_cmeta_release(struct nx_store *st);
 /* readahead.c */
 void nx_ra_stop(struct nx_store *st);
 /* The retry shortcut (see struct nx_reader): 1 if a read of this reader's

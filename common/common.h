@@ -391,11 +391,45 @@ struct nx_index {
 	size_t nentries;
 	char **roots; /* store paths */
 	size_t nroots;
+	/* the closure metadata manifest (format.md 5.1), when has_meta */
+	int has_meta;
+	struct nx_desc meta;
 };
 void nx_index_release(struct nx_index *ix);
 int nx_index_build(const struct nx_index *ix, char **json, size_t *len);
 /* -EINVAL if it is not a nixoci closure index. */
 int nx_index_parse(const char *json, size_t len, struct nx_index *out);
+
+/*
+ * Closure metadata (docs/format.md 5.1): one blob holding every path's
+ * manifest and TOC blob, so that a closure mount loads all its metadata in
+ * one fetch. It is the only layer of a small manifest (artifactType
+ * NX_ARTIFACT_CLOSURE_META) that the closure index lists.
+ */
+#define NX_ARTIFACT_CLOSURE_META "application/vnd.nixoci.closure-meta.v1"
+#define NX_MT_CLOSURE_META "application/vnd.nixoci.closure-meta.v1+zstd"
+/* Caps of the reader: the compressed blob and what it inflates to. */
+#define NX_CMETA_MAX_BYTES (UINT64_C(512) << 20)
+#define NX_CMETA_MAX_INFLATED (UINT64_C(1) << 30)
+int nx_cmeta_manifest_build(const struct nx_desc *blob, char **json, size_t *len);
+/* Strict parse of the metadata manifest; *blob gets its layer. */
+int nx_cmeta_manifest_parse(const char *json, size_t len, struct nx_desc *blob);
+
+/* One store path in the metadata blob: its manifest bytes and TOC blob. */
+struct nx_cmeta_item {
+	const uint8_t *man;
+	size_t man_len;
+	const uint8_t *toc;
+	size_t toc_len;
+};
+/* Encodes @n items and compresses; *blob caller frees. */
+int nx_cmeta_encode(const struct nx_cmeta_item *items, size_t n, uint8_t **blob, size_t *len);
+/* Inflates (capped) and checks the layout of untrusted bytes. *raw (caller
+ * frees) holds the inflated blob; *items (caller frees) point into it.
+ * -EINVAL after one log line when it is malformed. Nothing is verified
+ * against any digest here: that is the reader's job. */
+int nx_cmeta_decode(const uint8_t *blob, size_t len, uint8_t **raw, struct nx_cmeta_item **items,
+		    size_t *n);
 
 /* ---------------------------------------------------------- signatures */
 

@@ -672,6 +672,21 @@ int nx_index_build(const struct nx_index *ix, char **json, size_t *len)
 		    json_array_append_new(mans, d) < 0)
 			goto out;
 	}
+	if (ix->has_meta) {
+		/* listed like any manifest, so skopeo copy --all carries it */
+		json_t *d = make_desc(NX_MT_MANIFEST, ix->meta.digest, ix->meta.size);
+		json_t *da = json_object();
+
+		if (!d || !da || json_object_set_new(d, "annotations", da) < 0) {
+			json_decref(d);
+			json_decref(da);
+			goto out;
+		}
+		if (set_str(da, A_PREFIX "closure-meta", "1") < 0 ||
+		    set_str(d, "artifactType", NX_ARTIFACT_CLOSURE_META) < 0 ||
+		    json_array_append_new(mans, d) < 0)
+			goto out;
+	}
 	if (set_str(root, "artifactType", NX_ARTIFACT_CLOSURE) < 0 ||
 	    set_str(root, "mediaType", NX_MT_INDEX) < 0 || set_int(root, "schemaVersion", 2) < 0)
 		goto out;
@@ -715,6 +730,28 @@ static int parse_index_entry(json_t *d, size_t i, struct nx_index_entry *e)
 	return e->store_path ? 0 : -ENOMEM;
 }
 NX_ANALYZER_ARRAY_STORE_END
+
+/* The descriptor of the closure metadata manifest (format.md 5.1). */
+static int parse_meta_entry(json_t *d, size_t i, struct nx_index *out)
+{
+	char what[48];
+	const char *v;
+
+	snprintf(what, sizeof(what), "index manifests[%zu]", i);
+	v = get_str(what, json_object_get(d, "annotations"), A_PREFIX "closure-meta", 1);
+	if (!v || strcmp(v, "1") != 0) {
+		nx_log(NX_LOG_ERR, "%s: closure metadata of an unknown version", what);
+		return -EINVAL;
+	}
+	if (out->has_meta) {
+		nx_log(NX_LOG_ERR, "%s: a second closure metadata manifest", what);
+		return -EINVAL;
+	}
+	if (parse_desc(what, d, NX_MT_MANIFEST, &out->meta) < 0)
+		return -EINVAL;
+	out->has_meta = 1;
+	return 0;
+}
 
 static int cmp_entry_val(const void *a, const void *b)
 {
@@ -769,12 +806,21 @@ int nx_index_parse(const char *json, size_t len, struct nx_index *out)
 			goto out;
 		}
 	}
-	for (size_t i = 0; i < n; i++) {
-		r = parse_index_entry(json_array_get(mans, i), i, &out->entries[i]);
-		out->nentries = i + 1; /* so release frees a partial entry */
+	for (size_t i = 0, k = 0; i < n; i++) {
+		json_t *d = json_array_get(mans, i), *da = json_object_get(d, "annotations");
+
+		if (json_is_object(da) && json_object_get(da, A_PREFIX "closure-meta")) {
+			r = parse_meta_entry(d, i, out);
+			if (r < 0)
+				goto out;
+			continue;
+		}
+		r = parse_index_entry(d, i, &out->entries[k]);
+		out->nentries = ++k; /* so release frees a partial entry */
 		if (r < 0)
 			goto out;
 	}
+	n = out->nentries;
 	/* Sorted on parse so callers can bsearch by store path. */
 	if (n)
 		qsort(out->entries, n, sizeof(*out->entries), cmp_entry_val);
@@ -791,5 +837,76 @@ out:
 	json_decref(root);
 	if (r < 0)
 		nx_index_release(out);
+	return r;
+}
+
+/* ---------------------------------------------------- closure metadata */
+
+int nx_cmeta_manifest_build(const struct nx_desc *blob, char **json, size_t *len)
+{
+	uint8_t empty[NX_SHA256_LEN];
+	json_t *root, *layers, *cfg, *l, *a;
+	int r = -ENOMEM;
+
+	if (nx_digest_parse(NX_EMPTY_DIGEST, empty) < 0)
+		return -EINVAL;
+	root = json_object();
+	if (!root)
+		return -ENOMEM;
+	layers = json_array();
+	a = json_object();
+	if (!layers || json_object_set_new(root, "layers", layers) < 0 || !a ||
+	    json_object_set_new(root, "annotations", a) < 0)
+		goto out;
+	cfg = make_desc(NX_MT_EMPTY, empty, 2);
+	if (!cfg || json_object_set_new(root, "config", cfg) < 0)
+		goto out;
+	l = make_desc(NX_MT_CLOSURE_META, blob->digest, blob->size);
+	if (!l || json_array_append_new(layers, l) < 0)
+		goto out;
+	if (set_str(a, A_PREFIX "format", "1") < 0 ||
+	    set_str(root, "artifactType", NX_ARTIFACT_CLOSURE_META) < 0 ||
+	    set_str(root, "mediaType", NX_MT_MANIFEST) < 0 || set_int(root, "schemaVersion", 2) < 0)
+		goto out;
+	r = dump(root, json, len);
+out:
+	json_decref(root);
+	return r;
+}
+
+int nx_cmeta_manifest_parse(const char *json, size_t len, struct nx_desc *blob)
+{
+	static const char what[] = "closure metadata manifest";
+	json_t *root, *layers;
+	int r;
+
+	r = parse_root(what, json, len, NX_MANIFEST_MAX, &root);
+	if (r < 0)
+		return r;
+	r = -EINVAL;
+	if (check_schema(what, root) < 0 || check_eq(what, root, "mediaType", NX_MT_MANIFEST) < 0)
+		goto out;
+	/* artifactType is not required: skopeo copy keeps manifests byte for
+	 * byte, but a re-serializing tool might drop it */
+	if (json_object_get(root, "artifactType") &&
+	    check_eq(what, root, "artifactType", NX_ARTIFACT_CLOSURE_META) < 0)
+		goto out;
+	if (check_eq(what, json_object_get(root, "annotations"), A_PREFIX "format", "1") < 0)
+		goto out;
+	layers = json_object_get(root, "layers");
+	if (!json_is_array(layers) || json_array_size(layers) != 1) {
+		nx_log(NX_LOG_ERR, "%s: layers is not an array of exactly 1", what);
+		goto out;
+	}
+	if (parse_desc(what, json_array_get(layers, 0), NX_MT_CLOSURE_META, blob) < 0)
+		goto out;
+	if (blob->size > NX_CMETA_MAX_BYTES) {
+		nx_log(NX_LOG_ERR, "%s: blob of %llu bytes is over the reader's cap", what,
+		       (unsigned long long)blob->size);
+		goto out;
+	}
+	r = 0;
+out:
+	json_decref(root);
 	return r;
 }

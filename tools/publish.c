@@ -514,6 +514,16 @@ int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots
 	ix.nentries = p->npaths;
 	ix.roots = roots;
 	ix.nroots = nroots;
+	/* all metadata in one blob, for closure mounts (tools/cmeta.c) */
+	r = nx_pub_closure_meta(p, name, &ix.meta);
+	if (r == -E2BIG)
+		nx_log(NX_LOG_WARNING, "closure %s: too large for one metadata blob; mounts "
+		       "will load its paths one by one", name);
+	else if (r < 0) {
+		free(ix.entries);
+		return r;
+	}
+	ix.has_meta = r == 0;
 	r = nx_index_build(&ix, &json, &len);
 	free(ix.entries); /* shallow: strings belong to p and roots */
 	if (r < 0)

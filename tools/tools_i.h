@@ -181,6 +181,10 @@ int nx_pub_run(struct nx_pub *p, long jobs);
 /* The closure index of every path under tag @name (unchanged: no write). */
 int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots);
 void nx_pub_add_bytes(struct nx_pub *p, uint64_t n);
+/* tools/cmeta.c: writes (or finds under tag @name, unchanged) the closure
+ * metadata manifest and blob of every path of @p (format.md 5.1); *meta
+ * gets the manifest's descriptor. -E2BIG when over the readers' caps. */
+int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *meta);
 /* Options push and import share: -j/--jobs N (1..64, default 4), -t/--tag
  * NAME (checked), -k/--sign-key FILE, and the common ones. Returns -1 when
  * the command goes on (optind at the first operand), else the exit status

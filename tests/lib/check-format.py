@@ -186,6 +186,39 @@ def cmd_paths(reg, repo, work, infos):
     return 1 if bad else 0
 
 
+def check_meta(reg, repo, d, ms):
+    """format.md 5.1: the metadata manifest, its blob, one item per path."""
+    check(d["annotations"]["dev.nixoci.closure-meta"] == "1", "closure-meta version")
+    mb, _ = get(reg, "/v2/%s/manifests/%s" % (repo, d["digest"]), MANIFEST)
+    check("sha256:" + hashlib.sha256(mb).hexdigest() == d["digest"], "metadata manifest digest")
+    m = json.loads(mb)
+    check(m.get("artifactType") == "application/vnd.nixoci.closure-meta.v1", "meta artifactType")
+    check(len(m["layers"]) == 1, "metadata manifest has one layer")
+    lay = m["layers"][0]
+    check(lay["mediaType"] == "application/vnd.nixoci.closure-meta.v1+zstd", "meta media type")
+    z = get_blob(reg, repo, lay)
+    r = subprocess.run(["zstd", "-dc"], input=z, capture_output=True)
+    check(r.returncode == 0, "metadata blob is not zstd")
+    raw = r.stdout
+    check(raw[:8] == b"NIXOCMET", "metadata magic")
+    ver, flags, n = struct.unpack_from("<III", raw, 8)
+    check(ver == 1 and flags == 0 and n == len(ms), "metadata header: %d items" % n)
+    want = sorted(x["digest"] for x in ms)
+    got = []
+    off = 32 + 16 * n
+    for i in range(n):
+        o, ml, tl = struct.unpack_from("<QII", raw, 32 + 16 * i)
+        check(o == off, "metadata item %d offset" % i)
+        man = raw[o:o + ml]
+        got.append("sha256:" + hashlib.sha256(man).hexdigest())
+        toc = raw[o + ml:o + ml + tl]
+        tocd = json.loads(man)["layers"][1]["digest"]
+        check("sha256:" + hashlib.sha256(toc).hexdigest() == tocd, "metadata item %d TOC" % i)
+        off += ml + tl
+    check(off == len(raw), "metadata trailing bytes")
+    check(sorted(got) == want, "metadata items are not the index's manifests")
+
+
 def cmd_index(reg, repo, tag, work, roots, infos):
     try:
         body, _ = get(reg, "/v2/%s/manifests/%s" % (repo, tag), INDEX)
@@ -196,6 +229,10 @@ def cmd_index(reg, repo, tag, work, roots, infos):
         check(sorted(a.get("dev.nixoci.roots", "").split()) == sorted(roots),
               "roots %r" % a.get("dev.nixoci.roots"))
         ms = x.get("manifests", [])
+        metas = [d for d in ms if "dev.nixoci.closure-meta" in d.get("annotations", {})]
+        ms = [d for d in ms if d not in metas]
+        check(len(metas) == 1, "want one closure metadata manifest, found %d" % len(metas))
+        check_meta(reg, repo, metas[0], ms)
         paths = [d.get("annotations", {}).get("dev.nixoci.store-path") for d in ms]
         check(paths == sorted(paths), "manifests not sorted by store path")
         check(sorted(paths) == sorted(i["path"] for i in infos),

@@ -1,0 +1,287 @@
+/*
+ * cache/closure.c: a closure mount's metadata in one fetch (docs/format.md
+ * 5.1). When the closure index lists a metadata manifest, nx_store_open
+ * fetches it and its blob (in Range parts when large), checks the blob's
+ * digest, inflates it, and keeps every manifest and TOC blob in memory,
+ * keyed by the SHA-256 of its bytes. Path loading (store.c) asks here
+ * before the blob cache and the registry, always by the digest the index
+ * or a manifest names, so only bytes that hash to that digest are ever
+ * handed out: a blob cannot smuggle in a manifest the index does not list,
+ * or a TOC its manifest does not name.
+ *
+ * The blob must also agree with the index as a whole (the same set of
+ * manifests, each TOC the one its manifest names). If it does not, or is
+ * missing, malformed or unreachable, one line is logged and the mount goes
+ * on without it, loading each path on its own as before; nothing of the
+ * blob is used or cached. The verified metadata manifest and blob go into
+ * the blob cache, so a remount over a warm cache fetches nothing again.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache_i.h"
+
+/* Bytes asked for in one Range request of a large blob. */
+#define CM_PART (UINT64_C(8) << 20)
+
+struct cm_buf {
+	uint8_t *buf;
+	uint64_t size;
+	uint64_t got; /* contiguous bytes from 0 */
+};
+
+/* The source may answer a range with the whole blob (absolute offsets):
+ * keep whatever lands inside, count what is contiguous. */
+static int cm_collect(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct cm_buf *c = ctx;
+
+	if (off > c->size || len > c->size - off)
+		return -EIO;
+	memcpy(c->buf + off, buf, len);
+	if (off <= c->got && off + len > c->got)
+		c->got = off + len;
+	return 0;
+}
+
+static int cm_fetch_blob(struct nx_store *st, const struct nx_desc *d, uint8_t **out)
+{
+	struct cm_buf c = { .size = d->size };
+	uint8_t got[NX_SHA256_LEN];
+	int rc = 0, probe;
+
+	c.buf = malloc(c.size);
+	if (!c.buf)
+		return -ENOMEM;
+	while (c.got < c.size) {
+		uint64_t want = c.size - c.got < CM_PART ? c.size - c.got : CM_PART, before = c.got;
+
+		probe = nx_source_begin(st);
+		if (probe < 0) {
+			rc = -EIO;
+			break;
+		}
+		rc = st->src.get_blob(st->src.ctx, d->digest, c.got, want, cm_collect, &c);
+		nx_source_end(st, probe, rc);
+		if (rc == 0 && c.got == before)
+			rc = -EIO; /* no progress: do not loop */
+		if (rc < 0)
+			break;
+	}
+	nx_stat_add(&st->bytes_fetched, c.got);
+	if (rc < 0) {
+		free(c.buf);
+		return rc;
+	}
+	nx_sha256(c.buf, c.size, got);
+	if (memcmp(got, d->digest, NX_SHA256_LEN) != 0) {
+		nx_stat_add(&st->verify_failures, 1);
+		free(c.buf);
+		return -EBADMSG;
+	}
+	*out = c.buf;
+	return 0;
+}
+
+static int cm_cmp(const void *a, const void *b)
+{
+	return memcmp(((const struct nx_cm_ent *)a)->digest, ((const struct nx_cm_ent *)b)->digest,
+		      NX_SHA256_LEN);
+}
+
+static const struct nx_cm_ent *cm_find(const struct nx_cm_ent *e, size_t n,
+				       const uint8_t d[NX_SHA256_LEN])
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = memcmp(e[mid].digest, d, NX_SHA256_LEN);
+
+		if (c == 0)
+			return &e[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* Indexes the decoded items and checks that they agree with the index:
+ * -EINVAL (logged by the caller) when they do not. */
+static int cm_adopt(struct nx_store *st, uint8_t *raw, const struct nx_cmeta_item *it, size_t n)
+{
+	struct nx_cm_ent *e;
+	size_t ne = 0;
+	int rc = -EINVAL;
+
+	if (n != st->ix.nentries) {
+		nx_log(NX_LOG_DEBUG, "closure metadata: %zu paths, the index lists %zu", n,
+		       st->ix.nentries);
+		return -EINVAL;
+	}
+	e = calloc(2 * n, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct nx_manifest m;
+		uint8_t td[NX_SHA256_LEN];
+
+		nx_sha256(it[i].man, it[i].man_len, e[ne].digest);
+		e[ne].buf = it[i].man;
+		e[ne].len = it[i].man_len;
+		if (nx_manifest_parse((const char *)it[i].man, it[i].man_len, &m) < 0)
+			goto out;
+		nx_sha256(it[i].toc, it[i].toc_len, td);
+		if (memcmp(td, m.toc.digest, NX_SHA256_LEN) != 0 || m.toc.size != it[i].toc_len) {
+			nx_log(NX_LOG_DEBUG, "closure metadata: item %zu: TOC is not its manifest's",
+			       i);
+			nx_manifest_release(&m);
+			goto out;
+		}
+		nx_manifest_release(&m);
+		ne++;
+		memcpy(e[ne].digest, td, NX_SHA256_LEN);
+		e[ne].buf = it[i].toc;
+		e[ne].len = it[i].toc_len;
+		ne++;
+	}
+	qsort(e, ne, sizeof(*e), cm_cmp);
+	/* n items, n distinct index manifests (one per store path), each
+	 * found among the items' manifests with its size: the same set. */
+	for (size_t i = 0; i < st->ix.nentries; i++) {
+		const struct nx_index_entry *x = &st->ix.entries[i];
+		const struct nx_cm_ent *f = cm_find(e, ne, x->desc.digest);
+
+		if (!f || f->len != x->desc.size) {
+			nx_log(NX_LOG_DEBUG, "closure metadata: lacks the manifest of %s",
+			       x->store_path);
+			goto out;
+		}
+	}
+	st->cm = e;
+	st->ncm = ne;
+	st->cm_raw = raw;
+	e = NULL;
+	rc = 0;
+out:
+	free(e);
+	return rc;
+}
+
+int nx_cmeta_load(struct nx_store *st, const char *closure)
+{
+	char ref[NX_DIGEST_STRLEN];
+	uint8_t got[NX_SHA256_LEN];
+	struct nx_cmeta_item *items = NULL;
+	struct nx_desc blob;
+	uint8_t *man = NULL, *z = NULL, *raw = NULL;
+	size_t mlen = 0, zlen = 0, n = 0;
+	int rc, man_cached, z_cached;
+	const char *why = "";
+
+	if (!st->ix.has_meta)
+		return 0;
+	man_cached = nx_blob_load(st, st->ix.meta.digest, NX_MANIFEST_MAX, &man, &mlen) == 0;
+	if (!man_cached) {
+		int probe = nx_source_begin(st);
+
+		nx_digest_format(st->ix.meta.digest, ref);
+		rc = probe < 0 ? -EIO
+			       : st->src.get_manifest(st->src.ctx, ref, NX_MANIFEST_MAX,
+						      (char **)&man, &mlen, got);
+		if (probe >= 0)
+			nx_source_end(st, probe, rc);
+		if (rc < 0) {
+			why = rc == -ENOENT ? "its manifest is missing" : "cannot fetch its manifest";
+			goto fallback;
+		}
+		nx_stat_add(&st->bytes_fetched, mlen);
+		if (memcmp(got, st->ix.meta.digest, NX_SHA256_LEN) != 0 ||
+		    mlen != st->ix.meta.size) {
+			nx_stat_add(&st->verify_failures, 1);
+			why = "its manifest does not match the index's digest";
+			rc = -EIO;
+			goto fallback;
+		}
+	}
+	rc = nx_cmeta_manifest_parse((const char *)man, mlen, &blob);
+	if (rc < 0) {
+		why = "its manifest is malformed";
+		goto fallback;
+	}
+	z_cached = nx_blob_load(st, blob.digest, (size_t)NX_CMETA_MAX_BYTES, &z, &zlen) == 0 &&
+		   zlen == blob.size;
+	if (!z_cached) {
+		free(z);
+		z = NULL;
+		rc = cm_fetch_blob(st, &blob, &z);
+		if (rc < 0) {
+			why = rc == -ENOENT	? "the blob is missing"
+			      : rc == -EBADMSG ? "the blob does not match its digest"
+					       : "cannot fetch the blob";
+			goto fallback;
+		}
+		zlen = blob.size;
+	}
+	rc = nx_cmeta_decode(z, zlen, &raw, &items, &n);
+	if (rc < 0) {
+		why = "the blob is malformed";
+		goto fallback;
+	}
+	rc = cm_adopt(st, raw, items, n);
+	if (rc < 0) {
+		why = "the blob disagrees with the closure index";
+		goto fallback;
+	}
+	raw = NULL; /* the store owns it now */
+	/* verified and agreeing: keep it for the next mount */
+	if (!man_cached)
+		nx_blob_save(st, st->ix.meta.digest, man, mlen);
+	if (!z_cached)
+		nx_blob_save(st, blob.digest, z, zlen);
+	nx_log(NX_LOG_INFO, "closure %s: metadata of %zu paths loaded in one fetch", closure, n);
+	free(items);
+	free(man);
+	free(z);
+	return 0;
+fallback:
+	if (rc == -ENOMEM)
+		why = "out of memory";
+	nx_log(NX_LOG_WARNING,
+	       "closure %s: not using its metadata blob (%s); loading each path on its own",
+	       closure, why);
+	free(items);
+	free(raw);
+	free(man);
+	free(z);
+	return 0;
+}
+
+int nx_cmeta_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **out,
+		 size_t *len)
+{
+	const struct nx_cm_ent *e = cm_find(st->cm, st->ncm, d);
+
+	if (!e || e->len > cap)
+		return -ENOENT;
+	/* +1: manifests are parsed as text by callers that expect a NUL */
+	*out = malloc(e->len + 1);
+	if (!*out)
+		return -ENOMEM;
+	memcpy(*out, e->buf, e->len);
+	(*out)[e->len] = 0;
+	*len = e->len;
+	return 0;
+}
+
+void nx_cmeta_release(struct nx_store *st)
+{
+	free(st->cm);
+	free(st->cm_raw);
+	st->cm = NULL;
+	st->cm_raw = NULL;
+	st->ncm = 0;
+}

@@ -1,0 +1,185 @@
+#!/bin/bash
+test_description='closure metadata in one fetch (format.md 5.1): no per-path metadata request; a tampered, disagreeing or missing blob falls back cleanly'
+. "$(dirname "$0")/../lib/lib.sh"
+
+test_require_cmd docker-registry curl zstd /usr/bin/python3
+test_require_nix
+test_require_fuse
+test_require_binaries
+
+IDX_MT=application/vnd.oci.image.index.v1+json
+MAN_MT=application/vnd.oci.image.manifest.v1+json
+
+# json_get URL-PATH ACCEPT PYEXPR: evaluate PYEXPR on the JSON body as x.
+json_get() {
+	curl -fsS -H "Accept: $2" "http://$REG/v2/store/$1" |
+		/usr/bin/python3 -c "import json, sys; x = json.load(sys.stdin); print($3)"
+}
+
+meta_digest() {
+	json_get "manifests/$1" $IDX_MT \
+		'[d["digest"] for d in x["manifests"] if "dev.nixoci.closure-meta" in d.get("annotations", {})][0]'
+}
+
+meta_blob() {
+	json_get "manifests/$(meta_digest "$1")" $MAN_MT 'x["layers"][0]["digest"]'
+}
+
+# reg_requests: requests the registry has logged so far
+reg_requests() {
+	grep -c '"GET /v2/\|"HEAD /v2/' "$TRASH/registry-reg/log"
+}
+
+# walk MNT: every directory entry of every path of the closure, metadata only
+walk() {
+	local p
+	for p in $SMALL_CLOSURE; do
+		find "$1/${p##*/}" -printf '%p %s %m %y\n' || return 1
+	done >"$TRASH/walk-$(basename "$1").out"
+}
+
+test_expect_success 'setup: registry, the small closure pushed with a tag' '
+	start_registry &&
+	build_small_closure &&
+	nixoci push --tag hello "$REG/store" "$SMALL" &&
+	NPATHS=$(echo "$SMALL_CLOSURE" | wc -l) &&
+	META=$(meta_digest hello) &&
+	BLOB=$(meta_blob hello) &&
+	test -n "$META" && test -n "$BLOB"
+'
+
+test_expect_success 'a closure mount walks every path with no request after mounting' '
+	mount_store "$REG/store" "$TRASH/m1" closure=hello &&
+	before=$(reg_requests) &&
+	walk "$TRASH/m1" &&
+	after=$(reg_requests) &&
+	say "requests during the walk: $((after - before)) (paths: $NPATHS)" &&
+	test "$after" = "$before" &&
+	check_mount_hashes "$TRASH/m1" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/m1"
+'
+
+test_expect_success 'a remount over the warm cache fetches no metadata at all' '
+	n0=$(grep -c "/manifests/sha256:\|/blobs/$BLOB" "$TRASH/registry-reg/log") &&
+	mount_store "$REG/store" "$TRASH/m1" closure=hello &&
+	walk "$TRASH/m1" &&
+	n1=$(grep -c "/manifests/sha256:\|/blobs/$BLOB" "$TRASH/registry-reg/log") &&
+	test "$n0" = "$n1" &&
+	unmount_store "$TRASH/m1"
+'
+
+test_expect_success 'a re-push of the unchanged closure keeps the same index' '
+	before=$(json_get manifests/hello $IDX_MT "len(x[\"manifests\"])") &&
+	d0=$(curl -fsSI -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" | grep -i docker-content-digest) &&
+	nixoci push --tag hello "$REG/store" "$SMALL" &&
+	d1=$(curl -fsSI -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" | grep -i docker-content-digest) &&
+	test "$d0" = "$d1" &&
+	test "$before" = "$((NPATHS + 1))"
+'
+
+# A blob with a valid digest whose items disagree with the index: the last
+# path's item is dropped, the blob re-uploaded and a new metadata manifest
+# and index (tag hello-bad) point at it.
+test_expect_success 'a blob that disagrees with the index: fallback, right bytes' '
+	curl -fsS "http://$REG/v2/store/blobs/$BLOB" | zstd -dc >meta.raw &&
+	/usr/bin/python3 - meta.raw bad.raw <<-\EOF &&
+	import struct, sys
+	raw = open(sys.argv[1], "rb").read()
+	n = struct.unpack_from("<I", raw, 16)[0]
+	items = [struct.unpack_from("<QII", raw, 32 + 16 * i) for i in range(n)]
+	keep = items[:-1]
+	out = bytearray(raw[:16] + struct.pack("<I", n - 1) + raw[20:32])
+	off = 32 + 16 * len(keep)
+	data = b""
+	for o, ml, tl in keep:
+	    out += struct.pack("<QII", off + len(data), ml, tl)
+	    data += raw[o:o + ml + tl]
+	open(sys.argv[2], "wb").write(bytes(out) + data)
+	EOF
+	zstd -q -f bad.raw -o bad.zst &&
+	bd=sha256:$(sha256sum <bad.zst | cut -d" " -f1) &&
+	loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/store/blobs/uploads/" |
+		sed -n "s/^[Ll]ocation: *//p" | tr -d "\r") &&
+	case $loc in http*) ;; *) loc=http://$REG$loc ;; esac &&
+	case $loc in *\?*) sep="&" ;; *) sep="?" ;; esac &&
+	curl -fsS -X PUT -H "Content-Type: application/octet-stream" --data-binary @bad.zst \
+		"$loc${sep}digest=$bd" &&
+	curl -fsS -H "Accept: $MAN_MT" "http://$REG/v2/store/manifests/$META" >meta.json &&
+	/usr/bin/python3 -c "
+import json, sys
+m = json.load(open(\"meta.json\"))
+m[\"layers\"][0][\"digest\"] = sys.argv[1]
+m[\"layers\"][0][\"size\"] = int(sys.argv[2])
+open(\"badmeta.json\", \"w\").write(json.dumps(m, separators=(\",\", \":\"), sort_keys=True))
+" "$bd" "$(stat -c %s bad.zst)" &&
+	bm=sha256:$(sha256sum <badmeta.json | cut -d" " -f1) &&
+	curl -fsS -X PUT -H "Content-Type: $MAN_MT" --data-binary @badmeta.json \
+		"http://$REG/v2/store/manifests/$bm" &&
+	curl -fsS -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" >idx.json &&
+	/usr/bin/python3 -c "
+import json, sys
+x = json.load(open(\"idx.json\"))
+for d in x[\"manifests\"]:
+    if \"dev.nixoci.closure-meta\" in d.get(\"annotations\", {}):
+        d[\"digest\"] = sys.argv[1]
+        d[\"size\"] = int(sys.argv[2])
+open(\"badidx.json\", \"w\").write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))
+" "$bm" "$(stat -c %s badmeta.json)" &&
+	curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @badidx.json \
+		"http://$REG/v2/store/manifests/hello-bad" &&
+	MOUNT_LOG_ALLOW="not using its metadata blob \(the blob disagrees with the closure index\)" &&
+	mount_store "$REG/store" "$TRASH/m2" closure=hello-bad &&
+	walk "$TRASH/m2" &&
+	check_mount_hashes "$TRASH/m2" $SMALL_CLOSURE &&
+	grep -q "not using its metadata blob (the blob disagrees with the closure index)" \
+		"${MOUNT_LOG[$TRASH/m2]}" &&
+	unmount_store "$TRASH/m2"
+'
+
+test_expect_success 'a tampered blob (one byte flipped in the registry): fallback, right bytes' '
+	f=$(registry_blob_path "$BLOB") &&
+	cp "$f" blob.orig &&
+	/usr/bin/python3 -c "
+import sys
+f = open(sys.argv[1], \"r+b\")
+d = f.read()
+f.seek(len(d) // 2)
+f.write(bytes([d[len(d) // 2] ^ 0x55]))" "$f" &&
+	MOUNT_LOG_ALLOW="not using its metadata blob \(the blob does not match its digest\)" &&
+	mount_store "$REG/store" "$TRASH/m3" closure=hello &&
+	walk "$TRASH/m3" &&
+	check_mount_hashes "$TRASH/m3" $SMALL_CLOSURE &&
+	grep -q "the blob does not match its digest" "${MOUNT_LOG[$TRASH/m3]}" &&
+	unmount_store "$TRASH/m3" &&
+	cp blob.orig "$f"
+'
+
+test_expect_success 'a missing blob (deleted from the registry): fallback, right bytes' '
+	curl -fsS -X DELETE "http://$REG/v2/store/blobs/$BLOB" &&
+	! curl -fsS -o /dev/null "http://$REG/v2/store/blobs/$BLOB" &&
+	MOUNT_LOG_ALLOW="not using its metadata blob \(the blob is missing\)|blob.*not found|404" &&
+	mount_store "$REG/store" "$TRASH/m4" closure=hello &&
+	walk "$TRASH/m4" &&
+	check_mount_hashes "$TRASH/m4" $SMALL_CLOSURE &&
+	grep -q "the blob is missing" "${MOUNT_LOG[$TRASH/m4]}" &&
+	unmount_store "$TRASH/m4"
+'
+
+test_expect_success 'a closure pushed before the metadata blob existed still mounts' '
+	curl -fsS -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" |
+		/usr/bin/python3 -c "
+import json, sys
+x = json.load(sys.stdin)
+x[\"manifests\"] = [d for d in x[\"manifests\"]
+                    if \"dev.nixoci.closure-meta\" not in d.get(\"annotations\", {})]
+sys.stdout.write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))" >oldidx.json &&
+	curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @oldidx.json \
+		"http://$REG/v2/store/manifests/hello-old" &&
+	MOUNT_LOG_ALLOW= &&
+	mount_store "$REG/store" "$TRASH/m5" closure=hello-old &&
+	walk "$TRASH/m5" &&
+	check_mount_hashes "$TRASH/m5" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/m5"
+'
+
+test_done

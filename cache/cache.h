@@ -74,6 +74,12 @@ struct nx_store_opts {
 				    * closure mode: 0 = default
 				    * (NX_LOOKUP_RATE_DEFAULT), negative = no
 				    * bound */
+	const char *origin;        /* where tags resolve (the registry's
+				    * HOST/REPO); NULL = "" */
+	int tag_ttl;               /* seconds a cached tag resolution is used
+				    * without asking @origin again: 0 = default
+				    * (NX_TAG_TTL_DEFAULT), NX_TAG_TTL_ZERO =
+				    * ask at every lookup */
 };
 
 /* The bound on registry lookups (nx_store_lookup of names the cache does not
@@ -84,6 +90,18 @@ struct nx_store_opts {
  * by the index and are not counted. */
 #define NX_LOOKUP_RATE_DEFAULT 50
 #define NX_LOOKUP_WAIT_MS 1000
+
+/*
+ * Tag resolutions (store path hash -> manifest digest, outside closure mode)
+ * are cached with the time they were made and the origin that made them: a
+ * record from another origin is ignored, and one older than tag_ttl is asked
+ * again. When the origin cannot answer (down, 5xx) an expired record is used
+ * rather than failing; when it says the tag is gone (404), it is not. A
+ * closure pinned by digest resolves nothing by name, so it never expires. A
+ * path loaded by a running store keeps its resolution while loaded.
+ */
+#define NX_TAG_TTL_DEFAULT 600
+#define NX_TAG_TTL_ZERO (-1)
 
 struct nx_store;
 struct nx_spath;

@@ -182,6 +182,8 @@ struct nx_store {
 	int readonly;
 	int closure_mode;
 	int pinned; /* closure pinned by digest: it authenticates everything */
+	uint8_t origin_id[NX_SHA256_LEN]; /* SHA-256 of nx_store_opts.origin */
+	uint64_t tag_ttl;                 /* seconds; 0: always ask again */
 	struct nx_index ix;
 	struct nx_index_entry **ix_sorted; /* by base name */
 	size_t nix;

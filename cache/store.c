@@ -212,6 +212,8 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	st->keys = o->nkeys ? o->keys : NULL;
 	st->nkeys = o->keys ? o->nkeys : 0;
 	st->readonly = o->readonly_cache;
+	nx_sha256(o->origin ? o->origin : "", o->origin ? strlen(o->origin) : 0, st->origin_id);
+	st->tag_ttl = o->tag_ttl > 0 ? (uint64_t)o->tag_ttl : o->tag_ttl < 0 ? 0 : NX_TAG_TTL_DEFAULT;
 	st->ra_max = o->readahead < 0 ? 0 : o->readahead ? (uint32_t)o->readahead : NX_RA_DEFAULT_MAX;
 	if (st->ra_max > NX_RA_DEFAULT_MAX)
 		st->ra_max = NX_RA_DEFAULT_MAX;
@@ -418,13 +420,38 @@ static void refused_add(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int
 	pthread_mutex_unlock(&st->lock);
 }
 
+/* A tag record: the manifest digest, when it was resolved (seconds, LE) and
+ * the SHA-256 of the origin that resolved it. Records of the older 40-byte
+ * form (no origin) are ignored: resolved again. */
+#define TAG_REC_LEN (NX_SHA256_LEN + 8 + NX_SHA256_LEN)
+
+/* 1 if @base has a tag record from this store's origin (digest in @d,
+ * *stale when older than the TTL), else 0. */
+static int tag_get(struct nx_store *st, const char *base, uint8_t d[NX_SHA256_LEN], int *stale)
+{
+	uint8_t rec[TAG_REC_LEN];
+	size_t vlen = 0;
+	uint64_t when = 0, now = (uint64_t)time(NULL);
+
+	if (nx_db_get(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec), &vlen) < 0 ||
+	    vlen != TAG_REC_LEN ||
+	    memcmp(rec + NX_SHA256_LEN + 8, st->origin_id, NX_SHA256_LEN) != 0)
+		return 0;
+	for (int i = 0; i < 8; i++)
+		when |= (uint64_t)rec[NX_SHA256_LEN + i] << (8 * i);
+	memcpy(d, rec, NX_SHA256_LEN);
+	*stale = when > now || now - when >= st->tag_ttl;
+	return 1;
+}
+
 /* The manifest of @base: bytes and digest, from the cache or the source. */
 static int get_path_manifest(struct nx_store *st, const char *base, size_t len, char **body,
 			     size_t *blen, uint8_t digest[NX_SHA256_LEN], int *fetched)
 {
 	const struct nx_index_entry *e = NULL;
 	char ref[NX_DIGEST_STRLEN];
-	uint8_t rec[NX_SHA256_LEN + 8];
+	uint8_t stale_digest[NX_SHA256_LEN];
+	int have_tag = 0, stale = 0;
 	uint8_t *b;
 	int rc;
 
@@ -448,12 +475,12 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 		}
 		nx_digest_format(digest, ref);
 	} else {
-		if (nx_db_get(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec), NULL) == 0) {
-			memcpy(digest, rec, NX_SHA256_LEN);
-			if (nx_blob_load(st, digest, NX_MANIFEST_MAX, &b, blen) == 0) {
-				*body = (char *)b;
-				return 0;
-			}
+		have_tag = tag_get(st, base, stale_digest, &stale);
+		if (have_tag && !stale &&
+		    nx_blob_load(st, stale_digest, NX_MANIFEST_MAX, &b, blen) == 0) {
+			memcpy(digest, stale_digest, NX_SHA256_LEN);
+			*body = (char *)b;
+			return 0;
 		}
 		memcpy(ref, base, NX_HASH_LEN);
 		ref[NX_HASH_LEN] = '\0';
@@ -462,6 +489,15 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 			return rc;
 	}
 	rc = fetch_manifest(st, ref, NX_MANIFEST_MAX, body, blen, digest);
+	if (rc == -EIO && have_tag &&
+	    nx_blob_load(st, stale_digest, NX_MANIFEST_MAX, &b, blen) == 0) {
+		/* the origin cannot answer now: its last answer, past its TTL */
+		nx_log(NX_LOG_DEBUG, "tag %.*s: the registry did not answer, using the resolution "
+		       "cached before", NX_HASH_LEN, base);
+		memcpy(digest, stale_digest, NX_SHA256_LEN);
+		*body = (char *)b;
+		return 0;
+	}
 	if (rc < 0)
 		return rc;
 	if (e && (memcmp(digest, e->desc.digest, NX_SHA256_LEN) != 0 || *blen != e->desc.size)) {
@@ -481,7 +517,7 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 static void save_path_manifest(struct nx_store *st, const char *base, const char *body,
 			       size_t blen, const uint8_t digest[NX_SHA256_LEN])
 {
-	uint8_t rec[NX_SHA256_LEN + 8];
+	uint8_t rec[TAG_REC_LEN];
 	uint64_t now = (uint64_t)time(NULL);
 
 	nx_blob_save(st, digest, body, blen);
@@ -490,6 +526,7 @@ static void save_path_manifest(struct nx_store *st, const char *base, const char
 	memcpy(rec, digest, NX_SHA256_LEN);
 	for (int i = 0; i < 8; i++)
 		rec[NX_SHA256_LEN + i] = (uint8_t)(now >> (8 * i));
+	memcpy(rec + NX_SHA256_LEN + 8, st->origin_id, NX_SHA256_LEN);
 	nx_db_put(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec));
 }
 

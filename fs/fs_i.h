@@ -91,6 +91,7 @@ struct nx_fs_opts {
 	char *cache_size;
 	char *closure;
 	char *timeout;
+	char *tag_ttl;
 	char *readahead;
 	char *lookup_rate;
 	char *cafile;
@@ -114,6 +115,7 @@ struct nx_fs_opts {
 	char default_cache[PATH_MAX];
 	uint64_t cache_bytes;  /* 0: the store's default */
 	int timeout_s;
+	int tag_ttl_s;         /* for nx_store_opts.tag_ttl */
 	int readahead_frames;  /* 0: the store's default; -1: off */
 	int lookup_per_s;      /* 0: the store's default; -1: no bound */
 	int pt_mode;           /* NX_PT_AUTO (default) or NX_PT_OFF */

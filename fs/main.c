@@ -251,6 +251,8 @@ int main(int argc, char *argv[])
 		goto out_unmount;
 	}
 	so.cache_dir = o.cache_dir;
+	so.origin = nx_registry_ref(fs.reg); /* tag records name where they came from */
+	so.tag_ttl = o.tag_ttl_s;
 	so.cache_size = o.cache_bytes;
 	so.closure = o.closure;
 	so.keys = o.pubkeys;

@@ -22,6 +22,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("cache_size=%s", cache_size),
 	OPT("closure=%s", closure),
 	OPT("timeout=%s", timeout),
+	OPT("tag_ttl=%s", tag_ttl),
 	OPT("readahead=%s", readahead),
 	OPT("lookup_rate=%s", lookup_rate),
 	OPT("cafile=%s", cafile),
@@ -53,6 +54,8 @@ void nx_fs_usage(FILE *f)
 		"    -o trusted-public-keys=KEY Nix public key name:base64 (repeatable; separate\n"
 		"                               several keys in one option with spaces)\n"
 		"    -o timeout=SECONDS         per-request registry deadline, 1..3600 (default 30)\n"
+		"    -o tag_ttl=SECONDS         how long a cached tag resolution is used before the\n"
+		"                               registry is asked again, 0..31536000 (default 600)\n"
 		"    -o readahead=SIZE          largest readahead window for sequential readers,\n"
 		"                               K/M suffixes, up to 256M, 0 = off (default 32M)\n"
 		"    -o lookup_rate=N           registry lookups of unknown names per second,\n"
@@ -112,7 +115,7 @@ static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help",
 					 "--debug" };
 /* For the suggestion only: ours, as the user types them. */
 static const char *const ours[] = {
-	"cache=", "cache_size=", "closure=", "timeout=", "readahead=", "lookup_rate=",
+	"cache=", "cache_size=", "closure=", "timeout=", "tag_ttl=", "readahead=", "lookup_rate=",
 	"cafile=", "insecure", "debug", "nonempty", "log=", "metrics=", "trusted-public-keys=",
 	"mirror=", "passthrough=",
 };
@@ -387,6 +390,20 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		       o->cache_size);
 		return -EINVAL;
 	}
+	o->tag_ttl_s = NX_TAG_TTL_DEFAULT;
+	if (o->tag_ttl) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(o->tag_ttl, &end, 10);
+		if (errno || end == o->tag_ttl || *end || v < 0 || v > 31536000) {
+			nx_log(NX_LOG_ERR, "bad option tag_ttl=%s: expected whole seconds from 0 to "
+			       "31536000", o->tag_ttl);
+			return -EINVAL;
+		}
+		o->tag_ttl_s = v ? (int)v : NX_TAG_TTL_ZERO;
+	}
 	if (o->timeout && parse_timeout(o->timeout, &o->timeout_s) < 0) {
 		nx_log(NX_LOG_ERR, "bad option timeout=%s: expected whole seconds from 1 to 3600",
 		       o->timeout);
@@ -465,6 +482,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->cache_size);
 	free(o->closure);
 	free(o->timeout);
+	free(o->tag_ttl);
 	free(o->readahead);
 	free(o->lookup_rate);
 	free(o->cafile);

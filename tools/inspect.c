@@ -1061,6 +1061,7 @@ int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv)
 	}
 	so.cache_dir = cache;
 	so.lookup_rate = -1; /* one user's command, not a shared mount */
+	so.origin = nx_registry_ref(reg);
 	so.keys = keys;
 	so.nkeys = nkeys;
 	{

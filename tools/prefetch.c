@@ -171,6 +171,7 @@ int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv)
 	}
 	if (nx_cli_registry(cli, argv[optind], 1, &reg) < 0)
 		goto out;
+	so.origin = nx_registry_ref(reg); /* as the daemon records it: its REGISTRY/REPO */
 	so.keys = keys;
 	so.nkeys = nkeys;
 	so.lookup_rate = -1; /* one user's command, not a shared mount */

@@ -21,7 +21,12 @@
 	"application/vnd.docker.distribution.manifest.list.v2+json"
 #define NX_TAGS_PAGE 1000
 #define NX_TAGS_BODY_MAX (32u << 20)
-#define NX_TAGS_PAGES_MAX 1000000
+/* A tag list ends within these bounds or is refused with one line saying
+ * the registry keeps paging: pages (10 million tags at 1000 a page), pages in
+ * a row that bring no new tag, and wall time. */
+#define NX_TAGS_PAGES_MAX 10000
+#define NX_TAGS_IDLE_PAGES 10
+#define NX_TAGS_TIME_MAX_NS (UINT64_C(300) * 1000000000)
 
 static char *repo_url(const struct nx_registry *r, const char *kind, const char *obj)
 {
@@ -403,10 +408,50 @@ static int tags_page_size(void)
 	return n > 0 && n <= NX_TAGS_PAGE ? (int)n : NX_TAGS_PAGE;
 }
 
+static uint64_t url_hash(const char *s)
+{
+	uint64_t h = UINT64_C(14695981039346656037);
+
+	for (; *s; s++) {
+		h ^= (uint8_t)*s;
+		h *= UINT64_C(1099511628211);
+	}
+	return h;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Whether @url was read already (then 1), else records it. Pages are
+ * bounded by NX_TAGS_PAGES_MAX, so a linear scan is cheap enough. */
+static int url_seen(uint64_t **seen, size_t *n, const char *url)
+{
+	uint64_t h = url_hash(url), *s;
+
+	for (size_t i = 0; i < *n; i++)
+		if ((*seen)[i] == h)
+			return 1;
+	s = realloc(*seen, (*n + 1) * sizeof(**seen));
+	if (!s)
+		return -ENOMEM;
+	s[(*n)++] = h;
+	*seen = s;
+	return 0;
+}
+
 static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char *tag), void *ctx)
 {
-	int page = tags_page_size(), pages = 0, rc = 0;
+	int page = tags_page_size(), pages = 0, idle = 0, rc = 0;
 	char *url = NULL, *next = NULL, *last = NULL, first[32];
+	uint64_t *seen = NULL, t0 = nx_now_ns();
+	/* the previous page's tags (hashes, sorted) and this page's */
+	uint64_t *prev = NULL, *cur = NULL;
+	size_t nseen = 0, nprev = 0, ncur = 0;
+	const char *why = NULL;
 
 	snprintf(first, sizeof(first), "list?n=%d", page);
 	url = repo_url(r, "tags/", first);
@@ -416,6 +461,25 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 		struct nx_req q = { 0 };
 		json_t *j, *tags, *t;
 		size_t i, count;
+		int fresh = 0; /* this page brought a tag the previous one did not */
+
+		rc = url_seen(&seen, &nseen, url);
+		if (rc < 0)
+			break;
+		if (rc > 0)
+			why = "its next-page link points back at a page already read";
+		else if (pages > NX_TAGS_PAGES_MAX)
+			why = "more pages than any repository has";
+		else if (idle >= NX_TAGS_IDLE_PAGES)
+			why = "pages in a row bring no new tag";
+		else if (nx_now_ns() - t0 > NX_TAGS_TIME_MAX_NS)
+			why = "it is still paging after 300 s";
+		if (why) {
+			nx_log(NX_LOG_ERR, "registry %s: tag list: the registry keeps paging (%s, "
+			       "after %d pages); giving up", r->ref, why, pages + 1);
+			rc = -EIO;
+			break;
+		}
 
 		q.method = "GET";
 		q.url = url;
@@ -437,6 +501,15 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 			break;
 		}
 		count = json_is_array(tags) ? json_array_size(tags) : 0;
+		free(cur);
+		ncur = 0;
+		cur = malloc((count ? count : 1) * sizeof(*cur));
+		if (!cur) {
+			json_decref(j);
+			nx_req_release(&q);
+			rc = -ENOMEM;
+			break;
+		}
 		json_array_foreach(tags, i, t) {
 			const char *s = json_string_value(t);
 
@@ -445,9 +518,17 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 				       r->ref);
 				continue;
 			}
+			/* a tag of the previous page again: a registry that
+			 * ignores last= repeats its page (tags are not always
+			 * in lexical order, so only this is a sure repeat) */
+			cur[ncur] = url_hash(s);
+			if (nprev && bsearch(&cur[ncur], prev, nprev, sizeof(*prev), cmp_u64))
+				continue;
+			ncur++;
 			rc = cb(ctx, s);
 			if (rc)
 				break;
+			fresh = 1;
 			free(last);
 			last = strdup(s);
 			if (!last) {
@@ -456,6 +537,15 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 			}
 		}
 		json_decref(j);
+		idle = fresh ? 0 : idle + 1;
+		if (fresh) {
+			uint64_t *tmp = prev;
+
+			qsort(cur, ncur, sizeof(*cur), cmp_u64);
+			prev = cur;
+			nprev = ncur;
+			cur = tmp;
+		}
 		if (rc == 0 && q.link)
 			rc = link_next(q.link, url, &next);
 		else if (rc == 0 && count == (size_t)page && last) {
@@ -471,8 +561,7 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 		nx_req_release(&q);
 		if (rc)
 			break;
-		if (next && (strcmp(next, url) == 0 || strncmp(next, r->base, r->base_len) != 0 ||
-			     ++pages > NX_TAGS_PAGES_MAX)) {
+		if (next && (strcmp(next, url) == 0 || strncmp(next, r->base, r->base_len) != 0)) {
 			nx_log(NX_LOG_ERR, "registry %s: tag list: bad next-page link", r->ref);
 			rc = -EIO;
 			break;
@@ -480,7 +569,11 @@ static int list_tags_one(struct nx_registry *r, int (*cb)(void *ctx, const char 
 		free(url);
 		url = next;
 		next = NULL;
+		pages++;
 	}
+	free(seen);
+	free(prev);
+	free(cur);
 	free(next);
 	free(url);
 	free(last);

@@ -2,6 +2,7 @@
 test_description='hostile artifacts (tests/data/should-fail): refused with a clear error,
 nothing cached, the daemon stays up and keeps serving a good path'
 . "$(dirname "$0")/../lib/lib.sh"
+. "$TEST_LIB_DIR/faults.sh"
 
 test_require_cmd docker-registry curl /usr/bin/python3 zstd openssl
 test_require_fuse
@@ -286,6 +287,31 @@ for i in range(300):
 
 test_expect_success 'containment: 300 random names cost the registry at most the lookup bound' '
 	containment_lookup_flood
+'
+
+# A registry whose tag list never ends (tests/lib/faultproxy.py rewrites the
+# Link header of every page): nixoci ls stops with one line saying the
+# registry keeps paging, instead of paging (and growing) forever. "loop"
+# cycles between two pages; "endless" sends a new empty page each time.
+containment_endless_tags() {
+	local mode=$1 saved=$PROXY rc
+	start_faultproxy "$REG" "pager-$mode" &&
+	PAGER=$PROXY && PROXY=$saved &&
+	fault_set "mode=pass link=$mode" &&
+	{ timeout 120 nixoci ls "$PAGER/hostile" >ls.out 2>ls.err; rc=$?; } ;
+	PROXY=$saved
+	cat ls.err && echo "exit $rc" &&
+	test "$rc" = 1 &&
+	grep -q "^nixoci: registry .*: tag list: the registry keeps paging" ls.err &&
+	test "$(wc -l <ls.err)" -le 2 &&
+	grep -c "/tags/list" "$PROXY_LOG"
+}
+
+test_expect_success 'containment: nixoci ls against a tag list that loops' '
+	containment_endless_tags loop
+'
+test_expect_success 'containment: nixoci ls against a tag list that never ends' '
+	containment_endless_tags endless
 '
 
 test_expect_success 'after the whole corpus: both daemons up, the good path still verifies' '

@@ -25,6 +25,11 @@ The control file holds one line of KEY=VALUE words:
     code=N            status: the code sent (default 503)
     retry_after=N     status: add "Retry-After: N"
     at=BYTE           corrupt: which body byte to flip (default: the middle)
+    link=loop|endless tag lists (GETs of .../tags/list) that never end, whatever
+                      the mode: "loop" points every page's Link rel="next" at
+                      one of two URLs in turn (the registry answers both), so
+                      the pages cycle; "endless" at a new URL every time
+                      (last=zzzz<counter>: empty pages, forever)
     delay=MS          hold every request MS milliseconds before forwarding it
                       (any mode): a link with that much added round-trip time.
                       While set, the start of each request is logged too, as
@@ -106,6 +111,11 @@ class Control:
             self._load()
             return self.conf.get("mode", "pass")
 
+    def link(self):
+        with self.lock:
+            self._load()
+            return self.conf.get("link", "")
+
     def delay(self):
         with self.lock:
             self._load()
@@ -139,6 +149,7 @@ class Control:
 
 class Proxy:
     def __init__(self, args):
+        self.pages = 0  # tag-list pages rewritten (link=endless numbers them)
         self.args = args
         uh, up = args.upstream.rsplit(":", 1)
         self.upstream = (uh, int(up))
@@ -327,8 +338,17 @@ class Proxy:
                     break
                 out = ["HTTP/1.1 %d %s" % (resp.status, resp.reason)]
                 length = None
+                link = self.ctl.link() if "/tags/list" in target and method == "GET" else ""
+                if link:
+                    self.pages += 1
+                    base = target.split("?")[0]
+                    if link == "loop":
+                        nxt = base + ("?n=1&loop=b" if "loop=a" in target else "?n=1&loop=a")
+                    else:
+                        nxt = base + "?n=1&last=zzzz%d" % self.pages
+                    out.append('Link: <%s>; rel="next"' % nxt)
                 for k, v in resp.getheaders():
-                    if k.lower() in HOP_BY_HOP:
+                    if k.lower() in HOP_BY_HOP or (link and k.lower() == "link"):
                         continue
                     if k.lower() == "content-length":
                         length = v

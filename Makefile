@@ -60,7 +60,7 @@ FUZZ_SECONDS ?= 60
 FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
-.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import fuzz analyze
+.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-session fuzz analyze
 all: $(BINS)
 	@ln -sfn $(O)/bin bin
 
@@ -164,6 +164,7 @@ demo: deps
 # make check). Results in bench/results/ and docs/benchmarks.md.
 bench: all
 	bench/run.sh $(O)
+	bench/session.sh $(O)
 	bench/import.sh $(O)
 	NIXOCI_LOAD_SECONDS=$${NIXOCI_LOAD_SECONDS:-300} PATH=$(O)/bin:$$PATH \
 		bash tests/integ/t0420-load.t -v
@@ -171,6 +172,10 @@ bench: all
 # make bench-import: only the Nix interop part (import, push, nix copy, serve)
 bench-import: all
 	bench/import.sh $(O)
+
+# make bench-session: only the session layer's part of make bench (~10 min)
+bench-session: all
+	bench/session.sh $(O)
 
 MAN_PAGES := man/nixoci.1 man/nixoci-fs.8 man/nixoci-format.5
 UNIT_IN   := dist/nixoci-fs@.service.in

@@ -1,0 +1,347 @@
+#!/bin/bash
+# bench/session.sh [O]: the benchmark of the session layer (run by
+# `make bench` after bench/run.sh, or alone: `make bench-session`, ~10 min).
+#
+# Uses the tests' CPython closure (tests/lib/big.nix, ~118 paths; cached by
+# Nix after the first build) and one deterministic 139 MiB file, pushed to a
+# local docker-registry, and measures:
+#   warm    cache warm, page cache dropped: python start, walk of the closure,
+#           read of the 139 MiB file; nixoci with passthrough=auto and =off,
+#           and the native /nix/store, page cache dropped too
+#   seqread the same read as MB/s
+#   pagecache  growth of Cached (/proc/meminfo) reading the file once,
+#           through the mount (auto, off) and natively
+#   fleet   16 bwrap containers started at once on an empty cache, each
+#           importing a different module (a different store path), against
+#           one alone
+#   lookups 8 concurrent first lookups of 8 store paths against one, with
+#           the registry behind a 150 ms delay proxy (tests/lib/faultproxy.py)
+#   requests FUSE requests the kernel sent (the stats xattr) for a cold and
+#           a warm python start and an `ls -l` of the largest directory
+# Samples: bench/results/session.tsv; medians and ratios:
+# bench/results/session.md (pasted into docs/benchmarks.md).
+# Knobs: BENCH_RUNS=3; BENCH_SESSION_SKIP="fleet lookups" leaves parts out.
+# Needs root (drop_caches, FUSE, bwrap).
+set -euo pipefail
+export LC_ALL=C
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+O=${1:-build}
+case $O in /*) ;; *) O=$SRC/$O ;; esac
+RUNS=${BENCH_RUNS:-3}
+RESULTS=$SRC/bench/results
+export PATH=$O/bin:$PATH:/usr/sbin:/sbin
+T_START=$(date +%s)
+say() { printf '[session %4ds] %s\n' $(($(date +%s) - T_START)) "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root"
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+W=$(mktemp -d /var/tmp/nixoci-session.XXXXXX)
+CLEANUP=("rm -rf '$W'")
+cleanup() {
+	local i
+	for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[$i]}" || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+TSV=$W/session.tsv
+: >"$TSV"
+# sample GROUP NAME RUN VALUE
+sample() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$TSV"; }
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
+free_port() {
+	/usr/bin/python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_for() {
+	local n=$(($1 * 10))
+	shift
+	while ! "$@" 2>/dev/null; do
+		n=$((n - 1))
+		[ $n -gt 0 ] || return 1
+		sleep 0.1
+	done
+}
+
+# ------------------------------------------------------------ the data
+say "CPython closure (tests/lib/big.nix)"
+/usr/bin/python3 "$SRC/tests/lib/python-spec.py" >"$W/spec.json"
+PYENV=$(nix-build "$SRC/tests/lib/big.nix" --arg spec "$W/spec.json" --no-out-link \
+	--option substituters "" --option sandbox false --max-jobs 4 2>>"$W/build.log")
+PY=$PYENV/bin/python3
+nix-store -qR "$PYENV" >"$W/closure.paths"
+sed 's|.*/||' "$W/closure.paths" >"$W/closure.list"
+say "a deterministic 139 MiB file"
+/usr/bin/python3 -c 'import random, sys
+r = random.Random(139)
+with open(sys.argv[1], "wb") as f:
+    for _ in range(139):
+        f.write(r.randbytes(1 << 20))' "$W/big139.bin"
+BIG=$(nix-store --add "$W/big139.bin")
+rm -f "$W/big139.bin"
+BIGSIZE=$(stat -c %s "$BIG")
+
+REGD=$W/registry
+mkdir -p "$REGD/storage"
+port=$(free_port)
+cat >"$REGD/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $REGD/storage
+http:
+  addr: 127.0.0.1:$port
+EOF
+docker-registry serve "$REGD/config.yml" >"$REGD/log" 2>&1 &
+CLEANUP+=("kill $!; wait $! 2>/dev/null")
+wait_for 20 curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" || die "registry did not start"
+REG=127.0.0.1:$port
+say "push"
+nixoci push "$REG/s" "$PYENV" >"$W/push.log" 2>&1
+nixoci push "$REG/s" "$BIG" >>"$W/push.log" 2>&1
+
+MNT=$W/mnt
+mkdir -p "$MNT"
+MPID=
+mount_fs() { # REF CACHE [OPTS]
+	nixoci-fs -f -o "cache=$2${3:+,$3}" "$1" "$MNT" >>"$W/fs.log" 2>&1 &
+	MPID=$!
+	wait_for 30 mountpoint -q "$MNT" || die "mount failed: $(tail -n 5 "$W/fs.log")"
+}
+umount_fs() {
+	fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"
+	wait "$MPID" 2>/dev/null || true
+}
+CLEANUP+=("mountpoint -q '$MNT' && fusermount3 -uz '$MNT'")
+stat_of() { getfattr -n user.nixoci.stats --only-values "$MNT" 2>/dev/null | awk -v k="$1" '$1 == k { print $2 }'; }
+in_store() {
+	local store=$1
+	shift
+	bwrap --bind / / --ro-bind "$store" /nix/store --dev /dev --proc /proc --die-with-parent -- "$@"
+}
+WALK_PATHS=$(tr '\n' ' ' <"$W/closure.list")
+run_w() { # STORE WORKLOAD
+	case $2 in
+	python) in_store "$1" "$PY" -c 'import json, sqlite3, decimal, asyncio' ;;
+	walk) in_store "$1" /bin/sh -c "cd /nix/store && find $WALK_PATHS -printf '%p %s %m %l\n' | wc -l" >/dev/null ;;
+	read) in_store "$1" dd if="$BIG" of=/dev/null bs=1M status=none ;;
+	esac
+}
+
+# ------------------------------------------------------------ requests
+CACHE=$W/cache
+say "requests: cold python start, warm python start, ls -l of the largest directory"
+mount_fs "$REG/s" "$CACHE"
+req_snapshot() { getfattr -n user.nixoci.stats --only-values "$MNT" | grep "^fuse_" | sort >"$W/req.$1"; }
+req_delta() { # NAME A B
+	join "$W/req.$2" "$W/req.$3" | awk -v n="$1" '{ d = $3 - $2; if (d) printf "%s\t%s\t%d\n", n, $1, d }' >>"$W/requests.tsv"
+}
+: >"$W/requests.tsv"
+BIGDIR=$(for p in $(cat "$W/closure.paths"); do find "$p" -type d; done 2>/dev/null |
+	while read -r d; do echo "$(ls -A "$d" | wc -l) $d"; done | sort -n | tail -n 1 | cut -d' ' -f2)
+req_snapshot a
+run_w "$MNT" python
+req_snapshot b
+req_delta python_cold a b
+ls -l "$MNT/${BIGDIR#/nix/store/}" >/dev/null
+req_snapshot c
+req_delta "ls_l_cold($(ls -A "$BIGDIR" | wc -l) entries)" b c
+umount_fs
+mount_fs "$REG/s" "$CACHE"
+drop
+req_snapshot d
+run_w "$MNT" python
+req_snapshot e
+req_delta python_warm d e
+drop
+ls -l "$MNT/${BIGDIR#/nix/store/}" >/dev/null
+req_snapshot f
+req_delta "ls_l_warm" e f
+
+# ------------------------------------------------------- warm vs native
+say "warm: first reads, then wait for the passthrough copies"
+for w in python walk read; do run_w "$MNT" $w; run_w "$MNT" $w; done
+settle() {
+	local a b
+	a=$(stat_of cache_copy_bytes)
+	sleep 3
+	b=$(stat_of cache_copy_bytes)
+	[ "$a" = "$b" ]
+}
+wait_for 120 settle || true
+sample info copy_bytes 0 "$(stat_of cache_copy_bytes)"
+umount_fs
+# Both modes side by side over two copies of the same cache, samples
+# interleaved (the order alternates per run), so load from elsewhere on the
+# machine hits both alike.
+cp -a "$CACHE" "$CACHE-off"
+MNT_AUTO=$MNT
+MNT_OFF=$W/mnt-off
+mkdir -p "$MNT_OFF"
+mount_fs "$REG/s" "$CACHE" "passthrough=auto"
+PID_AUTO=$MPID
+MNT=$MNT_OFF
+mount_fs "$REG/s" "$CACHE-off" "passthrough=off"
+PID_OFF=$MPID
+CLEANUP+=("mountpoint -q '$MNT_OFF' && fusermount3 -uz '$MNT_OFF'")
+for r in $(seq "$RUNS"); do
+	modes="auto off"
+	[ $((r % 2)) = 0 ] && modes="off auto"
+	for w in python walk read; do
+		for mode in $modes; do
+			[ $mode = auto ] && m=$MNT_AUTO || m=$MNT_OFF
+			drop
+			t0=$(now)
+			run_w "$m" $w
+			sample "warm_$mode" $w "$r" "$(secs "$t0" "$(now)")"
+		done
+	done
+	# page cache growth reading the file once
+	for mode in $modes; do
+		[ $mode = auto ] && m=$MNT_AUTO || m=$MNT_OFF
+		drop
+		c0=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
+		cat "$m/${BIG#/nix/store/}" >/dev/null
+		c1=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
+		sample pagecache "$mode" "$r" "$(((c1 - c0) * 1024))"
+	done
+done
+for mode in auto off; do
+	[ $mode = auto ] && MNT=$MNT_AUTO MPID=$PID_AUTO || MNT=$MNT_OFF MPID=$PID_OFF
+	sample info "fetched_$mode" 0 "$(stat_of bytes_fetched)"
+	sample info "passthrough_opens_$mode" 0 "$(stat_of passthrough_opens)"
+	umount_fs
+done
+MNT=$MNT_AUTO
+say "native, page cache dropped"
+for r in $(seq "$RUNS"); do
+	for w in python walk read; do
+		drop
+		t0=$(now)
+		run_w /nix/store $w
+		sample native $w "$r" "$(secs "$t0" "$(now)")"
+	done
+	drop
+	c0=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
+	cat "$BIG" >/dev/null
+	c1=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
+	sample pagecache native "$r" "$(((c1 - c0) * 1024))"
+done
+
+skip() { case " ${BENCH_SESSION_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+# ------------------------------------------------------------- fleet
+if ! skip fleet; then
+MODS="sqlite3 curses decimal json asyncio xml.dom.minidom email.mime.text http.client unittest multiprocessing csv logging.handlers ctypes hashlib zipfile lzma"
+say "fleet: 16 containers at once on an empty cache, against one alone"
+for r in $(seq "$RUNS"); do
+	rm -rf "$W/cache-fleet"
+	mount_fs "$REG/s" "$W/cache-fleet"
+	drop
+	t0=$(now)
+	pids=()
+	i=0
+	for m in $MODS; do
+		i=$((i + 1))
+		in_store "$MNT" "$PY" -c "import $m" >"$W/fleet.$i.out" 2>&1 &
+		pids+=($!)
+	done
+	ok=0
+	for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
+	sample fleet sixteen "$r" "$(secs "$t0" "$(now)")"
+	sample fleet sixteen_ok "$r" "$ok"
+	umount_fs
+	rm -rf "$W/cache-fleet"
+	mount_fs "$REG/s" "$W/cache-fleet"
+	drop
+	t0=$(now)
+	in_store "$MNT" "$PY" -c "import sqlite3"
+	sample fleet one "$r" "$(secs "$t0" "$(now)")"
+	umount_fs
+done
+
+fi
+# ----------------------------------------------------------- lookups
+if ! skip lookups; then
+say "lookups: 8 concurrent first lookups vs one, 150 ms added per request"
+PX=$W/proxy
+mkdir -p "$PX"
+echo "mode=pass delay=150" >"$PX/control"
+/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$REG" --control "$PX/control" \
+	--port-file "$PX/port" --log "$PX/log" >"$PX/err" 2>&1 &
+CLEANUP+=("kill $!; wait $! 2>/dev/null")
+wait_for 10 test -s "$PX/port" || die "proxy did not start"
+PREF=127.0.0.1:$(cat "$PX/port")/s
+lookup_py='import os, sys, threading, time
+ps = sys.argv[1:]
+t0 = time.monotonic()
+th = [threading.Thread(target=os.stat, args=(p,)) for p in ps]
+[t.start() for t in th]
+[t.join() for t in th]
+print("%.4f" % (time.monotonic() - t0))'
+for r in $(seq "$RUNS"); do
+	rm -rf "$W/cache-lk"
+	mount_fs "$PREF" "$W/cache-lk" "timeout=30"
+	set -- $(sed -n "$((r * 9 + 1)),$((r * 9 + 8))p" "$W/closure.list")
+	sample lookups eight "$r" "$(/usr/bin/python3 -c "$lookup_py" $(printf "$MNT/%s " "$@"))"
+	one=$(sed -n "$((r * 9 + 9))p" "$W/closure.list")
+	sample lookups one "$r" "$(/usr/bin/python3 -c "$lookup_py" "$MNT/$one")"
+	umount_fs
+done
+sample lookups max_inflight 0 "$(sed -nE 's/.* inflight=([0-9]+)$/\1/p' "$PX/log" | sort -n | tail -n 1)"
+fi
+
+# ------------------------------------------------------------ report
+mkdir -p "$RESULTS"
+cp "$TSV" "$RESULTS/session.tsv"
+cp "$W/requests.tsv" "$RESULTS/session-requests.tsv"
+/usr/bin/python3 - "$TSV" "$W/requests.tsv" "$BIGSIZE" >"$RESULTS/session.md" <<'EOF'
+import collections, statistics, sys
+tsv, req, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+d = collections.defaultdict(list)
+for line in open(tsv):
+    g, n, r, v = line.rstrip("\n").split("\t")
+    d[(g, n)].append(float(v))
+med = lambda g, n: statistics.median(d[(g, n)]) if d.get((g, n)) else float("nan")
+print("| workload (page cache dropped) | native | passthrough=auto | ratio | passthrough=off | ratio |")
+print("|---|---|---|---|---|---|")
+for w in ("python", "walk", "read"):
+    nat, a, o = med("native", w), med("warm_auto", w), med("warm_off", w)
+    print(f"| {w} | {nat:.3f} s | {a:.3f} s | {a / nat:.2f}x | {o:.3f} s | {o / nat:.2f}x |")
+print()
+mb = size / 1e6
+nat, a, o = med("native", "read"), med("warm_auto", "read"), med("warm_off", "read")
+print(f"Sequential read of the {size / 2**20:.0f} MiB file, page cache dropped: native "
+      f"{mb / nat:.0f} MB/s, passthrough=auto {mb / a:.0f} MB/s ({nat / a * 100:.0f}% of native), "
+      f"passthrough=off {mb / o:.0f} MB/s ({nat / o * 100:.0f}%).")
+print()
+pc = lambda n: med("pagecache", n) / size
+print(f"Page-cache growth reading it once (Cached in /proc/meminfo, in file sizes): native "
+      f"{pc('native'):.2f}, passthrough=auto {pc('auto'):.2f}, passthrough=off {pc('off'):.2f}.")
+print()
+if d.get(("fleet", "sixteen")): print(f"Fleet: 16 containers at once on an empty cache {med('fleet', 'sixteen'):.2f} s "
+      f"(all succeeded: {min(d[('fleet', 'sixteen_ok')]):.0f}/16 in every run), one alone "
+      f"{med('fleet', 'one'):.2f} s: {med('fleet', 'sixteen') / med('fleet', 'one'):.2f}x.")
+print()
+if d.get(("lookups", "eight")): print(f"First lookups behind 150 ms per request: 8 concurrent {med('lookups', 'eight'):.3f} s, "
+      f"one {med('lookups', 'one'):.3f} s: {med('lookups', 'eight') / med('lookups', 'one'):.2f}x; "
+      f"most requests on the link at once: {max(d[('lookups', 'max_inflight')]):.0f}.")
+print()
+print(f"Passthrough copies made: {max(d[('info', 'copy_bytes')]) / 2**20:.0f} MiB; bytes fetched "
+      f"by the warm mounts: auto {max(d[('info', 'fetched_auto')]):.0f}, off "
+      f"{max(d[('info', 'fetched_off')]):.0f}; passthrough opens: auto "
+      f"{max(d[('info', 'passthrough_opens_auto')]):.0f}, off {max(d[('info', 'passthrough_opens_off')]):.0f}.")
+print()
+print("| FUSE requests | kind | count |")
+print("|---|---|---|")
+for line in open(req):
+    n, k, c = line.rstrip("\n").split("\t")
+    print(f"| {n} | {k[5:]} | {c} |")
+EOF
+cat "$RESULTS/session.md"
+say "done"

@@ -94,6 +94,15 @@ struct nx_cm_ent {
 	size_t len;
 };
 
+/* A reference whose metadata is to be loaded in the background (refs.c). */
+struct nx_rp_job {
+	struct nx_rp_job *next;
+	char base[NX_BASE_MAX + 1];
+};
+/* Reference prefetch: workers and queued names (more are dropped). */
+#define NX_RP_THREADS 2
+#define NX_RP_QUEUE 64
+
 struct nx_loading {
 	struct nx_loading *next;
 	char base[NX_BASE_MAX + 1];
@@ -249,6 +258,15 @@ struct nx_store {
 	unsigned ra_queued;
 	int ra_stop;                /* read without the lock by transfers */
 
+	/* reference prefetch (refs.c; under st->lock, workers wait on rp_cond) */
+	pthread_cond_t rp_cond;
+	pthread_t rp_threads[NX_RP_THREADS];
+	unsigned rp_nthreads;
+	struct nx_rp_job *rp_head, *rp_tail;
+	unsigned rp_queued;
+	int rp_stop;
+	uint64_t rp_loaded; /* paths loaded by it (atomic) */
+
 	/* offline gate (under st->lock) */
 	int offline;
 	int probing;
@@ -335,6 +353,13 @@ int nx_cmeta_load(struct nx_store *st, const char *closure);
 int nx_cmeta_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **out,
 		 size_t *len);
 void nx_cmeta_release(struct nx_store *st);
+/* refs.c: queue @p's references for background loading; stop and join. */
+void nx_rp_after_load(struct nx_store *st, const struct nx_spath *p);
+void nx_rp_stop(struct nx_store *st);
+/* store.c, with st->lock held: the loaded path @base, or NULL; 1 if the
+ * closure index lists @base. */
+struct nx_spath *nx_spath_find_locked(struct nx_store *st, const char *base, size_t len);
+int nx_ix_has_locked(const struct nx_store *st, const char *base);
 /* readahead.c */
 void nx_ra_stop(struct nx_store *st);
 /* The retry shortcut (see struct nx_reader): 1 if a read of this reader's

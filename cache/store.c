@@ -227,6 +227,7 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_cond_init(&st->cond, NULL);
 	pthread_cond_init(&st->ra_cond, NULL);
+	pthread_cond_init(&st->rp_cond, NULL);
 	{
 		pthread_rwlockattr_t ra;
 
@@ -279,7 +280,9 @@ void nx_store_close(struct nx_store *st)
 
 	if (!st)
 		return;
-	/* first: readahead workers use paths and the cache */
+	/* first: reference prefetch and readahead workers use paths and the
+	 * cache (prefetch first: its lookups could queue readahead) */
+	nx_rp_stop(st);
 	nx_ra_stop(st);
 	nx_files_close(st); /* its worker uses paths too */
 	for (p = st->all; p; p = pn) {
@@ -298,6 +301,7 @@ void nx_store_close(struct nx_store *st)
 	free(st->ix_sorted);
 	nx_cmeta_release(st);
 	pthread_cond_destroy(&st->ra_cond);
+	pthread_cond_destroy(&st->rp_cond);
 	pthread_rwlock_destroy(&st->db_rw);
 	pthread_cond_destroy(&st->sync_cond);
 	pthread_cond_destroy(&st->cond);
@@ -780,7 +784,7 @@ int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx
 {
 	struct nx_loading *l, **pp;
 	struct nx_spath *p = NULL;
-	int rc;
+	int rc, waited = 0;
 
 	if (len > NX_BASE_MAX || nx_storepath_check_base(base, len) < 0)
 		return -ENOENT;
@@ -803,6 +807,7 @@ int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx
 	if (l) {
 		/* Someone loads it: wait for that result. */
 		l->refs++;
+		waited = 1;
 		while (!l->done)
 			pthread_cond_wait(&st->cond, &st->lock);
 		rc = l->rc;
@@ -842,9 +847,21 @@ unref:
 		free(l);
 	}
 	pthread_mutex_unlock(&st->lock);
+	if (rc == 0 && !waited)
+		nx_rp_after_load(st, p);
 	if (rc == 0)
 		*out = p;
 	return rc;
+}
+
+struct nx_spath *nx_spath_find_locked(struct nx_store *st, const char *base, size_t len)
+{
+	return find_name(st, base, len);
+}
+
+int nx_ix_has_locked(const struct nx_store *st, const char *base)
+{
+	return ix_find(st, base, strlen(base)) != NULL;
 }
 
 int nx_store_by_id(struct nx_store *st, uint64_t id, struct nx_spath **out)

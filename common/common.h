@@ -70,6 +70,12 @@ void nx_log_use_syslog(int on);
 /* Prefix stderr lines with a UTC time stamp and "prog[pid]" (for a log
  * file, which has no journal to add them). */
 void nx_log_set_stamps(int on);
+/* While set, every error or warning this thread logs ends with " (CTX)",
+ * CTX written by @fn(@arg) when the line is logged (so setting it costs
+ * nothing on the paths that log nothing). fn NULL clears it. The file
+ * system sets "reading /nix/store/<base>/<file>" around a read, so the one
+ * line that names the cause also names the file. */
+void nx_log_set_context(void (*fn)(void *arg, char *buf, size_t cap), void *arg);
 
 /* --------------------------------------------------------------- digest */
 
@@ -287,6 +293,10 @@ int64_t nx_toc_lookup(const struct nx_toc *toc, uint32_t dir, const char *name, 
 /* Pointer into strtab, not NUL-terminated: use *len. Valid while toc lives. */
 const char *nx_toc_name(const struct nx_toc *toc, uint32_t idx, size_t *len);
 const char *nx_toc_target(const struct nx_toc *toc, uint32_t idx, size_t *len);
+/* The path of entry @idx below the store path's root ("bin/hello"; "" for
+ * the root) into @buf, NUL-terminated. -E2BIG when it does not fit (@buf
+ * then holds the part that did). For messages. */
+int nx_toc_path(const struct nx_toc *toc, uint32_t idx, char *buf, size_t cap);
 /* Frames [*first, *last] that cover NAR bytes [uoff, uoff+len), len > 0. */
 int nx_toc_frames_for(const struct nx_toc *toc, uint64_t uoff, uint64_t len, uint32_t *first,
 		      uint32_t *last);

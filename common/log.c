@@ -32,6 +32,8 @@ static uint64_t log_last_ns;
 static unsigned long log_repeats;
 static atomic_int log_syslog;
 static atomic_int log_stamps;
+static __thread void (*log_ctx_fn)(void *arg, char *buf, size_t cap);
+static __thread void *log_ctx_arg;
 static _Atomic(const char *) log_prog = "nixoci";
 
 void nx_log_set_level(int level)
@@ -58,6 +60,12 @@ void nx_log_use_syslog(int on)
 	else if (!on && atomic_load(&log_syslog))
 		closelog();
 	atomic_store(&log_syslog, on ? 1 : 0);
+}
+
+void nx_log_set_context(void (*fn)(void *arg, char *buf, size_t cap), void *arg)
+{
+	log_ctx_fn = fn;
+	log_ctx_arg = arg;
 }
 
 void nx_log_set_stamps(int on)
@@ -146,6 +154,19 @@ NX_PRINTF(2, 0) void nx_vlog(int level, const char *fmt, va_list ap)
 	if (n >= sizeof(line) - 1)
 		n = sizeof(line) - 2;
 	line[n] = '\0';
+	/* what this thread was doing for whom, on errors and warnings */
+	if (log_ctx_fn && level <= NX_LOG_WARNING && n + 16 < sizeof(line)) {
+		char ctx[1024];
+
+		ctx[0] = '\0';
+		log_ctx_fn(log_ctx_arg, ctx, sizeof(ctx));
+		if (ctx[0]) {
+			r = snprintf(line + n, sizeof(line) - n, " (%s)", ctx);
+			if (r > 0)
+				n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
+			line[n] = '\0';
+		}
+	}
 
 	pthread_mutex_lock(&log_mu);
 	{

@@ -692,6 +692,43 @@ const char *nx_toc_name(const struct nx_toc *toc, uint32_t idx, size_t *len)
 	return toc->strtab + toc->entries[idx].name_off;
 }
 
+int nx_toc_path(const struct nx_toc *toc, uint32_t idx, char *buf, size_t cap)
+{
+	uint32_t chain[64];
+	size_t depth = 0, len = 0, n;
+	const char *name;
+	int r = 0;
+
+	if (!cap)
+		return -E2BIG;
+	buf[0] = '\0';
+	/* leaf to root; the decoder checked that parents come first, so the
+	 * walk ends, and a path deeper than the chain is cut at its top */
+	while (idx != 0 && idx < toc->nentries) {
+		if (depth == sizeof(chain) / sizeof(chain[0])) {
+			r = -E2BIG;
+			break;
+		}
+		chain[depth++] = idx;
+		idx = toc->entries[idx].parent;
+	}
+	while (depth--) {
+		name = nx_toc_name(toc, chain[depth], &n);
+		if (!name)
+			break; /* never: the walk kept to valid indexes */
+		if (len + (len ? 1 : 0) + n + 1 > cap) {
+			r = -E2BIG;
+			break;
+		}
+		if (len)
+			buf[len++] = '/';
+		memcpy(buf + len, name, n);
+		len += n;
+		buf[len] = '\0';
+	}
+	return r;
+}
+
 const char *nx_toc_target(const struct nx_toc *toc, uint32_t idx, size_t *len)
 {
 	if (idx >= toc->nentries || toc->entries[idx].type != NX_NODE_SYMLINK) {

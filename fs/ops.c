@@ -41,6 +41,7 @@
  * entries for a few seconds, and its listing is never cached by the kernel.
  */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -556,11 +557,27 @@ static void *read_buf(void)
 	return buf;
 }
 
+/* The log context of a read (nx_log_set_context): the file being read. */
+struct read_ctx {
+	struct nx_spath *p;
+	uint32_t e;
+};
+
+static void read_ctx_fmt(void *arg, char *buf, size_t cap)
+{
+	const struct read_ctx *c = arg;
+	char path[PATH_MAX];
+
+	nx_toc_path(nx_spath_toc(c->p), c->e, path, sizeof(path));
+	snprintf(buf, cap, "reading %s/%s/%s", NX_STORE_DIR, nx_spath_base(c->p), path);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct nx_fs *fs = fs_of(req);
 	const struct nx_toc_entry *en;
+	struct read_ctx rc;
 	struct nx_spath *p;
 	size_t got = 0;
 	uint64_t len;
@@ -603,8 +620,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	rc.p = p;
+	rc.e = e;
+	nx_log_set_context(read_ctx_fmt, &rc);
 	r = nx_store_read_ahead(fs->st, p, e, (uint64_t)off, (size_t)len, buf, &got,
 				(struct nx_reader *)(uintptr_t)fi->fh);
+	nx_log_set_context(NULL, NULL);
 	if (r < 0) {
 		fuse_reply_err(req, err_of(r));
 		return;

@@ -57,4 +57,17 @@ test_expect_success '-o log=FILE that cannot be opened: refused before mounting'
 	! mountpoint -q "$MNT"
 '
 
+test_expect_success 'the one line of a failed read names the cause, the store path and the file being read' '
+	DATA=$(echo "$SMALL_CLOSURE" | grep -- -hello-data-) &&
+	MOUNT_LOG_ALLOW="." mount_store "$REF" "$TRASH/mnt-r" "timeout=2,readahead=0" &&
+	ls "$TRASH/mnt-r/${DATA#/nix/store/}/share/hello" &&
+	stop_registry "$REG_PID_reg" &&
+	! cat "$TRASH/mnt-r/${DATA#/nix/store/}/share/hello/numbers.txt" >/dev/null 2>err &&
+	cat err && grep -q "Input/output error" err &&
+	cat "${MOUNT_LOG[$TRASH/mnt-r]}" &&
+	grep -q "^nixoci-fs: registry $REG: connection refused: is the registry running? (reading $DATA/share/hello/numbers.txt)$" \
+		"${MOUNT_LOG[$TRASH/mnt-r]}" &&
+	MOUNT_LOG_ALLOW="." unmount_store "$TRASH/mnt-r"
+'
+
 test_done

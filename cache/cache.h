@@ -120,7 +120,10 @@ struct nx_spath;
 int nx_cache_dir_check(const char *dir);
 
 /* Opens (creating) the cache and, in closure mode, fetches and verifies the
- * closure index. The store keeps a copy of @src and pointers in @o->keys
+ * closure index and, when the index lists one, the closure metadata blob
+ * (format.md 5.1: every path's manifest and TOC in one fetch; a blob that
+ * is missing or fails a check is logged once and ignored, and paths load
+ * one by one). The store keeps a copy of @src and pointers in @o->keys
  * must outlive the store. */
 int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		  const struct nx_source *src);
@@ -140,6 +143,11 @@ void nx_store_close(struct nx_store *st);
  * lookup fetches and verifies the whole NAR (remembered in the cache).
  */
 int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx_spath **out);
+/* A path that a lookup loads also queues its references for loading in the
+ * background (a cache opened read-only does not): at most 2 threads and 64
+ * queued names, ordinary lookups (verified, collapsed with foreground ones),
+ * yielding to the lookup rate bound; nx_store_close drops the queue and
+ * joins them (a lookup in progress ends with its request). */
 
 /*
  * Store paths get a 40-bit id derived from their hash part (stable across

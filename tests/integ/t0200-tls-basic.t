@@ -139,6 +139,28 @@ test_expect_success 'credHelpers: docker-credential-NAME get, host on stdin' '
 	test "$(cat "$TRASH/helper/stdin")" = "$REG"
 '
 
+test_expect_success 'a credential helper run by the mounted daemon inherits only fds 0-2' '
+	cat >"$TRASH/bin/docker-credential-nxfd" <<-EOF &&
+	#!/bin/sh
+	# ls runs as a child: /proc/PID/fd lists the descriptors of this shell
+	ls -l /proc/\$\$/fd | awk "NR > 1 && \\\$9 !~ /^[012]\\\$/ { print \\\$9, \\\$11 }" |
+		grep -v "docker-credential-nxfd\\\$" >>"$TRASH/helper/fds"
+	echo call >>"$TRASH/helper/calls"
+	read -r server
+	printf "{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}\n" "\$server"
+	EOF
+	chmod +x "$TRASH/bin/docker-credential-nxfd" &&
+	mkdir -p "$TRASH/fdcfg" &&
+	printf "{\"credHelpers\":{\"%s\":\"nxfd\"}}\n" "$REG" >"$TRASH/fdcfg/config.json" &&
+	rm -f "$TRASH/helper/fds" "$TRASH/helper/calls" &&
+	PATH=$TRASH/bin:$PATH DOCKER_CONFIG=$TRASH/fdcfg \
+		mount_store "$REF" "$TRASH/mnt-fd" "cafile=$CA_DIR/ca.crt,cache=$TRASH/cache-fd" &&
+	check_mount_hashes "$TRASH/mnt-fd" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/mnt-fd" &&
+	test "$(grep -c call "$TRASH/helper/calls")" -ge 2 &&
+	{ ! test -s "$TRASH/helper/fds" || { cat "$TRASH/helper/fds"; false; }; }
+'
+
 test_expect_success 'credsStore with a helper that is not installed: clear error' '
 	mkdir -p "$TRASH/storecfg" &&
 	echo "{\"credsStore\":\"nxmissing\"}" >"$TRASH/storecfg/config.json" &&

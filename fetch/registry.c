@@ -435,7 +435,10 @@ static int url_seen(uint64_t **seen, size_t *n, const char *url)
 	for (size_t i = 0; i < *n; i++)
 		if ((*seen)[i] == h)
 			return 1;
-	s = realloc(*seen, (*n + 1) * sizeof(**seen));
+	/* reallocarray: overflow-checked, and gcc 12's analyzer (make analyze)
+	 * takes realloc of the NULL *seen for a free of the other NULL-initialized
+	 * buffers of list_tags_one (a double free report there) */
+	s = reallocarray(*seen, *n + 1, sizeof(**seen));
 	if (!s)
 		return -ENOMEM;
 	s[(*n)++] = h;

@@ -196,6 +196,22 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 			size_t len, void *buf, size_t *got, struct nx_reader *rd);
 
 /*
+ * Zero-copy reads. When [@off, @off+@len) of regular-file entry @entry lies
+ * in one frame whose chunk is cached, gives out the chunk file instead of
+ * bytes: 0, *fd (pinned: hand it back with nx_store_read_fd_done), *fdoff
+ * where the range starts in it, *got the bytes it holds (short only at end
+ * of file), *frame for the done call. Readahead and statistics as
+ * nx_store_read_ahead. -EAGAIN when the range spans frames or the frame is
+ * not cached (then read with nx_store_read_ahead, which fetches); other
+ * errors as nx_store_read.
+ */
+int nx_store_read_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		     size_t len, struct nx_reader *rd, int *fd, uint64_t *fdoff, size_t *got,
+		     uint32_t *frame);
+/* Closes @fd and unpins the chunk of @frame. */
+void nx_store_read_fd_done(struct nx_store *st, struct nx_spath *p, uint32_t frame, int fd);
+
+/*
  * Makes every frame of @p present in the cache. @progress (may be NULL) is
  * called with bytes done and total.
  */

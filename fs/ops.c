@@ -615,6 +615,32 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		len = READ_MAX; /* never: the kernel's largest read is 1 MiB */
 	nx_log(NX_LOG_DEBUG, "read ino %#llx off %lld len %llu", (unsigned long long)ino,
 	       (long long)off, (unsigned long long)len);
+	{
+		/* In one cached frame: the kernel splices it from the chunk
+		 * file, no copy through our memory. */
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
+		uint64_t fdoff;
+		uint32_t frame;
+		int fd;
+
+		r = nx_store_read_fd(fs->st, p, e, (uint64_t)off, (size_t)len,
+				     (struct nx_reader *)(uintptr_t)fi->fh, &fd, &fdoff, &got,
+				     &frame);
+		if (r == 0) {
+			bv.buf[0].size = got;
+			bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+			bv.buf[0].fd = fd;
+			bv.buf[0].pos = (off_t)fdoff;
+			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+			nx_store_read_fd_done(fs->st, p, frame, fd);
+			return;
+		}
+		if (r != -EAGAIN) {
+			fuse_reply_err(req, err_of(r));
+			return;
+		}
+		got = 0;
+	}
 	buf = read_buf();
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);

@@ -109,6 +109,7 @@ struct nx_loading {
 	int done;
 	int rc;
 	int refs;
+	int bg; /* loaded by a reference prefetch worker (refs.c) */
 	struct nx_spath *p;
 };
 
@@ -356,6 +357,8 @@ void nx_cmeta_release(struct nx_store *st);
 /* refs.c: queue @p's references for background loading; stop and join. */
 void nx_rp_after_load(struct nx_store *st, const struct nx_spath *p);
 void nx_rp_stop(struct nx_store *st);
+/* 1 in a reference prefetch worker. */
+int nx_rp_in_worker(void);
 /* store.c, with st->lock held: the loaded path @base, or NULL; 1 if the
  * closure index lists @base. */
 struct nx_spath *nx_spath_find_locked(struct nx_store *st, const char *base, size_t len);

@@ -12,6 +12,9 @@
  * name, verifies everything, and queues that path's references in turn.
  * Outside closure mode it yields to the lookup rate bound: it drops its job
  * once half the burst is used, so it never makes a foreground lookup fail.
+ * It never fetches a whole NAR: a path signed only by a narinfo signature
+ * (format.md section 6) fails its background load with -EAGAIN (not
+ * remembered) and is verified when something really looks it up.
  * nx_rp_stop (first thing in nx_store_close) drops the queue and joins the
  * workers; a lookup in progress ends with its request (bounded by the fetch
  * deadline), and nothing new starts.
@@ -21,6 +24,16 @@
 #include <string.h>
 
 #include "cache/cache_i.h"
+
+/* Set in the workers: a path whose trust needs its whole NAR fetched first
+ * (a narinfo signature only) is left to a real lookup, not fetched on a
+ * guess (store.c asks). */
+static __thread int rp_worker_thread;
+
+int nx_rp_in_worker(void)
+{
+	return rp_worker_thread;
+}
 
 static int rp_loaded_or_queued(struct nx_store *st, const char *base)
 {
@@ -34,6 +47,7 @@ static void *rp_worker(void *arg)
 {
 	struct nx_store *st = arg;
 
+	rp_worker_thread = 1;
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		struct nx_rp_job *j;

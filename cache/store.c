@@ -591,6 +591,8 @@ static int check_nar(struct nx_store *st, struct nx_spath *p)
 	if (nx_db_get(st, st->dbi_verified, p->man_digest, NX_SHA256_LEN, rec, sizeof(rec),
 		      NULL) == 0)
 		return 0;
+	if (nx_rp_in_worker())
+		return -EAGAIN; /* a guess is not worth a whole NAR (refs.c) */
 	nx_log(NX_LOG_INFO, "%s: narinfo signature only, verifying the whole NAR",
 	       m->info.store_path);
 	rc = nx_verify_nar(st, p);
@@ -784,11 +786,13 @@ int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx
 {
 	struct nx_loading *l, **pp;
 	struct nx_spath *p = NULL;
-	int rc, waited = 0;
+	int rc, waited, retry;
 
 	if (len > NX_BASE_MAX || nx_storepath_check_base(base, len) < 0)
 		return -ENOENT;
 
+again:
+	waited = retry = 0;
 	pthread_mutex_lock(&st->lock);
 	p = find_name(st, base, len);
 	if (p) {
@@ -812,6 +816,9 @@ int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx
 			pthread_cond_wait(&st->cond, &st->lock);
 		rc = l->rc;
 		p = l->p;
+		/* a background load that declined (refs.c) is no answer for
+		 * a real lookup: load it ourselves */
+		retry = rc == -EAGAIN && l->bg && !nx_rp_in_worker();
 		goto unref;
 	}
 	l = calloc(1, sizeof(*l));
@@ -820,6 +827,7 @@ int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx
 		return -ENOMEM;
 	}
 	memcpy(l->base, base, len);
+	l->bg = nx_rp_in_worker();
 	l->refs = 1;
 	l->next = st->loading;
 	st->loading = l;
@@ -847,6 +855,8 @@ unref:
 		free(l);
 	}
 	pthread_mutex_unlock(&st->lock);
+	if (retry)
+		goto again;
 	if (rc == 0 && !waited)
 		nx_rp_after_load(st, p);
 	if (rc == 0)

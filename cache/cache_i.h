@@ -40,8 +40,6 @@
  * compresses to more than about 1 MiB + 4 KiB). */
 #define NX_CLEN_MAX (2u * NX_FRAME_MAX)
 #define NX_DEFAULT_CACHE_SIZE (UINT64_C(10) << 30)
-/* What the xx/ directories of chunks/ and blobs/ can take on disk. */
-#define NX_FANOUT_BYTES (UINT64_C(2) * 256 * 4096)
 /* Readahead: background threads, queued jobs (more are dropped), the first
  * and the default largest window (frames), and the largest window in
  * compressed bytes. */
@@ -384,6 +382,14 @@ uint64_t nx_files_bytes(struct nx_store *st);
 void nx_files_evict(struct nx_store *st, uint64_t target);
 
 /* frames.c */
+/* The frame-size policy: every frame but a path's last holds at least
+ * NX_FRAME_FLOOR bytes, unless it and the next one together hold more than
+ * NX_FRAME_TARGET (nixoci push closes a frame early when the next file does
+ * not fit in it). So a path has at most about one frame (one chunk file,
+ * one LMDB record) per NX_FRAME_FLOOR bytes, whatever its TOC says. 0, or
+ * -EIO after one log line naming the path (@sp). */
+#define NX_FRAME_FLOOR 4096u
+int nx_frames_policy(const struct nx_spath *p, const char *sp);
 struct nx_walk_ops {
 	/* a decompressed, verified frame (fetched, or read from the cache
 	 * when @file is NULL) */

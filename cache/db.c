@@ -435,13 +435,20 @@ static size_t map_size(struct nx_store *st)
 	return info.me_mapsize;
 }
 
+/* A descriptor of its own for reading directory @fd (a dup would share the
+ * read position with every other reader of it). */
+static int reopen_dir(int fd)
+{
+	return fd < 0 ? -1 : openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
 /* Removes tmp files of processes that no longer exist. Names are
  * "<pid>.<random>" so a prefetch CLI sharing the cache keeps its files.
  * tmp was opened with O_NOFOLLOW and unlinkat never follows a symlink, so
  * nothing outside the cache can be removed. */
 static void clean_tmp(struct nx_store *st)
 {
-	int fd = fcntl(st->fd_tmp, F_DUPFD_CLOEXEC, 0);
+	int fd = reopen_dir(st->fd_tmp);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *de;
 
@@ -467,9 +474,13 @@ static void clean_tmp(struct nx_store *st)
 	closedir(d);
 }
 
-/* Disk bytes of the LMDB files (they count in du too). */
+/* Disk bytes of what is not a chunk or a blob: the LMDB files and every
+ * directory (the fan-out ones grow with their entries), which du counts
+ * too. O(fan-out directories); called at open, every NX_RESYNC_SAVES saves
+ * and at each eviction. */
 static uint64_t index_bytes(struct nx_store *st)
 {
+	int fds[] = { st->dirfd, st->fd_index, st->fd_blobs, st->fd_chunks, st->fd_tmp };
 	struct stat sb;
 	uint64_t n = 0;
 
@@ -479,6 +490,25 @@ static uint64_t index_bytes(struct nx_store *st)
 		n += disk_bytes(&sb);
 	if (fstatat(st->fd_index, "lock.mdb", &sb, AT_SYMLINK_NOFOLLOW) == 0)
 		n += disk_bytes(&sb);
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fstat(fds[i], &sb) == 0)
+			n += disk_bytes(&sb);
+	for (int k = 0; k < 2; k++) {
+		int dfd = reopen_dir(k ? st->fd_blobs : st->fd_chunks);
+		DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+		struct dirent *de;
+
+		if (!d) {
+			if (dfd >= 0)
+				close(dfd);
+			continue;
+		}
+		while ((de = readdir(d)))
+			if (de->d_name[0] != '.' &&
+			    fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+				n += disk_bytes(&sb);
+		closedir(d);
+	}
 	return n;
 }
 
@@ -1312,7 +1342,7 @@ static void sweep(struct nx_store *st, uint64_t min_age_ns)
 	size_t files = 0;
 
 	for (int k = 0; k < 2; k++) {
-		int dfd = fcntl(kfds[k], F_DUPFD_CLOEXEC, 0);
+		int dfd = reopen_dir(kfds[k]);
 		DIR *top = dfd >= 0 ? fdopendir(dfd) : NULL;
 		struct dirent *de;
 

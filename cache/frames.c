@@ -401,6 +401,24 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
 	return 0;
 }
 
+int nx_frames_policy(const struct nx_spath *p, const char *sp)
+{
+	const struct nx_toc *toc = p->toc;
+
+	for (uint32_t i = 0; i + 1 < toc->nframes; i++) {
+		uint32_t u = toc->frames[i].ulen, v = toc->frames[i + 1].ulen;
+
+		if (u >= NX_FRAME_FLOOR || (uint64_t)u + v > NX_FRAME_TARGET)
+			continue;
+		nx_log(NX_LOG_ERR, "toc of %s: frame %u holds %u bytes, below the %u-byte floor "
+		       "(%u frames for %llu bytes); refusing the path: push it again with "
+		       "nixoci push", sp, i, u, NX_FRAME_FLOOR, toc->nframes,
+		       (unsigned long long)toc->nar_size);
+		return -EIO;
+	}
+	return 0;
+}
+
 /* ------------------------------------------------- full verification */
 
 struct verify {

@@ -203,12 +203,9 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		return -ENOMEM;
 	st->src = *src;
 	st->dir = strdup(o->cache_dir ? o->cache_dir : "/var/cache/nixoci");
+	/* on the directory as du sees it: db.c counts the blocks of every
+	 * file and directory in it */
 	st->limit = o->cache_size ? o->cache_size : NX_DEFAULT_CACHE_SIZE;
-	/* The limit is on the directory as du sees it: the fan-out
-	 * directories (up to 256 under chunks/ and under blobs/, a block
-	 * each) count too, so the files get what is left. */
-	if (st->limit > 4 * NX_FANOUT_BYTES)
-		st->limit -= NX_FANOUT_BYTES;
 	st->keys = o->nkeys ? o->keys : NULL;
 	st->nkeys = o->keys ? o->nkeys : 0;
 	st->readonly = o->readonly_cache;
@@ -665,6 +662,11 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	if (p->toc->nar_size != p->man.info.nar_size || p->toc->blob_size != p->man.nar.size) {
 		nx_log(NX_LOG_ERR, "toc of %s: sizes do not match the manifest", sp);
 		rc = -EIO;
+		refused_add(st, p->man_digest, rc);
+		goto fail;
+	}
+	rc = nx_frames_policy(p, sp); /* files and records proportional to bytes */
+	if (rc < 0) {
 		refused_add(st, p->man_digest, rc);
 		goto fail;
 	}

@@ -649,6 +649,110 @@ def shared_cases():
     return C
 
 
+# ------------------------------------------- cache containment and du
+# gen.py --cache OUTDIR writes OUTDIR/cachekey/ and OUTDIR/reframed/ for
+# tests/integ/t0530-cache-frames.t (only these: the whole corpus is not
+# needed there).
+
+def det_data(seed, n):
+    """n deterministic incompressible bytes"""
+    out, i = bytearray(), 0
+    while len(out) < n:
+        out += hashlib.sha256(seed.encode() + struct.pack("<Q", i)).digest()
+        i += 1
+    return bytes(out[:n])
+
+
+def pack_many(nar, chunk):
+    """pack() with one zstd process for all frames (thousands of small ones)"""
+    with tempfile.TemporaryDirectory() as tmp:
+        names = []
+        for i, u in enumerate(range(0, len(nar), chunk)):
+            names.append(os.path.join(tmp, "%08d" % i))
+            with open(names[-1], "wb") as f:
+                f.write(nar[u:u + chunk])
+        for k in range(0, len(names), 500):
+            subprocess.run(["zstd", "-q", "-3", "-f"] + names[k:k + 500], check=True)
+        frames, blob = [], bytearray()
+        for i, u in enumerate(range(0, len(nar), chunk)):
+            with open(names[i] + ".zst", "rb") as f:
+                c = f.read()
+            frames.append([len(blob), u, len(c), len(nar[u:u + chunk]), sha(c)])
+            blob += c
+    return bytes(blob), frames
+
+
+def reframe(size):
+    def f(nar, blob, frames):
+        return pack_many(nar, size)
+    return f
+
+
+def cachekey_cases():
+    """a good path of 64 KiB frames, and paths whose TOC lists the good
+    path's very frames (same digests) with one field wrong: each read of
+    theirs fails, and the good path's cached chunks stay"""
+    data = det_data("cachekey", 5 * 65536 + 1000)
+
+    def tree():
+        return dr((b"f", reg(data)),)
+    good = Case("ck-good", "the good path (64 KiB frames)", "lazy", "f")
+    good.tree = tree()
+    good.frames_fn = reframe(65536)
+    C = [good]
+
+    def lie(field, delta, where):
+        def f(nar, blob, frames):
+            blob, frames = pack_many(nar, 65536)
+            k = 0 if where == "first" else len(frames) - 1
+            frames[k][field] += delta
+            if field == 3:      # ulen: the frames after it move
+                for j in range(k + 1, len(frames)):
+                    frames[j][1] += delta
+            return blob, frames
+        return f
+    for name, what, field, delta, where in (
+            ("ck-ulen-plus-last", "good's last frame, ulen one byte more", 3, 1, "last"),
+            ("ck-ulen-minus-last", "good's last frame, ulen one byte less", 3, -1, "last"),
+            ("ck-ulen-plus-first", "good's first frame, ulen one byte more", 3, 1, "first"),
+            ("ck-clen-plus-first", "good's first frame, clen one byte more", 2, 1, "first")):
+        c = Case(name, what, "lazy", "f")
+        c.tree = tree()
+        c.frames_fn = lie(field, delta, where)
+        if field == 3:
+            n = len(NarWriter(b"\0").dump(c.tree)) + delta
+            c.toc_kw = {"nar_size": n}
+            c.nar_size_field = n
+        C.append(c)
+    return C
+
+
+def reframed_cases():
+    """the same kind of path framed at several sizes down to the floor
+    (4096; 4097 and 6000 take two blocks a frame), and one below it"""
+    C = []
+    for size, mib in ((4096, 3), (4097, 3), (6000, 3), (20000, 4), (65536, 4), (262144, 4),
+                      (2048, 1)):
+        c = Case("rf-%d" % size, "frames of %d bytes" % size, "lazy", "f")
+        c.tree = dr((b"f", reg(det_data("rf-%d" % size, mib << 20))),)
+        c.frames_fn = reframe(size)
+        C.append(c)
+    return C
+
+
+def write_cache_cases(outdir):
+    for sub, fn in (("cachekey", cachekey_cases), ("reframed", reframed_cases)):
+        d = os.path.join(outdir, sub)
+        os.makedirs(os.path.join(d, "expect"), exist_ok=True)
+        with open(os.path.join(d, "cases.tsv"), "w") as tsv:
+            for c in fn():
+                write_case(os.path.join(d, "cases"), c)
+                with open(os.path.join(d, "expect", c.name), "wb") as f:
+                    f.write(first_file(c.tree)["data"] if "data" in first_file(c.tree)
+                            else b"")
+                tsv.write("%s\t%s\n" % (c.name, c.base))
+
+
 def trust_cases():
     """valid paths a mount with trusted keys refuses from the manifest alone
     (no TOC fetch); a plain mount serves them"""
@@ -685,6 +789,9 @@ def main():
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--seeds":
         seeds(sys.argv[2])
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--cache":
+        write_cache_cases(sys.argv[2])
         return
     if len(sys.argv) != 2:
         sys.exit("usage: gen.py OUTDIR | --seeds DIR | --list | --pubkey")

@@ -207,6 +207,8 @@ struct nx_store {
 	 * relative to these, so nothing is reached through a path that
 	 * someone could redirect. -1 when closed. */
 	int dirfd, fd_index, fd_blobs, fd_chunks, fd_tmp, lockfd;
+	int fd_files; /* files.c's passthrough copies */
+	uint64_t reserved; /* bytes being written outside chunks/blobs (a copy) */
 	char *rdir; /* the directory's resolved path (LMDB opens by path) */
 	uint64_t next_sweep; /* nx_now_ns() of the next orphan sweep */
 	/* Every transaction of this process holds db_rw shared: changing the
@@ -319,6 +321,9 @@ void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const voi
  * the cache recorded, never against the caller: when the asker expects
  * @ulen bytes and the chunk has others, -ERANGE, and the chunk stays (the
  * asker's TOC is wrong, not the cache; *size gets the chunk's size). */
+/* Evicts (passthrough copies, then chunks and blobs, LRU) down to 90% of
+ * the limit; for a writer about to add something large. */
+void nx_db_evict(struct nx_store *st);
 int nx_chunk_open(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint32_t ulen, int *fd,
 		  uint64_t *size);
 void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);

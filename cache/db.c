@@ -302,13 +302,13 @@ int nx_cache_dir_check(const char *dir)
 	char *real = NULL;
 	int fd, rc;
 
-	static const char *const subs[] = { "index.mdb", "blobs", "chunks", "tmp" };
+	static const char *const subs[] = { "index.mdb", "blobs", "chunks", "tmp", "files" };
 
 	rc = dir_open_checked(dir, 1, NX_LOG_ERR, &fd, &real);
 	if (rc < 0)
 		return rc;
 	/* the ones that exist already: refused now, not after mounting */
-	for (size_t i = 0; rc == 0 && i < 4; i++) {
+	for (size_t i = 0; rc == 0 && i < sizeof(subs) / sizeof(subs[0]); i++) {
 		int sfd;
 
 		rc = subdir_open_at(fd, dir, subs[i], 0, NX_LOG_ERR, &sfd);
@@ -480,7 +480,8 @@ static void clean_tmp(struct nx_store *st)
  * and at each eviction. */
 static uint64_t index_bytes(struct nx_store *st)
 {
-	int fds[] = { st->dirfd, st->fd_index, st->fd_blobs, st->fd_chunks, st->fd_tmp };
+	int fds[] = { st->dirfd, st->fd_index, st->fd_blobs, st->fd_chunks, st->fd_tmp,
+		      st->fd_files };
 	struct stat sb;
 	uint64_t n = 0;
 
@@ -493,8 +494,8 @@ static uint64_t index_bytes(struct nx_store *st)
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fstat(fds[i], &sb) == 0)
 			n += disk_bytes(&sb);
-	for (int k = 0; k < 2; k++) {
-		int dfd = reopen_dir(k ? st->fd_blobs : st->fd_chunks);
+	for (int k = 0; k < 3; k++) {
+		int dfd = reopen_dir(k == 0 ? st->fd_chunks : k == 1 ? st->fd_blobs : st->fd_files);
 		DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
 		struct dirent *de;
 
@@ -560,7 +561,7 @@ static uint64_t true_total(struct nx_store *st);
 static void fds_close(struct nx_store *st)
 {
 	int *fds[] = { &st->dirfd, &st->fd_index, &st->fd_blobs, &st->fd_chunks, &st->fd_tmp,
-		       &st->lockfd };
+		       &st->lockfd, &st->fd_files };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		if (*fds[i] >= 0)
@@ -587,6 +588,8 @@ static int dirs_open(struct nx_store *st)
 		rc = subdir_open(st, "chunks", level, &st->fd_chunks);
 	if (rc == 0)
 		rc = subdir_open(st, "tmp", level, &st->fd_tmp);
+	if (rc == 0 && !st->readonly)
+		rc = subdir_open(st, "files", level, &st->fd_files);
 	if (rc == 0)
 		rc = index_files_check(st, level);
 	if (rc == 0 && st->readonly && faccessat(st->fd_index, "data.mdb", R_OK, 0) < 0)
@@ -605,6 +608,7 @@ int nx_db_open(struct nx_store *st)
 	int rc, exclusive = 0;
 
 	st->dirfd = st->fd_index = st->fd_blobs = st->fd_chunks = st->fd_tmp = st->lockfd = -1;
+	st->fd_files = -1;
 	rc = dirs_open(st);
 	if (rc)
 		return rc > 0 ? 0 : rc;
@@ -1256,7 +1260,8 @@ static void evict(struct nx_store *st)
 	if (complete) {
 		/* the scan saw every record: start from the true total (other
 		 * processes may have added or evicted since our last look) */
-		uint64_t sum = index_bytes(st) + unrecorded_bytes(st) + nx_files_bytes(st);
+		uint64_t sum = index_bytes(st) + unrecorded_bytes(st) + nx_files_bytes(st) +
+			       nx_stat_get(&st->reserved);
 
 		for (size_t i = 0; i < n; i++)
 			sum += c[i].disk;
@@ -1302,10 +1307,16 @@ static void evict(struct nx_store *st)
 	pthread_mutex_unlock(&st->lock);
 }
 
+void nx_db_evict(struct nx_store *st)
+{
+	if (st->env && !st->readonly)
+		evict(st);
+}
+
 static uint64_t true_total(struct nx_store *st)
 {
 	return sum_sizes(st, st->dbi_chunks) + sum_sizes(st, st->dbi_blobs) + index_bytes(st) +
-	       unrecorded_bytes(st) + nx_files_bytes(st);
+	       unrecorded_bytes(st) + nx_files_bytes(st) + nx_stat_get(&st->reserved);
 }
 
 /* 1 if @d (a file under chunks/ or blobs/) is recorded or about to be. */

@@ -136,13 +136,15 @@ static void file_name(const uint8_t man[NX_SHA256_LEN], uint32_t entry, char out
 	snprintf(out + 2 * NX_SHA256_LEN, 10, "-%08" PRIx32, entry);
 }
 
+/* "xx/<name>", relative to st->fd_files (every file operation is relative
+ * to the cache's checked descriptors, see db.c) */
 static void file_path(const struct nx_store *st, const uint8_t man[NX_SHA256_LEN], uint32_t entry,
 		      char *path, size_t cap)
 {
 	char name[FILE_NAME_LEN + 1];
 
 	file_name(man, entry, name);
-	snprintf(path, cap, "%s/files/%.2s/%s", st->dir, name, name);
+	snprintf(path, cap, "%.2s/%s", name, name);
 }
 
 static int parse_name(const char *s, uint8_t man[NX_SHA256_LEN], uint32_t *entry)
@@ -228,7 +230,7 @@ sorted:
 		struct nx_file *x = c[i].x;
 
 		file_path(st, x->man, x->entry, path, sizeof(path));
-		unlink(path);
+		unlinkat(st->fd_files, path, 0);
 		f->bytes -= x->disk;
 		nx_stat_sub(&st->total_bytes, x->disk);
 		nx_stat_add(&st->evictions, 1);
@@ -332,8 +334,9 @@ static int materialize(struct nx_store *st, struct nx_spath *p, uint32_t entry, 
 
 	if (nx_toc_frames_for(toc, e->off, e->size, &first, &last) < 0)
 		return -EIO;
-	snprintf(tmp, sizeof(tmp), "%s/tmp/file-XXXXXX", st->dir);
-	cx.out = mkostemp(tmp, O_CLOEXEC); /* credential helpers are spawned meanwhile */
+	snprintf(tmp, sizeof(tmp), "file-%ld-%016llx", (long)getpid(),
+		 (unsigned long long)now_ns());
+	cx.out = openat(st->fd_tmp, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (cx.out < 0)
 		return -errno;
 	rc = nx_frames_walk(st, p, first, last, NX_BATCH_BYTES, &ops, &cx);
@@ -354,14 +357,14 @@ static int materialize(struct nx_store *st, struct nx_spath *p, uint32_t entry, 
 		snprintf(dir, sizeof(dir), "%s", path);
 		slash = strrchr(dir, '/');
 		*slash = '\0';
-		if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		if (mkdirat(st->fd_files, dir, 0700) < 0 && errno != EEXIST)
 			rc = -errno;
-		else if (rename(tmp, path) < 0)
+		else if (renameat(st->fd_tmp, tmp, st->fd_files, path) < 0)
 			rc = -errno;
 	}
 	close(cx.out);
 	if (rc < 0) {
-		unlink(tmp);
+		unlinkat(st->fd_tmp, tmp, 0);
 		nx_log(NX_LOG_WARNING, "cache %s: cannot copy out %s entry %u for passthrough: %s",
 		       st->dir, p->base, entry, strerror(-rc));
 	}
@@ -374,7 +377,7 @@ static void *worker(void *arg)
 	struct nx_files *f = st->files;
 	struct nx_file_job *j;
 	struct nx_file *x;
-	uint64_t disk = 0;
+	uint64_t disk = 0, reserve;
 	int rc;
 
 	pthread_mutex_lock(&f->lock);
@@ -390,7 +393,17 @@ static void *worker(void *arg)
 		f->queued--;
 		pthread_mutex_unlock(&f->lock);
 
+		/* The copy takes disk while it is written (and stays in tmp/
+		 * if we are killed): count it from the start, room made first,
+		 * so du stays within cache_size. */
+		reserve = (j->p->toc->entries[j->entry].size + 4095) & ~UINT64_C(4095);
+		nx_stat_add(&st->reserved, reserve);
+		nx_stat_add(&st->total_bytes, reserve);
+		if (nx_stat_get(&st->total_bytes) > st->limit)
+			nx_db_evict(st);
 		rc = materialize(st, j->p, j->entry, &disk);
+		nx_stat_sub(&st->total_bytes, reserve);
+		nx_stat_sub(&st->reserved, reserve);
 
 		pthread_mutex_lock(&f->lock);
 		x = find(f, j->p->man_digest, j->entry);
@@ -418,37 +431,43 @@ static void *worker(void *arg)
 
 static void scan(struct nx_store *st, struct nx_files *f)
 {
-	char path[PATH_MAX], sub[PATH_MAX + 4];
+	int dfd = openat(st->fd_files, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	struct dirent *de, *de2;
 	DIR *d, *d2;
 
-	snprintf(path, sizeof(path), "%s/files", st->dir);
-	d = opendir(path);
-	if (!d)
+	d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
 		return;
+	}
 	while ((de = readdir(d))) {
+		int sfd;
+
 		if (de->d_name[0] == '.' || strlen(de->d_name) != 2)
 			continue;
-		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
-		d2 = opendir(sub);
-		if (!d2)
+		sfd = openat(st->fd_files, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		d2 = sfd >= 0 ? fdopendir(sfd) : NULL;
+		if (!d2) {
+			if (sfd >= 0)
+				close(sfd);
 			continue;
+		}
 		while ((de2 = readdir(d2))) {
 			uint8_t man[NX_SHA256_LEN];
-			char fp[PATH_MAX + 264];
 			struct stat sb;
 			uint32_t entry;
 			struct nx_file *x;
 
 			if (de2->d_name[0] == '.')
 				continue;
-			snprintf(fp, sizeof(fp), "%s/%s", sub, de2->d_name);
 			if (parse_name(de2->d_name, man, &entry) < 0 ||
 			    strncmp(de2->d_name, de->d_name, 2) != 0) {
-				unlink(fp); /* not ours */
+				unlinkat(sfd, de2->d_name, 0); /* not ours (a symlink goes too) */
 				continue;
 			}
-			if (stat(fp, &sb) < 0 || !S_ISREG(sb.st_mode) || find(f, man, entry))
+			if (fstatat(sfd, de2->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
+			    !S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || find(f, man, entry))
 				continue;
 			x = add(f, man, entry);
 			if (!x)
@@ -467,16 +486,9 @@ static void scan(struct nx_store *st, struct nx_files *f)
 int nx_files_open(struct nx_store *st)
 {
 	struct nx_files *f;
-	char path[PATH_MAX];
 
-	if (st->readonly || !st->env)
-		return 0;
-	snprintf(path, sizeof(path), "%s/files", st->dir);
-	if (mkdir(path, 0755) < 0 && errno != EEXIST) {
-		nx_log(NX_LOG_WARNING, "cache %s: cannot create files/: %s; no passthrough copies",
-		       st->dir, strerror(errno));
-		return 0;
-	}
+	if (st->readonly || !st->env || st->fd_files < 0)
+		return 0; /* db.c opened files/ (checked, O_NOFOLLOW) or said why not */
 	f = calloc(1, sizeof(*f));
 	if (!f)
 		return -ENOMEM;
@@ -595,7 +607,7 @@ int nx_store_file_pin(struct nx_store *st, struct nx_spath *p, uint32_t entry, i
 		return -ENOENT; /* being copied */
 
 	file_path(st, p->man_digest, entry, path, sizeof(path));
-	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	*fd = openat(st->fd_files, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	rc = *fd < 0 ? -errno : 0;
 	if (rc == 0 && (fstat(*fd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
 			(uint64_t)sb.st_size != e->size)) {
@@ -611,7 +623,7 @@ int nx_store_file_pin(struct nx_store *st, struct nx_spath *p, uint32_t entry, i
 		x->pins--;
 		if (!x->pins) {
 			if (rc == -EIO)
-				unlink(path);
+				unlinkat(st->fd_files, path, 0);
 			f->bytes -= x->disk;
 			nx_stat_sub(&st->total_bytes, x->disk);
 			unlink_entry(f, x);

@@ -46,9 +46,18 @@ struct nx_session {
 	int passthrough;        /* ...and a backing file could be registered */
 	const char *pt_why;     /* why not, when passthrough is 0 */
 	uint64_t nreq[NX_SESS_OPCODES]; /* requests read, by opcode */
+	/* INIT as exchanged, raw, for a successor daemon (takeover.c) */
+	uint8_t init_in[64];
+	uint32_t init_in_len;
+	uint8_t init_out[128];
+	uint32_t init_out_len;
 };
 
 void nx_session_init(struct nx_session *s, int pt_mode);
+/* As nx_session_attach, for a connection that is already mounted and
+ * initialized (@fd received from a predecessor; libfuse never mounted it). */
+int nx_session_adopt(struct nx_session *s, struct fuse_session *se, int fd, const char *probe_dir,
+		     const char *mountpoint);
 /* Installs the session's read and writev (fuse_session_custom_io) on the
  * fd of the mounted session @se. @probe_dir (kept) is where the passthrough
  * probe creates an unnamed file; @mountpoint (kept, absolute) finds the
@@ -189,6 +198,76 @@ int nx_fs_metrics_write(struct nx_fs *fs, const char *file);
  * writes it once more. */
 int nx_fs_metrics_start(struct nx_fs *fs, const char *file);
 void nx_fs_metrics_stop(void);
+
+/*
+ * Live restart (takeover.c, supervise.c; docs/reliability.md): a daemon
+ * hands its /dev/fuse connection and what the kernel negotiated to a
+ * successor, which replays INIT to its own libfuse session and serves on.
+ */
+enum { NX_START_MOUNT = 0, NX_START_TAKEOVER, NX_START_RESUME, NX_START_DONE };
+
+/* The one message of the handover protocol (SOCK_SEQPACKET; the /dev/fuse
+ * fd rides along as SCM_RIGHTS with NX_HO_STATE). */
+#define NX_HO_VERSION 1
+#define NX_HO_MAX_ARGS 256
+enum { NX_HO_TAKE = 1, NX_HO_STATE, NX_HO_DONE, NX_HO_REFUSED };
+struct nx_ho_msg {
+	char magic[8];
+	uint32_t version, kind;
+	uint32_t gen;          /* the sender's file handle generation */
+	int32_t supervisor;    /* TAKE: 1 = from the supervisor; else its pid */
+	uint32_t init_in_len, init_out_len;
+	uint8_t init_in[64], init_out[128];
+	uint32_t argc, argv_len;
+	char argv[8192];       /* the daemon's command line, NUL-separated */
+};
+void nx_ho_msg_init(struct nx_ho_msg *m, uint32_t kind);
+int nx_ho_msg_check(const struct nx_ho_msg *m, size_t len);
+int nx_ho_send(int sock, const struct nx_ho_msg *m, int fd);
+int nx_ho_recv(int sock, struct nx_ho_msg *m, int *fd);
+
+/* Before option parsing: handles --takeover MOUNTPOINT (asks the running
+ * daemon for its connection and command line, which replaces *argv) and a
+ * supervisor's environment. Returns NX_START_* (DONE: nothing left to do)
+ * or a negative errno (logged). */
+int nx_restart_prepare(int *argc, char ***argv);
+int nx_restart_mode(void);
+/* Takeover: waits until the predecessor has closed its store and lock. */
+int nx_restart_wait_old(void);
+/* Adopted start: the received fd becomes @se's, INIT is replayed. */
+int nx_restart_adopt(struct nx_session *s, struct fuse_session *se, const char *probe_dir,
+		     const char *mountpoint);
+/* The mountpoint made absolute without stat'ing it (that would ask the
+ * mount's daemon, which is us); malloc'ed, NULL if its parent is gone. */
+char *nx_restart_canon_mountpoint(const char *mp);
+/* Asks the kernel to resend what a dead predecessor had read. */
+void nx_restart_resend(struct nx_session *s);
+/* The journal of store paths the kernel may know (truncated on a fresh
+ * mount, loaded again on an adopted one), and its writer (ops.c, before an
+ * entry of a new path is replied). */
+int nx_restart_paths_open(const char *cache_dir, struct nx_store *st);
+void nx_restart_note_path(const struct nx_spath *p);
+/* Listens for a successor on the mountpoint's socket. */
+int nx_restart_listen(struct nx_session *s, const char *mountpoint, int argc, char **argv);
+int nx_restart_handed_over(void);
+/* At exit, after the store and the cache lock are closed. */
+void nx_restart_finish(void);
+/* Unmounts an adopted connection; after a failed start (!@clean) of a
+ * supervised daemon it leaves the mount to the supervisor's next try. */
+int nx_restart_unmount(const char *mp, int clean);
+/* session.c's hooks: the read loop, the synthetic INIT's reply. */
+int nx_restart_io_init(struct nx_session *s);
+ssize_t nx_restart_read(struct nx_session *s, int fd, void *buf, size_t len);
+int nx_restart_swallow(struct nx_session *s, const struct iovec *iov, int count);
+void nx_restart_after_init(struct nx_session *s);
+/* fi->fh values carry the daemon's generation: *foreign = opened by a
+ * predecessor (NULL returned, nothing to dereference). */
+uint64_t nx_fh_pack(void *p);
+/* A handle of this daemon with no pointer in it. */
+uint64_t nx_fh_mark(void);
+void *nx_fh_unpack(uint64_t fh, int *foreign);
+/* nixoci-fs --supervise ...: holds the connection, restarts the daemon. */
+int nx_supervise_main(int argc, char **argv);
 
 /* The low-level operations of ops.c. */
 extern const struct fuse_lowlevel_ops nx_fs_ops;

@@ -126,7 +126,7 @@ out:
 
 int main(int argc, char *argv[])
 {
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct nx_fs_opts o;
 	struct nx_regopts ro;
 	struct nx_store_opts so;
@@ -140,7 +140,7 @@ int main(int argc, char *argv[])
 	struct nx_fs_logdest logdest = { .fd = -1 };
 	char *forced = NULL, status[512];
 	int lock_fd = -1;
-	int ret = 1, r;
+	int ret = 1, r, start;
 
 	memset(&o, 0, sizeof(o));
 	memset(&ro, 0, sizeof(ro));
@@ -148,6 +148,19 @@ int main(int argc, char *argv[])
 	memset(&fs, 0, sizeof(fs));
 	nx_log_set_prog("nixoci-fs");
 	fuse_set_log_func(log_from_fuse);
+
+	/* ---- live restart (takeover.c): --supervise runs the supervisor;
+	 * --takeover MOUNTPOINT takes the running daemon's connection and
+	 * command line; a supervised daemon may resume its predecessor's. */
+	if (argc >= 2 && strcmp(argv[1], "--supervise") == 0)
+		return nx_supervise_main(argc, argv);
+	start = nx_restart_prepare(&argc, &argv);
+	if (start < 0)
+		return 1;
+	if (start == NX_START_DONE)
+		return 0;
+	args.argc = argc;
+	args.argv = argv;
 
 	/* ---- options: ours first, then libfuse's (-f -d -s -h -V ...) */
 	ret = EXIT_USAGE;
@@ -180,7 +193,8 @@ int main(int argc, char *argv[])
 	if (nx_fs_opts_check(&o) < 0)
 		goto out_args;
 	/* now: once mounted, resolving it would ask the daemon itself */
-	mp_abs = realpath(o.mountpoint, NULL);
+	mp_abs = start == NX_START_MOUNT ? realpath(o.mountpoint, NULL) :
+					   nx_restart_canon_mountpoint(o.mountpoint);
 	nx_session_init(&sess, o.pt_mode);
 	fs.sess = &sess;
 	forced = forced_opts(o.ref);
@@ -198,11 +212,13 @@ int main(int argc, char *argv[])
 
 	/* ---- the mountpoint and the cache directory, before the network */
 	ret = 1;
-	if (nx_fs_check_mountpoint(o.mountpoint, o.nonempty) < 0)
+	if (start == NX_START_MOUNT && nx_fs_check_mountpoint(o.mountpoint, o.nonempty) < 0)
 		goto out_session;
 	/* who owns and can write it, before anything is put in it */
 	if (nx_cache_dir_check(o.cache_dir) < 0)
 		goto out_session;
+	/* a takeover: the predecessor gives up the cache when it has finished */
+	nx_restart_wait_old();
 	if (nx_fs_cache_lock(o.cache_dir, &lock_fd) < 0)
 		goto out_session;
 	if (nx_fs_log_prepare(&logdest, o.log, o.fo.foreground) < 0)
@@ -220,7 +236,9 @@ int main(int argc, char *argv[])
 	ro.mirrors = (const char *const *)o.mirrors;
 	ro.nmirrors = o.nmirrors;
 	ro.quiet_404 = 1; /* lookups of absent paths are routine */
-	if (check_registry(o.ref, &ro, o.closure) < 0)
+	/* An adopted mount serves on even with the registry down: what is
+	 * cached reads, what is not fails as it would have. */
+	if (start == NX_START_MOUNT && check_registry(o.ref, &ro, o.closure) < 0)
 		goto out_fetch;
 
 	/* ---- mount, daemonize, then open what must not cross fork() */
@@ -228,11 +246,18 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_ERR, "cannot install signal handlers");
 		goto out_fetch;
 	}
-	if (fuse_session_mount(se, o.mountpoint) < 0) {
+	if (start != NX_START_MOUNT) {
+		r = nx_restart_adopt(&sess, se, o.cache_dir, mp_abs);
+		if (r < 0) {
+			nx_log(NX_LOG_ERR, "cannot adopt the fuse connection of %s: %s",
+			       o.mountpoint, strerror(-r));
+			goto out_signals;
+		}
+	} else if (fuse_session_mount(se, o.mountpoint) < 0) {
 		nx_log(NX_LOG_ERR, "cannot mount %s on %s", o.ref, o.mountpoint);
 		goto out_signals;
 	}
-	r = nx_session_attach(&sess, se, o.cache_dir, mp_abs);
+	r = start != NX_START_MOUNT ? 0 : nx_session_attach(&sess, se, o.cache_dir, mp_abs);
 	if (r < 0) {
 		nx_log(NX_LOG_ERR, "cannot take over the fuse session's i/o: %s", strerror(-r));
 		goto out_unmount;
@@ -269,9 +294,16 @@ int main(int argc, char *argv[])
 	fs.closure_mode = o.closure != NULL;
 	if (o.metrics && nx_fs_metrics_start(&fs, o.metrics) < 0)
 		goto out_store;
+	/* the paths the kernel knows (loaded again when adopted), the socket a
+	 * successor asks, and the requests a dead predecessor left */
+	nx_restart_paths_open(so.cache_dir, fs.st);
+	nx_restart_listen(&sess, o.mountpoint, argc, argv);
+	if (start != NX_START_MOUNT)
+		nx_restart_resend(&sess);
 	nx_fs_daemon_report(0);
 	nx_fs_log_start(&logdest, o.log != NULL);
-	nx_log(NX_LOG_INFO, "mounted %s on %s (cache %s)", o.ref, o.mountpoint, so.cache_dir);
+	nx_log(NX_LOG_INFO, "%s %s on %s (cache %s)", start == NX_START_MOUNT ? "mounted" :
+	       "took over", o.ref, o.mountpoint, so.cache_dir);
 	/* only now: a unit ordered after this one may read the store at once */
 	snprintf(status, sizeof(status), "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s",
 		 (long)getpid(), o.ref, o.mountpoint);
@@ -301,8 +333,10 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_ERR, "fuse session loop failed: %s", strerror(-r));
 	else
 		ret = 0;
-	nx_fs_notify("STOPPING=1");
-	nx_log(NX_LOG_INFO, "unmounted %s", o.mountpoint);
+	if (!nx_restart_handed_over()) {
+		nx_fs_notify("STOPPING=1");
+		nx_log(NX_LOG_INFO, "unmounted %s", o.mountpoint);
+	}
 
 	fuse_loop_cfg_destroy(cfg);
 out_store:
@@ -311,7 +345,13 @@ out_store:
 out_registry:
 	nx_registry_close(fs.reg);
 out_unmount:
-	fuse_session_unmount(se);
+	/* Handed over: the successor serves the mount. Adopted: libfuse did
+	 * not mount it, so it would not unmount it. */
+	if (!nx_restart_handed_over()) {
+		if (start != NX_START_MOUNT)
+			nx_restart_unmount(o.mountpoint, ret == 0);
+		fuse_session_unmount(se);
+	}
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_fetch:
@@ -320,6 +360,7 @@ out_session:
 	fuse_session_destroy(se);
 	if (lock_fd >= 0)
 		close(lock_fd);
+	nx_restart_finish(); /* after the lock: a successor waits for both */
 out_args:
 	nx_fs_daemon_report(ret); /* a daemon that gave up: its parent exits so */
 	nx_fs_log_release(&logdest);

@@ -258,6 +258,8 @@ static void lookup_root(fuse_req_t req, struct nx_fs *fs, const char *name)
 		fuse_reply_err(req, err_of(r));
 		return;
 	}
+	/* before the kernel learns the id: a successor must load this path */
+	nx_restart_note_path(p);
 	reply_entry(req, p, id, 0);
 }
 
@@ -518,8 +520,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else {
 		fi->keep_cache = 1; /* immutable: the page cache never goes stale */
 		/* per-open readahead state; without it reads just get none */
-		fi->fh = nx_reader_new(&rd) == 0 ? (uint64_t)(uintptr_t)rd : 0;
+		fi->fh = nx_reader_new(&rd) == 0 ? nx_fh_pack(rd) : 0;
 	}
+	/* A handle always carries this daemon's generation (takeover.c), so
+	 * that a successor knows the release of a predecessor's open. */
+	if (!rd)
+		fi->fh = nx_fh_mark();
 	if (nx_session_reply_open(req, fi, id) == -ENOENT) {
 		/* the opener was interrupted: no release follows */
 		nx_reader_free(rd);
@@ -584,7 +590,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	uint32_t e;
 	uint64_t id;
 	void *buf;
-	int r;
+	int r, foreign;
 
 	if (ino == FUSE_ROOT_ID) {
 		fuse_reply_err(req, EISDIR);
@@ -649,8 +655,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	rc.p = p;
 	rc.e = e;
 	nx_log_set_context(read_ctx_fmt, &rc);
+	/* a file opened by a predecessor daemon reads without readahead state */
 	r = nx_store_read_ahead(fs->st, p, e, (uint64_t)off, (size_t)len, buf, &got,
-				(struct nx_reader *)(uintptr_t)fi->fh);
+				nx_fh_unpack(fi->fh, &foreign));
 	nx_log_set_context(NULL, NULL);
 	if (r < 0) {
 		fuse_reply_err(req, err_of(r));
@@ -663,8 +670,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	nx_reader_free((struct nx_reader *)(uintptr_t)fi->fh);
-	opens_put(fs_of(req), ino);
+	int foreign;
+	struct nx_reader *rd = nx_fh_unpack(fi->fh, &foreign);
+
+	/* A predecessor's open: its reader died with it, and it was not
+	 * counted here (takeover.c). */
+	if (!foreign) {
+		nx_reader_free(rd);
+		opens_put(fs_of(req), ino);
+	}
 	fuse_reply_err(req, 0);
 }
 
@@ -786,7 +800,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			return;
 		}
 		/* The root grows as paths are pushed: no kernel readdir cache. */
-		fi->fh = (uint64_t)(uintptr_t)snap;
+		fi->fh = nx_fh_pack(snap);
 		if (fuse_reply_open(req, fi) == -ENOENT)
 			root_snap_free(snap); /* interrupted: no releasedir follows */
 		return;
@@ -817,7 +831,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi, int plus)
 {
 	struct nx_fs *fs = fs_of(req);
-	struct root_snap *snap = NULL;
+	struct root_snap *snap = NULL, *tmp_snap = NULL;
 	const struct nx_toc_entry *dir = NULL;
 	const struct nx_toc *toc = NULL;
 	struct nx_spath *p = NULL;
@@ -831,7 +845,14 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	int r;
 
 	if (ino == FUSE_ROOT_ID) {
-		snap = (struct root_snap *)(uintptr_t)fi->fh;
+		int foreign;
+
+		snap = nx_fh_unpack(fi->fh, &foreign);
+		/* Opened by a predecessor daemon: list again. The successor
+		 * loaded every path the predecessor had, so the listing (and the
+		 * offsets into it) are the same unless paths were added since. */
+		if (!snap && foreign && root_snap_take(fs, &tmp_snap) == 0)
+			snap = tmp_snap;
 		if (!snap) {
 			fuse_reply_err(req, EBADF);
 			return;
@@ -854,6 +875,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		total = 2 + (size_t)dir->nchildren;
 	}
 	if (off < 0 || (uint64_t)off >= total) {
+		root_snap_free(tmp_snap);
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
@@ -861,6 +883,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		size = READDIR_MAX;
 	buf = malloc(size ? size : 1);
 	if (!buf) {
+		root_snap_free(tmp_snap);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -886,6 +909,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 			if (!cn || nlen == 0 || nlen > NX_NAR_NAME_MAX) {
 				free(buf);
+				root_snap_free(tmp_snap);
 				fuse_reply_err(req, EIO);
 				return;
 			}
@@ -931,6 +955,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	fuse_reply_buf(req, buf, used);
 	free(buf);
+	root_snap_free(tmp_snap);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -947,8 +972,10 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	int foreign;
+
 	if (ino == FUSE_ROOT_ID)
-		root_snap_free((struct root_snap *)(uintptr_t)fi->fh);
+		root_snap_free(nx_fh_unpack(fi->fh, &foreign));
 	fuse_reply_err(req, 0);
 }
 

@@ -163,6 +163,9 @@ void nx_session_note_request(struct nx_session *s, const void *buf, size_t len)
 	    len >= sizeof(*h) + offsetof(struct fuse_init_in, flags2) + 4)
 		s->kflags |= (uint64_t)in->flags2 << 32;
 	s->init_unique = h->unique;
+	s->init_in_len = (uint32_t)(len - sizeof(*h) < sizeof(s->init_in) ?
+				    len - sizeof(*h) : sizeof(s->init_in));
+	memcpy(s->init_in, in, s->init_in_len);
 	s->init_seen = 1;
 }
 
@@ -226,6 +229,10 @@ void nx_session_patch_reply(struct nx_session *s, struct iovec *iov, int count)
 		return;
 	if (h.error == 0 && s->init_seen && !s->init_done && h.unique == s->init_unique) {
 		patch_init(s, iov, count, total);
+		/* as sent, for a successor (takeover.c) */
+		s->init_out_len = (uint32_t)(total - sizeof(h) < sizeof(s->init_out) ?
+					     total - sizeof(h) : sizeof(s->init_out));
+		iov_io(iov, count, sizeof(h), s->init_out, s->init_out_len, 0);
 		return;
 	}
 	if (reply_backing_id > 0 && h.error == 0 &&
@@ -375,7 +382,9 @@ static struct nx_session *sess_of(void *userdata)
 
 static ssize_t session_read(int fd, void *buf, size_t len, void *userdata)
 {
-	ssize_t n = read(fd, buf, len);
+	/* takeover.c: poll + non-blocking read, so that reading can stop
+	 * without losing a request; a successor's first read is INIT replayed */
+	ssize_t n = nx_restart_read(sess_of(userdata), fd, buf, len);
 
 	if (n > 0)
 		nx_session_note_request(sess_of(userdata), buf, (size_t)n);
@@ -389,13 +398,17 @@ static ssize_t session_writev(int fd, struct iovec *iov, int count, void *userda
 	ssize_t n;
 
 	nx_session_patch_reply(s, iov, count);
-	n = writev(fd, iov, count);
+	if (nx_restart_swallow(s, iov, count))
+		n = (ssize_t)iov_total(iov, count); /* the replayed INIT: the kernel has it */
+	else
+		n = writev(fd, iov, count);
 	if (!was_init && s->init_done) {
 		int e = errno;
 
 		if (n >= 0) {
 			probe_passthrough(s);
 			tune_readahead(s);
+			nx_restart_after_init(s);
 		}
 		errno = e;
 	}
@@ -431,8 +444,8 @@ static int may_passthrough(void)
 	return ok;
 }
 
-int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir,
-		      const char *mountpoint)
+int nx_session_adopt(struct nx_session *s, struct fuse_session *se, int fd, const char *probe_dir,
+		     const char *mountpoint)
 {
 	struct fuse_custom_io io;
 	int r;
@@ -440,12 +453,21 @@ int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char 
 	memset(&io, 0, sizeof(io));
 	io.read = session_read;
 	io.writev = session_writev;
-	s->fd = fuse_session_fd(se);
+	s->fd = fd;
 	s->probe_dir = probe_dir;
 	s->mountpoint = mountpoint;
 	s->pt_capable = s->pt_mode != NX_PT_OFF && may_passthrough();
+	r = nx_restart_io_init(s);
+	if (r < 0)
+		return r;
 	r = fuse_session_custom_io(se, &io, s->fd);
 	if (r < 0)
 		return r;
 	return 0;
+}
+
+int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char *probe_dir,
+		      const char *mountpoint)
+{
+	return nx_session_adopt(s, se, fuse_session_fd(se), probe_dir, mountpoint);
 }

@@ -232,6 +232,8 @@ int nx_ho_recv(int sock, struct nx_ho_msg *m, int *fd);
  * or a negative errno (logged). */
 int nx_restart_prepare(int *argc, char ***argv);
 int nx_restart_mode(void);
+/* The service's main process: the supervisor when there is one. */
+long nx_restart_main_pid(void);
 /* Takeover: waits until the predecessor has closed its store and lock. */
 int nx_restart_wait_old(void);
 /* Adopted start: the received fd becomes @se's, INIT is replayed. */

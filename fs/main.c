@@ -302,11 +302,13 @@ int main(int argc, char *argv[])
 		nx_restart_resend(&sess);
 	nx_fs_daemon_report(0);
 	nx_fs_log_start(&logdest, o.log != NULL);
-	nx_log(NX_LOG_INFO, "%s %s on %s (cache %s)", start == NX_START_MOUNT ? "mounted" :
-	       "took over", o.ref, o.mountpoint, so.cache_dir);
+	/* a takeover is an event worth a line at the default level */
+	nx_log(start == NX_START_MOUNT ? NX_LOG_INFO : NX_LOG_NOTICE, "%s %s on %s (cache %s)",
+	       start == NX_START_MOUNT ? "mounted" : "took over", o.ref, o.mountpoint,
+	       so.cache_dir);
 	/* only now: a unit ordered after this one may read the store at once */
 	snprintf(status, sizeof(status), "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s",
-		 (long)getpid(), o.ref, o.mountpoint);
+		 (long)nx_restart_main_pid(), o.ref, o.mountpoint);
 	nx_fs_notify(status);
 
 	/* ---- serve until fusermount3 -u or a signal */

@@ -630,7 +630,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		int fd;
 
 		r = nx_store_read_fd(fs->st, p, e, (uint64_t)off, (size_t)len,
-				     (struct nx_reader *)(uintptr_t)fi->fh, &fd, &fdoff, &got,
+				     nx_fh_unpack(fi->fh, &foreign), &fd, &fdoff, &got,
 				     &frame);
 		if (r == 0) {
 			bv.buf[0].size = got;

@@ -122,6 +122,11 @@ int nx_restart_mode(void)
 	return R.mode;
 }
 
+long nx_restart_main_pid(void)
+{
+	return R.keeper >= 0 ? (long)getppid() : (long)getpid();
+}
+
 /* ------------------------------------------------------- the messages */
 
 void nx_ho_msg_init(struct nx_ho_msg *m, uint32_t kind)
@@ -371,17 +376,19 @@ static int peer_is_us(int sock)
  * instead, or -errno (logged). */
 static int take_from(const char *mp, int from_supervisor)
 {
-	struct nx_ho_msg *m = calloc(1, sizeof(*m));
-	char *canon = nx_restart_canon_mountpoint(mp);
+	struct nx_ho_msg *m;
+	char *canon;
 	int s = -1, fd = -1, r;
 
-	if (!m || !canon) {
-		r = -ENOMEM;
-		if (m && !canon) {
-			r = -ENOENT;
-			nx_log(NX_LOG_ERR, "takeover: cannot resolve the mountpoint %s", mp);
-		}
-		goto fail;
+	canon = nx_restart_canon_mountpoint(mp);
+	if (!canon) {
+		nx_log(NX_LOG_ERR, "takeover: cannot resolve the mountpoint %s", mp);
+		return -ENOENT;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		free(canon);
+		return -ENOMEM;
 	}
 	r = sock_path(canon, R.sock_path, sizeof(R.sock_path));
 	if (r < 0)
@@ -773,14 +780,14 @@ void nx_restart_after_init(struct nx_session *s)
 
 	/* What a restart can promise on this kernel and setup, said once. */
 	if (R.keeper >= 0 && resend)
-		nx_log(NX_LOG_INFO, "restart: supervised; a crashed daemon is replaced and the "
-		       "kernel resends its unanswered requests: readers see no error");
+		nx_log(NX_LOG_NOTICE, "restart: supervised; a crashed daemon is replaced and the "
+		       "kernel resends its unanswered requests: readers only wait");
 	else if (R.keeper >= 0)
 		nx_log(NX_LOG_NOTICE, "restart: supervised, but this kernel cannot resend "
 		       "requests (needs Linux 6.9): after a crash the mount stays, but reads in "
 		       "flight at that moment hang; a graceful takeover loses nothing");
 	else
-		nx_log(NX_LOG_INFO, "restart: nixoci-fs --takeover %s hands this mount to a new "
+		nx_log(NX_LOG_NOTICE, "restart: nixoci-fs --takeover %s hands this mount to a new "
 		       "daemon without an error; a crash loses the mount (run it under "
 		       "nixoci-fs --supervise to survive one)", R.mountpoint ? R.mountpoint : "MOUNTPOINT");
 	if (R.keeper < 0)
@@ -1130,7 +1137,7 @@ void nx_restart_finish(void)
 
 		nx_ho_msg_init(&m, NX_HO_DONE);
 		nx_ho_send(R.conn, &m, -1);
-		nx_log(NX_LOG_INFO, "handed %s over; exiting without unmounting", R.mountpoint);
+		nx_log(NX_LOG_NOTICE, "handed %s over; exiting without unmounting", R.mountpoint);
 	}
 	if (R.conn >= 0)
 		close(R.conn);

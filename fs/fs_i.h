@@ -249,6 +249,15 @@ void nx_restart_resend(struct nx_session *s);
  * entry of a new path is replied). */
 int nx_restart_paths_open(const char *cache_dir, struct nx_store *st);
 void nx_restart_note_path(const struct nx_spath *p);
+/* The open-modes journal (see takeover.c): ops.c notes an inode's first
+ * open with its backing id (0: cached) and its last release; an adopting
+ * daemon gets each inode still open through @seed. */
+void nx_restart_note_open(uint64_t ino, int32_t backing_id);
+void nx_restart_note_close(uint64_t ino);
+int nx_restart_modes_open(const char *cache_dir,
+			  void (*seed)(void *ctx, uint64_t ino, int32_t backing_id), void *ctx);
+/* ops.c: keeps @ino in the mode a predecessor opened it in, for good. */
+void nx_fs_ops_seed_open(void *fs, uint64_t ino, int32_t backing_id);
 /* Listens for a successor on the mountpoint's socket. */
 int nx_restart_listen(struct nx_session *s, const char *mountpoint, int argc, char **argv);
 int nx_restart_handed_over(void);

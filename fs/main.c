@@ -297,6 +297,7 @@ int main(int argc, char *argv[])
 	/* the paths the kernel knows (loaded again when adopted), the socket a
 	 * successor asks, and the requests a dead predecessor left */
 	nx_restart_paths_open(so.cache_dir, fs.st);
+	nx_restart_modes_open(so.cache_dir, nx_fs_ops_seed_open, &fs);
 	nx_restart_listen(&sess, o.mountpoint, argc, argv);
 	if (start != NX_START_MOUNT)
 		nx_restart_resend(&sess);

@@ -441,6 +441,8 @@ static int32_t opens_get(struct nx_fs *fs, fuse_ino_t ino, struct nx_spath *p, u
 		/* under the lock: a second open must see the mode chosen */
 		o->backing_id = backing_for(fs, p, e);
 		*pp = o;
+		/* before the reply: a successor must open it the same way */
+		nx_restart_note_open(ino, o->backing_id);
 	}
 	o->opens++;
 	id = o->backing_id;
@@ -457,6 +459,7 @@ static void opens_put(struct nx_fs *fs, fuse_ino_t ino)
 	o = *pp;
 	if (o && --o->opens == 0) {
 		*pp = o->next;
+		nx_restart_note_close(ino); /* before the id goes */
 		if (o->backing_id > 0) {
 			nx_session_backing_close(fs->sess, o->backing_id);
 			nx_store_file_unpin(fs->st, o->p, o->entry);
@@ -472,6 +475,28 @@ static void opens_put(struct nx_fs *fs, fuse_ino_t ino)
 			nx_store_file_want(fs->st, o->p, o->entry);
 		free(o);
 	}
+}
+
+/* An inode a predecessor daemon opened (takeover.c): the kernel may still
+ * hold it open in that mode, so every open of it here uses that mode (and
+ * backing id), and the entry never goes: its predecessor's releases are not
+ * counted here. */
+#define OPENS_FOREVER (UINT_MAX / 2)
+
+void nx_fs_ops_seed_open(void *fsv, uint64_t ino, int32_t backing_id)
+{
+	struct open_ino **pp, *o;
+
+	(void)fsv;
+	pthread_mutex_lock(&opens_lock);
+	pp = opens_slot((fuse_ino_t)ino);
+	if (!*pp && (o = calloc(1, sizeof(*o)))) {
+		o->ino = (fuse_ino_t)ino;
+		o->backing_id = backing_id;
+		o->opens = OPENS_FOREVER;
+		*pp = o;
+	}
+	pthread_mutex_unlock(&opens_lock);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -109,13 +109,15 @@ static struct {
 	struct nx_session *sess;
 	char **argv;         /* this daemon's command line, for a successor */
 	int argc;
+	/* the open-modes journal */
+	int modes_fd;
 	/* the paths journal */
 	int paths_fd;
 	pthread_mutex_t paths_lock;
 	uint64_t *noted;     /* open addressing set of ids, 0 = empty */
 	size_t noted_cap, noted_n;
 } R = { .fuse_fd = -1, .conn = -1, .keeper = -1, .gen = 1, .stop_efd = -1,
-	.listen_fd = -1, .paths_fd = -1, .paths_lock = PTHREAD_MUTEX_INITIALIZER };
+	.listen_fd = -1, .paths_fd = -1, .modes_fd = -1, .paths_lock = PTHREAD_MUTEX_INITIALIZER };
 
 int nx_restart_mode(void)
 {
@@ -788,7 +790,7 @@ void nx_restart_after_init(struct nx_session *s)
 		       "flight at that moment hang; a graceful takeover loses nothing");
 	else
 		nx_log(NX_LOG_NOTICE, "restart: nixoci-fs --takeover %s hands this mount to a new "
-		       "daemon without an error; a crash loses the mount (run it under "
+		       "daemon, readers only wait; a crash loses the mount (run it under "
 		       "nixoci-fs --supervise to survive one)", R.mountpoint ? R.mountpoint : "MOUNTPOINT");
 	if (R.keeper < 0)
 		return;
@@ -949,6 +951,120 @@ int nx_restart_paths_open(const char *cache_dir, struct nx_store *st)
 	nx_log(NX_LOG_INFO, "takeover: loaded the %zu store paths the kernel knows in %ld ms%s",
 	       loaded, (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000),
 	       failed ? " (some failed)" : "");
+	return 0;
+}
+
+/* ------------------------------------------------ the open-modes journal */
+
+/*
+ * With passthrough, the kernel puts an inode that is open in a mode: cached
+ * (opens answered without a backing file) or passthrough with one backing
+ * file, and refuses (EIO to the opener) an open reply in the other mode or
+ * with another backing file while any open of the inode lasts. ops.c keeps
+ * the mode per inode for its own opens; a successor does not see the
+ * predecessor's opens (their RELEASE comes to it with a foreign handle), so
+ * it must answer every open of such an inode in the predecessor's mode, with
+ * the predecessor's backing id (still registered: the ids belong to the
+ * connection). ops.c journals each inode's first open (with its backing id,
+ * before the reply) and last release (before the id is closed) to
+ * <cache>/open-modes; a successor replays it and keeps those modes for the
+ * rest of the mount. A fresh mount truncates it; an adopting daemon
+ * rewrites it with what it replayed.
+ */
+#define MODES_FILE "open-modes"
+
+static void modes_line(char op, uint64_t ino, int32_t id)
+{
+	char line[64];
+	int n;
+
+	if (R.modes_fd < 0)
+		return;
+	n = snprintf(line, sizeof(line), "%c %" PRIu64 " %" PRId32 "\n", op, ino, id);
+	if (n > 0 && write(R.modes_fd, line, (size_t)n) != n)
+		nx_log(NX_LOG_WARNING, "cannot record an open in the cache's " MODES_FILE
+		       ": a restarted daemon may answer EIO for that file");
+}
+
+void nx_restart_note_open(uint64_t ino, int32_t backing_id)
+{
+	modes_line('o', ino, backing_id);
+}
+
+void nx_restart_note_close(uint64_t ino)
+{
+	modes_line('c', ino, 0);
+}
+
+struct mode_ent {
+	uint64_t ino;
+	int32_t id;
+	int live;
+};
+
+int nx_restart_modes_open(const char *cache_dir,
+			  void (*seed)(void *ctx, uint64_t ino, int32_t backing_id), void *ctx)
+{
+	char path[PATH_MAX], tmp[PATH_MAX], line[64];
+	struct mode_ent *e = NULL;
+	size_t n = 0, cap = 0, i, j;
+	FILE *f;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", cache_dir, MODES_FILE) >= sizeof(path) ||
+	    (size_t)snprintf(tmp, sizeof(tmp), "%s/%s.tmp", cache_dir, MODES_FILE) >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	if (R.mode != NX_START_MOUNT && (f = fopen(path, "re"))) {
+		while (fgets(line, sizeof(line), f)) {
+			char op;
+			uint64_t ino;
+			int32_t id;
+
+			if (sscanf(line, "%c %" SCNu64 " %" SCNd32, &op, &ino, &id) != 3)
+				continue;
+			for (i = 0; i < n && e[i].ino != ino; i++)
+				;
+			if (i == n) {
+				if (n == cap) {
+					struct mode_ent *t;
+
+					cap = cap ? cap * 2 : 256;
+					t = realloc(e, cap * sizeof(*e));
+					if (!t)
+						break;
+					e = t;
+				}
+				n++;
+			}
+			e[i].ino = ino;
+			e[i].id = id;
+			e[i].live = op == 'o';
+		}
+		fclose(f);
+	}
+	/* rewrite it with what is live, then append from there */
+	R.modes_fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (R.modes_fd < 0) {
+		free(e);
+		return -errno;
+	}
+	for (i = j = 0; i < n; i++) {
+		if (!e[i].live)
+			continue;
+		nx_restart_note_open(e[i].ino, e[i].id);
+		seed(ctx, e[i].ino, e[i].id);
+		j++;
+	}
+	free(e);
+	close(R.modes_fd);
+	R.modes_fd = -1;
+	if (rename(tmp, path) < 0)
+		return -errno;
+	R.modes_fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (R.modes_fd < 0)
+		return -errno;
+	if (j)
+		nx_log(NX_LOG_INFO, "takeover: %zu files the kernel may have open keep their "
+		       "predecessor's open mode", j);
 	return 0;
 }
 
@@ -1145,6 +1261,9 @@ void nx_restart_finish(void)
 	if (R.paths_fd >= 0)
 		close(R.paths_fd);
 	R.paths_fd = -1;
+	if (R.modes_fd >= 0)
+		close(R.modes_fd);
+	R.modes_fd = -1;
 	free(R.noted);
 	R.noted = NULL;
 	R.noted_cap = R.noted_n = 0;

@@ -11,6 +11,8 @@ test_require_binaries
 
 MNT=$TRASH/mnt
 SUPLOG=$TRASH/supervisor.log
+# the supervisor runs a copy of the binary, which restart 3 replaces
+BIN=$TRASH/bin/nixoci-fs
 READER=$TEST_LIB_DIR/restart-reader.py
 IMAGE=localhost/nixoci-test-restart:$$-$RANDOM
 CNAME=nixoci-t0700-$$
@@ -54,7 +56,7 @@ fi
 start_supervised() {
 	mkdir -p "$MNT" &&
 	echo "nixoci-fs --supervise -o $1 $REF $MNT" >>"$SUPLOG" &&
-	{ nixoci-fs --supervise -o "$1" "$REF" "$MNT" >>"$SUPLOG" 2>&1 & } &&
+	{ "$BIN" --supervise -o "$1" "$REF" "$MNT" >>"$SUPLOG" 2>&1 & } &&
 	SUP=$! &&
 	test_atexit "stop_supervised atexit" &&
 	test_wait_for 30 mountpoint -q "$MNT"
@@ -88,9 +90,9 @@ takeovers_reach() { [ "$(takeovers)" -ge "$1" ]; }
 mounted() { grep -q " $MNT fuse.nixoci-fs " /proc/self/mounts; }
 
 # Restarts the daemon $1 times, alternating a graceful takeover (SIGHUP to
-# the supervisor, or nixoci-fs --takeover, which asks the supervisor) and
-# kill -9, each once the previous successor serves; $2 seconds apart so the
-# readers run through all of them.
+# the supervisor after replacing the binary on disk, or nixoci-fs --takeover,
+# which asks the supervisor) and kill -9, each once the previous successor
+# serves; $2 seconds apart so the readers run through all of them.
 restart_daemon() {
 	local n=$1 gap=$2 i want pid
 	for i in $(seq 1 "$n"); do
@@ -102,12 +104,16 @@ restart_daemon() {
 		   nixoci-fs --takeover "$MNT" || return 1 ;;
 		2 | 0) echo "restart $i: kill -9 $pid"
 		   kill -9 "$pid" || return 1 ;;
-		3) echo "restart $i: SIGHUP to the supervisor (pid $pid)"
+		3) echo "restart $i: binary replaced on disk, SIGHUP to the supervisor (pid $pid)"
+		   cp "$BIN" "$BIN.new" && mv -f "$BIN.new" "$BIN" &&
 		   kill -HUP "$SUP" || return 1 ;;
 		esac
 		test_wait_for 120 takeovers_reach "$want" || {
 			echo "restart $i: no successor serves"; return 1; }
 		mounted || { echo "restart $i: the mount is gone"; return 1; }
+		# an upgrade in place: what serves is the file now on disk
+		[ "$(stat -L -c %i "/proc/$(daemon_pid)/exe")" = "$(stat -c %i "$BIN")" ] || {
+			echo "restart $i: the daemon does not run $BIN as it is on disk"; return 1; }
 	done
 }
 
@@ -225,6 +231,7 @@ stop_readers() {
 }
 
 test_expect_success 'setup: registry, the small closure and two 32 MiB paths pushed' '
+	mkdir -p "$TRASH/bin" && cp "$(command -v nixoci-fs)" "$BIN" &&
 	start_registry &&
 	REF=$REG/restart &&
 	build_small_closure &&

@@ -35,8 +35,9 @@ test_expect_success 'make install DESTDIR=... PREFIX=/usr puts everything in pla
 	test_cmp want files &&
 	"$ROOT/usr/bin/nixoci" --version &&
 	"$ROOT/usr/bin/nixoci-fs" --version &&
-	grep -qx "ExecStart=/usr/bin/nixoci-fs -f -o ro,\${NIXOCI_OPTS} \${NIXOCI_REF} %f" \
+	grep -qx "ExecStart=/usr/bin/nixoci-fs --supervise -o ro,\${NIXOCI_OPTS} \${NIXOCI_REF} %f" \
 		"$ROOT/usr/lib/systemd/system/nixoci-fs@.service" &&
+	grep -qx "ExecReload=/bin/kill -HUP \$MAINPID" "$ROOT/usr/lib/systemd/system/nixoci-fs@.service" &&
 	grep -qx "EnvironmentFile=/etc/nixoci/%i.env" "$ROOT/usr/lib/systemd/system/nixoci-fs@.service" &&
 	MANWIDTH=80 man --warnings -l "$ROOT/usr/share/man/man8/nixoci-fs.8" >/dev/null 2>err &&
 	! test -s err

@@ -606,8 +606,8 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 {
 	struct nx_spath *p;
 	char *body = NULL, sp[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 1];
-	uint8_t *tocz = NULL, *tocb = NULL;
-	size_t blen, toczlen, toclen;
+	uint8_t *tocz = NULL;
+	size_t blen, toczlen;
 	int rc, need_nar, man_fetched = 0, toc_fetched = 0;
 
 	snprintf(sp, sizeof(sp), "%s/%.*s", NX_STORE_DIR, (int)len, base);
@@ -650,9 +650,10 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 			   &toc_fetched);
 	if (rc < 0)
 		goto fail;
-	rc = nx_zstd_decompress(tocz, toczlen, NX_TOC_MAX_BYTES, &tocb, &toclen);
-	if (rc == 0)
-		rc = nx_toc_decode(tocb, toclen, &p->toc);
+	/* inflated straight into the tables, the header checked first */
+	rc = nx_toc_decode_zstd(tocz, toczlen, NX_TOC_MAX_BYTES, &p->toc);
+	if (rc == -ENOMEM)
+		goto fail;
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "toc of %s: malformed", sp);
 		rc = -EIO;
@@ -684,13 +685,11 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 		nx_blob_save(st, p->man.toc.digest, tocz, toczlen);
 	free(body);
 	free(tocz);
-	free(tocb);
 	*out = p;
 	return 0;
 fail:
 	free(body);
 	free(tocz);
-	free(tocb);
 	spath_free(p);
 	return rc;
 }

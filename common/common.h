@@ -286,6 +286,15 @@ void nx_toc_builder_free(struct nx_toc_builder *b);
  * *out is owned by the caller: nx_toc_free().
  */
 int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out);
+/*
+ * The same from the TOC layer as stored (one zstd frame with a declared
+ * content size of at most @cap), inflated straight into the tables: the
+ * header is checked on the first 64 inflated bytes before anything else is
+ * allocated, and the inflated TOC never exists beside the tables. zstd's
+ * window is capped at 2^NX_TOC_WINDOW_LOG_MAX bytes.
+ */
+#define NX_TOC_WINDOW_LOG_MAX 24
+int nx_toc_decode_zstd(const void *z, size_t zlen, size_t cap, struct nx_toc **out);
 void nx_toc_free(struct nx_toc *toc);
 
 /* Child of directory @dir named @name, or -ENOENT / -ENOTDIR. Binary search. */

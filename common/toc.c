@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zstd.h>
+
 #include "common/common.h"
 
 #define TOC_MAGIC "NIXOCTOC"
@@ -416,8 +418,12 @@ static int decode_entries(struct nx_toc *t, const uint8_t *base)
 	if (!depth)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < t->nentries; i++) {
-		const uint8_t *p = base + (size_t)TOC_ENTRY * i;
+		/* a copy: @base may be t->entries itself (decoding in place) */
+		uint8_t rec[TOC_ENTRY];
+		const uint8_t *p = rec;
 		struct nx_toc_entry *e = &t->entries[i];
+
+		memcpy(rec, base + (size_t)TOC_ENTRY * i, TOC_ENTRY);
 
 		e->parent = get32(p);
 		e->name_off = get32(p + 4);
@@ -534,8 +540,11 @@ static int decode_frames(struct nx_toc *t, const uint8_t *base, uint32_t frame_m
 	uint64_t coff = 0, uoff = 0;
 
 	for (uint32_t i = 0; i < t->nframes; i++) {
-		const uint8_t *p = base + (size_t)TOC_FRAME * i;
+		uint8_t rec[TOC_FRAME]; /* @base may be t->frames itself */
+		const uint8_t *p = rec;
 		struct nx_toc_frame *f = &t->frames[i];
+
+		memcpy(rec, base + (size_t)TOC_FRAME * i, TOC_FRAME);
 
 		f->coff = get64(p);
 		f->uoff = get64(p + 8);
@@ -559,18 +568,11 @@ static int decode_frames(struct nx_toc *t, const uint8_t *base, uint32_t frame_m
 	return 0;
 }
 
-int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out)
+/* The fixed header: every field checked before anything is allocated for
+ * the rest. Fills the counts of *t; *want = the encoded length they imply. */
+static int decode_header(const uint8_t *b, struct nx_toc *t, uint32_t *frame_max,
+			 uint64_t *want)
 {
-	const uint8_t *b = buf;
-	struct nx_toc *t = NULL;
-	uint32_t frame_max;
-	uint64_t want;
-	int r;
-
-	if (len < TOC_HDR) {
-		nx_log(NX_LOG_ERR, "toc: %zu bytes is shorter than the header", len);
-		return -EINVAL;
-	}
 	if (memcmp(b, TOC_MAGIC, 8) != 0) {
 		nx_log(NX_LOG_ERR, "toc: bad magic");
 		return -EINVAL;
@@ -589,48 +591,67 @@ int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out)
 			return -EINVAL;
 		}
 	}
-	t = calloc(1, sizeof(*t));
-	if (!t)
-		return -ENOMEM;
 	t->nar_size = get64(b + 16);
 	t->blob_size = get64(b + 24);
 	t->nentries = get32(b + 32);
 	t->nframes = get32(b + 36);
 	t->strtab_len = get32(b + 40);
-	frame_max = get32(b + 44);
+	*frame_max = get32(b + 44);
 	if (t->nar_size == 0) {
 		nx_log(NX_LOG_ERR, "toc: nar_size is 0");
-		r = -EINVAL;
-		goto fail;
+		return -EINVAL;
 	}
 	if (t->nentries < 1 || t->nentries > NX_TOC_MAX_ENTRIES || t->nframes < 1 ||
 	    t->nframes > NX_TOC_MAX_FRAMES) {
 		nx_log(NX_LOG_ERR, "toc: %u entries or %u frames out of range [1, 2^24]",
 		       t->nentries, t->nframes);
-		r = t->nentries && t->nframes ? -E2BIG : -EINVAL;
-		goto fail;
+		return t->nentries && t->nframes ? -E2BIG : -EINVAL;
 	}
-	if (frame_max < 1 || frame_max > NX_FRAME_MAX) {
-		nx_log(NX_LOG_ERR, "toc: frame_max %u out of range [1, %u]", frame_max,
+	if (*frame_max < 1 || *frame_max > NX_FRAME_MAX) {
+		nx_log(NX_LOG_ERR, "toc: frame_max %u out of range [1, %u]", *frame_max,
 		       NX_FRAME_MAX);
-		r = -EINVAL;
-		goto fail;
+		return -EINVAL;
 	}
-	want = TOC_HDR + (uint64_t)TOC_ENTRY * t->nentries + (uint64_t)TOC_FRAME * t->nframes +
-	       t->strtab_len;
+	*want = TOC_HDR + (uint64_t)TOC_ENTRY * t->nentries + (uint64_t)TOC_FRAME * t->nframes +
+		t->strtab_len;
+	return 0;
+}
+
+static int alloc_tables(struct nx_toc *t)
+{
+	t->entries = calloc(t->nentries, sizeof(*t->entries));
+	t->frames = calloc(t->nframes, sizeof(*t->frames));
+	t->strtab = malloc(t->strtab_len ? t->strtab_len : 1);
+	return t->entries && t->frames && t->strtab ? 0 : -ENOMEM;
+}
+
+int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out)
+{
+	const uint8_t *b = buf;
+	struct nx_toc *t = NULL;
+	uint32_t frame_max;
+	uint64_t want;
+	int r;
+
+	if (len < TOC_HDR) {
+		nx_log(NX_LOG_ERR, "toc: %zu bytes is shorter than the header", len);
+		return -EINVAL;
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	r = decode_header(b, t, &frame_max, &want);
+	if (r < 0)
+		goto fail;
 	if (want != len) {
 		nx_log(NX_LOG_ERR, "toc: length %zu does not match the header (%llu)", len,
 		       (unsigned long long)want);
 		r = -EINVAL;
 		goto fail;
 	}
-	t->entries = calloc(t->nentries, sizeof(*t->entries));
-	t->frames = calloc(t->nframes, sizeof(*t->frames));
-	t->strtab = malloc(t->strtab_len ? t->strtab_len : 1);
-	if (!t->entries || !t->frames || !t->strtab) {
-		r = -ENOMEM;
+	r = alloc_tables(t);
+	if (r < 0)
 		goto fail;
-	}
 	memcpy(t->strtab, b + len - t->strtab_len, t->strtab_len);
 	r = decode_entries(t, b + TOC_HDR);
 	if (r < 0)
@@ -641,6 +662,138 @@ int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out)
 	*out = t;
 	return 0;
 fail:
+	nx_toc_free(t);
+	return r;
+}
+
+/*
+ * Streaming: the zstd frame is inflated straight into the tables. The
+ * encoded entry and frame records have the layout of struct nx_toc_entry
+ * and struct nx_toc_frame (little-endian, no padding), so each table is
+ * first filled with raw records and then decoded in place, record by record.
+ * Peak memory is the tables plus zstd's window, never the inflated TOC and
+ * the tables at once; and the header is checked (magic, version, counts,
+ * its length against the frame's declared size and @cap) on the first 64
+ * inflated bytes, before anything is allocated for the rest.
+ */
+_Static_assert(sizeof(struct nx_toc_entry) == TOC_ENTRY, "entry records decode in place");
+_Static_assert(sizeof(struct nx_toc_frame) == TOC_FRAME, "frame records decode in place");
+
+struct zin {
+	ZSTD_DCtx *d;
+	ZSTD_inBuffer in;
+	int ended; /* the zstd frame is complete */
+};
+
+/* Inflates exactly @len bytes into @dst; -EINVAL if the stream ends first or
+ * is corrupt. */
+static int zfill(struct zin *z, void *dst, size_t len)
+{
+	ZSTD_outBuffer o = { dst, len, 0 };
+
+	while (o.pos < o.size) {
+		size_t before = o.pos, in_before = z->in.pos;
+		size_t rc = ZSTD_decompressStream(z->d, &o, &z->in);
+
+		if (ZSTD_isError(rc)) {
+			nx_log(NX_LOG_ERR, "toc: zstd: %s", ZSTD_getErrorName(rc));
+			return -EINVAL;
+		}
+		if (rc == 0)
+			z->ended = 1;
+		if (o.pos < o.size && (rc == 0 || (o.pos == before && z->in.pos == in_before))) {
+			nx_log(NX_LOG_ERR, "toc: the zstd stream is shorter than the header says");
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+int nx_toc_decode_zstd(const void *zbuf, size_t zlen, size_t cap, struct nx_toc **out)
+{
+	struct zin z = { .in = { zbuf, zlen, 0 } };
+	uint8_t hdr[TOC_HDR], extra;
+	unsigned long long fcs;
+	struct nx_toc *t = NULL;
+	uint32_t frame_max;
+	uint64_t want;
+	size_t zr;
+	int r;
+
+	fcs = ZSTD_getFrameContentSize(zbuf, zlen);
+	if (fcs == ZSTD_CONTENTSIZE_ERROR || fcs == ZSTD_CONTENTSIZE_UNKNOWN) {
+		nx_log(NX_LOG_ERR, "toc: not a zstd frame with a declared content size");
+		return -EINVAL;
+	}
+	if (fcs > cap || fcs < TOC_HDR) {
+		nx_log(NX_LOG_ERR, "toc: declared size %llu is out of range [%d, %zu]", fcs,
+		       TOC_HDR, cap);
+		return fcs > cap ? -E2BIG : -EINVAL;
+	}
+	zr = ZSTD_findFrameCompressedSize(zbuf, zlen);
+	if (ZSTD_isError(zr) || zr != zlen) {
+		nx_log(NX_LOG_ERR, "toc: the layer is not exactly one zstd frame");
+		return -EINVAL;
+	}
+	z.d = ZSTD_createDCtx();
+	t = calloc(1, sizeof(*t));
+	if (!z.d || !t) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* the window is what this costs beyond the tables: 2^24 covers any
+	 * level nixoci push uses by far */
+	zr = ZSTD_DCtx_setParameter(z.d, ZSTD_d_windowLogMax, NX_TOC_WINDOW_LOG_MAX);
+	if (ZSTD_isError(zr)) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = zfill(&z, hdr, TOC_HDR);
+	if (r < 0)
+		goto fail;
+	r = decode_header(hdr, t, &frame_max, &want);
+	if (r < 0)
+		goto fail;
+	if (want != fcs) {
+		nx_log(NX_LOG_ERR, "toc: length %llu does not match the header (%llu)", fcs,
+		       (unsigned long long)want);
+		r = -EINVAL;
+		goto fail;
+	}
+	r = alloc_tables(t);
+	if (r == 0)
+		r = zfill(&z, t->entries, (size_t)TOC_ENTRY * t->nentries);
+	if (r == 0)
+		r = zfill(&z, t->frames, (size_t)TOC_FRAME * t->nframes);
+	if (r == 0)
+		r = zfill(&z, t->strtab, t->strtab_len);
+	if (r < 0)
+		goto fail;
+	/* nothing may follow, and the frame (with its checksum) must end */
+	while (!z.ended) {
+		ZSTD_outBuffer o = { &extra, 1, 0 };
+		size_t in_before = z.in.pos;
+
+		zr = ZSTD_decompressStream(z.d, &o, &z.in);
+		if (ZSTD_isError(zr) || o.pos || (zr && z.in.pos == in_before)) {
+			nx_log(NX_LOG_ERR, "toc: %s", ZSTD_isError(zr) ? ZSTD_getErrorName(zr)
+					   : "the zstd stream goes on past the header's length");
+			r = -EINVAL;
+			goto fail;
+		}
+		z.ended = zr == 0;
+	}
+	ZSTD_freeDCtx(z.d);
+	z.d = NULL;
+	r = decode_entries(t, (const uint8_t *)t->entries);
+	if (r == 0)
+		r = decode_frames(t, (const uint8_t *)t->frames, frame_max);
+	if (r < 0)
+		goto fail;
+	*out = t;
+	return 0;
+fail:
+	ZSTD_freeDCtx(z.d);
 	nx_toc_free(t);
 	return r;
 }

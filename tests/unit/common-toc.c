@@ -413,6 +413,45 @@ static void c_deep_dir(uint8_t *b, size_t *l)
 	put64(e + 32, 0);
 }
 
+/* The streaming decoder: the same TOC as nx_toc_decode from the zstd layer;
+ * refused when the layer is cut, followed by more, not zstd, or declares
+ * more than the cap. */
+static void test_zstd_layer(void)
+{
+	uint8_t *raw = NULL, *z = NULL, *zz;
+	size_t rl = 0, zl = 0;
+	struct nx_toc *a = NULL, *b = NULL;
+
+	is_int(build(nested, 9, nested_fr, 2, &raw, &rl), 0, "zstd: base builds");
+	is_int(nx_zstd_compress(raw, rl, &z, &zl), 0, "zstd: base compresses");
+	is_int(nx_toc_decode(raw, rl, &a), 0, "zstd: plain decode");
+	is_int(nx_toc_decode_zstd(z, zl, NX_TOC_MAX_BYTES, &b), 0, "zstd: streaming decode");
+	ok(a && b && a->nentries == b->nentries && a->nframes == b->nframes &&
+	   a->strtab_len == b->strtab_len &&
+	   memcmp(a->entries, b->entries, sizeof(*a->entries) * a->nentries) == 0 &&
+	   memcmp(a->frames, b->frames, sizeof(*a->frames) * a->nframes) == 0 &&
+	   memcmp(a->strtab, b->strtab, a->strtab_len) == 0,
+	   "zstd: both decoders give the same tables");
+	nx_toc_free(a);
+	nx_toc_free(b);
+	b = NULL;
+	ok(nx_toc_decode_zstd(z, zl - 1, NX_TOC_MAX_BYTES, &b) < 0 && !b, "zstd: cut short");
+	ok(nx_toc_decode_zstd(z, zl, rl - 1, &b) == -E2BIG && !b, "zstd: over the cap");
+	zz = malloc(2 * zl);
+	memcpy(zz, z, zl);
+	memcpy(zz + zl, z, zl);
+	ok(nx_toc_decode_zstd(zz, 2 * zl, NX_TOC_MAX_BYTES, &b) < 0 && !b, "zstd: two frames");
+	memcpy(zz, raw, zl < rl ? zl : rl);
+	ok(nx_toc_decode_zstd(zz, zl < rl ? zl : rl, NX_TOC_MAX_BYTES, &b) < 0 && !b,
+	   "zstd: not zstd");
+	memcpy(zz, z, zl);
+	zz[zl / 2] ^= 0x55;
+	ok(nx_toc_decode_zstd(zz, zl, NX_TOC_MAX_BYTES, &b) < 0 && !b, "zstd: damaged block");
+	free(zz);
+	free(z);
+	free(raw);
+}
+
 static void test_corruptions(void)
 {
 	static const struct {
@@ -507,6 +546,17 @@ static void test_corruptions(void)
 		t = NULL;
 		ok(nx_toc_decode(b, l, &t) < 0 && !t, "corrupt: %s is rejected", tab[i].name);
 		nx_toc_free(t);
+		{
+			uint8_t *z = NULL;
+			size_t zl = 0;
+
+			t = NULL;
+			ok(nx_zstd_compress(b, l, &z, &zl) == 0 &&
+			   nx_toc_decode_zstd(z, zl, NX_TOC_MAX_BYTES, &t) < 0 && !t,
+			   "corrupt: %s is rejected from its zstd layer too", tab[i].name);
+			nx_toc_free(t);
+			free(z);
+		}
 		free(b);
 	}
 
@@ -542,5 +592,6 @@ int main(void)
 	test_empty_root_and_many();
 	test_builder_rejects();
 	test_corruptions();
+	test_zstd_layer();
 	return done_testing();
 }

@@ -195,6 +195,29 @@ def zstd_padded(data, nzeros):
                           input=data, check=True, capture_output=True).stdout
 
 
+def zstd_sized(data, total):
+    """one zstd frame declaring (and holding) @total bytes: @data, then zeros"""
+    return subprocess.run(["sh", "-c", "cat; head -c %d /dev/zero" % (total - len(data)) +
+                           " | zstd -q -3 -c --stream-size=%d" % total],
+                          input=data, check=True, capture_output=True).stdout
+
+
+def toc_stream_cases(toc_case):
+    """zstd bombs at different offsets of the TOC layer: refused on the
+    frame header or on the first 64 inflated bytes, before any allocation
+    the TOC's own header does not justify"""
+    toc_case("bomb-declared-mismatch", "TOC layer declares 200 MiB, its header a few KiB",
+             tocblob_fn=lambda t: zstd_sized(t, 200 << 20))
+    toc_case("bomb-over-cap", "TOC layer declares 300 MiB (over the 256 MiB cap)",
+             tocblob_fn=lambda t: zstd_sized(t, 300 << 20))
+    toc_case("bomb-cut", "TOC layer declaring 200 MiB, cut short",
+             tocblob_fn=lambda t: zstd_sized(t, 200 << 20)[:-64])
+    toc_case("huge-counts", "TOC header with 2^24 entries and 2^24 frames (1.6 GB)",
+             toc_fn=lambda t: t[:32] + struct.pack("<II", 1 << 24, 1 << 24) + t[40:])
+    toc_case("bomb-header-garbage", "TOC layer whose first inflated bytes are not a header",
+             tocblob_fn=lambda t: zstd_sized(b"\xff" * 64, 100 << 20))
+
+
 def seektable(frames):
     body = b"".join(struct.pack("<II", f[2], f[3]) for f in frames)
     body += struct.pack("<IB", len(frames), 0) + struct.pack("<I", 0x8F92EAB1)
@@ -467,6 +490,7 @@ def cases():
     c = toc_case("not-zstd", "TOC layer is not zstd", tocblob_fn=lambda t: b"plain " + t)
     c = toc_case("zstd-bomb", "TOC layer decompresses to 300 MiB (no content size)",
                  tocblob_fn=lambda t: zstd_padded(t, 300 << 20))
+    toc_stream_cases(toc_case)
 
     # --- frames (a plain mount refuses these on read)
     def frame_case(name, what, fn):

@@ -544,6 +544,13 @@ static void want_locked(struct nx_store *st, struct nx_files *f, struct nx_spath
 
 	if (f->stop || f->queued >= FILES_QUEUE)
 		return;
+	/* A copy takes as much disk again as the file's chunks, and room for
+	 * it is made before it is written: a file larger than an eighth of
+	 * the cache would push out frames that readers (and readahead) are
+	 * about to use, and be refetched for it. Such a file keeps the
+	 * normal read path. */
+	if (p->toc->entries[entry].size > st->limit / 8)
+		return;
 	if (!f->started) {
 		if (pthread_create(&f->worker, NULL, worker, st) != 0)
 			return;

@@ -41,7 +41,7 @@ test_expect_success 'setup: a registry, the hostile proxy in front, every case u
 GOOD=$(awk -F'\t' '$1 == "good" { print $4 }' "$CORPUS/cases.tsv" 2>/dev/null)
 good_f() {
 	printf 'case good\n'
-	for _ in 1 2 3 4 5 6 7 8 9 10; do printf 'the contents of f\n'; done
+	for _ in $(seq 300); do printf 'the contents of f\n'; done
 }
 
 test_expect_success 'setup: mount twice: plain (lazy) and with trusted keys' '

@@ -271,7 +271,11 @@ def good_tree(name):
     # the case name in f keeps every case's blobs apart (tampering one blob in
     # the registry's storage must not touch another case)
     return dr((b"bin", dr((b"hello", reg(b"#!/bin/sh\necho hostile\n", True)),)),
-              (b"f", reg(b"case " + name.encode() + b"\n" + b"the contents of f\n" * 10)),
+              # "good" is over 4096 bytes: its one frame is also the first
+              # frame of the shared_cases paths, where it must pass the
+              # reader's frame floor to reach full-NAR verification
+              (b"f", reg(b"case " + name.encode() + b"\n" +
+                         b"the contents of f\n" * (300 if name == "good" else 10))),
               (b"link", sym(b"f")))
 
 

@@ -661,11 +661,7 @@ static size_t synth_init(struct nx_session *s, void *buf, size_t len)
 
 ssize_t nx_restart_read(struct nx_session *s, int fd, void *buf, size_t len)
 {
-	/* Thread-local, not on the stack: libfuse cancels its workers at
-	 * exit while they wait in this poll(), and the unwinding leaves an
-	 * instrumented stack array's redzones poisoned, which ASan then
-	 * reports when the thread is destroyed. */
-	static __thread struct pollfd pfd[2];
+	struct pollfd pfd[2];
 	ssize_t n;
 	int e;
 

@@ -289,10 +289,17 @@ int mdb_cursor_open(MDB_txn *txn, MDB_dbi dbi, MDB_cursor **cursor)
 		return -1; \
 	} while (0)
 
-static int open_common(const char *call, int dirfd, const char *path)
-{
-	return should_fail(call, dirfd, path);
-}
+/* The mode argument of open(2) and openat(2), present only with O_CREAT or
+ * O_TMPFILE; expanded inside the variadic wrapper (va_start needs it). */
+#define OPEN_MODE(flags, mode) \
+	do { \
+		if ((flags) & (O_CREAT | O_TMPFILE)) { \
+			va_list ap; \
+			va_start(ap, flags); \
+			(mode) = va_arg(ap, mode_t); \
+			va_end(ap); \
+		} \
+	} while (0)
 
 int open(const char *path, int flags, ...)
 {
@@ -300,14 +307,8 @@ int open(const char *path, int flags, ...)
 	mode_t mode = 0;
 	int e;
 
-	if (flags & (O_CREAT | O_TMPFILE)) {
-		va_list ap;
-
-		va_start(ap, flags);
-		mode = va_arg(ap, mode_t);
-		va_end(ap);
-	}
-	e = open_common("open", AT_FDCWD, path);
+	OPEN_MODE(flags, mode);
+	e = should_fail("open", AT_FDCWD, path);
 	if (e)
 		FAIL_ERRNO(e);
 	return real_open(path, flags, mode);
@@ -319,14 +320,8 @@ int open64(const char *path, int flags, ...)
 	mode_t mode = 0;
 	int e;
 
-	if (flags & (O_CREAT | O_TMPFILE)) {
-		va_list ap;
-
-		va_start(ap, flags);
-		mode = va_arg(ap, mode_t);
-		va_end(ap);
-	}
-	e = open_common("open", AT_FDCWD, path);
+	OPEN_MODE(flags, mode);
+	e = should_fail("open", AT_FDCWD, path);
 	if (e)
 		FAIL_ERRNO(e);
 	return real_open64(path, flags, mode);
@@ -338,14 +333,8 @@ int openat(int dirfd, const char *path, int flags, ...)
 	mode_t mode = 0;
 	int e;
 
-	if (flags & (O_CREAT | O_TMPFILE)) {
-		va_list ap;
-
-		va_start(ap, flags);
-		mode = va_arg(ap, mode_t);
-		va_end(ap);
-	}
-	e = open_common("openat", dirfd, path);
+	OPEN_MODE(flags, mode);
+	e = should_fail("openat", dirfd, path);
 	if (e)
 		FAIL_ERRNO(e);
 	return real_openat(dirfd, path, flags, mode);
@@ -357,14 +346,8 @@ int openat64(int dirfd, const char *path, int flags, ...)
 	mode_t mode = 0;
 	int e;
 
-	if (flags & (O_CREAT | O_TMPFILE)) {
-		va_list ap;
-
-		va_start(ap, flags);
-		mode = va_arg(ap, mode_t);
-		va_end(ap);
-	}
-	e = open_common("openat", dirfd, path);
+	OPEN_MODE(flags, mode);
+	e = should_fail("openat", dirfd, path);
 	if (e)
 		FAIL_ERRNO(e);
 	return real_openat64(dirfd, path, flags, mode);

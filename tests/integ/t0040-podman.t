@@ -12,31 +12,7 @@ MNT=$TRASH/mnt
 IMAGE=localhost/nixoci-test-busybox:$$-$RANDOM
 BUSYBOX=$(command -v busybox)
 
-podman_run() {
-	podman --runtime /usr/sbin/runc run --rm --network none "$@"
-}
-
-# The tiny rootfs: busybox-static and nothing else; /nix/store comes from
-# the mount.
-make_image() {
-	mkdir -p rootfs/bin rootfs/nix/store rootfs/sync rootfs/tmp &&
-	cp "$(readlink -f "$BUSYBOX")" rootfs/bin/busybox &&
-	ln -s busybox rootfs/bin/sh &&
-	tar -C rootfs -c . | podman import - "$IMAGE" >/dev/null
-}
-
-# podman 4.3 with runc cannot set the default rlimits in some sandboxes;
-# Debian's packages ship no containers.conf, so write one only if absent.
-podman_works() {
-	podman_run "$IMAGE" /bin/busybox true 2>podman.err && return 0
-	if grep -q "rlimit" podman.err && [ ! -e /etc/containers/containers.conf ]; then
-		mkdir -p /etc/containers &&
-		printf "[containers]\ndefault_ulimits = []\n" >/etc/containers/containers.conf &&
-		podman_run "$IMAGE" /bin/busybox true 2>podman.err && return 0
-	fi
-	cat podman.err >&2
-	return 1
-}
+# podman_run, make_image, podman_works: tests/lib/lib.sh
 
 test_atexit 'podman rmi -f "$IMAGE" >/dev/null 2>&1; podman rm -f nixoci-t0040-$$-1 nixoci-t0040-$$-2 >/dev/null 2>&1'
 make_image >/dev/null 2>&1 || skip_all "podman import does not work here"

@@ -20,27 +20,7 @@ BUSYBOX=$(command -v busybox)
 # what a registry outage is expected to log (phase 2)
 MOUNT_LOG_ALLOW='connection refused|timed out|no progress|registry unreachable|answers again'
 
-podman_run() {
-	podman --runtime /usr/sbin/runc run --rm --network none "$@"
-}
-
-make_image() {
-	mkdir -p rootfs/bin rootfs/nix/store rootfs/sync rootfs/tmp &&
-	cp "$(readlink -f "$BUSYBOX")" rootfs/bin/busybox &&
-	ln -s busybox rootfs/bin/sh &&
-	tar -C rootfs -c . | podman import - "$IMAGE" >/dev/null
-}
-
-# as t0040: podman 4.3 with runc may need default_ulimits = [] here
-podman_works() {
-	podman_run "$IMAGE" /bin/busybox true 2>podman.err && return 0
-	if grep -q "rlimit" podman.err && [ ! -e /etc/containers/containers.conf ]; then
-		mkdir -p /etc/containers &&
-		printf "[containers]\ndefault_ulimits = []\n" >/etc/containers/containers.conf &&
-		podman_run "$IMAGE" /bin/busybox true 2>podman.err && return 0
-	fi
-	return 1
-}
+# podman_run, make_image, podman_works: tests/lib/lib.sh
 
 PODMAN=
 if command -v podman >/dev/null && [ -x /usr/sbin/runc ]; then

@@ -596,3 +596,33 @@ stop_serve() {
 	wait_pid_status "$1" 20 st
 	[ "$st" = 0 ] || test_cleanup_problem "nixoci serve exited with status $st"
 }
+
+# ------------------------------------------------------------- podman
+# For tests that run containers ($IMAGE names the test image, $BUSYBOX a
+# static busybox).
+
+podman_run() {
+	podman --runtime /usr/sbin/runc run --rm --network none "$@"
+}
+
+# The tiny rootfs: busybox-static and nothing else; /nix/store comes from
+# the mount.
+make_image() {
+	mkdir -p rootfs/bin rootfs/nix/store rootfs/sync rootfs/tmp &&
+	cp "$(readlink -f "$BUSYBOX")" rootfs/bin/busybox &&
+	ln -s busybox rootfs/bin/sh &&
+	tar -C rootfs -c . | podman import - "$IMAGE" >/dev/null
+}
+
+# podman 4.3 with runc cannot set the default rlimits in some sandboxes;
+# Debian's packages ship no containers.conf, so write one only if absent.
+podman_works() {
+	podman_run "$IMAGE" /bin/busybox true 2>podman.err && return 0
+	if grep -q "rlimit" podman.err && [ ! -e /etc/containers/containers.conf ]; then
+		mkdir -p /etc/containers &&
+		printf "[containers]\ndefault_ulimits = []\n" >/etc/containers/containers.conf &&
+		podman_run "$IMAGE" /bin/busybox true 2>podman.err && return 0
+	fi
+	cat podman.err >&2
+	return 1
+}

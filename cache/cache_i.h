@@ -159,6 +159,10 @@ struct nx_reader {
 	uint64_t fail_ns;
 	struct nx_spath *fail_p; /* the file a request of this open just failed on */
 	uint32_t fail_entry;
+	/* the ELF header of this file was looked at (nx_ra_after_data) */
+	int elf_done;
+	struct nx_spath *elf_p;
+	uint32_t elf_entry;
 };
 
 /* A chunk file in place but not yet synced and recorded in LMDB. */
@@ -376,6 +380,21 @@ void nx_reader_fail(struct nx_store *st, struct nx_reader *rd, struct nx_spath *
 		    uint32_t entry);
 void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		      uint32_t entry, uint64_t off, uint64_t len, uint32_t last);
+/* Larger reads on a miss. A regular file of at most NX_SMALL_FILE bytes is
+ * fetched whole with its first miss: nx_ra_extend gives the last frame a
+ * read ending at frame @last may fetch along (nx_frames_walk_ext). */
+#define NX_SMALL_FILE (UINT64_C(1) << 20)
+uint32_t nx_ra_extend(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t last);
+/* After a read of @len bytes at @off served to @rd: when they are the
+ * start of an ELF file, the frames of its PT_LOAD segments (at most
+ * NX_ELF_MAX_BYTES compressed) are queued for background fetching. */
+#define NX_ELF_MAX_BYTES (UINT64_C(8) << 20)
+#define NX_ELF_PHNUM_MAX 64
+void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		      uint32_t entry, uint64_t off, const uint8_t *buf, size_t len);
+/* The file range [*lo, *hi) covered by the PT_LOAD segments of the ELF file
+ * of @size bytes whose first @len bytes are @b; -EINVAL if it is not one. */
+int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi);
 
 /* files.c: whole-file copies for passthrough. nx_files_open scans DIR/files
  * and adds what it finds to total_bytes; nx_files_bytes is their total (for
@@ -412,6 +431,12 @@ struct nx_walk_ops {
  * in merged runs of at most @batch compressed bytes. */
 int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
 		   uint64_t batch, const struct nx_walk_ops *ops, void *ctx);
+/* The same, where frames (last, ext] that are not cached are fetched in
+ * the same request as a missing frame of [first, last] when they follow it
+ * without a gap (and delivered too; a consumer ignores what it did not ask
+ * for); they are never fetched on their own or waited for. */
+int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
+		       uint32_t ext, uint64_t batch, const struct nx_walk_ops *ops, void *ctx);
 /* Full verification for narinfo-signed paths (format.md §6). */
 int nx_verify_nar(struct nx_store *st, struct nx_spath *p);
 

@@ -23,6 +23,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cache/cache_i.h"
 
@@ -221,4 +222,114 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 	pthread_mutex_unlock(&rd->lock);
 	if (go)
 		ra_queue(st, p, start, stop - 1);
+}
+
+/* ------------------------------------------------ larger reads on a miss */
+
+uint32_t nx_ra_extend(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t last)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *e = &toc->entries[entry];
+	uint32_t ffirst, flast;
+
+	/* A small file is nearly always read whole (an interpreter's module,
+	 * a configuration file, a script): its other frames come in the same
+	 * request as the first miss instead of one round trip each. */
+	if (!st->ra_max || e->size > NX_SMALL_FILE ||
+	    nx_toc_frames_for(toc, e->off, e->size, &ffirst, &flast) < 0 || flast < last)
+		return last;
+	return flast;
+}
+
+static uint64_t le(const uint8_t *b, unsigned n)
+{
+	uint64_t v = 0;
+
+	while (n--)
+		v = (v << 8) | b[n];
+	return v;
+}
+
+/*
+ * The file range [*lo, *hi) that an ELF's PT_LOAD segments cover, from the
+ * first @len bytes of the file. Untrusted input: every offset and count is
+ * checked against @len and @size, and anything unexpected is "not an ELF"
+ * (-EINVAL); it is only a hint for what to fetch, never used to serve.
+ */
+int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi)
+{
+	uint64_t phoff, l = UINT64_MAX, h = 0;
+	unsigned phnum, phent, is64;
+
+	if (len < 52 || memcmp(b, "\177ELF", 4) != 0 || b[5] != 1 /* little-endian */)
+		return -EINVAL;
+	is64 = b[4] == 2;
+	if (!is64 && b[4] != 1)
+		return -EINVAL;
+	if (is64 && len < 64)
+		return -EINVAL;
+	phoff = is64 ? le(b + 32, 8) : le(b + 28, 4);
+	phent = (unsigned)le(b + (is64 ? 54 : 42), 2);
+	phnum = (unsigned)le(b + (is64 ? 56 : 44), 2);
+	if (phent != (is64 ? 56u : 32u) || phnum == 0 || phnum > NX_ELF_PHNUM_MAX ||
+	    phoff > len || (uint64_t)phnum * phent > len - phoff)
+		return -EINVAL;
+	for (unsigned i = 0; i < phnum; i++) {
+		const uint8_t *ph = b + phoff + (uint64_t)i * phent;
+		uint64_t off, fsz;
+
+		if (le(ph, 4) != 1 /* PT_LOAD */)
+			continue;
+		off = is64 ? le(ph + 8, 8) : le(ph + 4, 4);
+		fsz = is64 ? le(ph + 32, 8) : le(ph + 16, 4);
+		if (off >= size || fsz == 0)
+			continue;
+		if (fsz > size - off)
+			fsz = size - off;
+		if (off < l)
+			l = off;
+		if (off + fsz > h)
+			h = off + fsz;
+	}
+	if (l >= h)
+		return -EINVAL;
+	*lo = l;
+	*hi = h;
+	return 0;
+}
+
+void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+		      uint32_t entry, uint64_t off, const uint8_t *buf, size_t len)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *e = &toc->entries[entry];
+	uint64_t lo, hi, bytes = 0;
+	uint32_t first, last;
+	int go;
+
+	if (!st->ra_max || off != 0 || len < 64 || memcmp(buf, "\177ELF", 4) != 0)
+		return;
+	/* once per open file: the loader reads the header once, the kernel
+	 * may read it again in a readahead request */
+	pthread_mutex_lock(&rd->lock);
+	go = !(rd->elf_done && rd->elf_p == p && rd->elf_entry == entry);
+	rd->elf_done = 1;
+	rd->elf_p = p;
+	rd->elf_entry = entry;
+	pthread_mutex_unlock(&rd->lock);
+	if (!go || nx_elf_load_range(buf, len, e->size, &lo, &hi) < 0 ||
+	    nx_toc_frames_for(toc, e->off + lo, hi - lo, &first, &last) < 0)
+		return;
+	for (uint32_t i = first; i <= last; i++)
+		bytes += toc->frames[i].clen;
+	/* A library's loadable segments are what its page faults will read,
+	 * one round trip each: fetch them in the background now, in runs of
+	 * one request. A large one (a JIT's or a browser's) is read sparsely,
+	 * and fetching it whole would cost laziness: it is left to faults
+	 * and the sequential readahead. */
+	if (bytes > NX_ELF_MAX_BYTES)
+		return;
+	nx_log(NX_LOG_DEBUG, "readahead: %s/%s entry %u: elf segments, frames %u-%u", NX_STORE_DIR,
+	       p->base, entry, first, last);
+	ra_queue(st, p, first, last);
 }

@@ -1083,11 +1083,14 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 	/* before our own fetch, so the window's transfers overlap with it */
 	if (rd)
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
-	rc = nx_frames_walk(st, p, first, last, NX_BATCH_BYTES, &ops, &w);
+	rc = nx_frames_walk_ext(st, p, first, last, nx_ra_extend(st, p, entry, last),
+				NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0 && rd)
 		nx_reader_fail(st, rd, p, entry);
 	if (rc < 0)
 		return rc == -ENOMEM ? rc : -EIO;
+	if (rd)
+		nx_ra_after_data(st, rd, p, entry, off, buf, (size_t)n);
 	*got = (size_t)n;
 	return 0;
 }

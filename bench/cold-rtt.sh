@@ -1,0 +1,194 @@
+#!/bin/bash
+# bench/cold-rtt.sh [O]: cold starts of `java -version` and the CPython
+# imports over a link with added round-trip time, with and without a
+# startup profile (docs/format.md §7), against the native store.
+#
+# The closure is the one `make bench` builds (bench/closure, kept in
+# $BENCH_WORK/closure; built here the same way when it is missing); only the
+# closures of its JDK 17 and CPython paths are pushed, under the tag `cold`.
+# The delay comes from tests/lib/faultproxy.py (delay=MS holds every request
+# MS milliseconds before forwarding it: that much round-trip time per
+# request, no bandwidth limit).
+#
+# One cold start = a fresh `-o closure=cold` mount over an empty cache
+# (mounting is not timed, as in bench/run.sh), page cache dropped, then the
+# program in bwrap with the mount at /nix/store. "profile" mounts add
+# `-o profile=auto`: the profile was recorded once per workload (a mount with
+# profile_record=, the program, unmount) and pushed with `nixoci profile
+# push`; its prefetch starts at mount, so the timed start overlaps it. Each
+# start reports its time, the registry requests made from the start of the
+# program to its end (the proxy's log), and the bytes the daemon fetched
+# from the mount on (nixoci stats: for a profile mount that includes the
+# prefetch). Medians of BENCH_RUNS (3). Output: a Markdown table on stdout,
+# every sample on stderr and in $WORK/samples.tsv.
+#
+# Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 40", BENCH_PROFILE=1 (0: skip the
+# profile rows), BENCH_WORK=/var/tmp/nixoci-bench.
+set -euo pipefail
+export LC_ALL=C
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+O=${1:-build}
+case $O in /*) ;; *) O=$SRC/$O ;; esac
+export PATH=$O/bin:$PATH:/usr/sbin:/sbin
+export NIX_CONFIG="extra-experimental-features = nix-command"
+RUNS=${BENCH_RUNS:-3}
+DELAYS=${BENCH_DELAYS:-0 40}
+PROFILE=${BENCH_PROFILE:-1}
+BWORK=${BENCH_WORK:-/var/tmp/nixoci-bench}
+WORK=$(mktemp -d /tmp/nixoci-cold-rtt.XXXXXX)
+PIDS=()
+MNT=$WORK/mnt
+FS_PID=
+cleanup() {
+	if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
+	[ -z "$FS_PID" ] || wait "$FS_PID" 2>/dev/null || true
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+say() { echo "[cold-rtt] $*" >&2; }
+die() { say "error: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (drop_caches, FUSE, bwrap)"
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+free_port() {
+	/usr/bin/python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+now_ns() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+if [ ! -e "$BWORK/closure" ]; then
+	say "building bench/closure (as bench/run.sh does; long the first time)"
+	mkdir -p "$BWORK"
+	/usr/bin/python3 "$SRC/bench/closure/spec.py" >"$WORK/spec.json"
+	nix-build "$SRC/bench/closure/closure.nix" --arg spec "$WORK/spec.json" \
+		--option substituters "" --option sandbox false --max-jobs 8 \
+		--out-link "$BWORK/closure" >&2
+fi
+ROOT=$(readlink -f "$BWORK/closure")
+JAVA=$(readlink "$ROOT/bin/java")
+PY=$(readlink "$ROOT/bin/python3")
+JPATH=$(echo "$JAVA" | cut -d/ -f1-4)
+PPATH=$(echo "$PY" | cut -d/ -f1-4)
+
+port=$(free_port)
+mkdir -p "$WORK/reg" "$MNT"
+cat >"$WORK/reg/config.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $WORK/reg/storage
+http:
+  addr: 127.0.0.1:$port
+EOF
+docker-registry serve "$WORK/reg/config.yml" >"$WORK/reg/log" 2>&1 &
+PIDS+=($!)
+REG=127.0.0.1:$port
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" 2>/dev/null && break; sleep 0.1; done
+echo "mode=pass" >"$WORK/ctl"
+/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$REG" --control "$WORK/ctl" \
+	--port-file "$WORK/pport" --log "$WORK/plog" >"$WORK/pstderr" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$WORK/pport" ] && break; sleep 0.1; done
+PROXY=127.0.0.1:$(cat "$WORK/pport")
+say "pushing the closures of $JPATH and $PPATH"
+nixoci push --jobs 4 --tag cold "$REG/store" "$JPATH" "$PPATH" >&2
+
+run_workload() { # STORE W
+	local s=$1
+	case $2 in
+	java) bwrap --bind / / --ro-bind "$s" /nix/store --dev /dev --proc /proc \
+		--die-with-parent -- "$JAVA" -version ;;
+	python) bwrap --bind / / --ro-bind "$s" /nix/store --dev /dev --proc /proc \
+		--die-with-parent -- "$PY" -c 'import json, sqlite3, decimal, asyncio' ;;
+	esac >/dev/null 2>&1
+}
+fs_mount() { # EXTRA_OPTS
+	rm -rf "$WORK/cache"
+	nixoci-fs -f -o "cache=$WORK/cache,closure=cold${1:+,$1}" "$PROXY/store" "$MNT" \
+		>>"$WORK/fs.log" 2>&1 &
+	FS_PID=$!
+	until mountpoint -q "$MNT"; do
+		kill -0 "$FS_PID" 2>/dev/null || { tail "$WORK/fs.log" >&2; die "nixoci-fs exited"; }
+		sleep 0.005
+	done
+}
+fs_umount() {
+	fusermount3 -u "$MNT"
+	wait "$FS_PID" || die "nixoci-fs exited with status $?"
+	FS_PID=
+}
+fs_stat() { nixoci stats "$MNT" | awk -v k="$1" '$1 == k { print $2 }'; }
+requests() { grep -c -- ' -> ' "$WORK/plog" 2>/dev/null || true; }
+
+printf 'method\tworkload\tdelay_ms\trun\tseconds\trequests\tbytes\n' >"$WORK/samples.tsv"
+# one_start METHOD W DELAY RUN [OPTS]
+one_start() {
+	local m=$1 w=$2 d=$3 r=$4 t0 t1 q0 q1 b=0
+	if [ "$m" = native ]; then
+		drop
+		t0=$(now_ns)
+		run_workload /nix/store "$w" || die "$w failed on the native store"
+		t1=$(now_ns)
+		q0=0 q1=0
+	else
+		fs_mount "${5:-}"
+		drop
+		q0=$(requests)
+		t0=$(now_ns)
+		run_workload "$MNT" "$w" || die "$w failed on the mount ($m)"
+		t1=$(now_ns)
+		q1=$(requests)
+		b=$(fs_stat bytes_fetched)
+		fs_umount
+	fi
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$w" "$d" "$r" "$(secs "$t0" "$t1")" \
+		"$((q1 - q0))" "$b" >>"$WORK/samples.tsv"
+	say "$m $w ${d}ms run $r: $(secs "$t0" "$t1") s, $((q1 - q0)) requests, $b bytes"
+}
+
+if [ "$PROFILE" = 1 ]; then
+	for w in java python; do
+		say "recording the $w profile"
+		fs_mount "profile_record=$WORK/$w.profile"
+		run_workload "$MNT" "$w" || die "$w failed while recording"
+		fs_umount
+		nixoci profile push --name "$w" "$REG/store" cold "$WORK/$w.profile" >&2
+	done
+fi
+
+for d in $DELAYS; do
+	if [ "$d" = 0 ]; then echo "mode=pass" >"$WORK/ctl"; else echo "mode=pass delay=$d" >"$WORK/ctl"; fi
+	for r in $(seq "$RUNS"); do
+		for w in java python; do
+			one_start nixoci "$w" "$d" "$r"
+			[ "$PROFILE" = 1 ] && one_start profile "$w" "$d" "$r" "profile=$w"
+			[ "$d" = 0 ] && one_start native "$w" 0 "$r"
+		done
+	done
+done
+cat "$WORK/samples.tsv" >&2
+
+col() { # METHOD W DELAY FIELD
+	awk -F'\t' -v m="$1" -v w="$2" -v d="$3" -v f="$4" \
+		'$1 == m && $2 == w && $3 == d { print $f }' "$WORK/samples.tsv" | median
+}
+echo "| workload | added RTT | nixoci-fs cold | requests | fetched | with profile | requests | fetched | native cold |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for w in java python; do
+	for d in $DELAYS; do
+		p="—| — | —"
+		[ "$PROFILE" = 1 ] && p="$(col profile $w $d 5) s | $(col profile $w $d 6) | $(awk -v b="$(col profile $w $d 7)" 'BEGIN{printf "%.1f MiB", b/1048576}')"
+		echo "| $w | $d ms | $(col nixoci $w $d 5) s | $(col nixoci $w $d 6) | $(awk -v b="$(col nixoci $w $d 7)" 'BEGIN{printf "%.1f MiB", b/1048576}') | $p | $(col native $w 0 5) s |"
+	done
+done
+echo
+echo "medians of $RUNS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

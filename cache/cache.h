@@ -56,6 +56,9 @@ struct nx_source {
 	int (*get_blob)(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint64_t off, uint64_t len,
 			int (*cb)(void *cbctx, uint64_t off, const void *buf, size_t len),
 			void *cbctx);
+	/* optional (NULL: none): nx_registry_get_referrers */
+	int (*get_referrers)(void *ctx, const uint8_t digest[NX_SHA256_LEN], size_t cap,
+			     char **body, size_t *len);
 };
 
 struct nx_store_opts {
@@ -76,6 +79,12 @@ struct nx_store_opts {
 				    * bound */
 	const char *origin;        /* where tags resolve (the registry's
 				    * HOST/REPO); NULL = "" */
+	const char *profile;       /* closure mode: a startup profile to
+				    * prefetch at open (its name, or "auto":
+				    * the newest), or NULL */
+	const char *profile_record; /* write the frames read during the first
+				    * profile_seconds to this file at close */
+	int profile_seconds;       /* 0 = NX_PROFILE_SECONDS (60) */
 	int tag_ttl;               /* seconds a cached tag resolution is used
 				    * without asking @origin again: 0 = default
 				    * (NX_TAG_TTL_DEFAULT), NX_TAG_TTL_ZERO =

@@ -272,6 +272,13 @@ struct nx_store {
 	int rp_stop;
 	uint64_t rp_loaded; /* paths loaded by it (atomic) */
 
+	/* startup profiles (profile.c): the recorder, the prefetcher, and
+	 * the digest of the closure index (closure mode) they belong to */
+	struct nx_prec *prec;
+	struct nx_pfetch *pf;
+	int pf_stop; /* read without the lock by transfers */
+	uint8_t closure_digest[NX_SHA256_LEN];
+
 	/* offline gate (under st->lock) */
 	int offline;
 	int probing;
@@ -370,6 +377,22 @@ int nx_rp_in_worker(void);
  * closure index lists @base. */
 struct nx_spath *nx_spath_find_locked(struct nx_store *st, const char *base, size_t len);
 int nx_ix_has_locked(const struct nx_store *st, const char *base);
+/* profile.c: recording (nx_prec_note on every read: frames [first, last]
+ * of @p), prefetching a profile in closure mode, and stopping both (the
+ * recorder writes its file then). */
+#define NX_PROFILE_SECONDS 60
+#define NX_PF_THREADS 4
+#define NX_PF_GROUP 64
+int nx_prec_open(struct nx_store *st, const char *file, int seconds);
+void nx_prec_note(struct nx_store *st, const struct nx_spath *p, uint32_t first, uint32_t last);
+int nx_pfetch_start(struct nx_store *st, const char *name);
+void nx_profile_stop(struct nx_store *st);
+/* 1 when background walks (readahead, profile) are to give up. */
+static inline int nx_bg_stopped(const struct nx_store *st)
+{
+	return __atomic_load_n(&st->ra_stop, __ATOMIC_RELAXED) ||
+	       __atomic_load_n(&st->pf_stop, __ATOMIC_RELAXED);
+}
 /* readahead.c */
 void nx_ra_stop(struct nx_store *st);
 /* The retry shortcut (see struct nx_reader): 1 if a read of this reader's

@@ -182,7 +182,7 @@ static int run_cb(void *ctx, uint64_t off, const void *buf, size_t len)
 	nx_stat_add(&r->st->bytes_fetched, len);
 	if (r->done)
 		return NX_STOP;
-	if (r->ops->background && __atomic_load_n(&r->st->ra_stop, __ATOMIC_RELAXED)) {
+	if (r->ops->background && nx_bg_stopped(r->st)) {
 		r->err = -ECANCELED; /* shutting down: readahead is not worth waiting for */
 		return r->err;
 	}
@@ -315,7 +315,7 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 		struct nx_flight *fl;
 
 		if (ops->background) {
-			if (__atomic_load_n(&st->ra_stop, __ATOMIC_RELAXED))
+			if (nx_bg_stopped(st))
 				return -ECANCELED;
 			if (nx_chunk_known(st, fr[i].sha256)) {
 				/* cached: have the disk read it before the reader

@@ -163,6 +163,7 @@ static int load_closure(struct nx_store *st, const char *closure)
 			return -EIO;
 		}
 	}
+	memcpy(st->closure_digest, cached ? pin : got, NX_SHA256_LEN);
 	rc = nx_index_parse((const char *)body, len, &st->ix);
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "closure %s: not a nixoci closure index", closure);
@@ -257,6 +258,16 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		if (rc < 0)
 			goto fail;
 	}
+	if (o->profile_record) {
+		rc = nx_prec_open(st, o->profile_record, o->profile_seconds);
+		if (rc < 0)
+			goto fail;
+	}
+	if (o->profile) {
+		rc = nx_pfetch_start(st, o->profile);
+		if (rc < 0)
+			goto fail;
+	}
 	*out = st;
 	return 0;
 fail:
@@ -279,6 +290,7 @@ void nx_store_close(struct nx_store *st)
 		return;
 	/* first: reference prefetch and readahead workers use paths and the
 	 * cache (prefetch first: its lookups could queue readahead) */
+	nx_profile_stop(st); /* its workers look paths up and walk frames */
 	nx_rp_stop(st);
 	nx_ra_stop(st);
 	nx_files_close(st); /* its worker uses paths too */
@@ -1030,6 +1042,7 @@ int nx_store_read_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, ui
 		return -EAGAIN; /* a miss, or a chunk to be judged by the plain path */
 	if (rd)
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
+	nx_prec_note(st, p, first, last);
 	nx_stat_add(&st->cache_hits, 1);
 	*fdoff = a - f->uoff;
 	*got = (size_t)n;
@@ -1080,6 +1093,7 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 		return -EIO;
 	if (rd && nx_reader_failed(st, rd, p, entry))
 		return -EIO;
+	nx_prec_note(st, p, first, last);
 	/* before our own fetch, so the window's transfers overlap with it */
 	if (rd)
 		nx_ra_after_read(st, rd, p, entry, off, n, last);

@@ -581,4 +581,50 @@ int nx_pread_all(int fd, void *buf, size_t len, off_t off);
 /* Monotonic clock in nanoseconds. */
 uint64_t nx_now_ns(void);
 
+
+/* ------------------------------------------------- startup profiles (§7) */
+
+/*
+ * A startup profile: the frames a workload read first, in that order, as
+ * (store path base name, frame digest). Text: the line "nixoci-profile 1",
+ * then one line "<base> sha256:<hex>" per frame; at most
+ * NX_PROFILE_MAX_ENTRIES lines and NX_PROFILE_MAX_BYTES bytes. Pushed as
+ * an OCI artifact (artifactType NX_AT_PROFILE, one NX_MT_PROFILE layer,
+ * subject = the closure index, annotation NX_ANN_PROFILE_NAME = its name).
+ */
+#define NX_AT_PROFILE "application/vnd.nixoci.profile.v1"
+#define NX_MT_PROFILE "application/vnd.nixoci.profile.v1+text"
+#define NX_ANN_PROFILE_NAME "dev.nixoci.profile.name"
+#define NX_PROFILE_MAX_ENTRIES 65536u
+#define NX_PROFILE_MAX_BYTES (UINT64_C(24) << 20)
+struct nx_profile_ent {
+	char base[NX_BASE_MAX + 1];
+	uint8_t digest[NX_SHA256_LEN];
+};
+struct nx_profile {
+	struct nx_profile_ent *ents;
+	size_t n;
+};
+/* Strict parse; -EINVAL for anything else. *out: free with nx_profile_free. */
+int nx_profile_parse(const char *buf, size_t len, struct nx_profile **out);
+void nx_profile_free(struct nx_profile *pr);
+/* The first line, and one entry line into @out (bytes written, or
+ * -ENAMETOOLONG). */
+const char *nx_profile_magic(void);
+int nx_profile_line(const char *base, const uint8_t d[NX_SHA256_LEN], char *out, size_t cap);
+/* The artifact's manifest (deterministic JSON; caller frees *json), and its
+ * strict parse: the profile layer and the subject. */
+int nx_profile_manifest_build(const struct nx_desc *blob, const struct nx_desc *subject,
+			      const char *name, char **json, size_t *len);
+int nx_profile_manifest_parse(const char *json, size_t len, struct nx_desc *blob,
+			      struct nx_desc *subject);
+/* A referrers index (the referrers API's answer, or the tag fallback
+ * `sha256-<hex>`): the last profile listed, named @name (any when NULL);
+ * -ENOENT when there is none. nx_referrers_add: @json (NULL: a new index)
+ * with @m, a profile named @name, appended in place of one of that name;
+ * caller frees *out. */
+int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_desc *out);
+int nx_referrers_add(const char *json, size_t len, const struct nx_desc *m, const char *name,
+		     char **out, size_t *outlen);
+
 #endif

@@ -118,6 +118,19 @@ int nx_url_get(const char *url, const struct nx_get_opts *o, nx_blob_cb cb, void
 int nx_url_get_buf(const char *url, const struct nx_get_opts *o, size_t cap, char **body,
 		   size_t *len);
 
+/*
+ * GET /v2/<repo>/referrers/<digest> (OCI distribution 1.1): the image index
+ * of the manifests whose subject is @digest (caller frees *body). -ENOENT
+ * (logged at debug level) when the registry has no referrers API: the
+ * caller then reads the tag fallback `sha256-<hex>` with
+ * nx_registry_get_manifest. Same signature as struct nx_source's
+ * get_referrers, with @r as its ctx (nx_registry_source_referrers).
+ */
+int nx_registry_get_referrers(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+			      size_t cap, char **body, size_t *len);
+int nx_registry_source_referrers(void *ctx, const uint8_t digest[NX_SHA256_LEN], size_t cap,
+				 char **body, size_t *len);
+
 /* HEAD a blob: *exists = 1 on 200, 0 on 404. */
 int nx_registry_blob_exists(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
 			    int *exists);

@@ -731,6 +731,44 @@ int nx_registry_source_blob(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint
 	return nx_registry_get_blob(ctx, digest, off, len, cb, cbctx);
 }
 
+int nx_registry_get_referrers(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+			      size_t cap, char **body, size_t *len)
+{
+	struct nx_req q = { 0 };
+	char d[NX_DIGEST_STRLEN], what[120], *url;
+	int rc;
+
+	*body = NULL;
+	*len = 0;
+	nx_digest_format(digest, d);
+	url = repo_url(r, "referrers/", d);
+	if (!url)
+		return -ENOMEM;
+	snprintf(what, sizeof(what), "referrers of %s", d);
+	q.method = "GET";
+	q.url = url;
+	q.what = what;
+	q.accept = "application/vnd.oci.image.index.v1+json";
+	/* a registry without the API (distribution 2.8) answers 404 */
+	q.flags = NX_REQ_FOLLOW | NX_REQ_QUIET_404;
+	q.cap = cap ? cap : NX_INDEX_MAX;
+	rc = nx_http_do(r, &q);
+	if (rc == 0) {
+		*body = q.body;
+		*len = q.body_len;
+		q.body = NULL;
+	}
+	nx_req_release(&q);
+	free(url);
+	return rc;
+}
+
+int nx_registry_source_referrers(void *ctx, const uint8_t digest[NX_SHA256_LEN], size_t cap,
+				 char **body, size_t *len)
+{
+	return nx_registry_get_referrers(ctx, digest, cap, body, len);
+}
+
 int nx_registry_public_blob_url(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
 				char **url)
 {

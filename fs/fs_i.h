@@ -116,6 +116,9 @@ struct nx_fs_opts {
 	int nonempty;
 	char *log;     /* log=FILE */
 	char *metrics; /* metrics=FILE */
+	char *profile;        /* profile=NAME|auto */
+	char *profile_record; /* profile_record=FILE */
+	char *profile_secs;   /* profile_seconds=N */
 	int bad_arg;
 	struct fuse_cmdline_opts fo; /* libfuse's -f -d -s -h -V ... */
 
@@ -128,6 +131,7 @@ struct nx_fs_opts {
 	int readahead_frames;  /* 0: the store's default; -1: off */
 	int lookup_per_s;      /* 0: the store's default; -1: no bound */
 	int pt_mode;           /* NX_PT_AUTO (default) or NX_PT_OFF */
+	int profile_seconds;   /* 0: the store's default */
 	struct nx_pubkey *pubkeys;
 	size_t npubkeys;
 };

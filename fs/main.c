@@ -285,6 +285,10 @@ int main(int argc, char *argv[])
 	src.ctx = fs.reg;
 	src.get_manifest = nx_registry_source_manifest;
 	src.get_blob = nx_registry_source_blob;
+	src.get_referrers = nx_registry_source_referrers;
+	so.profile = o.profile;
+	so.profile_record = o.profile_record;
+	so.profile_seconds = o.profile_seconds;
 	r = nx_store_open(&fs.st, &so, &src);
 	if (r < 0) {
 		nx_log(NX_LOG_ERR, "cannot open the store of %s (cache %s): %s", o.ref,

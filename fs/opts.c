@@ -33,6 +33,9 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("nonempty", nonempty),
 	OPT("log=%s", log),
 	OPT("metrics=%s", metrics),
+	OPT("profile=%s", profile),
+	OPT("profile_record=%s", profile_record),
+	OPT("profile_seconds=%s", profile_secs),
 	FUSE_OPT_KEY("trusted-public-keys=", KEY_KEYS),
 	FUSE_OPT_KEY("mirror=", KEY_MIRROR),
 	FUSE_OPT_END,
@@ -77,6 +80,11 @@ void nx_fs_usage(FILE *f)
 		"    -o metrics=FILE            write Prometheus metrics to FILE every 15 s (for\n"
 		"                               node_exporter's textfile collector)\n"
 		"    -o nonempty                mount over a non-empty directory (hiding it)\n"
+		"    -o profile=NAME|auto       with closure=: prefetch the startup profile NAME\n"
+		"                               pushed for the closure (auto: the newest) at mount\n"
+		"    -o profile_record=FILE     write the frames read during the first\n"
+		"                               profile_seconds (default 60) to FILE at unmount,\n"
+		"                               for nixoci profile push\n"
 		"Always mounted ro,nosuid,nodev,default_permissions; the source is REGISTRY/REPO,\n"
 		"the type fuse.nixoci-fs. rw is refused; mount(8)'s _netdev, nofail, noauto,\n"
 		"x-* are ignored. Exit status: 0 ok, 1 error, 2 usage error.\n"
@@ -117,7 +125,7 @@ static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help",
 static const char *const ours[] = {
 	"cache=", "cache_size=", "closure=", "timeout=", "tag_ttl=", "readahead=", "lookup_rate=",
 	"cafile=", "insecure", "debug", "nonempty", "log=", "metrics=", "trusted-public-keys=",
-	"mirror=", "passthrough=",
+	"mirror=", "passthrough=", "profile=", "profile_record=", "profile_seconds=",
 };
 
 /* Options of fstab and mount(8) that mean nothing to the file system
@@ -357,6 +365,7 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 
 	if (make_absolute("cache", &o->cache) < 0 || make_absolute("cafile", &o->cafile) < 0 ||
 	    make_absolute("log", &o->log) < 0 || make_absolute("metrics", &o->metrics) < 0 ||
+	    make_absolute("profile_record", &o->profile_record) < 0 ||
 	    make_absolute("mountpoint", &o->mountpoint) < 0)
 		return -EINVAL;
 	if (o->mountpoint) {
@@ -439,6 +448,25 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		       o->closure);
 		return -EINVAL;
 	}
+	if (o->profile && (!o->closure || !o->profile[0] || strlen(o->profile) > 128)) {
+		nx_log(NX_LOG_ERR, "bad option profile=%s: %s", o->profile,
+		       o->closure ? "expected a profile name or auto" :
+				    "a profile belongs to a closure: give closure=NAME too");
+		return -EINVAL;
+	}
+	if (o->profile_secs) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(o->profile_secs, &end, 10);
+		if (errno || end == o->profile_secs || *end || v < 1 || v > 86400) {
+			nx_log(NX_LOG_ERR, "bad option profile_seconds=%s: expected whole seconds "
+			       "from 1 to 86400", o->profile_secs);
+			return -EINVAL;
+		}
+		o->profile_seconds = (int)v;
+	}
 	if (o->keys) {
 		r = nx_pubkeys_parse(o->keys, &o->pubkeys, &o->npubkeys);
 		if (r < 0 || o->npubkeys == 0) {
@@ -488,6 +516,9 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->cafile);
 	free(o->log);
 	free(o->metrics);
+	free(o->profile);
+	free(o->profile_record);
+	free(o->profile_secs);
 	free(o->passthrough);
 	free(o->insecure_host);
 	free(o->keys);

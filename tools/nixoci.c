@@ -32,6 +32,7 @@ static const char usage_main[] =
 	"  cat REF PATH[/SUB]        print a file of a store path\n"
 	"  prefetch --cache DIR REF PATH...   fill a cache with the closure of PATHs\n"
 	"  stats MOUNTPOINT          print the counters of a nixoci-fs mount\n"
+	"  profile push REF CLOSURE FILE   publish a startup profile for a closure\n"
 	"\n"
 	"common options:\n"
 	"  --cafile FILE             extra CA bundle for TLS\n"
@@ -297,6 +298,7 @@ static const struct {
 	{ "cat", nx_cmd_cat, 1 },     { "prefetch", nx_cmd_prefetch, 1 },
 	{ "stats", nx_cmd_stats, 0 },  { "import", nx_cmd_import, 1 },
 	{ "serve", nx_cmd_serve, 1 },  { "register", nx_cmd_register, 1 },
+	{ "profile", nx_cmd_profile, 1 },
 };
 
 int main(int argc, char **argv)

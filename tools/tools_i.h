@@ -212,5 +212,6 @@ int nx_cmd_stats(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_import(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_serve(struct nx_cli *cli, int argc, char **argv);
 int nx_cmd_register(struct nx_cli *cli, int argc, char **argv);
+int nx_cmd_profile(struct nx_cli *cli, int argc, char **argv);
 
 #endif

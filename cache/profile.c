@@ -1,0 +1,556 @@
+/*
+ * cache/profile.c: startup profiles (docs/format.md §7), recorded and
+ * applied.
+ *
+ * Recording (nx_store_opts.profile_record): every read through the store
+ * notes the frames it covers, once each, in the order they were first
+ * asked for, during the first profile_seconds; the list is written to the
+ * file (tmp + rename) when the store closes. Cheap on the read path: one
+ * clock read after the window, a mutex and a hash probe per frame inside.
+ *
+ * Applying (nx_store_opts.profile): a thread finds the profile among the
+ * referrers of the closure index (the referrers API when the source has
+ * one, else the distribution spec's tag `sha256-<hex>`), fetches its
+ * manifest and blob (each checked against its digest, the manifest's
+ * subject against the closure index), and hands the entries to
+ * NX_PF_THREADS workers. They take groups of entries of one store path in
+ * profile order, look the path up (through the closure: a name the closure
+ * does not list is skipped), find each digest in that path's verified TOC
+ * (a digest it does not list is skipped: that is how a profile of another
+ * closure, or a stale one, does nothing), and fetch runs of adjacent
+ * frames with the background walk: frames cached or in flight are skipped,
+ * the rest claimed like a read's, each verified against the TOC before it
+ * is cached. A read that arrives meanwhile needs no turn: it fetches what
+ * is not claimed itself, and waits only for a frame already on its way.
+ * Everything the profile did is one log line at the end; a profile that is
+ * missing, stale or malformed is one log line and nothing else.
+ * nx_profile_stop (at close) stops the workers at the next frame or
+ * buffer and joins every thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cache/cache_i.h"
+
+/* ------------------------------------------------------------ recording */
+
+struct nx_prec {
+	pthread_mutex_t lock;
+	char *file;
+	uint64_t until_ns;
+	uint8_t (*set)[NX_SHA256_LEN]; /* open addressing, 2 * MAX slots */
+	uint8_t *used;
+	size_t setcap;
+	struct nx_profile_ent *ents;
+	size_t n, cap;
+	int full;
+};
+
+static size_t slot_of(const uint8_t d[NX_SHA256_LEN], size_t cap)
+{
+	uint64_t h;
+
+	memcpy(&h, d, sizeof(h)); /* a SHA-256: its bytes are uniform */
+	return (size_t)(h % cap);
+}
+
+int nx_prec_open(struct nx_store *st, const char *file, int seconds)
+{
+	struct nx_prec *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return -ENOMEM;
+	r->file = strdup(file);
+	r->setcap = 2 * (size_t)NX_PROFILE_MAX_ENTRIES;
+	r->set = calloc(r->setcap, sizeof(*r->set));
+	r->used = calloc(r->setcap, 1);
+	if (!r->file || !r->set || !r->used) {
+		free(r->file);
+		free(r->set);
+		free(r->used);
+		free(r);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&r->lock, NULL);
+	r->until_ns = nx_now_ns() + (uint64_t)(seconds > 0 ? seconds : NX_PROFILE_SECONDS) *
+					    NX_NS_PER_S;
+	st->prec = r;
+	return 0;
+}
+
+void nx_prec_note(struct nx_store *st, const struct nx_spath *p, uint32_t first, uint32_t last)
+{
+	struct nx_prec *r = st->prec;
+
+	if (!r || nx_now_ns() > r->until_ns)
+		return;
+	pthread_mutex_lock(&r->lock);
+	for (uint32_t i = first; i <= last && i < p->toc->nframes && !r->full; i++) {
+		const uint8_t *d = p->toc->frames[i].sha256;
+		size_t s = slot_of(d, r->setcap);
+
+		while (r->used[s] && memcmp(r->set[s], d, NX_SHA256_LEN) != 0)
+			s = (s + 1) % r->setcap;
+		if (r->used[s])
+			continue; /* noted already */
+		if (r->n == NX_PROFILE_MAX_ENTRIES) {
+			r->full = 1; /* the first frames are the ones that matter */
+			break;
+		}
+		if (r->n == r->cap) {
+			size_t nc = r->cap ? 2 * r->cap : 256;
+			struct nx_profile_ent *ne = realloc(r->ents, nc * sizeof(*ne));
+
+			if (!ne)
+				break;
+			r->ents = ne;
+			r->cap = nc;
+		}
+		r->used[s] = 1;
+		memcpy(r->set[s], d, NX_SHA256_LEN);
+		memcpy(r->ents[r->n].digest, d, NX_SHA256_LEN);
+		memcpy(r->ents[r->n].base, p->base, p->base_len + 1);
+		r->n++;
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+static int prec_write(struct nx_prec *r)
+{
+	char *tmp = NULL, line[NX_BASE_MAX + NX_DIGEST_STRLEN + 4];
+	int fd, rc = 0, n;
+
+	if (asprintf(&tmp, "%s.tmp", r->file) < 0)
+		return -ENOMEM;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		rc = -errno;
+		goto out;
+	}
+	rc = nx_write_all(fd, nx_profile_magic(), strlen(nx_profile_magic()));
+	for (size_t i = 0; rc == 0 && i < r->n; i++) {
+		n = nx_profile_line(r->ents[i].base, r->ents[i].digest, line, sizeof(line));
+		rc = n < 0 ? n : nx_write_all(fd, line, (size_t)n);
+	}
+	if (rc == 0 && fsync(fd) < 0)
+		rc = -errno;
+	if (close(fd) < 0 && rc == 0)
+		rc = -errno;
+	if (rc == 0 && rename(tmp, r->file) < 0)
+		rc = -errno;
+	if (rc < 0)
+		unlink(tmp);
+out:
+	free(tmp);
+	return rc;
+}
+
+static void prec_close(struct nx_store *st)
+{
+	struct nx_prec *r = st->prec;
+	int rc;
+
+	if (!r)
+		return;
+	st->prec = NULL;
+	rc = prec_write(r);
+	if (rc < 0)
+		nx_log(NX_LOG_ERR, "profile %s: cannot write it: %s", r->file, strerror(-rc));
+	else
+		nx_log(NX_LOG_INFO, "profile %s: %zu frames recorded%s", r->file, r->n,
+		       r->full ? " (the most a profile holds)" : "");
+	pthread_mutex_destroy(&r->lock);
+	free(r->ents);
+	free(r->set);
+	free(r->used);
+	free(r->file);
+	free(r);
+}
+
+/* ---------------------------------------------------------- applying it */
+
+struct nx_pf_run {
+	struct nx_spath *p;
+	uint32_t first, last;
+};
+
+struct nx_pfetch {
+	struct nx_store *st;
+	char *name; /* NULL: auto */
+	pthread_t main;
+	int main_started;
+	struct nx_profile *pr;
+	pthread_t workers[NX_PF_THREADS];
+	unsigned nworkers;
+	size_t foreign;  /* entries not in this closure's TOCs (coordinator) */
+	uint64_t t0;
+	/* the plan, under st->lock: runs in profile order, the first not yet
+	 * taken by a worker, and whether the coordinator has finished */
+	pthread_cond_t cond;
+	struct nx_pf_run *runv;
+	size_t nruns, runcap, taken;
+	int planned;
+};
+
+static const char *pf_name(const struct nx_pfetch *pf)
+{
+	return pf->name ? pf->name : "auto";
+}
+
+static int pf_stopped(const struct nx_store *st)
+{
+	return __atomic_load_n(&st->pf_stop, __ATOMIC_RELAXED);
+}
+
+struct pcollect {
+	uint8_t *buf;
+	uint64_t size, got;
+};
+
+static int pcollect_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct pcollect *c = ctx;
+
+	if (off > c->got)
+		return -EIO;
+	if (off + len <= c->got)
+		return 0;
+	buf = (const uint8_t *)buf + (c->got - off);
+	len -= (size_t)(c->got - off);
+	if (len > c->size - c->got)
+		return -EIO;
+	memcpy(c->buf + c->got, buf, len);
+	c->got += len;
+	return 0;
+}
+
+/* Finds, fetches and checks the profile; 0 with pf->pr, or -ENOENT / -EIO
+ * after its one log line. */
+static int pf_resolve(struct nx_pfetch *pf)
+{
+	struct nx_store *st = pf->st;
+	char *body = NULL, ref[NX_DIGEST_STRLEN + 8], cd[NX_DIGEST_STRLEN];
+	struct nx_desc m, blob, subject;
+	struct pcollect c = { 0 };
+	uint8_t got[NX_SHA256_LEN];
+	size_t len = 0;
+	int rc = -ENOENT;
+
+	nx_digest_format(st->closure_digest, cd);
+	if (st->src.get_referrers)
+		rc = st->src.get_referrers(st->src.ctx, st->closure_digest, NX_INDEX_MAX, &body,
+					   &len);
+	if (rc == 0)
+		rc = nx_referrers_pick(body, len, pf->name, &m);
+	if (rc < 0 && !pf_stopped(st)) {
+		/* no referrers API (a 404) or nothing there: the tag scheme */
+		free(body);
+		body = NULL;
+		snprintf(ref, sizeof(ref), "sha256-%s", cd + 7);
+		rc = st->src.get_manifest(st->src.ctx, ref, NX_INDEX_MAX, &body, &len, got);
+		if (rc == 0)
+			rc = nx_referrers_pick(body, len, pf->name, &m);
+	}
+	free(body);
+	body = NULL;
+	if (rc < 0) {
+		nx_log(NX_LOG_NOTICE, "profile %s: %s for closure %s; mounted without one",
+		       pf_name(pf), rc == -ENOENT ? "none found" : "the referrers could not be read",
+		       cd);
+		return rc;
+	}
+	nx_digest_format(m.digest, ref);
+	rc = m.size > NX_MANIFEST_MAX ? -EINVAL :
+		st->src.get_manifest(st->src.ctx, ref, NX_MANIFEST_MAX, &body, &len, got);
+	if (rc == 0)
+		rc = nx_profile_manifest_parse(body, len, &blob, &subject);
+	free(body);
+	if (rc == 0 && memcmp(subject.digest, st->closure_digest, NX_SHA256_LEN) != 0) {
+		nx_log(NX_LOG_NOTICE, "profile %s (%s): made for another closure; ignored",
+		       pf_name(pf), ref);
+		return -ENOENT;
+	}
+	if (rc == 0 && blob.size > 0) {
+		c.size = blob.size;
+		c.buf = malloc(blob.size);
+		rc = c.buf ? st->src.get_blob(st->src.ctx, blob.digest, 0, blob.size, pcollect_cb,
+					      &c) :
+			     -ENOMEM;
+		if (rc == 0) {
+			nx_sha256(c.buf, c.got, got);
+			if (c.got != blob.size || memcmp(got, blob.digest, NX_SHA256_LEN) != 0)
+				rc = -EBADMSG;
+		}
+		if (rc == 0)
+			rc = nx_profile_parse((const char *)c.buf, c.got, &pf->pr);
+		free(c.buf);
+	} else if (rc == 0) {
+		rc = -EINVAL;
+	}
+	if (rc < 0) {
+		nx_log(NX_LOG_NOTICE, "profile %s (%s): %s; ignored", pf_name(pf), ref,
+		       rc == -EINVAL	? "not a valid profile" :
+		       rc == -EBADMSG ? "its blob does not match its digest" :
+					"could not be fetched");
+		return rc;
+	}
+	return 0;
+}
+
+/* Frame indexes of @p sorted by digest, for the lookups of one group. */
+struct fmap {
+	const struct nx_spath *p;
+	uint32_t *idx;
+	uint32_t n;
+};
+
+static const struct nx_toc *cmp_toc;
+
+static int cmp_frame(const void *a, const void *b)
+{
+	return memcmp(cmp_toc->frames[*(const uint32_t *)a].sha256,
+		      cmp_toc->frames[*(const uint32_t *)b].sha256, NX_SHA256_LEN);
+}
+
+static pthread_mutex_t cmp_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fmap_build(struct fmap *m, const struct nx_spath *p)
+{
+	const struct nx_toc *toc = p->toc;
+
+	if (m->p == p)
+		return 0;
+	free(m->idx);
+	m->p = NULL;
+	m->n = toc->nframes;
+	m->idx = malloc((m->n ? m->n : 1) * sizeof(*m->idx));
+	if (!m->idx)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < m->n; i++)
+		m->idx[i] = i;
+	/* qsort has no context argument; the lock is held for one sort */
+	pthread_mutex_lock(&cmp_lock);
+	cmp_toc = toc;
+	qsort(m->idx, m->n, sizeof(*m->idx), cmp_frame);
+	pthread_mutex_unlock(&cmp_lock);
+	m->p = p;
+	return 0;
+}
+
+static int64_t fmap_find(const struct fmap *m, const uint8_t d[NX_SHA256_LEN])
+{
+	const struct nx_toc *toc = m->p->toc;
+	uint32_t lo = 0, hi = m->n;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		int c = memcmp(toc->frames[m->idx[mid]].sha256, d, NX_SHA256_LEN);
+
+		if (c == 0)
+			return m->idx[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+/* The coordinator's work, in profile order: groups of entries of one
+ * path become runs of adjacent frames (sorted inside a group: they are
+ * needed at about the same moment, and adjacent ones cost one request). */
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int pf_add_run(struct nx_pfetch *pf, struct nx_spath *p, uint32_t first, uint32_t last)
+{
+	struct nx_store *st = pf->st;
+	int rc = 0;
+
+	pthread_mutex_lock(&st->lock);
+	if (pf->nruns == pf->runcap) {
+		size_t nc = pf->runcap ? 2 * pf->runcap : 64;
+		struct nx_pf_run *nr = realloc(pf->runv, nc * sizeof(*nr));
+
+		if (!nr) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		pf->runv = nr;
+		pf->runcap = nc;
+	}
+	pf->runv[pf->nruns++] = (struct nx_pf_run){ p, first, last };
+	pthread_cond_broadcast(&pf->cond);
+out:
+	pthread_mutex_unlock(&st->lock);
+	return rc;
+}
+
+static void pf_plan(struct nx_pfetch *pf)
+{
+	struct nx_store *st = pf->st;
+	const struct nx_profile *pr = pf->pr;
+	struct fmap m = { 0 };
+	uint32_t *idx = malloc(NX_PF_GROUP * sizeof(*idx));
+	size_t a = 0, b;
+
+	while (idx && a < pr->n && !pf_stopped(st)) {
+		struct nx_spath *p = NULL;
+		size_t k = 0;
+
+		for (b = a; b < pr->n && b - a < NX_PF_GROUP &&
+			    strcmp(pr->ents[b].base, pr->ents[a].base) == 0;
+		     b++)
+			;
+		if (nx_store_lookup(st, pr->ents[a].base, strlen(pr->ents[a].base), &p) < 0 ||
+		    fmap_build(&m, p) < 0) {
+			pf->foreign += b - a; /* not in this closure (or cannot load) */
+			a = b;
+			continue;
+		}
+		for (size_t i = a; i < b; i++) {
+			int64_t f = fmap_find(&m, pr->ents[i].digest);
+
+			if (f < 0)
+				pf->foreign++;
+			else
+				idx[k++] = (uint32_t)f;
+		}
+		qsort(idx, k, sizeof(*idx), cmp_u32);
+		for (size_t i = 0; i < k;) {
+			size_t j = i + 1;
+
+			while (j < k && idx[j] <= idx[j - 1] + 1)
+				j++;
+			if (pf_add_run(pf, p, idx[i], idx[j - 1]) < 0)
+				goto out;
+			i = j;
+		}
+		a = b;
+	}
+out:
+	free(idx);
+	free(m.idx);
+	pthread_mutex_lock(&st->lock);
+	pf->planned = 1;
+	pthread_cond_broadcast(&pf->cond);
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void *pf_worker(void *arg)
+{
+	struct nx_pfetch *pf = arg;
+	struct nx_store *st = pf->st;
+	const struct nx_walk_ops ops = { .background = 1 };
+
+	for (;;) {
+		struct nx_pf_run r;
+
+		pthread_mutex_lock(&st->lock);
+		while (pf->taken == pf->nruns && !pf->planned && !pf_stopped(st))
+			pthread_cond_wait(&pf->cond, &st->lock);
+		if (pf->taken == pf->nruns || pf_stopped(st)) {
+			pthread_mutex_unlock(&st->lock);
+			break;
+		}
+		r = pf->runv[pf->taken++];
+		pthread_mutex_unlock(&st->lock);
+		/* cached and in-flight frames cost nothing; a failure was
+		 * logged by the walk (at most debug level for a background one
+		 * unless a frame failed to verify) */
+		nx_frames_walk(st, r.p, r.first, r.last, NX_BATCH_BYTES, &ops, NULL);
+	}
+	return NULL;
+}
+
+static void *pf_main(void *arg)
+{
+	struct nx_pfetch *pf = arg;
+	struct nx_store *st = pf->st;
+	uint64_t f0 = nx_stat_get(&st->frames_fetched);
+	unsigned n = 0;
+
+	pthread_setname_np(pthread_self(), "nx-profile");
+	if (pf_resolve(pf) < 0)
+		return NULL;
+	for (; n < NX_PF_THREADS && !pf_stopped(st); n++)
+		if (pthread_create(&pf->workers[n], NULL, pf_worker, pf) != 0)
+			break;
+	pf_plan(pf);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(pf->workers[i], NULL);
+	if (pf_stopped(st)) {
+		nx_log(NX_LOG_DEBUG, "profile %s: stopped at unmount", pf_name(pf));
+	} else if (pf->foreign == pf->pr->n) {
+		nx_log(NX_LOG_NOTICE,
+		       "profile %s: none of its %zu frames is in this closure's store paths; "
+		       "ignored", pf_name(pf), pf->pr->n);
+	} else {
+		nx_log(NX_LOG_INFO,
+		       "profile %s: %zu frames listed, %zu not in this closure (skipped), %zu "
+		       "runs walked in %.2f s; %llu frames fetched meanwhile", pf_name(pf),
+		       pf->pr->n, pf->foreign, pf->nruns,
+		       (double)(nx_now_ns() - pf->t0) / NX_NS_PER_S,
+		       (unsigned long long)(nx_stat_get(&st->frames_fetched) - f0));
+	}
+	return NULL;
+}
+
+int nx_pfetch_start(struct nx_store *st, const char *name)
+{
+	struct nx_pfetch *pf;
+
+	if (!st->closure_mode) {
+		nx_log(NX_LOG_ERR, "profile=%s needs a closure mount (closure=NAME): a profile "
+		       "belongs to a closure", name);
+		return -EINVAL;
+	}
+	pf = calloc(1, sizeof(*pf));
+	if (!pf)
+		return -ENOMEM;
+	pf->st = st;
+	pf->t0 = nx_now_ns();
+	pthread_cond_init(&pf->cond, NULL);
+	if (strcmp(name, "auto") != 0 && !(pf->name = strdup(name))) {
+		free(pf);
+		return -ENOMEM;
+	}
+	if (pthread_create(&pf->main, NULL, pf_main, pf) != 0) {
+		pthread_cond_destroy(&pf->cond);
+		free(pf->name);
+		free(pf);
+		return -EAGAIN;
+	}
+	pf->main_started = 1;
+	st->pf = pf;
+	return 0;
+}
+
+void nx_profile_stop(struct nx_store *st)
+{
+	struct nx_pfetch *pf = st->pf;
+
+	__atomic_store_n(&st->pf_stop, 1, __ATOMIC_RELAXED);
+	if (pf) {
+		pthread_mutex_lock(&st->lock);
+		pthread_cond_broadcast(&pf->cond); /* idle workers see the stop */
+		pthread_mutex_unlock(&st->lock);
+		if (pf->main_started)
+			pthread_join(pf->main, NULL);
+		st->pf = NULL;
+		pthread_cond_destroy(&pf->cond);
+		free(pf->runv);
+		nx_profile_free(pf->pr);
+		free(pf->name);
+		free(pf);
+	}
+	prec_close(st);
+}

@@ -60,7 +60,7 @@ FUZZ_SECONDS ?= 60
 FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
-.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-session fuzz analyze
+.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-cold bench-session fuzz analyze
 all: $(BINS)
 	@ln -sfn $(O)/bin bin
 
@@ -166,12 +166,18 @@ bench: all
 	bench/run.sh $(O)
 	bench/session.sh $(O)
 	bench/import.sh $(O)
+	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
 	NIXOCI_LOAD_SECONDS=$${NIXOCI_LOAD_SECONDS:-300} PATH=$(O)/bin:$$PATH \
 		bash tests/integ/t0420-load.t -v
 
 # make bench-import: only the Nix interop part (import, push, nix copy, serve)
 bench-import: all
 	bench/import.sh $(O)
+
+# make bench-cold: cold java and CPython starts at 0 and 40 ms added RTT,
+# with and without a startup profile (~10 min after make bench built the closure)
+bench-cold: all
+	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
 
 # make bench-session: only the session layer's part of make bench (~10 min)
 bench-session: all

@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/cold-rtt.sh [O]: cold starts of `java -version` and the CPython
 # imports over a link with added round-trip time, with and without a
-# startup profile (docs/format.md §7), against the native store.
+# startup profile (docs/format.md §5.2), against the native store.
 #
 # The closure is the one `make bench` builds (bench/closure, kept in
 # $BENCH_WORK/closure; built here the same way when it is missing); only the

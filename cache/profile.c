@@ -1,5 +1,5 @@
 /*
- * cache/profile.c: startup profiles (docs/format.md §7), recorded and
+ * cache/profile.c: startup profiles (docs/format.md §5.2), recorded and
  * applied.
  *
  * Recording (nx_store_opts.profile_record): every read through the store

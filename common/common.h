@@ -582,7 +582,7 @@ int nx_pread_all(int fd, void *buf, size_t len, off_t off);
 uint64_t nx_now_ns(void);
 
 
-/* ------------------------------------------------- startup profiles (§7) */
+/* ------------------------------------------------- startup profiles (format.md §5.2) */
 
 /*
  * A startup profile: the frames a workload read first, in that order, as

@@ -1,5 +1,5 @@
 /*
- * common/profile.c: startup profiles (docs/format.md §7). The profile text
+ * common/profile.c: startup profiles (docs/format.md §5.2). The profile text
  * (which frames a workload read first, in order), the OCI artifact that
  * carries it (an image manifest whose subject is the closure index), and
  * the referrers index of the distribution spec's tag fallback
@@ -114,16 +114,12 @@ static json_t *desc(const char *mt, const struct nx_desc *d)
 int nx_profile_manifest_build(const struct nx_desc *blob, const struct nx_desc *subject,
 			      const char *name, char **json, size_t *len)
 {
-	static const uint8_t empty_digest[NX_SHA256_LEN] = {
-		0x44, 0x13, 0x6f, 0xa3, 0x55, 0xb3, 0x67, 0x8a, 0x11, 0x46, 0xad,
-		0x16, 0xf7, 0xe8, 0x64, 0x9e, 0x94, 0xfb, 0x4f, 0xc2, 0x1f, 0xe7,
-		0x7e, 0x83, 0x10, 0xc0, 0x60, 0xf6, 0x1c, 0xaa, 0xff, 0x8a,
-	};
 	struct nx_desc empty = { .size = 2 };
 	json_t *root;
 	char *s;
 
-	memcpy(empty.digest, empty_digest, NX_SHA256_LEN);
+	if (nx_digest_parse(NX_EMPTY_DIGEST, empty.digest) < 0)
+		return -EINVAL;
 	root = json_pack("{s:i,s:s,s:s,s:o,s:[o],s:o,s:{s:s}}", "schemaVersion", 2, "mediaType",
 			 NX_MT_MANIFEST, "artifactType", NX_AT_PROFILE, "config",
 			 desc(NX_MT_EMPTY, &empty), "layers", desc(NX_MT_PROFILE, blob),

@@ -1,6 +1,6 @@
 /*
  * tools/profile.c: `nixoci profile push` publishes a startup profile
- * (docs/format.md §7) that a nixoci-fs mount recorded with
+ * (docs/format.md §5.2) that a nixoci-fs mount recorded with
  * -o profile_record=FILE, as an OCI artifact whose subject is the closure
  * index, and lists it where a mount with -o profile= looks: the registry's
  * referrers API when it has one, else the distribution spec's tag fallback
@@ -104,7 +104,7 @@ static int profile_push(struct nx_registry *reg, const char *closure, const char
 	}
 	rc = nx_profile_parse(buf, len, &pr);
 	if (rc < 0) {
-		nx_log(NX_LOG_ERR, "profile %s: not a nixoci profile (format.md §7); record one "
+		nx_log(NX_LOG_ERR, "profile %s: not a nixoci profile (format.md §5.2); record one "
 		       "with nixoci-fs -o profile_record=FILE", file);
 		goto out;
 	}

@@ -305,6 +305,13 @@ int nx_jwt_grants(const char *tok, const char *repo, const char *action)
 
 /* ------------------------------------------------------------ helpers */
 
+static const struct nx_helper_runner *helper_runner;
+
+void nx_cred_helper_set_runner(const struct nx_helper_runner *r)
+{
+	helper_runner = r;
+}
+
 int nx_cred_helper_get(const char *helper, const char *server, char **user, char **secret)
 {
 	char prog[128], *argv[3], *out = NULL;
@@ -314,7 +321,8 @@ int nx_cred_helper_get(const char *helper, const char *server, char **user, char
 	uint64_t deadline = nx_now_ns() + (uint64_t)NX_HELPER_TIMEOUT_MS * 1000000ull;
 	json_t *j = NULL;
 	const char *u, *s;
-	pid_t pid;
+	pid_t pid = -1;
+	long handle = 0;
 
 	*user = *secret = NULL;
 	/* the name comes from a config file: it must stay a program name */
@@ -348,7 +356,10 @@ int nx_cred_helper_get(const char *helper, const char *server, char **user, char
 	 * descriptor some library opened without close-on-exec (every one of
 	 * ours has it: the cache's files, sockets, pipes) */
 	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-	rc = posix_spawnp(&pid, prog, &fa, NULL, argv, environ);
+	if (helper_runner)
+		rc = helper_runner->start(prog, in_sv[1], out_p[1], &handle);
+	else
+		rc = posix_spawnp(&pid, prog, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	close(in_sv[1]);
 	close(out_p[1]);
@@ -403,10 +414,15 @@ int nx_cred_helper_get(const char *helper, const char *server, char **user, char
 		}
 	}
 	out[len] = 0;
-	if (rc < 0)
-		kill(pid, SIGKILL);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	if (helper_runner) {
+		if (helper_runner->finish(handle, rc < 0, &status) < 0)
+			status = 1 << 8; /* the runner lost it: as an exit status of 1 */
+	} else {
+		if (rc < 0)
+			kill(pid, SIGKILL);
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+	}
 	if (rc == -ETIMEDOUT) {
 		nx_log(NX_LOG_ERR, "credential helper %s: no answer within %d s", prog,
 		       NX_HELPER_TIMEOUT_MS / 1000);

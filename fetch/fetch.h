@@ -40,6 +40,27 @@ void nx_fetch_global_cleanup(void);
  */
 void nx_fetch_cancel_all(void);
 
+/*
+ * How credential helpers (docker-credential-NAME get) are started. Without
+ * a runner, by posix_spawnp in this process. A sandboxed daemon installs
+ * one (fs/privs.c) that has a process outside its sandbox start them, so a
+ * helper may write its own state wherever it keeps it.
+ *  - start: runs @prog (a bare name, looked up in PATH) with the argument
+ *    "get", @fd0 as its stdin, @fd1 as its stdout, /dev/null as its stderr
+ *    and no other descriptor. 0 and *handle, or a positive errno as
+ *    posix_spawnp returns it (ENOENT, EACCES: not found in PATH). The
+ *    caller keeps and closes @fd0 and @fd1.
+ *  - finish: kills it first when @kill, waits for it, stores its wait
+ *    status (as waitpid's) and releases @handle. 0 or a negative errno.
+ * Both are called from any thread. Set once, before any registry is opened;
+ * @r must outlive every registry (NULL: back to posix_spawnp).
+ */
+struct nx_helper_runner {
+	int (*start)(const char *prog, int fd0, int fd1, long *handle);
+	int (*finish)(long handle, int kill, int *status);
+};
+void nx_cred_helper_set_runner(const struct nx_helper_runner *r);
+
 struct nx_regopts {
 	const char *cafile;     /* extra CA bundle, or NULL */
 	int timeout_s;          /* per-request deadline; 0 = default 30 */

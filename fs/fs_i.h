@@ -105,6 +105,7 @@ struct nx_fs_opts {
 	char *lookup_rate;
 	char *cafile;
 	char *passthrough;
+	char *sandbox;
 	int insecure;
 	char *insecure_host; /* insecure=HOST */
 	int debug;
@@ -132,6 +133,7 @@ struct nx_fs_opts {
 	int lookup_per_s;      /* 0: the store's default; -1: no bound */
 	int pt_mode;           /* NX_PT_AUTO (default) or NX_PT_OFF */
 	int profile_seconds;   /* 0: the store's default */
+	int sandbox_mode;      /* NX_SANDBOX_AUTO (default) or NX_SANDBOX_OFF */
 	struct nx_pubkey *pubkeys;
 	size_t npubkeys;
 };
@@ -283,6 +285,41 @@ uint64_t nx_fh_mark(void);
 void *nx_fh_unpack(uint64_t fh, int *foreign);
 /* nixoci-fs --supervise ...: holds the connection, restarts the daemon. */
 int nx_supervise_main(int argc, char **argv);
+
+/*
+ * The sandbox (privs.c): after the mount, before the store opens, while the
+ * process has one thread. What was applied and why the rest was not is in
+ * nx_fs_privs_summary() (one line, for the log).
+ */
+enum { NX_SANDBOX_OFF = 0, NX_SANDBOX_AUTO = 1 };
+struct nx_privs_conf {
+	int mode;               /* NX_SANDBOX_*: -o sandbox= */
+	const char *cache_dir;
+	const char *mountpoint; /* absolute; the only one the outside helper unmounts */
+	const char *metrics;    /* -o metrics= or NULL */
+	const char *profile_record; /* -o profile_record= or NULL */
+	int keep_sys_admin;     /* passthrough may register backing files */
+};
+/* Applies what it can; never fails the mount (0). Call once. */
+int nx_fs_privs_apply(const struct nx_privs_conf *c);
+const char *nx_fs_privs_summary(void);
+/* 1 when the outside helper runs (the daemon dropped what unmounting
+ * needs): unmounting goes through it. */
+int nx_fs_privs_active(void);
+const char *nx_fs_privs_mountpoint(void);
+/* Lazily unmounts the mountpoint given to nx_fs_privs_apply, through the
+ * outside helper. 0 or -errno. */
+int nx_fs_privs_unmount(void);
+/* fuse_session_unmount(), through the outside helper when sandboxed. */
+void nx_fs_privs_session_unmount(struct fuse_session *se);
+/* CAP_SYS_ADMIN in the calling thread's effective set, when it was kept
+ * (around the passthrough ioctls); no-ops otherwise. */
+void nx_fs_privs_raise(void);
+void nx_fs_privs_lower(void);
+/* Ends the outside helper (at exit). */
+void nx_fs_privs_release(void);
+/* takeover.c: the takeover socket's directory, created 0700 if needed. */
+int nx_restart_sock_dir(char *out, size_t cap);
 
 /* The low-level operations of ops.c. */
 extern const struct fuse_lowlevel_ops nx_fs_ops;

@@ -133,6 +133,7 @@ int main(int argc, char *argv[])
 	struct nx_source src;
 	struct nx_fs fs;
 	struct nx_session sess;
+	struct nx_privs_conf pc;
 	struct fuse_lowlevel_ops ops;
 	char *mp_abs = NULL;
 	struct fuse_session *se = NULL;
@@ -269,6 +270,17 @@ int main(int argc, char *argv[])
 		goto out_unmount;
 	}
 	nx_fs_cache_lock_note(lock_fd, o.mountpoint);
+	/* ---- the sandbox: the mount is up, and this process has one thread
+	 * (daemonized: the child of a fork; in the foreground: the registry
+	 * check's thread has been joined); every thread started from here on
+	 * (registry, store, session loop) inherits it */
+	pc.mode = o.sandbox_mode;
+	pc.cache_dir = o.cache_dir;
+	pc.mountpoint = mp_abs ? mp_abs : o.mountpoint;
+	pc.metrics = o.metrics;
+	pc.profile_record = o.profile_record;
+	pc.keep_sys_admin = sess.pt_capable;
+	nx_fs_privs_apply(&pc);
 
 	r = nx_registry_open(&fs.reg, o.ref, &ro);
 	if (r < 0) {
@@ -311,6 +323,7 @@ int main(int argc, char *argv[])
 	nx_log(start == NX_START_MOUNT ? NX_LOG_INFO : NX_LOG_NOTICE, "%s %s on %s (cache %s)",
 	       start == NX_START_MOUNT ? "mounted" : "took over", o.ref, o.mountpoint,
 	       so.cache_dir);
+	nx_log(NX_LOG_NOTICE, "%s", nx_fs_privs_summary());
 	/* only now: a unit ordered after this one may read the store at once */
 	snprintf(status, sizeof(status), "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s",
 		 (long)nx_restart_main_pid(), o.ref, o.mountpoint);
@@ -355,10 +368,14 @@ out_unmount:
 	/* Handed over: the successor serves the mount. Adopted: libfuse did
 	 * not mount it, so it would not unmount it. */
 	if (!nx_restart_handed_over()) {
-		if (start != NX_START_MOUNT)
+		if (start != NX_START_MOUNT) {
 			nx_restart_unmount(o.mountpoint, ret == 0);
-		fuse_session_unmount(se);
+			fuse_session_unmount(se);
+		} else {
+			nx_fs_privs_session_unmount(se); /* a sandbox may not unmount */
+		}
 	}
+	nx_fs_privs_release();
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_fetch:

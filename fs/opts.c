@@ -27,6 +27,7 @@ static const struct fuse_opt fs_opt_spec[] = {
 	OPT("lookup_rate=%s", lookup_rate),
 	OPT("cafile=%s", cafile),
 	OPT("passthrough=%s", passthrough),
+	OPT("sandbox=%s", sandbox),
 	OPT("insecure", insecure),
 	OPT("insecure=%s", insecure_host),
 	OPT("debug", debug),
@@ -73,6 +74,9 @@ void nx_fs_usage(FILE *f)
 		"    -o passthrough=auto|off    let the kernel read fully cached files straight\n"
 		"                               from the cache (FUSE passthrough; needs Linux\n"
 		"                               6.9 and CAP_SYS_ADMIN; default auto)\n"
+		"    -o sandbox=auto|off        after mounting, drop capabilities, set\n"
+		"                               no_new_privs and confine writes with Landlock\n"
+		"                               where the kernel has it (default auto)\n"
 		"    -o debug                   log at debug level\n"
 		"    -o allow_other             let other users (and root) use the mount\n"
 		"    -o log=FILE                append the daemon's messages to FILE (default: stderr\n"
@@ -126,6 +130,7 @@ static const char *const ours[] = {
 	"cache=", "cache_size=", "closure=", "timeout=", "tag_ttl=", "readahead=", "lookup_rate=",
 	"cafile=", "insecure", "debug", "nonempty", "log=", "metrics=", "trusted-public-keys=",
 	"mirror=", "passthrough=", "profile=", "profile_record=", "profile_seconds=",
+	"sandbox=",
 };
 
 /* Options of fstab and mount(8) that mean nothing to the file system
@@ -501,6 +506,15 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		}
 		o->pt_mode = NX_PT_OFF;
 	}
+	o->sandbox_mode = NX_SANDBOX_AUTO;
+	if (o->sandbox && strcmp(o->sandbox, "auto") != 0) {
+		if (strcmp(o->sandbox, "off") != 0) {
+			nx_log(NX_LOG_ERR, "bad option sandbox=%s: expected auto or off",
+			       o->sandbox);
+			return -EINVAL;
+		}
+		o->sandbox_mode = NX_SANDBOX_OFF;
+	}
 	return 0;
 }
 
@@ -520,6 +534,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 	free(o->profile_record);
 	free(o->profile_secs);
 	free(o->passthrough);
+	free(o->sandbox);
 	free(o->insecure_host);
 	free(o->keys);
 	free(o->pubkeys);

@@ -260,9 +260,14 @@ int nx_session_backing_open(struct nx_session *s, int fd, int32_t *id)
 		return -EOPNOTSUPP;
 	memset(&map, 0, sizeof(map));
 	map.fd = fd;
+	/* the kernel wants CAP_SYS_ADMIN; the sandbox keeps it permitted only */
+	nx_fs_privs_raise();
 	r = ioctl(s->fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
 	if (r < 0)
-		return -errno;
+		r = -errno;
+	nx_fs_privs_lower();
+	if (r < 0)
+		return r;
 	if (r == 0)
 		return -EIO; /* 0 is not a valid id */
 	*id = r;
@@ -273,9 +278,16 @@ void nx_session_backing_close(struct nx_session *s, int32_t id)
 {
 	uint32_t u = (uint32_t)id;
 
-	if (id > 0 && ioctl(s->fd, FUSE_DEV_IOC_BACKING_CLOSE, &u) < 0)
+	int r;
+
+	if (id <= 0)
+		return;
+	nx_fs_privs_raise();
+	r = ioctl(s->fd, FUSE_DEV_IOC_BACKING_CLOSE, &u) < 0 ? -errno : 0;
+	nx_fs_privs_lower();
+	if (r < 0)
 		nx_log(NX_LOG_WARNING, "cannot release passthrough backing id %d: %s", id,
-		       strerror(errno));
+		       strerror(-r));
 }
 
 int nx_session_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int32_t backing_id)

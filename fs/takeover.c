@@ -261,7 +261,7 @@ static int state_msg(struct nx_ho_msg *m, uint32_t kind)
 
 /* The socket's directory: /run/nixoci for root, else the user's runtime
  * directory; created 0700 and refused unless it is ours and private. */
-static int sock_dir(char *out, size_t cap)
+int nx_restart_sock_dir(char *out, size_t cap)
 {
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	struct stat st;
@@ -331,7 +331,7 @@ static int sock_path(const char *mp, char *out, size_t cap)
 {
 	uint8_t h[NX_SHA256_LEN];
 	char dir[80], hex[2 * NX_SHA256_LEN + 1];
-	int r = sock_dir(dir, sizeof(dir));
+	int r = nx_restart_sock_dir(dir, sizeof(dir));
 
 	if (r < 0)
 		return r;
@@ -1284,6 +1284,8 @@ int nx_restart_unmount(const char *mp, int clean)
 
 	if (!clean && R.keeper >= 0)
 		return 0;
+	if (nx_fs_privs_active())
+		return nx_fs_privs_unmount(); /* a sandbox may not unmount */
 	/* libfuse did not mount an adopted connection, so it will not unmount
 	 * it: do what fuse_session_unmount would (lazily, like fusermount -z). */
 	if (umount2(mp, MNT_DETACH) == 0)

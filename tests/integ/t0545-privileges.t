@@ -32,6 +32,8 @@ outside_pid() {
 }
 
 sandbox_line() { grep -a "nixoci-fs: sandbox:" "$1"; }
+# daemon_pid CACHE: the pid the daemon noted in its cache lock
+daemon_pid() { sed -n "s/^pid \([0-9]*\),.*/\1/p" "$1/lock"; }
 
 test_expect_success 'setup: registry, the small closure' '
 	start_registry &&
@@ -118,6 +120,24 @@ test_expect_success 'SIGTERM while a file is held open: unmounted, exit 0, no er
 	{ test -z "$OPID" || test_wait_for 10 pid_gone "$OPID"; }
 '
 
+test_expect_success 'takeover: the successor sandboxes itself, the old daemon exits 0' '
+	mount_store "$REG/small" "$MNT" &&
+	OLD=${MOUNT_PID[$MNT]} &&
+	nixoci-fs --takeover "$MNT" 2>takeover.err &&
+	test_wait_for 20 pid_gone $OLD &&
+	NEW=$(daemon_pid "$TRASH/cache-mnt") &&
+	echo "old $OLD new $NEW" &&
+	test -n "$NEW" && test "$NEW" != "$OLD" &&
+	test_atexit "kill -KILL $NEW 2>/dev/null; true" &&
+	test "$(status_field $NEW NoNewPrivs)" = 1 &&
+	test "$(status_field $NEW CapEff)" = 0000000000000000 &&
+	check_mount_hashes "$MNT" $SMALL_CLOSURE &&
+	unmount_store "$MNT" &&
+	test_wait_for 20 pid_gone $NEW &&
+	cat takeover.err &&
+	! log_errors takeover.err
+'
+
 test_expect_success 'passthrough=off: no capability kept at all' '
 	mount_store "$REG/small" "$MNT" "passthrough=off" &&
 	PID=${MOUNT_PID[$MNT]} &&
@@ -171,8 +191,6 @@ test_expect_success 'as the unit runs it (bounding set cap_sys_admin, no_new_pri
 	check_mount_hashes "$MNT" $SMALL_CLOSURE &&
 	unmount_store "$MNT"
 '
-
-daemon_pid() { sed -n "s/^pid \([0-9]*\),.*/\1/p" "$1/lock"; }
 
 test_expect_success 'daemon mode: sandboxed, unmounted by fusermount3 -u' '
 	test_atexit "fusermount3 -uz $TRASH/mnt-d 2>/dev/null; true" &&

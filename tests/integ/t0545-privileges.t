@@ -138,6 +138,28 @@ test_expect_success 'takeover: the successor sandboxes itself, the old daemon ex
 	! log_errors takeover.err
 '
 
+test_expect_success LANDLOCK 'metrics= in a directory of root: written through the sandbox, no capability for it' '
+	mkdir -p "$TRASH/m-root" &&
+	mount_store "$REG/small" "$MNT" "metrics=$TRASH/m-root/nixoci.prom" &&
+	PID=${MOUNT_PID[$MNT]} &&
+	test "$(status_field $PID CapEff)" = 0000000000000000 &&
+	grep -q "the metrics directory" "${MOUNT_LOG[$MNT]}" &&
+	unmount_store "$MNT" &&
+	grep -q "^nixoci_" "$TRASH/m-root/nixoci.prom"
+'
+
+test_expect_success LANDLOCK 'metrics= in a directory of another user: cap_dac_override kept, and said' '
+	mkdir -p "$TRASH/m-other" &&
+	chown 65534:65534 "$TRASH/m-other" && chmod 0755 "$TRASH/m-other" &&
+	mount_store "$REG/small" "$MNT" "metrics=$TRASH/m-other/nixoci.prom" &&
+	PID=${MOUNT_PID[$MNT]} &&
+	grep "cap_dac_override (the output directory $TRASH/m-other is not writable" \
+		"${MOUNT_LOG[$MNT]}" &&
+	test "$(status_field $PID CapEff)" = 0000000000000002 &&
+	unmount_store "$MNT" &&
+	grep -q "^nixoci_" "$TRASH/m-other/nixoci.prom"
+'
+
 test_expect_success 'passthrough=off: no capability kept at all' '
 	mount_store "$REG/small" "$MNT" "passthrough=off" &&
 	PID=${MOUNT_PID[$MNT]} &&

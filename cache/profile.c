@@ -308,15 +308,13 @@ struct fmap {
 	uint32_t n;
 };
 
-static const struct nx_toc *cmp_toc;
-
-static int cmp_frame(const void *a, const void *b)
+static int cmp_frame(const void *a, const void *b, void *arg)
 {
-	return memcmp(cmp_toc->frames[*(const uint32_t *)a].sha256,
-		      cmp_toc->frames[*(const uint32_t *)b].sha256, NX_SHA256_LEN);
-}
+	const struct nx_toc *toc = arg;
 
-static pthread_mutex_t cmp_lock = PTHREAD_MUTEX_INITIALIZER;
+	return memcmp(toc->frames[*(const uint32_t *)a].sha256,
+		      toc->frames[*(const uint32_t *)b].sha256, NX_SHA256_LEN);
+}
 
 static int fmap_build(struct fmap *m, const struct nx_spath *p)
 {
@@ -332,11 +330,7 @@ static int fmap_build(struct fmap *m, const struct nx_spath *p)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < m->n; i++)
 		m->idx[i] = i;
-	/* qsort has no context argument; the lock is held for one sort */
-	pthread_mutex_lock(&cmp_lock);
-	cmp_toc = toc;
-	qsort(m->idx, m->n, sizeof(*m->idx), cmp_frame);
-	pthread_mutex_unlock(&cmp_lock);
+	qsort_r(m->idx, m->n, sizeof(*m->idx), cmp_frame, (void *)toc);
 	m->p = p;
 	return 0;
 }

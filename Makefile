@@ -60,7 +60,7 @@ FUZZ_SECONDS ?= 60
 FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
-.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-cold bench-session fuzz analyze
+.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-cold bench-push bench-session fuzz analyze
 all: $(BINS)
 	@ln -sfn $(O)/bin bin
 
@@ -167,6 +167,7 @@ bench: all
 	bench/session.sh $(O)
 	bench/import.sh $(O)
 	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
+	bench/push.sh $(O)
 	NIXOCI_LOAD_SECONDS=$${NIXOCI_LOAD_SECONDS:-300} PATH=$(O)/bin:$$PATH \
 		bash tests/integ/t0420-load.t -v
 
@@ -178,6 +179,10 @@ bench-import: all
 # with and without a startup profile (~10 min after make bench built the closure)
 bench-cold: all
 	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
+# make bench-push: only the push comparison (nixoci push against skopeo, at
+# 0 and 40 ms added RTT, and re-push)
+bench-push: all
+	bench/push.sh $(O)
 
 # make bench-session: only the session layer's part of make bench (~10 min)
 bench-session: all

@@ -156,9 +156,28 @@ int nx_registry_source_referrers(void *ctx, const uint8_t digest[NX_SHA256_LEN],
 int nx_registry_blob_exists(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
 			    int *exists);
 /* Monolithic upload (POST + PUT ?digest=) of @size bytes read from @fd at
- * offset 0 (pread), or from @buf when @fd < 0. */
+ * offset 0 (pread), or from @buf when @fd < 0: nx_registry_push_blob
+ * without a mount source. */
 int nx_registry_put_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
 			 const void *buf, uint64_t size);
+/*
+ * Stores a blob in as few requests as the registry allows:
+ *  - with @mount_from (a repository name of the same registry), first
+ *    POST ?mount=&from=: 201 means mounted, nothing is sent; 202 (or a
+ *    refusal) goes on with an upload;
+ *  - a blob of at most NX_SINGLE_POST_MAX bytes goes in one POST ?digest=
+ *    with the body, until the registry answers that with 202 or an error
+ *    once: then POST + PUT for the rest of this handle's life;
+ *  - otherwise POST, then PUT ?digest= with the body.
+ * No existence check (HEAD) here: the caller decides whether one pays.
+ * *how (may be NULL) gets NX_BLOB_MOUNTED, NX_BLOB_SINGLE or NX_BLOB_PUT.
+ * A registry's Docker-Content-Digest other than @digest is -EBADMSG;
+ * a @mount_from that is not a repository name -EINVAL.
+ */
+#define NX_SINGLE_POST_MAX (1u << 20)
+enum { NX_BLOB_PUT, NX_BLOB_SINGLE, NX_BLOB_MOUNTED };
+int nx_registry_push_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
+			  const void *buf, uint64_t size, const char *mount_from, int *how);
 /* HEAD a manifest: *exists and, when it exists, *digest. */
 int nx_registry_manifest_exists(struct nx_registry *r, const char *ref, int *exists,
 				uint8_t digest[NX_SHA256_LEN]);

@@ -35,6 +35,8 @@ enum { NX_SCHEME_DEFAULT, NX_SCHEME_HTTPS, NX_SCHEME_HTTP };
 int nx_ref_parse(const char *s, struct nx_ref *out);
 /* 1 for localhost, 127.0.0.0/8, ::1 (and ::ffff:127.x); @host has no brackets. */
 int nx_host_is_loopback(const char *host);
+/* Repository name grammar (path components of [a-z0-9]+ with separators). */
+int nx_repo_valid(const char *s);
 /* Tag grammar [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}. */
 int nx_tag_valid(const char *s);
 /* A tag or "sha256:<64 lower hex>": safe to put in a URL path. */
@@ -117,6 +119,10 @@ struct nx_registry {
 
 	struct nx_auth auth;
 
+	/* the registry answered a single-request upload (POST ?digest= with
+	 * the body) with 202 or an error: POST then PUT from now on */
+	atomic_int no_single_post;
+
 	atomic_uint_fast64_t st_requests, st_bytes, st_errors, st_retries;
 	struct nx_hist st_latency; /* of each request, transfer included */
 	atomic_uint_fast64_t st_connections, st_h2;
@@ -145,7 +151,7 @@ struct nx_req {
 	unsigned flags;
 	long ok[3]; /* accepted statuses, 0-terminated; default {200} */
 
-	/* request body (PUT) */
+	/* request body (PUT, or POST when post_body is NULL) */
 	int upload;
 	int up_fd;
 	const void *up_buf;

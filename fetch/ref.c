@@ -57,7 +57,7 @@ static int repo_component_valid(const char *s, size_t n)
 	}
 }
 
-static int repo_valid(const char *s)
+int nx_repo_valid(const char *s)
 {
 	size_t n = strlen(s);
 	const char *p = s;
@@ -183,7 +183,7 @@ int nx_ref_parse(const char *s, struct nx_ref *out)
 	memcpy(out->hostport, s, (size_t)(hp_end - s));
 	out->hostport[hp_end - s] = 0;
 
-	if (!repo_valid(slash + 1))
+	if (!nx_repo_valid(slash + 1))
 		return -EINVAL;
 	memcpy(out->repo, slash + 1, strlen(slash + 1) + 1);
 	out->loopback = nx_host_is_loopback(out->host);

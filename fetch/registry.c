@@ -211,15 +211,87 @@ int nx_registry_blob_exists(struct nx_registry *r, const uint8_t digest[NX_SHA25
 	return rc;
 }
 
-int nx_registry_put_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
-			 const void *buf, uint64_t size)
+/* A 201 to an upload: the registry's Docker-Content-Digest, when it gives a
+ * sha256 one, must be ours. */
+static int check_stored_digest(struct nx_registry *r, const char *what, const struct nx_req *q,
+			       const uint8_t digest[NX_SHA256_LEN])
 {
-	struct nx_req q = { 0 }, p = { 0 };
-	char d[NX_DIGEST_STRLEN], hex[2 * NX_SHA256_LEN + 1], what[100];
-	char *post_url = NULL, *loc = NULL, *put_url = NULL;
 	uint8_t got[NX_SHA256_LEN];
+
+	if (q->docker_digest && strncmp(q->docker_digest, "sha256:", 7) == 0 &&
+	    (nx_digest_parse(q->docker_digest, got) < 0 || memcmp(got, digest, NX_SHA256_LEN))) {
+		nx_log(NX_LOG_ERR, "registry %s: %s: registry stored digest %.80s", r->ref, what,
+		       q->docker_digest);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+/* Answers after which another way of starting the upload may still work:
+ * the registry said no to this request, the link is fine. */
+static int upload_refused(int rc)
+{
+	return rc == -EIO || rc == -ENOENT || rc == -EAGAIN;
+}
+
+/*
+ * Starts an upload session with POST @url (a body from @src when it has
+ * one): 1 when the registry already answered 201 (the blob is stored), 0
+ * with *loc (caller frees) the session to PUT to, or -errno. @quiet: the
+ * caller has a fallback, so a refusal is logged at debug level only.
+ */
+static int upload_start(struct nx_registry *r, const char *url, const char *what,
+			const struct nx_req *src, const uint8_t digest[NX_SHA256_LEN], int quiet,
+			char **loc)
+{
+	struct nx_req q = { 0 };
 	int rc;
 
+	*loc = NULL;
+	q.method = "POST";
+	q.url = url;
+	q.what = what;
+	q.flags = NX_REQ_PUSH | (quiet ? NX_REQ_QUIET : 0);
+	q.ok[0] = 202;
+	q.ok[1] = 201;
+	if (src) {
+		q.content_type = "application/octet-stream";
+		q.upload = 1;
+		q.up_fd = src->up_fd;
+		q.up_buf = src->up_buf;
+		q.up_size = src->up_size;
+	}
+	rc = nx_http_do(r, &q);
+	if (rc < 0)
+		goto out;
+	if (q.status == 201) {
+		rc = check_stored_digest(r, what, &q, digest);
+		if (rc == 0)
+			rc = 1;
+		goto out;
+	}
+	/* Location may be relative or absolute and carry state (_state=..) we
+	 * must keep: resolve it, then the PUT appends the digest */
+	if (!q.location || nx_url_resolve(url, q.location, loc) < 0) {
+		nx_log(NX_LOG_ERR, "registry %s: %s: upload session without a usable Location",
+		       r->ref, what);
+		rc = -EIO;
+	}
+out:
+	nx_req_release(&q);
+	return rc;
+}
+
+int nx_registry_push_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
+			  const void *buf, uint64_t size, const char *mount_from, int *how)
+{
+	struct nx_req p = { 0 }, body = { 0 };
+	char d[NX_DIGEST_STRLEN], hex[2 * NX_SHA256_LEN + 1], what[100];
+	char *base = NULL, *url = NULL, *loc = NULL, *put_url = NULL;
+	int rc = 0, got = 0;
+
+	if (how)
+		*how = NX_BLOB_PUT;
 	nx_digest_format(digest, d);
 	nx_hex(digest, NX_SHA256_LEN, hex);
 	snprintf(what, sizeof(what), "upload of blob %s", d);
@@ -227,25 +299,69 @@ int nx_registry_put_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_L
 		nx_log(NX_LOG_ERR, "registry %s: %s: no data source", r->ref, what);
 		return -EINVAL;
 	}
-	post_url = repo_url(r, "blobs/uploads/", "");
-	if (!post_url)
-		return -ENOMEM;
-	q.method = "POST";
-	q.url = post_url;
-	q.what = what;
-	q.flags = NX_REQ_PUSH;
-	q.ok[0] = 202;
-	rc = nx_http_do(r, &q);
-	if (rc < 0)
-		goto out;
-	/* Location may be relative or absolute and carry state (_state=..) we
-	 * must keep: resolve it, then append the digest */
-	if (!q.location || nx_url_resolve(post_url, q.location, &loc) < 0) {
-		nx_log(NX_LOG_ERR, "registry %s: %s: upload session without a usable Location",
-		       r->ref, what);
-		rc = -EIO;
-		goto out;
+	if (mount_from && !nx_repo_valid(mount_from)) {
+		nx_log(NX_LOG_ERR, "registry %s: cannot mount blobs from \"%.140s\": not a "
+		       "repository name", r->ref, mount_from);
+		return -EINVAL;
 	}
+	base = repo_url(r, "blobs/uploads/", "");
+	if (!base)
+		return -ENOMEM;
+	body.up_fd = fd;
+	body.up_buf = buf;
+	body.up_size = size;
+
+	/* 1. a mount from another repository of the registry: 201 is done,
+	 * 202 opens an ordinary upload session (spec: continue there) */
+	if (mount_from) {
+		if (asprintf(&url, "%s?mount=sha256%%3A%s&from=%s", base, hex, mount_from) < 0) {
+			url = NULL;
+			rc = -ENOMEM;
+			goto out;
+		}
+		got = upload_start(r, url, what, NULL, digest, 1, &loc);
+		if (got == 1 && how)
+			*how = NX_BLOB_MOUNTED;
+		if (got < 0 && !upload_refused(got)) {
+			rc = got;
+			goto out;
+		}
+		if (got < 0)
+			nx_log(NX_LOG_DEBUG, "registry %s: mount of %s from %s refused; uploading",
+			       r->ref, d, mount_from);
+	}
+	/* 2. a small blob in one request, where the registry stores it from
+	 * the POST (spec: a registry MAY; Debian's docker-registry answers 202
+	 * and drops the body, so it is tried once per registry handle) */
+	if (!loc && got != 1 && size <= NX_SINGLE_POST_MAX && !atomic_load(&r->no_single_post)) {
+		free(url);
+		if (asprintf(&url, "%s?digest=sha256%%3A%s", base, hex) < 0) {
+			url = NULL;
+			rc = -ENOMEM;
+			goto out;
+		}
+		got = upload_start(r, url, what, &body, digest, 1, &loc);
+		if (got == 1 && how)
+			*how = NX_BLOB_SINGLE;
+		if (got == 0 || (got < 0 && upload_refused(got))) {
+			if (!atomic_exchange(&r->no_single_post, 1))
+				nx_log(NX_LOG_DEBUG, "registry %s: no single-request uploads (%s); "
+				       "POST then PUT", r->ref, got == 0 ? "202" : strerror(-got));
+		} else if (got < 0) {
+			rc = got;
+			goto out;
+		}
+	}
+	/* 3. POST for a session, unless an earlier step opened one */
+	if (!loc && got != 1) {
+		got = upload_start(r, base, what, NULL, digest, 0, &loc);
+		if (got < 0) {
+			rc = got;
+			goto out;
+		}
+	}
+	if (got == 1)
+		goto out;
 	if (asprintf(&put_url, "%s%cdigest=sha256%%3A%s", loc, strchr(loc, '?') ? '&' : '?', hex) <
 	    0) {
 		put_url = NULL;
@@ -263,21 +379,21 @@ int nx_registry_put_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_L
 	p.up_buf = buf;
 	p.up_size = size;
 	rc = nx_http_do(r, &p);
-	if (rc < 0)
-		goto out;
-	if (p.docker_digest && strncmp(p.docker_digest, "sha256:", 7) == 0 &&
-	    (nx_digest_parse(p.docker_digest, got) < 0 || memcmp(got, digest, NX_SHA256_LEN))) {
-		nx_log(NX_LOG_ERR, "registry %s: %s: registry stored digest %.80s", r->ref, what,
-		       p.docker_digest);
-		rc = -EBADMSG;
-	}
+	if (rc == 0)
+		rc = check_stored_digest(r, what, &p, digest);
 out:
 	nx_req_release(&p);
-	nx_req_release(&q);
 	free(loc);
 	free(put_url);
-	free(post_url);
+	free(url);
+	free(base);
 	return rc;
+}
+
+int nx_registry_put_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
+			 const void *buf, uint64_t size)
+{
+	return nx_registry_push_blob(r, digest, fd, buf, size, NULL, NULL);
 }
 
 int nx_registry_manifest_exists(struct nx_registry *r, const char *ref, int *exists,

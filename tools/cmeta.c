@@ -53,10 +53,27 @@ static int cm_one(struct cm_job *j, size_t i)
 	size_t len = 0;
 	int r;
 
-	nx_digest_format(pp->mdigest, ref);
-	r = nx_registry_get_manifest(j->p->reg, ref, NX_MANIFEST_MAX, &body, &len, d, NULL);
-	if (r < 0)
-		return r;
+	if (pp->man && pp->toc) { /* written by this run: nothing to read back */
+		j->items[i].man = (const uint8_t *)pp->man;
+		j->items[i].man_len = pp->man_len;
+		j->items[i].toc = pp->toc;
+		j->items[i].toc_len = pp->toc_len;
+		return 0;
+	}
+	if (pp->man) { /* found by this run: only its TOC is to read */
+		len = pp->man_len;
+		body = malloc(len + 1);
+		if (!body)
+			return -ENOMEM;
+		memcpy(body, pp->man, len);
+		body[len] = '\0';
+	} else {
+		nx_digest_format(pp->mdigest, ref);
+		r = nx_registry_get_manifest(j->p->reg, ref, NX_MANIFEST_MAX, &body, &len, d,
+					     NULL);
+		if (r < 0)
+			return r;
+	}
 	r = nx_manifest_parse(body, len, &m);
 	if (r < 0) {
 		free(body);
@@ -166,7 +183,7 @@ int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *out)
 	uint8_t *z = NULL;
 	char *json = NULL;
 	size_t zlen = 0, jlen = 0, nth = 0;
-	int r, exists = 0;
+	int r;
 
 	if (p->npaths == 0)
 		return -EINVAL;
@@ -196,12 +213,9 @@ int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *out)
 		goto out;
 	nx_sha256(z, zlen, blob.digest);
 	blob.size = zlen;
-	r = nx_registry_blob_exists(p->reg, blob.digest, &exists);
-	if (r == 0 && !exists)
-		r = nx_registry_put_blob(p->reg, blob.digest, -1, z, zlen);
+	r = nx_pub_upload_blob(p, blob.digest, -1, z, zlen, 1);
 	if (r < 0)
 		goto out;
-	nx_pub_add_bytes(p, exists ? 0 : zlen);
 	r = nx_cmeta_manifest_build(&blob, &json, &jlen);
 	if (r < 0)
 		goto out;

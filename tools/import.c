@@ -516,6 +516,8 @@ int nx_cmd_import(struct nx_cli *cli, int argc, char **argv)
 	}
 	nx_log(NX_LOG_INFO, "closure: %zu paths", p.npaths);
 
+	p.jobs = po.jobs;
+	p.mount_from = po.mount_from;
 	if (nx_pub_open(&p, cli, ref) < 0)
 		goto out;
 	if (nx_pub_run(&p, po.jobs) < 0)

@@ -141,6 +141,7 @@ int nx_cli_registry(const struct nx_cli *cli, const char *ref, int quiet_404,
 	struct nx_regopts o = {
 		.cafile = cli->cafile,
 		.timeout_s = cli->timeout_s,
+		.max_transfers = cli->max_transfers,
 		.insecure = cli->insecure,
 		.insecure_host = cli->insecure_host,
 		.quiet_404 = quiet_404,

@@ -42,9 +42,13 @@ void nx_pub_release(struct nx_pub *p)
 	size_t i;
 
 	nx_pub_progress_clear(p);
-	for (i = 0; i < p->npaths; i++)
+	for (i = 0; i < p->npaths; i++) {
 		nx_pathinfo_release(&p->paths[i].info);
+		free(p->paths[i].man);
+		free(p->paths[i].toc);
+	}
 	free(p->paths);
+	free(p->tags);
 	nx_registry_close(p->reg);
 	pthread_mutex_destroy(&p->lock);
 	explicit_bzero(&p->key, sizeof(p->key));
@@ -136,36 +140,67 @@ void nx_pub_add_bytes(struct nx_pub *p, uint64_t n)
 
 /* ---------------------------------------------------------- uploading */
 
-static int upload_blob(struct nx_pub *p, const uint8_t digest[NX_SHA256_LEN], int fd,
-		       const void *buf, uint64_t size)
-{
-	int exists = 0, r;
+/*
+ * A blob of at most this many bytes is sent without asking first whether
+ * the registry has it: the HEAD would cost a round trip to save less than a
+ * round trip's worth of sending on any link worth the name.
+ */
+#define NX_PUB_PROBE_MIN (64u << 10)
 
-	r = nx_registry_blob_exists(p->reg, digest, &exists);
+int nx_pub_upload_blob(struct nx_pub *p, const uint8_t digest[NX_SHA256_LEN], int fd,
+		       const void *buf, uint64_t size, int probe)
+{
+	int exists = 0, how = NX_BLOB_PUT, r;
+
+	/* with a mount source the mount request is the existence check:
+	 * 201 whether the blob came from there or was here already */
+	if (!p->mount_from && probe >= 0 && (probe || size > NX_PUB_PROBE_MIN)) {
+		r = nx_registry_blob_exists(p->reg, digest, &exists);
+		if (r < 0)
+			return r;
+		if (exists)
+			return 0;
+	}
+	r = nx_registry_push_blob(p->reg, digest, fd, buf, size, p->mount_from, &how);
 	if (r < 0)
 		return r;
-	if (exists)
+	if (how == NX_BLOB_MOUNTED) {
+		pthread_mutex_lock(&p->lock);
+		p->mounted++;
+		pthread_mutex_unlock(&p->lock);
 		return 0;
-	r = nx_registry_put_blob(p->reg, digest, fd, buf, size);
-	if (r < 0)
-		return r;
+	}
 	nx_pub_add_bytes(p, size);
 	return 0;
 }
 
 int nx_pub_open(struct nx_pub *p, const struct nx_cli *cli, const char *ref)
 {
-	uint8_t empty[NX_SHA256_LEN];
+	struct nx_cli c = *cli;
 
-	if (nx_cli_registry(cli, ref, 1, &p->reg) < 0)
+	/* every worker has a transfer of its own, and the closure metadata
+	 * reader its eight */
+	c.max_transfers = (int)(p->jobs > 8 ? p->jobs : 8);
+	if (nx_cli_registry(&c, ref, 1, &p->reg) < 0)
 		return -EINVAL;
 	if (nx_registry_ping(p->reg) < 0)
 		return -EIO;
-	/* registries check that every blob a manifest names exists */
-	if (nx_digest_parse(NX_EMPTY_DIGEST, empty) < 0 || upload_blob(p, empty, -1, "{}", 2) < 0) {
-		nx_log(NX_LOG_ERR, "cannot upload the empty config blob to %s", ref);
+	return 0;
+}
+
+/* Registries check that every blob a manifest names exists. */
+static int config_blob(struct nx_pub *p)
+{
+	uint8_t empty[NX_SHA256_LEN];
+
+	if (p->config_done)
+		return 0;
+	if (nx_digest_parse(NX_EMPTY_DIGEST, empty) < 0 || nx_pub_upload_blob(p, empty, -1, "{}", 2, 1) < 0) {
+		nx_log(NX_LOG_ERR, "cannot upload the empty config blob to %s",
+		       nx_registry_ref(p->reg));
 		return -EIO;
 	}
+	p->config_done = 1;
 	return 0;
 }
 
@@ -284,6 +319,26 @@ static int sign_manifest(struct nx_pub *p, struct nx_manifest *m, struct sigset 
 	return 0;
 }
 
+/* 1 when @m carries every signature we would add (or no key is loaded). */
+static int signed_by_us(struct nx_pub *p, struct nx_manifest *m)
+{
+	char **nsigs = m->info.sigs, **ntsigs = m->toc_sigs;
+	size_t nn = m->info.nsigs, nt = m->ntoc_sigs;
+	struct sigset s;
+	int r, changed = 0;
+
+	if (!p->have_key)
+		return 1;
+	r = sign_manifest(p, m, &s, &changed);
+	m->info.sigs = nsigs;
+	m->info.nsigs = nn;
+	m->toc_sigs = ntsigs;
+	m->ntoc_sigs = nt;
+	sigset_release(&s);
+	return r == 0 && !changed;
+}
+
+/* Writes @m under @tag; pp->man keeps the JSON (for the closure metadata). */
 static int put_manifest(struct nx_pub *p, struct nx_pub_path *pp, const char *tag,
 			const struct nx_manifest *m)
 {
@@ -299,9 +354,19 @@ static int put_manifest(struct nx_pub *p, struct nx_pub_path *pp, const char *ta
 		nx_sha256(json, len, pp->mdigest);
 		pp->msize = len;
 		nx_pub_add_bytes(p, len);
+		free(pp->man);
+		pp->man = json;
+		pp->man_len = len;
+		json = NULL;
 	}
 	free(json);
 	return r;
+}
+
+static int has_tag(struct nx_pub *p, const char *tag)
+{
+	return bsearch(tag, p->tags, p->ntags, sizeof(*p->tags),
+		       (int (*)(const void *, const void *))strcmp) != NULL;
 }
 
 int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp)
@@ -315,12 +380,19 @@ int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp)
 	int r, changed;
 
 	nx_cli_tag(base, tag);
+	if (p->tags_known && !has_tag(p, tag))
+		return 0;
 	r = nx_registry_get_manifest(p->reg, tag, NX_MANIFEST_MAX, &body, &len, digest, NULL);
 	if (r == -ENOENT)
 		return 0;
 	if (r < 0)
 		return r;
 	r = nx_manifest_parse(body, len, &m);
+	if (r == 0 && !pp->man) {
+		pp->man = body; /* the closure metadata's, if it is ours */
+		pp->man_len = len;
+		body = NULL;
+	}
 	free(body);
 	if (r < 0) {
 		/* not a nixoci manifest, or a damaged one: ours replaces it */
@@ -384,7 +456,7 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	char tag[NX_HASH_LEN + 1];
 	struct sigset s = { 0 };
 	struct nx_manifest m;
-	int r, changed;
+	int r, changed, probe;
 
 	nx_cli_tag(base, tag);
 	r = nx_toc_builder_finish(tb, nar_size, blob_size, &toc, &toclen);
@@ -402,18 +474,27 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	m.toc.size = tocz_len;
 	m.zstd_params = (char *)nx_packer_params();
 
-	r = upload_blob(p, m.nar.digest, fd, NULL, blob_size);
+	/* A path whose tag the tag list lacks was never written here, so its
+	 * blobs are sent without asking: what that costs is sending again
+	 * the blobs of the few paths an interrupted push had in flight. */
+	probe = p->tags_known ? -1 : 0;
+	r = nx_pub_upload_blob(p, m.nar.digest, fd, NULL, blob_size, probe);
 	if (r < 0)
 		goto out;
-	r = upload_blob(p, m.toc.digest, -1, tocz, tocz_len);
+	r = nx_pub_upload_blob(p, m.toc.digest, -1, tocz, tocz_len, probe);
 	if (r < 0)
 		goto out;
 	r = sign_manifest(p, &m, &s, &changed);
 	if (r < 0)
 		goto out;
 	r = put_manifest(p, pp, tag, &m);
-	if (r == 0)
+	if (r == 0) {
 		r = 2;
+		free(pp->toc);
+		pp->toc = tocz;
+		pp->toc_len = tocz_len;
+		tocz = NULL;
+	}
 out:
 	sigset_release(&s);
 	free(tocz);
@@ -463,11 +544,72 @@ static void *worker(void *arg)
 	}
 }
 
+struct tag_list {
+	struct nx_pub *p;
+	size_t seen, cap;
+};
+
+static int tag_cb(void *ctx, const char *tag)
+{
+	struct tag_list *l = ctx;
+	struct nx_pub *p = l->p;
+
+	/* a repository with far more tags than we push: asking per path
+	 * is cheaper than reading them all */
+	if (++l->seen > 4 * p->npaths + 4000)
+		return 1;
+	if (!nx_cli_is_hash_tag(tag))
+		return 0;
+	if (p->ntags == l->cap) {
+		size_t n = l->cap ? 2 * l->cap : 1024;
+		void *t = reallocarray(p->tags, n, sizeof(*p->tags));
+
+		if (!t)
+			return -ENOMEM;
+		p->tags = t;
+		l->cap = n;
+	}
+	memcpy(p->tags[p->ntags++], tag, NX_HASH_LEN + 1);
+	return 0;
+}
+
+/*
+ * One tag list instead of one manifest request per path. The list comes from
+ * the registry itself (never a mirror), which answers it from the same
+ * storage as the tags; a path missing from it is written, and its manifest
+ * request is what is saved.
+ */
+static void list_tags(struct nx_pub *p)
+{
+	struct tag_list l = { p, 0, 0 };
+	int r;
+
+	r = nx_registry_list_tags(p->reg, tag_cb, &l);
+	if (r == -ENOENT) /* no repository yet: no tag */
+		r = 0;
+	if (r != 0) {
+		nx_log(NX_LOG_DEBUG, "%s: no tag list (%s); asking path by path",
+		       nx_registry_ref(p->reg), r > 0 ? "too many tags" : strerror(-r));
+		free(p->tags);
+		p->tags = NULL;
+		p->ntags = 0;
+		return;
+	}
+	qsort(p->tags, p->ntags, sizeof(*p->tags), (int (*)(const void *, const void *))strcmp);
+	p->tags_known = 1;
+}
+
 int nx_pub_run(struct nx_pub *p, long jobs)
 {
 	pthread_t *th;
 	int r, nthreads;
 	long i;
+
+	if (p->npaths > 1)
+		list_tags(p);
+	r = config_blob(p);
+	if (r < 0)
+		return r;
 
 	if ((size_t)jobs > p->npaths)
 		jobs = (long)p->npaths;
@@ -494,13 +636,12 @@ int nx_pub_run(struct nx_pub *p, long jobs)
 
 /* --------------------------------------------------------------- index */
 
-int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots)
+/* The closure index JSON for @p's paths (their mdigest) and @meta. */
+static int index_json(struct nx_pub *p, char **roots, size_t nroots, const struct nx_desc *meta,
+		      char **json, size_t *len)
 {
-	uint8_t digest[NX_SHA256_LEN], have[NX_SHA256_LEN];
 	struct nx_index ix = { 0 };
-	int exists = 0;
-	char *json = NULL;
-	size_t i, len = 0;
+	size_t i;
 	int r;
 
 	ix.entries = calloc(p->npaths, sizeof(*ix.entries));
@@ -514,18 +655,32 @@ int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots
 	ix.nentries = p->npaths;
 	ix.roots = roots;
 	ix.nroots = nroots;
+	if (meta) {
+		ix.meta = *meta;
+		ix.has_meta = 1;
+	}
+	r = nx_index_build(&ix, json, len);
+	free(ix.entries); /* shallow: strings belong to p and roots */
+	return r;
+}
+
+int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots)
+{
+	uint8_t digest[NX_SHA256_LEN], have[NX_SHA256_LEN];
+	struct nx_desc meta;
+	int exists = 0;
+	char *json = NULL;
+	size_t len = 0;
+	int r;
+
 	/* all metadata in one blob, for closure mounts (tools/cmeta.c) */
-	r = nx_pub_closure_meta(p, name, &ix.meta);
+	r = nx_pub_closure_meta(p, name, &meta);
 	if (r == -E2BIG)
 		nx_log(NX_LOG_WARNING, "closure %s: too large for one metadata blob; mounts "
 		       "will load its paths one by one", name);
-	else if (r < 0) {
-		free(ix.entries);
+	else if (r < 0)
 		return r;
-	}
-	ix.has_meta = r == 0;
-	r = nx_index_build(&ix, &json, &len);
-	free(ix.entries); /* shallow: strings belong to p and roots */
+	r = index_json(p, roots, nroots, r == 0 ? &meta : NULL, &json, &len);
 	if (r < 0)
 		return r;
 	/* an unchanged closure written again writes nothing */
@@ -548,6 +703,136 @@ int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots
 	return r;
 }
 
+struct blob_buf {
+	uint8_t *buf;
+	uint64_t size, got;
+};
+
+static int blob_buf_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct blob_buf *b = ctx;
+
+	if (off > b->size || len > b->size - off)
+		return -EIO;
+	memcpy(b->buf + off, buf, len);
+	if (off <= b->got && off + len > b->got)
+		b->got = off + len;
+	return 0;
+}
+
+/* The closure metadata blob that @meta (a metadata manifest) names,
+ * inflated and checked against its digest: *raw, *items (caller frees). */
+static int fetch_meta(struct nx_pub *p, const struct nx_desc *meta, uint8_t **raw,
+		      struct nx_cmeta_item **items, size_t *n)
+{
+	char ref[NX_DIGEST_STRLEN], *body = NULL;
+	uint8_t d[NX_SHA256_LEN];
+	struct blob_buf b = { 0 };
+	struct nx_desc blob;
+	size_t len = 0;
+	int r;
+
+	nx_digest_format(meta->digest, ref);
+	r = nx_registry_get_manifest(p->reg, ref, NX_MANIFEST_MAX, &body, &len, d, NULL);
+	if (r < 0)
+		return r;
+	r = nx_cmeta_manifest_parse(body, len, &blob);
+	free(body);
+	if (r < 0)
+		return r;
+	if (blob.size == 0 || blob.size > NX_CMETA_MAX_BYTES)
+		return -E2BIG;
+	b.size = blob.size;
+	b.buf = malloc(b.size);
+	if (!b.buf)
+		return -ENOMEM;
+	r = nx_registry_get_blob(p->reg, blob.digest, 0, b.size, blob_buf_cb, &b);
+	if (r == 0 && b.got != b.size)
+		r = -EIO;
+	if (r == 0) {
+		nx_sha256(b.buf, b.size, d);
+		if (memcmp(d, blob.digest, NX_SHA256_LEN) != 0)
+			r = -EBADMSG;
+	}
+	if (r == 0)
+		r = nx_cmeta_decode(b.buf, b.size, raw, items, n);
+	free(b.buf);
+	return r;
+}
+
+/* Does manifest @man (the metadata's copy) say what we would write for @pp? */
+static int same_path(struct nx_pub *p, struct nx_pub_path *pp, const struct nx_desc *want,
+		     const uint8_t *man, size_t man_len)
+{
+	uint8_t d[NX_SHA256_LEN];
+	struct nx_manifest m;
+	int same;
+
+	if (man_len != want->size)
+		return 0;
+	nx_sha256(man, man_len, d);
+	if (memcmp(d, want->digest, NX_SHA256_LEN) != 0)
+		return 0;
+	if (nx_manifest_parse((const char *)man, man_len, &m) < 0)
+		return 0;
+	same = strcmp(m.info.store_path, pp->info.store_path) == 0 &&
+	       memcmp(m.info.nar_hash, pp->info.nar_hash, NX_SHA256_LEN) == 0 &&
+	       m.info.nar_size == pp->info.nar_size && signed_by_us(p, &m);
+	nx_manifest_release(&m);
+	return same;
+}
+
+int nx_pub_unchanged(struct nx_pub *p, const char *name, char **roots, size_t nroots)
+{
+	uint8_t have[NX_SHA256_LEN], want[NX_SHA256_LEN];
+	struct nx_cmeta_item *items = NULL;
+	struct nx_index ix;
+	uint8_t *raw = NULL;
+	char *body = NULL, *json = NULL;
+	size_t i, n = 0, len = 0;
+	int r, same = 0;
+
+	r = nx_registry_get_manifest(p->reg, name, NX_INDEX_MAX, &body, &len, have, NULL);
+	if (r < 0)
+		return r == -ENOMEM ? r : 0; /* the full path says what is wrong */
+	r = nx_index_parse(body, len, &ix);
+	free(body);
+	if (r < 0)
+		return 0;
+	if (!ix.has_meta || ix.nentries != p->npaths)
+		goto out;
+	/* both sorted by store path */
+	for (i = 0; i < p->npaths; i++)
+		if (strcmp(ix.entries[i].store_path, p->paths[i].info.store_path) != 0)
+			goto out;
+	r = fetch_meta(p, &ix.meta, &raw, &items, &n);
+	if (r < 0 || n != p->npaths) {
+		nx_log(NX_LOG_DEBUG, "closure %s: its metadata is not usable (%s); checking path "
+		       "by path", name, r < 0 ? strerror(-r) : "another number of paths");
+		goto out;
+	}
+	for (i = 0; i < p->npaths; i++) {
+		if (!same_path(p, &p->paths[i], &ix.entries[i].desc, items[i].man,
+			       items[i].man_len))
+			goto out;
+	}
+	for (i = 0; i < p->npaths; i++) {
+		memcpy(p->paths[i].mdigest, ix.entries[i].desc.digest, NX_SHA256_LEN);
+		p->paths[i].msize = ix.entries[i].desc.size;
+	}
+	/* the roots too: what we would write, byte for byte */
+	if (index_json(p, roots, nroots, &ix.meta, &json, &len) == 0) {
+		nx_sha256(json, len, want);
+		same = memcmp(want, have, NX_SHA256_LEN) == 0;
+	}
+out:
+	free(json);
+	free(items);
+	free(raw);
+	nx_index_release(&ix);
+	return same;
+}
+
 /* ------------------------------------------------------------- options */
 
 int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int argc, char **argv,
@@ -557,13 +842,14 @@ int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int ar
 		{ "jobs", required_argument, NULL, 'j' },
 		{ "tag", required_argument, NULL, 't' },
 		{ "sign-key", required_argument, NULL, 'k' },
+		{ "mount-from", required_argument, NULL, 'M' },
 		NX_CLI_LONGOPTS,
 		{ NULL, 0, NULL, 0 },
 	};
 	char *end;
 	int c;
 
-	o->jobs = 4;
+	o->jobs = NX_PUB_JOBS;
 	while ((c = getopt_long(argc, argv, ":hvj:t:k:", lo, NULL)) != -1) {
 		switch (c) {
 		case 'h':
@@ -581,6 +867,9 @@ int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int ar
 			break;
 		case 'k':
 			o->keyfile = optarg;
+			break;
+		case 'M':
+			o->mount_from = optarg;
 			break;
 		case '?':
 			return nx_cli_usage_error(usage, "%s: unknown option '%s'", cmd,

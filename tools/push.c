@@ -1,24 +1,30 @@
 /*
  * tools/push.c: `nixoci push`, the writer of docs/format.md.
  *
- * The closure of the given paths comes from Nix (`nix-store --query
- * --requisites`), and so does the narinfo of each path (`nix path-info
- * --json`): nixoci never computes what Nix already knows. What it does
+ * The closure of the given paths and the narinfo of each path come from Nix
+ * (`nix path-info --json --recursive`): nixoci never computes what Nix
+ * already knows. What it does
  * compute, the NAR, must then be byte-identical to Nix's: every NAR we
  * produce is checked against Nix's NarHash and NarSize before anything is
  * uploaded, so a bug in our NAR writer can never reach a registry.
  *
- * Re-pushing is cheap by design: a path whose tag already holds our
- * manifest for the same store path and NarHash is skipped before it is even
- * dumped, so pushing an unchanged closure again uploads no blob and reads
- * no file. A tag is never moved to a manifest of another store path or of
- * another NAR (artifacts are immutable, docs/format.md section 1); such a
- * conflict is an error.
+ * Round trips, not bytes, set the time of a push over a real link, so a
+ * push asks as little as it can (tools/publish.c): one `nix path-info`,
+ * then, with --tag, the closure index there: when it is byte for byte the
+ * index this run would write (checked against the manifests in its closure
+ * metadata blob: same store paths, NarHash, NarSize, signatures), nothing
+ * else is read or written - three requests. Otherwise one listing of the
+ * repository's tags replaces a manifest request per path; a path whose tag
+ * holds our manifest for the same store path and NarHash is skipped before
+ * it is even dumped; the others are written by --jobs worker threads that
+ * share one registry handle (fetch/ is thread-safe), each owning its
+ * temporary file, packer and TOC builder. A tag is never moved to a
+ * manifest of another store path or of another NAR (artifacts are
+ * immutable, docs/format.md section 1); such a conflict is an error.
  *
- * Paths are pushed by --jobs worker threads that share one registry handle
- * (fetch/ is thread-safe); each worker owns its temporary file, packer and
- * TOC builder. The closure index (--tag) is written last, after every
- * manifest it lists exists. Uploading, signing, the manifest, the index and
+ * Order keeps readers safe: a path's blobs before its manifest and tag, and
+ * the closure index last, only when every path was written, so a tag never
+ * names something missing. Uploading, signing, the manifest, the index and
  * the workers are tools/publish.c, shared with `nixoci import`.
  */
 #include <errno.h>
@@ -46,16 +52,18 @@ static const char usage_push[] =
 	"hash part. Paths already in the repository are skipped.\n"
 	"\n"
 	"options:\n"
-	"  -j, --jobs N          parallel uploads (default 4)\n"
-	"  -t, --tag NAME        also write a closure index under tag NAME\n"
+	"  -j, --jobs N          paths pushed in parallel (default 16)\n"
+	"  -t, --tag NAME        also write a closure index under tag NAME; when the\n"
+	"                        index there already is what this push would write,\n"
+	"                        nothing else is checked or written\n"
+	"  --mount-from REPO     blobs that repository REPO of the same registry has\n"
+	"                        are mounted from it instead of uploaded\n"
 	"  -k, --sign-key FILE   sign with a nix-store --generate-binary-cache-key secret key\n"
 	"  --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
 
 /* Output of a child process is capped: `nix path-info --json` of a 15,000
  * path closure is ~20 MiB. */
 #define CHILD_OUT_MAX (512u << 20)
-/* Paths per `nix path-info` invocation, far below ARG_MAX. */
-#define PATHINFO_BATCH 500
 
 /* ------------------------------------------------------ running Nix */
 
@@ -150,75 +158,9 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* The closure of @roots, as Nix sees it, into ps->paths (sorted). */
-/* each store_path is owned by ps->paths (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
-NX_ANALYZER_ARRAY_STORE_BEGIN
-static int query_closure(struct nx_pub *ps, char **roots, size_t nroots)
-{
-	char **argv, *out = NULL, *line, *nl;
-	size_t i, n = 0, len = 0;
-	int r;
-
-	argv = calloc(nroots + 4, sizeof(*argv));
-	if (!argv)
-		return -ENOMEM;
-	argv[0] = (char *)"nix-store";
-	argv[1] = (char *)"--query";
-	argv[2] = (char *)"--requisites";
-	for (i = 0; i < nroots; i++)
-		argv[3 + i] = roots[i];
-	r = nx_run_capture("nix-store --query --requisites", argv, &out, &len);
-	free(argv);
-	if (r != 0) /* posix_spawn's codes are positive: != 0, not < 0, for the analyzer */
-		return r;
-	if (!out) /* set on success; the analyzer does not follow run_capture that far */
-		return -EIO;
-	for (i = 0; i < len; i++)
-		n += out[i] == '\n';
-	ps->paths = calloc(n + 1, sizeof(*ps->paths));
-	if (!ps->paths) {
-		free(out);
-		return -ENOMEM;
-	}
-	for (line = out; *line; line = nl + 1) {
-		const char *base;
-
-		nl = strchr(line, '\n');
-		if (!nl)
-			nl = line + strlen(line) - 1; /* last line without newline */
-		else
-			*nl = '\0';
-		if (!*line)
-			continue;
-
-		if (nx_storepath_check(line, &base) < 0) {
-			nx_log(NX_LOG_ERR, "nix-store --query printed '%s', not a store path",
-			       line);
-			free(out);
-			return -EINVAL;
-		}
-		ps->paths[ps->npaths].info.store_path = strdup(line);
-		if (!ps->paths[ps->npaths].info.store_path) {
-			free(out);
-			return -ENOMEM;
-		}
-		ps->npaths++;
-	}
-	free(out);
-	nx_pub_sort(ps);
-	/* Nix never lists a path twice, but an index with duplicates is invalid */
-	for (i = 1; i < ps->npaths; i++) {
-		if (strcmp(ps->paths[i - 1].info.store_path, ps->paths[i].info.store_path) == 0) {
-			nx_log(NX_LOG_ERR, "nix-store --query listed %s twice",
-			       ps->paths[i].info.store_path);
-			return -EINVAL;
-		}
-	}
-	return 0;
-}
-NX_ANALYZER_ARRAY_STORE_END
-
 /* "/nix/store/<base>" -> strdup(base), validated. */
+/* *out is an item of str_array's array (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
 static int base_of(const char *what, const char *full, char **out)
 {
 	const char *base;
@@ -230,6 +172,7 @@ static int base_of(const char *what, const char *full, char **out)
 	*out = strdup(base);
 	return *out ? 0 : -ENOMEM;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 /* each item is owned by v (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
 NX_ANALYZER_ARRAY_STORE_BEGIN
@@ -340,50 +283,81 @@ static int parse_one_info(struct nx_pub *ps, json_t *o)
 	return 0;
 }
 
-/* Fills every ps->paths[i].info from `nix path-info --json`. */
-static int query_infos(struct nx_pub *ps)
+/*
+ * The closure of @roots and the narinfo of each of its paths, from one
+ * `nix path-info --json --recursive` (one process instead of a query and a
+ * batch of info queries: on a re-push these are most of the time), into
+ * ps->paths, sorted by store path.
+ */
+/* each store_path is owned by ps->paths (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
+static int query_closure(struct nx_pub *ps, char **roots, size_t nroots)
 {
 	static const char *const pre[] = { "nix", "--extra-experimental-features", "nix-command",
-					   "path-info", "--json" };
+					   "path-info", "--json", "--recursive" };
 	const size_t npre = sizeof(pre) / sizeof(pre[0]);
 	char **argv, *out = NULL;
 	json_error_t err;
-	size_t i, j, len = 0;
+	size_t i, n, len = 0;
 	json_t *root;
 	int r = 0;
 
-	argv = calloc(npre + PATHINFO_BATCH + 1, sizeof(*argv));
+	argv = calloc(npre + nroots + 1, sizeof(*argv));
 	if (!argv)
 		return -ENOMEM;
 	for (i = 0; i < npre; i++)
 		argv[i] = (char *)pre[i];
-	for (i = 0; i < ps->npaths && r == 0; i += PATHINFO_BATCH) {
-		size_t n = ps->npaths - i < PATHINFO_BATCH ? ps->npaths - i : PATHINFO_BATCH;
-
-		for (j = 0; j < n; j++)
-			argv[npre + j] = ps->paths[i + j].info.store_path;
-		argv[npre + n] = NULL;
-		r = nx_run_capture("nix path-info --json", argv, &out, &len);
-		if (r != 0)
-			break;
-		if (!out) { /* set on success; the analyzer cannot see that */
-			r = -EIO;
-			break;
-		}
-		root = json_loadb(out, len, 0, &err);
-		free(out);
-		if (!json_is_array(root)) {
-			nx_log(NX_LOG_ERR, "nix path-info --json printed no JSON array: %s",
-			       root ? "not an array" : err.text);
-			json_decref(root);
-			r = -EINVAL;
-			break;
-		}
-		for (j = 0; j < json_array_size(root) && r == 0; j++)
-			r = parse_one_info(ps, json_array_get(root, j));
-		json_decref(root);
-	}
+	for (i = 0; i < nroots; i++)
+		argv[npre + i] = roots[i];
+	r = nx_run_capture("nix path-info --json --recursive", argv, &out, &len);
 	free(argv);
+	if (r != 0) /* posix_spawn's codes are positive: != 0, not < 0, for the analyzer */
+		return r;
+	if (!out) /* set on success; the analyzer does not follow run_capture that far */
+		return -EIO;
+	root = json_loadb(out, len, 0, &err);
+	free(out);
+	if (!json_is_array(root)) {
+		nx_log(NX_LOG_ERR, "nix path-info --json printed no JSON array: %s",
+		       root ? "not an array" : err.text);
+		json_decref(root);
+		return -EINVAL;
+	}
+	n = json_array_size(root);
+	ps->paths = calloc(n + 1, sizeof(*ps->paths));
+	if (!ps->paths) {
+		json_decref(root);
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		const char *path = json_string_value(json_object_get(json_array_get(root, i), "path"));
+		const char *base;
+
+		if (!path || nx_storepath_check(path, &base) < 0) {
+			nx_log(NX_LOG_ERR, "nix path-info printed an entry without a store path");
+			json_decref(root);
+			return -EINVAL;
+		}
+		ps->paths[ps->npaths].info.store_path = strdup(path);
+		if (!ps->paths[ps->npaths].info.store_path) {
+			json_decref(root);
+			return -ENOMEM;
+		}
+		ps->npaths++;
+	}
+	nx_pub_sort(ps);
+	/* Nix never lists a path twice, but an index with duplicates is invalid */
+	for (i = 1; i < ps->npaths; i++) {
+		if (strcmp(ps->paths[i - 1].info.store_path, ps->paths[i].info.store_path) == 0) {
+			nx_log(NX_LOG_ERR, "nix path-info listed %s twice",
+			       ps->paths[i].info.store_path);
+			json_decref(root);
+			return -EINVAL;
+		}
+	}
+	for (i = 0; i < n && r == 0; i++)
+		r = parse_one_info(ps, json_array_get(root, i));
+	json_decref(root);
 	if (r < 0)
 		return r;
 	for (i = 0; i < ps->npaths; i++) {
@@ -395,6 +369,7 @@ static int query_infos(struct nx_pub *ps)
 	}
 	return 0;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 /* ---------------------------------------------------------- one path */
 
@@ -590,12 +565,31 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 			roots[nroots++] = rp;
 	}
 
+	ps.jobs = po.jobs;
+	ps.mount_from = po.mount_from;
 	if (nx_pub_open(&ps, cli, ref) < 0)
 		goto out;
-	if (query_closure(&ps, roots, nroots) < 0 || query_infos(&ps) < 0)
+	if (query_closure(&ps, roots, nroots) < 0)
 		goto out;
-	if (nx_pub_run(&ps, po.jobs) < 0)
+	if (po.tag) {
+		r = nx_pub_unchanged(&ps, po.tag, roots, nroots);
+		if (r < 0)
+			goto out;
+		if (r == 1) {
+			printf("pushed %zu paths (0 uploaded, %zu skipped), 0 bytes uploaded in "
+			       "%.1fs (closure index %s unchanged)\n",
+			       ps.npaths, ps.npaths, (double)(nx_now_ns() - t0) / 1e9, po.tag);
+			ret = NX_EXIT_OK;
+			goto out;
+		}
+	}
+	if (nx_pub_run(&ps, po.jobs) < 0) {
+		nx_pub_progress_clear(&ps);
+		if (po.tag)
+			nx_log(NX_LOG_ERR, "push: not every path was written (see above); the "
+			       "closure index %s was not written", po.tag);
 		goto out;
+	}
 
 	if (po.tag) {
 		r = nx_pub_index(&ps, po.tag, roots, nroots);
@@ -607,9 +601,12 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 		}
 	}
 	nx_pub_progress_clear(&ps);
-	printf("pushed %zu paths (%zu uploaded, %zu skipped), %llu bytes uploaded in %.1fs\n",
+	printf("pushed %zu paths (%zu uploaded, %zu skipped), %llu bytes uploaded in %.1fs",
 	       ps.npaths, ps.uploaded, ps.skipped, (unsigned long long)ps.bytes,
 	       (double)(nx_now_ns() - t0) / 1e9);
+	if (ps.mount_from)
+		printf(" (%zu blobs mounted from %s)", ps.mounted, ps.mount_from);
+	putchar('\n');
 	ret = NX_EXIT_OK;
 out:
 	nx_pub_release(&ps);

@@ -32,6 +32,7 @@ struct nx_cli {
 	const char *insecure_host; /* --insecure=HOST */
 	const char *keys;  /* --trusted-public-keys, or NULL */
 	int timeout_s;     /* 0 = fetch/'s default */
+	int max_transfers; /* 0 = fetch/'s default */
 	int verbose;
 	const char *mirrors[16]; /* --mirror HOST[:PORT], in order */
 	size_t nmirrors;
@@ -123,6 +124,13 @@ struct nx_pub_path {
 	uint64_t msize;
 	int have_info;
 	void *priv; /* the command's own per-path data, freed by the command */
+	/* the manifest and compressed TOC written (or the manifest found), kept
+	 * for the closure metadata so it need not read them back; owned,
+	 * freed by nx_pub_release; NULL when not at hand */
+	char *man;
+	size_t man_len;
+	uint8_t *toc;
+	size_t toc_len;
 };
 
 struct nx_pub {
@@ -139,15 +147,26 @@ struct nx_pub {
 
 	struct nx_pub_path *paths; /* sorted by store path (nx_pub_sort) */
 	size_t npaths;
+	long jobs;              /* parallel transfers asked for; 0 = default */
+	const char *mount_from; /* --mount-from REPO, or NULL */
+	/* hash-part tags of the repository, sorted, listed once before the
+	 * workers start (tags_known): a path whose tag is not among them is
+	 * written without asking for its manifest first */
+	char (*tags)[NX_HASH_LEN + 1];
+	size_t ntags;
+	int tags_known;
+	int config_done;        /* the empty config blob is in the repository */
 
 	pthread_mutex_t lock; /* guards everything below */
 	size_t next;
-	size_t done, uploaded, skipped;
+	size_t done, uploaded, skipped, mounted;
 	uint64_t bytes;
 	int failed;
 	int tty;
 	int progress_shown;
 };
+
+#define NX_PUB_JOBS 16
 
 int nx_pub_init(struct nx_pub *p, const char *verb);
 /* Frees the paths (their info), closes the registry, wipes the key. */
@@ -176,21 +195,42 @@ int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp);
 int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,
 		  uint64_t nar_size, uint64_t blob_size, const uint8_t blob_sha[NX_SHA256_LEN]);
 /* Runs p->one over every path with @jobs threads; stops at the first
- * failure (-EIO). */
+ * failure (-EIO). Lists the repository's tags first (one request per 1000
+ * tags) so that paths not there cost no manifest request, and uploads the
+ * empty config blob. */
 int nx_pub_run(struct nx_pub *p, long jobs);
+/*
+ * The early stop of a re-push: 1 when the closure index under tag @name is
+ * byte for byte the index this run would write (the same store paths, each
+ * manifest, found in the index's closure metadata blob by the digest the
+ * index lists, for the same store path, NarHash and NarSize and, with a key
+ * loaded, carrying our signatures; the same roots); every pp->mdigest is
+ * then filled and nothing needs writing. 0 otherwise (write as usual), or
+ * -errno for a local failure. Three requests: the index, the metadata
+ * manifest and its blob.
+ */
+int nx_pub_unchanged(struct nx_pub *p, const char *name, char **roots, size_t nroots);
 /* The closure index of every path under tag @name (unchanged: no write). */
 int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots);
 void nx_pub_add_bytes(struct nx_pub *p, uint64_t n);
+/* Stores a blob unless the registry has it (asked first when @probe > 0,
+ * or when @probe is 0 and the blob is not small; never when @probe < 0),
+ * mounting it from p->mount_from when set; counts the bytes sent or the
+ * mount. */
+int nx_pub_upload_blob(struct nx_pub *p, const uint8_t digest[NX_SHA256_LEN], int fd,
+		       const void *buf, uint64_t size, int probe);
 /* tools/cmeta.c: writes (or finds under tag @name, unchanged) the closure
  * metadata manifest and blob of every path of @p (format.md 5.1); *meta
  * gets the manifest's descriptor. -E2BIG when over the readers' caps. */
 int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *meta);
-/* Options push and import share: -j/--jobs N (1..64, default 4), -t/--tag
+/* Options push and import share: -j/--jobs N (1..64, default NX_PUB_JOBS),
+ * --mount-from REPO, -t/--tag
  * NAME (checked), -k/--sign-key FILE, and the common ones. Returns -1 when
  * the command goes on (optind at the first operand), else the exit status
  * (help printed, or a usage error logged). */
 struct nx_pub_opts {
 	long jobs;
+	const char *mount_from; /* --mount-from REPO */
 	const char *tag;
 	const char *keyfile;
 };

@@ -1,0 +1,210 @@
+#!/bin/bash
+# bench/push.sh [O]: pushing a closure, nixoci against skopeo (make bench runs
+# it; alone: make bench-push). Same closure as run.sh (bench/closure, its
+# nix-build kept in $BENCH_WORK/closure) and the same layered OCI image of
+# it (bench/oci-layered.py, kept in $BENCH_WORK/oci). For each added round
+# trip time (BENCH_PUSH_RTTS, default "0 40" ms) and each of BENCH_RUNS runs:
+#
+#   nixoci   nixoci push --tag bench of the closure from the local store
+#            into an empty registry (fresh storage)
+#   repush   the same push again, unchanged closure: nothing to upload
+#   skopeo   skopeo copy of the layered image (oci:DIR, made beforehand)
+#            into an empty registry (fresh storage)
+#
+# 0 ms talks to the registry directly; other RTTs go through
+# tests/lib/faultproxy.py with delay=MS, which holds every request that long
+# before forwarding it (a link with that much added round-trip time and no
+# bandwidth limit). The page cache is left warm for both methods (the NARs
+# and the image both fit in RAM): the figures are of the network path.
+# Samples in bench/results/push.tsv, medians and ratios as Markdown on stdout
+# and in bench/results/push.md.
+set -euo pipefail
+export LC_ALL=C
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+O=${1:-build}
+case $O in /*) ;; *) O=$SRC/$O ;; esac
+WORK=${BENCH_WORK:-/var/tmp/nixoci-bench}
+RUNS=${BENCH_RUNS:-3}
+RTTS=${BENCH_PUSH_RTTS:-0 40}
+RUN=$WORK/push-run
+RESULTS=$SRC/bench/results
+export PATH=$O/bin:$PATH:/usr/sbin:/sbin
+export NIX_CONFIG="extra-experimental-features = nix-command"
+NIXB=(--option substituters "" --option sandbox false --option fsync-metadata false)
+
+T_START=$(date +%s)
+say() { printf '[bench-push %4ds] %s\n' $(($(date +%s) - T_START)) "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+for c in nixoci nix-build nix docker-registry skopeo curl /usr/bin/python3; do
+	command -v "$c" >/dev/null || die "$c is missing (see tests/lib/deps.txt)"
+done
+
+CLEANUP=()
+cleanup() {
+	local i
+	for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[$i]}" || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+rm -rf "$RUN"
+mkdir -p "$RUN" "$RESULTS"
+[ -n "${BENCH_KEEP:-}" ] || CLEANUP+=("rm -rf '$RUN'")
+TSV=$RUN/push.tsv
+: >"$TSV"
+# sample METHOD RTT RUN SECONDS NOTE
+sample() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"; }
+timed() {
+	local t0 t1
+	t0=$(date +%s%N)
+	if ! "$@" >>"$RUN/cmd.log" 2>&1; then
+		tail -n 20 "$RUN/cmd.log" >&2
+		die "failed: $*"
+	fi
+	t1=$(date +%s%N)
+	SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+}
+free_port() {
+	/usr/bin/python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+wait_for() {
+	local n=$(($1 * 10))
+	shift
+	while ! "$@" 2>/dev/null; do
+		n=$((n - 1))
+		[ $n -gt 0 ] || return 1
+		sleep 0.1
+	done
+}
+
+# ------------------------------------------------------- closure and image
+
+say "closure: nix-build (cached after the first run of make bench)"
+/usr/bin/python3 "$SRC/bench/closure/spec.py" >"$RUN/spec.json" 2>>"$RUN/cmd.log"
+timed nix-build "$SRC/bench/closure/closure.nix" --arg spec "$RUN/spec.json" \
+	"${NIXB[@]}" --max-jobs 8 --out-link "$WORK/closure"
+ROOT=$(readlink -f "$WORK/closure")
+read -r NPATHS NARBYTES < <(nix path-info --json -r "$ROOT" | /usr/bin/python3 -c '
+import json, sys
+i = json.load(sys.stdin)
+print(len(i), sum(p["narSize"] for p in i))')
+say "closure: $ROOT: $NPATHS paths, $(awk -v b="$NARBYTES" 'BEGIN { printf "%.2f GiB", b / 2^30 }') of NAR"
+say "image: the layered OCI image of the closure (kept in $WORK/oci)"
+timed /usr/bin/python3 "$SRC/bench/oci-layered.py" "$ROOT" "$WORK/oci"
+IMGBYTES=$(du -sb "$WORK/oci/blobs" | cut -f1)
+
+# ------------------------------------------------------ registry and proxy
+
+REG_PID=
+PROXY_PID=
+stop_registry() {
+	if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; fi
+	REG_PID=
+}
+stop_proxy() {
+	if [ -n "$PROXY_PID" ]; then kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; fi
+	PROXY_PID=
+}
+CLEANUP+=("stop_proxy" "stop_registry")
+
+# fresh_registry RTT: an empty docker-registry, and the proxy in front of it
+# when RTT > 0; sets DEST (HOST:PORT the pushes go to)
+fresh_registry() {
+	local port d=$RUN/registry
+	stop_proxy
+	stop_registry
+	rm -rf "$d"
+	mkdir -p "$d/storage"
+	port=$(free_port)
+	cat >"$d/config.yml" <<-EOF
+	version: 0.1
+	log:
+	  level: warn
+	  accesslog:
+	    disabled: true
+	storage:
+	  filesystem:
+	    rootdirectory: $d/storage
+	http:
+	  addr: 127.0.0.1:$port
+	EOF
+	docker-registry serve "$d/config.yml" >"$d/log" 2>&1 &
+	REG_PID=$!
+	wait_for 20 curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" || die "docker-registry did not start"
+	DEST=127.0.0.1:$port
+	[ "$1" -gt 0 ] || return 0
+	echo "delay=$1" >"$RUN/proxy.control"
+	rm -f "$RUN/proxy.port"
+	/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$DEST" \
+		--control "$RUN/proxy.control" --port-file "$RUN/proxy.port" \
+		>"$RUN/proxy.stderr" 2>&1 &
+	PROXY_PID=$!
+	wait_for 10 test -s "$RUN/proxy.port" || die "the delay proxy did not start"
+	DEST=127.0.0.1:$(cat "$RUN/proxy.port")
+	wait_for 10 curl -fsS -o /dev/null "http://$DEST/v2/" || die "the delay proxy does not answer"
+}
+
+# --------------------------------------------------------------- the runs
+
+for rtt in $RTTS; do
+	for run in $(seq 1 "$RUNS"); do
+		# the order alternates per run, so that load from elsewhere
+		# hits both alike
+		if [ $((run % 2)) = 1 ]; then order="nixoci skopeo"; else order="skopeo nixoci"; fi
+		for m in $order; do
+			fresh_registry "$rtt"
+			if [ "$m" = nixoci ]; then
+				timed nixoci push --tag bench "$DEST/bench/store" "$ROOT"
+				sample nixoci "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
+				say "rtt $rtt ms, run $run: nixoci push ${SECS}s: $(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
+				timed nixoci push --tag bench "$DEST/bench/store" "$ROOT"
+				grep -q '^pushed .*(0 uploaded.* 0 bytes uploaded' <(grep '^pushed' "$RUN/cmd.log" | tail -n 1) ||
+					die "the re-push uploaded something: $(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
+				sample repush "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
+				say "rtt $rtt ms, run $run: re-push ${SECS}s"
+			else
+				timed skopeo copy --quiet --dest-tls-verify=false "oci:$WORK/oci:latest" \
+					"docker://$DEST/bench/layered:latest"
+				sample skopeo "$rtt" "$run" "$SECS" ""
+				say "rtt $rtt ms, run $run: skopeo copy ${SECS}s"
+			fi
+		done
+	done
+done
+stop_proxy
+stop_registry
+
+# ----------------------------------------------------------------- report
+
+cp "$TSV" "$RESULTS/push.tsv"
+/usr/bin/python3 - "$TSV" "$NPATHS" "$NARBYTES" "$IMGBYTES" "$RUNS" "$ROOT" <<'EOF' | tee "$RESULTS/push.md"
+import statistics, sys, time, os
+tsv, npaths, narbytes, imgbytes, runs, root = sys.argv[1:]
+s = {}
+for line in open(tsv):
+    m, rtt, run, secs, note = line.rstrip("\n").split("\t")
+    s.setdefault((m, int(rtt)), []).append(float(secs))
+med = {k: statistics.median(v) for k, v in s.items()}
+rtts = sorted({k[1] for k in s})
+print(f"Run of {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {runs} runs per "
+      f"measurement, medians; load average at the end: "
+      f"{' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} CPUs.")
+print()
+print(f"Closure: {npaths} store paths, {int(narbytes) / 2**30:.2f} GiB of NAR "
+      f"(`{os.path.basename(root)}`); the layered image: 100 gzip layers, "
+      f"{int(imgbytes) / 2**20:.1f} MiB.")
+print()
+print("| added RTT | nixoci push | skopeo copy (layered image) | ratio (target ≤ 1.5×) "
+      "| re-push, unchanged (target < 1 s at 0 ms, < 2 s at 40 ms) |")
+print("|---|---|---|---|---|")
+for r in rtts:
+    n, k, rp = med.get(("nixoci", r)), med.get(("skopeo", r)), med.get(("repush", r))
+    ratio = f"{n / k:.2f}×" if n and k else "-"
+    all_ = lambda m: ", ".join(f"{x:.1f}" for x in s.get((m, r), []))
+    print(f"| {r} ms | {n:.1f} s ({all_('nixoci')}) | {k:.1f} s ({all_('skopeo')}) | {ratio} "
+          f"| {rp:.2f} s ({', '.join(f'{x:.2f}' for x in s.get(('repush', r), []))}) |")
+EOF
+say "done: bench/results/push.tsv, bench/results/push.md"

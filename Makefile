@@ -179,6 +179,7 @@ bench-import: all
 # with and without a startup profile (~10 min after make bench built the closure)
 bench-cold: all
 	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
+
 # make bench-push: only the push comparison (nixoci push against skopeo, at
 # 0 and 40 ms added RTT, and re-push)
 bench-push: all

@@ -171,6 +171,40 @@ int main(void)
 	is_int(nx_registry_put_blob(r, d_missing, -1, "not this", 8), -EIO,
 	       "put blob with a wrong digest fails (400 DIGEST_INVALID)");
 
+	/* another repository of the same registry: mount, or upload when the
+	 * source lacks the blob */
+	{
+		const char *repo = strchr(nx_registry_ref(r), '/') + 1;
+		uint8_t d_other[NX_SHA256_LEN];
+		struct nx_registry *r2;
+		char *ref2 = NULL;
+		int how = -1;
+
+		nx_sha256("not mounted", 11, d_other);
+		ok(asprintf(&ref2, "%s-mnt", ref) > 0, "sibling reference");
+		is_int(nx_registry_open(&r2, ref2, &o), 0, "open %s", ref2);
+		is_int(nx_registry_push_blob(r2, d_small, -1, "small blob", 10, repo, &how), 0,
+		       "push with a mount source");
+		is_int(how, NX_BLOB_MOUNTED, "the blob was mounted, not sent");
+		exists = -1;
+		is_int(nx_registry_blob_exists(r2, d_small, &exists), 0, "head mounted blob");
+		is_int(exists, 1, "the mounted blob is in the other repository");
+		how = -1;
+		is_int(nx_registry_push_blob(r2, d_other, -1, "not mounted", 11, "nothere/x", &how),
+		       0, "mount source without the blob: uploaded instead");
+		ok(how == NX_BLOB_PUT || how == NX_BLOB_SINGLE, "sent (how %d)", how);
+		exists = -1;
+		is_int(nx_registry_blob_exists(r2, d_other, &exists), 0, "head uploaded blob");
+		is_int(exists, 1, "the uploaded blob is there");
+		is_int(nx_registry_push_blob(r2, d_other, -1, "not mounted", 11, "Bad Name", NULL),
+		       -EINVAL, "a mount source that is no repository name: -EINVAL");
+		how = -1;
+		is_int(nx_registry_push_blob(r2, d_missing, -1, "not this", 8, NULL, &how), -EIO,
+		       "single-request path: a wrong digest still fails");
+		nx_registry_close(r2);
+		free(ref2);
+	}
+
 	exists = -1;
 	is_int(nx_registry_blob_exists(r, d_blob, &exists), 0, "head blob");
 	is_int(exists, 1, "blob exists");

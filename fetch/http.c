@@ -694,6 +694,22 @@ struct xfer {
 	struct nx_mxfer *mx; /* this attempt runs on the event thread */
 };
 
+/* An upload whose body is all sent waits for the registry to check and
+ * store it (hash a large blob, move it into place) before the answer: silence
+ * then is work, not a stall, and is given the whole request timeout. */
+static int upload_sent(const struct xfer *x, curl_off_t ultotal, curl_off_t ulnow)
+{
+	return x->q->upload && x->q->up_size > 0 && ulnow > 0 &&
+	       (uint64_t)ulnow >= x->q->up_size && (ultotal <= 0 || ulnow >= ultotal);
+}
+
+static uint64_t upload_wait_ms(const struct nx_registry *r)
+{
+	uint64_t t = (uint64_t)(r->timeout_s > 0 ? r->timeout_s : 30) * 1000;
+
+	return t > stall_ms(r) ? t : stall_ms(r);
+}
+
 /* libcurl calls this about once a second, and whenever data moves. */
 static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 		       curl_off_t ulnow)
@@ -716,7 +732,9 @@ static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
 		x->last_move_ns = now;
 		return 0;
 	}
-	if (now - x->last_move_ns >= (stall_ms(x->r) - 100) * 1000000) {
+	if (now - x->last_move_ns >= (upload_sent(x, ultotal, ulnow) ? upload_wait_ms(x->r)
+									  : stall_ms(x->r) - 100) *
+					    1000000) {
 		x->stalled = 1;
 		return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a stall */
 	}
@@ -1203,8 +1221,10 @@ static int setup(CURL *h, struct nx_registry *r, struct xfer *x, const char *url
 			 timeout_ms && timeout_ms < NX_CONNECT_SECS * 1000 ? timeout_ms
 									  : NX_CONNECT_SECS * 1000);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, NX_LOW_SPEED_BYTES);
-	/* a backstop to on_xferinfo; whole seconds only */
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)((stall_ms(r) + 999) / 1000));
+	/* a backstop to on_xferinfo; whole seconds only (an upload may wait
+	 * longer for its answer, see upload_sent) */
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
+			 (long)(((q->upload ? upload_wait_ms(r) : stall_ms(r)) + 999) / 1000));
 	x->last_move_ns = nx_now_ns();
 	x->last_dl = x->last_ul = 0;
 	x->stalled = 0;

@@ -282,6 +282,25 @@ out:
 	return rc;
 }
 
+/*
+ * The PUT that ends an upload failed, but it may have stored the blob: an
+ * answer lost on the way, or a retry that found the session already used up
+ * by the first attempt. The registry, asked by digest, knows: 0 if it has the
+ * blob, else @rc.
+ */
+static int stored_anyway(struct nx_registry *r, const char *what,
+			 const uint8_t digest[NX_SHA256_LEN], int rc)
+{
+	int exists = 0;
+
+	if (nx_registry_blob_exists(r, digest, &exists) == 0 && exists) {
+		nx_log(NX_LOG_NOTICE, "registry %s: %s: the registry has the blob after all; "
+		       "going on", r->ref, what);
+		return 0;
+	}
+	return rc;
+}
+
 int nx_registry_push_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], int fd,
 			  const void *buf, uint64_t size, const char *mount_from, int *how)
 {
@@ -381,6 +400,8 @@ int nx_registry_push_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_
 	rc = nx_http_do(r, &p);
 	if (rc == 0)
 		rc = check_stored_digest(r, what, &p, digest);
+	else if (rc != -ECANCELED && rc != -ENOMEM && rc != -EBADMSG)
+		rc = stored_anyway(r, what, digest, rc);
 out:
 	nx_req_release(&p);
 	free(loc);

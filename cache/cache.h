@@ -19,8 +19,14 @@
  *
  * Thread rules: every function may be called from any thread concurrently
  * after nx_store_open returns. Concurrent misses on one frame collapse into
- * one fetch. Returned struct nx_spath pointers stay valid until
- * nx_store_close (store paths are never unloaded while the store is open).
+ * one fetch. A struct nx_spath pointer stays valid (as an identity, and for
+ * nx_spath_id and nx_spath_base) until nx_store_close; its manifest and TOC
+ * only while the caller holds a reference: nx_store_lookup and
+ * nx_store_by_id return one, nx_spath_get adds one, nx_spath_put drops it.
+ * Every function taking a struct nx_spath wants one held. Unreferenced
+ * paths are unloaded, least recently used first, when the metadata in
+ * memory exceeds the budget (nx_store_opts.meta_budget), and are loaded
+ * again from the cache when asked for, by name or by id.
  *
  * Errors are negative errnos; -EIO means "could not get verified data"
  * (network down, digest mismatch, malformed artifact) and was logged once.
@@ -85,6 +91,10 @@ struct nx_store_opts {
 	const char *profile_record; /* write the frames read during the first
 				    * profile_seconds to this file at close */
 	int profile_seconds;       /* 0 = NX_PROFILE_SECONDS (60) */
+	uint64_t meta_budget;      /* bytes of metadata in memory (decoded TOCs,
+				    * manifests, names, the closure metadata
+				    * blob) beyond which unreferenced paths are
+				    * unloaded: 0 = NX_META_BUDGET_DEFAULT */
 	int tag_ttl;               /* seconds a cached tag resolution is used
 				    * without asking @origin again: 0 = default
 				    * (NX_TAG_TTL_DEFAULT), NX_TAG_TTL_ZERO =
@@ -110,6 +120,7 @@ struct nx_store_opts {
  * path loaded by a running store keeps its resolution while loaded.
  */
 #define NX_TAG_TTL_DEFAULT 600
+#define NX_META_BUDGET_DEFAULT (UINT64_C(256) << 20)
 #define NX_TAG_TTL_ZERO (-1)
 
 struct nx_store;
@@ -147,11 +158,20 @@ void nx_store_close(struct nx_store *st);
  * a valid store path name; -EACCES when the trust policy refuses it (one log
  * line says why); -EIO when it could not be fetched or is malformed;
  * -EAGAIN when it would go to the registry over the lookup bound. Results
- * are remembered: successes until close, -ENOENT and -EACCES for 5 seconds,
- * -EIO not at all. With trusted keys and only a narinfo signature, the first
- * lookup fetches and verifies the whole NAR (remembered in the cache).
+ * are remembered: successes until close (the name, its id and its manifest
+ * digest; the loaded part may be unloaded and is then loaded again by that
+ * digest, from the cache), -ENOENT and -EACCES for 5 seconds, -EIO not at
+ * all. With trusted keys and only a narinfo signature, the first lookup
+ * fetches and verifies the whole NAR (remembered in the cache). On success
+ * *out holds a reference: nx_spath_put it.
  */
 int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx_spath **out);
+/* Another reference to @p, for a caller that holds one (an open file, a
+ * queued job). */
+void nx_spath_get(struct nx_spath *p);
+/* Drops a reference; NULL is a no-op. The last one makes @p a candidate
+ * for unloading, at once when the store is over its metadata budget. */
+void nx_spath_put(struct nx_spath *p);
 /* A path that a lookup loads also queues its references for loading in the
  * background (a cache opened read-only does not): at most 2 threads and 64
  * queued names, ordinary lookups (verified, collapsed with foreground ones),
@@ -159,12 +179,24 @@ int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx
  * joins them (a lookup in progress ends with its request). */
 
 /*
- * Store paths get a 40-bit id derived from their hash part (stable across
- * restarts). The FUSE layer builds inode numbers as (id << 24) | entry.
- * Finds a loaded path by id; -ENOENT if none.
+ * Store paths get a 40-bit id derived from their hash part; the rare
+ * collision is settled once and recorded in the cache's id table, so an id
+ * is the same across unloads, restarts and successor daemons whatever the
+ * load order (without a writable cache, a new collision is settled in load
+ * order). The FUSE layer builds inode numbers as (id << 24) | entry.
+ * Finds the path with @id, loading it again when it was unloaded or was
+ * never loaded by this store but is in the id table; a reference in *out.
+ * -ENOENT if no path has that id; load errors as nx_store_lookup.
  */
 #define NX_INO_ENTRY_BITS 24
 int nx_store_by_id(struct nx_store *st, uint64_t id, struct nx_spath **out);
+
+/* What the store knows of @base without loading anything: 0, its id and
+ * the type of its root (enum nx_node_type) when it was resolved before,
+ * else -ENOENT. @loaded (may be NULL): the path with a reference when it
+ * is loaded now, else NULL. */
+int nx_store_peek(struct nx_store *st, const char *base, size_t len, uint64_t *id, int *type,
+		  struct nx_spath **loaded);
 
 /* Calls @cb for every store path base name the root directory lists: the
  * closure in closure mode, otherwise the paths resolved so far. Stops and
@@ -262,7 +294,13 @@ struct nx_store_stats {
 	uint64_t evictions;
 	uint64_t verify_failures;
 	uint64_t errors;
-	uint64_t paths_loaded;
+	uint64_t paths_loaded;     /* paths resolved (loaded a first time) */
+	uint64_t paths_in_memory;  /* of those, loaded now */
+	uint64_t paths_unloaded;   /* unloads to keep the metadata budget */
+	uint64_t paths_reloaded;   /* loads of a path unloaded before */
+	uint64_t meta_bytes;       /* metadata in memory now (headers, loaded
+				    * manifests and TOCs, closure metadata) */
+	uint64_t meta_budget;
 	uint64_t readahead_frames; /* frames fetched by readahead (also in
 				    * frames_fetched) */
 	int offline;               /* the source was found gone (refused,

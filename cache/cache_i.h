@@ -74,14 +74,30 @@
 #define NX_ORPHAN_AGE_NS (UINT64_C(600) * 1000000000)
 #define NX_MAP_MAX ((size_t)1 << 36)
 
+/*
+ * A store path this store has resolved. The header (name, id, digests)
+ * stays until nx_store_close, so a pointer to it is a stable identity; the
+ * loaded part (man, toc) is there only while @loaded, and may be unloaded
+ * (under st->lock) once no one holds a reference: see store.c.
+ */
 struct nx_spath {
 	struct nx_spath *next_name, *next_id, *next_all;
+	/* the LRU list of loaded, unreferenced paths (under st->lock) */
+	struct nx_spath *lru_prev, *lru_next;
+	struct nx_store *st;
 	uint64_t id;
+	unsigned refs;     /* atomic; 0 -> 1 and the drop to 0 under st->lock */
+	int loaded;        /* man and toc are valid (under st->lock) */
+	int in_lru;
+	uint8_t root_type; /* enum nx_node_type of entry 0, kept when unloaded */
+	uint64_t bytes;    /* what the loaded part takes (malloc_usable_size) */
 	char base[NX_BASE_MAX + 1];
 	size_t base_len;
 	struct nx_manifest man;
 	struct nx_toc *toc;
 	uint8_t man_digest[NX_SHA256_LEN];
+	uint64_t man_size;
+	uint8_t toc_digest[NX_SHA256_LEN]; /* man.toc.digest, kept when unloaded */
 };
 
 /* A manifest or TOC blob of the closure metadata blob (closure.c), by the
@@ -220,13 +236,21 @@ struct nx_store {
 	 * allowed with no transaction open in the process, so it holds it
 	 * exclusively. Transactions never nest, so this cannot deadlock. */
 	pthread_rwlock_t db_rw;
-	MDB_dbi dbi_chunks, dbi_blobs, dbi_tags, dbi_verified;
+	MDB_dbi dbi_chunks, dbi_blobs, dbi_tags, dbi_verified, dbi_ids, dbi_idnames;
+	int no_ids; /* read-only look at a cache without the id table */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct nx_spath *by_name[NX_PATH_BUCKETS];
 	struct nx_spath *by_id[NX_PATH_BUCKETS];
 	struct nx_spath *all;
+	/* metadata budget (store.c): bytes of headers, loaded manifests and
+	 * TOCs and the closure metadata blob; unreferenced loaded paths in
+	 * LRU order, the least recently used first */
+	uint64_t meta_bytes, meta_budget;
+	struct nx_spath *lru_head, *lru_tail;
+	uint64_t id_mask; /* NX_ID_MASK, or fewer bits for tests */
+	int id_warned;
 	struct nx_loading *loading;
 	struct nx_neg *neg;
 	size_t nneg;
@@ -289,6 +313,7 @@ struct nx_store {
 	uint64_t total_bytes; /* chunks + metadata blobs in the cache */
 	uint64_t frames_fetched, bytes_fetched, cache_hits, cache_misses, evictions;
 	uint64_t verify_failures, errors, paths_loaded, ra_frames;
+	uint64_t paths_unloaded, paths_reloaded, paths_in_memory;
 	uint64_t saves;
 };
 
@@ -317,6 +342,18 @@ int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, vo
 int nx_db_put(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, const void *val,
 	      size_t vlen);
 int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen);
+
+/* The id table (store paths' inode ids, kept so they do not depend on
+ * load order): the id recorded for @base, else the first free one from
+ * @want on (probing +1 within @mask, never 0), recorded in the same write
+ * transaction, so concurrent processes sharing the cache agree. 0 and *id,
+ * -ENOENT without a writable cache and no record, or another negative
+ * errno (LMDB failed; logged by the caller). */
+int nx_db_id_assign(struct nx_store *st, const char *base, size_t len, uint64_t want,
+		    uint64_t mask, uint64_t *id);
+/* The base name recorded for @id into @base (NUL-terminated, @cap bytes);
+ * -ENOENT if none. */
+int nx_db_id_base(struct nx_store *st, uint64_t id, char *base, size_t cap);
 
 /* Verified metadata blob from the cache: -ENOENT on a miss (a record whose
  * file is missing or damaged is dropped). *buf caller frees. */

@@ -25,6 +25,8 @@
  *   blobs:    blob digest (32)  -> size, time stored
  *   tags:     hash part (32)    -> manifest digest (32), time
  *   verified: manifest digest   -> time the full NAR verification passed
+ *   ids:      store path id (8, LE) -> base name   (store.c: inode ids)
+ *   idnames:  base name        -> store path id (8, LE)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -534,16 +536,23 @@ static uint64_t sum_sizes(struct nx_store *st, MDB_dbi dbi)
 
 static int open_dbis(struct nx_store *st)
 {
-	static const char *const names[] = { "chunks", "blobs", "tags", "verified" };
-	MDB_dbi *dbis[] = { &st->dbi_chunks, &st->dbi_blobs, &st->dbi_tags, &st->dbi_verified };
+	static const char *const names[] = { "chunks", "blobs", "tags", "verified", "ids",
+					     "idnames" };
+	MDB_dbi *dbis[] = { &st->dbi_chunks, &st->dbi_blobs, &st->dbi_tags, &st->dbi_verified,
+			    &st->dbi_ids, &st->dbi_idnames };
 	MDB_txn *txn;
 	int rc;
 
 	rc = txn_begin(st, st->readonly ? MDB_RDONLY : 0, &txn);
 	if (rc)
 		return rc;
-	for (size_t i = 0; i < 4; i++) {
+	for (size_t i = 0; i < 6; i++) {
 		rc = mdb_dbi_open(txn, names[i], st->readonly ? 0 : MDB_CREATE, dbis[i]);
+		if (rc == MDB_NOTFOUND && i >= 4) {
+			/* a read-only look at a cache from before the id table */
+			st->no_ids = 1;
+			continue;
+		}
 		if (rc) {
 			txn_abort(st, txn);
 			return rc;
@@ -746,6 +755,104 @@ int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen)
 	if (!st->env || st->readonly)
 		return 0;
 	return mdb_errno(write_txn(st, kv_apply, &op));
+}
+
+struct id_op {
+	const char *base;
+	size_t len;
+	uint64_t want, mask, id;
+};
+
+static int id_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	struct id_op *op = arg;
+	MDB_val k = { op->len, (void *)op->base }, v;
+	uint8_t key[8];
+	uint64_t id = op->want;
+	int rc;
+
+	rc = mdb_get(txn, st->dbi_idnames, &k, &v);
+	if (rc == 0 && v.mv_size == 8) {
+		op->id = get_le64(v.mv_data);
+		return 0;
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	/* bounded: a table this full means the id space is (nearly) used up */
+	for (uint64_t tries = 0; tries <= op->mask && tries < (UINT64_C(1) << 20); tries++) {
+		MDB_val ik = { 8, key };
+
+		put_le64(key, id);
+		rc = mdb_get(txn, st->dbi_ids, &ik, &v);
+		if (rc == MDB_NOTFOUND ||
+		    (rc == 0 && v.mv_size == op->len && memcmp(v.mv_data, op->base, op->len) == 0)) {
+			MDB_val iv = { op->len, (void *)op->base }, nv = { 8, key };
+
+			rc = mdb_put(txn, st->dbi_ids, &ik, &iv, 0);
+			if (rc == 0)
+				rc = mdb_put(txn, st->dbi_idnames, &k, &nv, 0);
+			if (rc == 0)
+				op->id = id;
+			return rc;
+		}
+		if (rc != 0)
+			return rc;
+		id = (id + 1) & op->mask;
+		if (!id)
+			id = 1;
+	}
+	return ENOSPC;
+}
+
+int nx_db_id_assign(struct nx_store *st, const char *base, size_t len, uint64_t want,
+		    uint64_t mask, uint64_t *id)
+{
+	struct id_op op = { base, len, want, mask, 0 };
+	MDB_txn *txn;
+	MDB_val k = { len, (void *)base }, v;
+	int rc;
+
+	if (!st->env || st->no_ids)
+		return -ENOENT;
+	/* the common case (known) needs no write transaction */
+	rc = txn_begin(st, MDB_RDONLY, &txn);
+	if (rc)
+		return mdb_errno(rc);
+	rc = mdb_get(txn, st->dbi_idnames, &k, &v);
+	if (rc == 0 && v.mv_size == 8)
+		op.id = get_le64(v.mv_data);
+	txn_abort(st, txn);
+	if (rc == 0 && v.mv_size == 8) {
+		*id = op.id;
+		return 0;
+	}
+	if (rc != MDB_NOTFOUND)
+		return mdb_errno(rc ? rc : MDB_CORRUPTED);
+	if (st->readonly)
+		return -ENOENT;
+	rc = write_txn(st, id_apply, &op);
+	if (rc)
+		return mdb_errno(rc);
+	*id = op.id;
+	return 0;
+}
+
+int nx_db_id_base(struct nx_store *st, uint64_t id, char *base, size_t cap)
+{
+	uint8_t key[8];
+	size_t vlen = 0;
+	int rc;
+
+	if (!st->env || st->no_ids || cap == 0)
+		return -ENOENT;
+	put_le64(key, id);
+	rc = nx_db_get(st, st->dbi_ids, key, sizeof(key), base, cap - 1, &vlen);
+	if (rc < 0)
+		return rc;
+	if (vlen == 0 || vlen >= cap)
+		return -ENOENT; /* not a name we could have written */
+	base[vlen] = '\0';
+	return 0;
 }
 
 /* "xx/<hex>" of digest @d, relative to fd_chunks or fd_blobs. */
@@ -1220,13 +1327,14 @@ static int cands_add(struct nx_store *st, MDB_dbi dbi, int blob, struct evict_ca
 	return rc;
 }
 
-/* 1 if a loaded path holds @d as its manifest or TOC (under st->lock):
- * such blobs are what a reload needs, they are never evicted. */
+/* 1 if a path this store resolved (loaded or not) has @d as its manifest
+ * or TOC (under st->lock): such blobs are what a reload needs, they are
+ * never evicted. */
 static int blob_in_use(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 {
 	for (struct nx_spath *p = st->all; p; p = p->next_all)
 		if (memcmp(p->man_digest, d, NX_SHA256_LEN) == 0 ||
-		    memcmp(p->man.toc.digest, d, NX_SHA256_LEN) == 0)
+		    memcmp(p->toc_digest, d, NX_SHA256_LEN) == 0)
 			return 1;
 	return 0;
 }

@@ -416,7 +416,15 @@ static void *worker(void *arg)
 		} else if (x) {
 			unlink_entry(f, x);
 		}
-		free(j);
+		{
+			struct nx_spath *done = j->p;
+
+			free(j);
+			/* not under f->lock: the put takes st->lock */
+			pthread_mutex_unlock(&f->lock);
+			nx_spath_put(done);
+			pthread_mutex_lock(&f->lock);
+		}
 		if (rc == 0 && nx_stat_get(&st->total_bytes) > st->limit) {
 			pthread_mutex_unlock(&f->lock);
 			nx_files_evict(st, st->limit - st->limit / 10);
@@ -517,6 +525,7 @@ void nx_files_close(struct nx_store *st)
 		struct nx_file_job *j = f->head;
 
 		f->head = j->next;
+		nx_spath_put(j->p);
 		free(j);
 	}
 	for (i = 0; i < FILES_BUCKETS; i++)
@@ -563,6 +572,7 @@ static void want_locked(struct nx_store *st, struct nx_files *f, struct nx_spath
 		return;
 	}
 	j->p = p;
+	nx_spath_get(p); /* the worker reads its TOC */
 	j->entry = entry;
 	if (f->tail)
 		f->tail->next = j;

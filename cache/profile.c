@@ -406,6 +406,7 @@ static void pf_plan(struct nx_pfetch *pf)
 			;
 		if (nx_store_lookup(st, pr->ents[a].base, strlen(pr->ents[a].base), &p) < 0 ||
 		    fmap_build(&m, p) < 0) {
+			nx_spath_put(p);
 			pf->foreign += b - a; /* not in this closure (or cannot load) */
 			a = b;
 			continue;
@@ -424,10 +425,15 @@ static void pf_plan(struct nx_pfetch *pf)
 
 			while (j < k && idx[j] <= idx[j - 1] + 1)
 				j++;
-			if (pf_add_run(pf, p, idx[i], idx[j - 1]) < 0)
+			if (pf_add_run(pf, p, idx[i], idx[j - 1]) < 0) {
+				nx_spath_put(p);
 				goto out;
+			}
 			i = j;
 		}
+		/* a queued run holds no reference (a worker takes one by id):
+		 * a profile does not pin its paths over the metadata budget */
+		nx_spath_put(p);
 		a = b;
 	}
 out:
@@ -447,6 +453,7 @@ static void *pf_worker(void *arg)
 
 	for (;;) {
 		struct nx_pf_run r;
+		struct nx_spath *p;
 
 		pthread_mutex_lock(&st->lock);
 		while (pf->taken == pf->nruns && !pf->planned && !pf_stopped(st))
@@ -457,10 +464,15 @@ static void *pf_worker(void *arg)
 		}
 		r = pf->runv[pf->taken++];
 		pthread_mutex_unlock(&st->lock);
+		/* the header stays, its TOC may have been unloaded meanwhile:
+		 * by id it is loaded again (the same TOC, by digest) */
+		if (nx_store_by_id(st, nx_spath_id(r.p), &p) < 0)
+			continue;
 		/* cached and in-flight frames cost nothing; a failure was
 		 * logged by the walk (at most debug level for a background one
 		 * unless a frame failed to verify) */
-		nx_frames_walk(st, r.p, r.first, r.last, NX_BATCH_BYTES, &ops, NULL);
+		nx_frames_walk(st, p, r.first, r.last, NX_BATCH_BYTES, &ops, NULL);
+		nx_spath_put(p);
 	}
 	return NULL;
 }

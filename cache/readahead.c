@@ -105,6 +105,7 @@ static void *ra_main(void *arg)
 		st->ra_queued--;
 		pthread_mutex_unlock(&st->lock);
 		ra_run(st, j);
+		nx_spath_put(j->p);
 		free(j);
 		pthread_mutex_lock(&st->lock);
 	}
@@ -121,9 +122,11 @@ static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	j->p = p;
 	j->first = first;
 	j->last = last;
+	nx_spath_get(p); /* the job uses its TOC: the reader's reference covers only the read */
 	pthread_mutex_lock(&st->lock);
 	if (st->ra_stop || st->ra_queued >= NX_RA_QUEUE) {
 		pthread_mutex_unlock(&st->lock);
+		nx_spath_put(p);
 		free(j);
 		return;
 	}
@@ -136,6 +139,7 @@ static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	}
 	if (!st->ra_nthreads) {
 		pthread_mutex_unlock(&st->lock);
+		nx_spath_put(p);
 		free(j);
 		return;
 	}
@@ -151,21 +155,24 @@ static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 
 void nx_ra_stop(struct nx_store *st)
 {
-	struct nx_ra_job *j;
+	struct nx_ra_job *j, *dropped;
 	unsigned n;
 
 	pthread_mutex_lock(&st->lock);
 	__atomic_store_n(&st->ra_stop, 1, __ATOMIC_RELAXED);
-	while ((j = st->ra_head)) {
-		st->ra_head = j->next;
-		free(j);
-	}
+	dropped = st->ra_head;
+	st->ra_head = NULL;
 	st->ra_tail = NULL;
 	st->ra_queued = 0;
 	n = st->ra_nthreads;
 	st->ra_nthreads = 0;
 	pthread_cond_broadcast(&st->ra_cond);
 	pthread_mutex_unlock(&st->lock);
+	while ((j = dropped)) {
+		dropped = j->next;
+		nx_spath_put(j->p); /* takes st->lock */
+		free(j);
+	}
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(st->ra_threads[i], NULL);
 }

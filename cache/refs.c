@@ -67,8 +67,10 @@ static void *rp_worker(void *arg)
 		skip = !st->closure_mode && st->lk_interval_ns &&
 		       st->lk_tat > nx_now_ns() + NX_NS_PER_S;
 		pthread_mutex_unlock(&st->lock);
-		if (!skip && nx_store_lookup(st, j->base, strlen(j->base), &p) == 0)
+		if (!skip && nx_store_lookup(st, j->base, strlen(j->base), &p) == 0) {
 			nx_stat_add(&st->rp_loaded, 1);
+			nx_spath_put(p); /* loaded for later: unloadable like any other */
+		}
 		free(j);
 		pthread_mutex_lock(&st->lock);
 	}

@@ -2,23 +2,48 @@
  * cache/store.c: store paths. Turning a base name into a loaded, trusted
  * struct nx_spath, and the public read/prefetch/list/stats entry points.
  *
- * A path is loaded once: concurrent lookups of one name wait for the first
- * one's load (st->loading), results stay until nx_store_close, -ENOENT is
- * remembered for NX_NEG_TTL_NS. Loading reads the manifest and TOC from the
+ * A path is loaded once at a time: concurrent lookups of one name wait for
+ * the first one's load (st->loading), -ENOENT is remembered for
+ * NX_NEG_TTL_NS. Loading reads the manifest and TOC from the
  * blob cache when it has them (by digest; in non-closure mode the tag ->
  * manifest digest mapping is cached too, which is safe because a tag never
  * moves to another store path), so a remount over a warm cache fetches
  * nothing.
  *
- * Ids: 40 bits of the decoded hash part, so inode numbers survive restarts;
- * 0 is never used, and a collision with another loaded path probes id+1...
+ * Lifetime and the metadata budget. A resolved path has a header (struct
+ * nx_spath: name, id, digests) that stays until nx_store_close, and a
+ * loaded part (manifest, decoded TOC) that may come and go. Every user of
+ * the loaded part holds a reference: nx_store_lookup and nx_store_by_id
+ * return one, nx_spath_get adds one, nx_spath_put drops one (open files,
+ * requests in flight, readahead and copy jobs). A path whose last reference
+ * goes joins an LRU list, loaded; whenever the metadata bytes (headers,
+ * loaded parts as malloc_usable_size counts them, the closure metadata
+ * blob) exceed st->meta_budget, the least recently used of those is
+ * unloaded, and before a load, room is made for the TOC it brings. A path
+ * referenced is never unloaded, so one larger than the budget still loads,
+ * and goes as soon as it is unreferenced. A reload takes the same manifest
+ * (by the digest the header kept) from the cache, so it has the same TOC:
+ * a path keeps its resolution for the life of the store.
+ *
+ * Ids: an inode number is (id << 24) | entry, and the kernel may ask about
+ * any number it was given, whether the path is loaded or not, and so may a
+ * successor daemon (fs/takeover.c). So an id must not depend on load order:
+ * it is 40 bits of the decoded hash part, and the rare collision (two paths
+ * whose hash parts share 40 bits) is settled once, by the id table in the
+ * cache (db.c: first come, probing id+1...; 0 is never used), which every
+ * later run, successor and reload reads. nx_store_by_id finds an unknown
+ * id there and loads the path. Without a writable cache (tools), a new
+ * collision is settled in memory, in load order.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <zstd.h>
 
 #include "cache/cache_i.h"
 
@@ -193,6 +218,91 @@ static int load_closure(struct nx_store *st, const char *closure)
 	return 0;
 }
 
+static void spath_free(struct nx_spath *p)
+{
+	nx_manifest_release(&p->man);
+	nx_toc_free(p->toc);
+	free(p);
+}
+
+static uint64_t usable(const void *p)
+{
+	return p ? malloc_usable_size((void *)p) : 0;
+}
+
+static uint64_t strv_bytes(char **v, size_t n)
+{
+	uint64_t b = usable(v);
+
+	for (size_t i = 0; v && i < n; i++)
+		b += usable(v[i]);
+	return b;
+}
+
+/* What the loaded part of @p takes: every allocation, as malloc sees it. */
+static uint64_t loaded_bytes(const struct nx_spath *p)
+{
+	const struct nx_manifest *m = &p->man;
+	const struct nx_toc *t = p->toc;
+	uint64_t b = 0;
+
+	if (t)
+		b += usable(t) + usable(t->entries) + usable(t->frames) + usable(t->strtab);
+	b += usable(m->info.store_path) + usable(m->info.deriver) + usable(m->info.ca) +
+	     usable(m->zstd_params);
+	b += strv_bytes(m->info.refs, m->info.nrefs) + strv_bytes(m->info.sigs, m->info.nsigs) +
+	     strv_bytes(m->toc_sigs, m->ntoc_sigs);
+	return b;
+}
+
+void nx_store_close(struct nx_store *st)
+{
+	struct nx_spath *p, *pn;
+
+	if (!st)
+		return;
+	/* first: reference prefetch and readahead workers use paths and the
+	 * cache (prefetch first: its lookups could queue readahead) */
+	nx_profile_stop(st); /* its workers look paths up and walk frames */
+	nx_rp_stop(st);
+	nx_ra_stop(st);
+	nx_files_close(st); /* its worker uses paths too */
+	for (p = st->all; p; p = pn) {
+		pn = p->next_all;
+		spath_free(p);
+	}
+	while (st->neg) {
+		struct nx_neg *n = st->neg;
+
+		st->neg = n->next;
+		free(n);
+	}
+	/* loading, flights and pins are empty once no call is running */
+	nx_db_close(st);
+	nx_index_release(&st->ix);
+	free(st->ix_sorted);
+	nx_cmeta_release(st);
+	pthread_cond_destroy(&st->ra_cond);
+	pthread_cond_destroy(&st->rp_cond);
+	pthread_rwlock_destroy(&st->db_rw);
+	pthread_cond_destroy(&st->sync_cond);
+	pthread_cond_destroy(&st->cond);
+	pthread_mutex_destroy(&st->lock);
+	free(st->dir);
+	free(st);
+}
+
+/* The closure index and metadata blob, kept for the mount's life. */
+static uint64_t closure_bytes(const struct nx_store *st)
+{
+	uint64_t b = usable(st->cm_raw) + usable(st->cm) + usable(st->ix_sorted) +
+		     usable(st->ix.entries);
+
+	for (size_t i = 0; i < st->ix.nentries; i++)
+		b += usable(st->ix.entries[i].store_path);
+	return b;
+}
+
 int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		  const struct nx_source *src)
 {
@@ -215,6 +325,16 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	st->ra_max = o->readahead < 0 ? 0 : o->readahead ? (uint32_t)o->readahead : NX_RA_DEFAULT_MAX;
 	if (st->ra_max > NX_RA_DEFAULT_MAX)
 		st->ra_max = NX_RA_DEFAULT_MAX;
+	st->meta_budget = o->meta_budget ? o->meta_budget : NX_META_BUDGET_DEFAULT;
+	st->id_mask = NX_ID_MASK;
+	{
+		/* test knob: a small id space, so that ids collide */
+		const char *e = getenv("NIXOCI_TEST_ID_BITS");
+		long bits = e ? strtol(e, NULL, 10) : 0;
+
+		if (bits >= 2 && bits < 40)
+			st->id_mask = (UINT64_C(1) << bits) - 1;
+	}
 	if (o->lookup_rate >= 0)
 		st->lk_interval_ns = NX_NS_PER_S / (uint64_t)(o->lookup_rate ? o->lookup_rate
 								 : NX_LOOKUP_RATE_DEFAULT);
@@ -257,6 +377,8 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		rc = nx_cmeta_load(st, o->closure);
 		if (rc < 0)
 			goto fail;
+		/* kept for the mount's life: part of the metadata budget */
+		st->meta_bytes += closure_bytes(st);
 	}
 	if (o->profile_record) {
 		rc = nx_prec_open(st, o->profile_record, o->profile_seconds);
@@ -273,50 +395,6 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 fail:
 	nx_store_close(st);
 	return rc;
-}
-
-static void spath_free(struct nx_spath *p)
-{
-	nx_manifest_release(&p->man);
-	nx_toc_free(p->toc);
-	free(p);
-}
-
-void nx_store_close(struct nx_store *st)
-{
-	struct nx_spath *p, *pn;
-
-	if (!st)
-		return;
-	/* first: reference prefetch and readahead workers use paths and the
-	 * cache (prefetch first: its lookups could queue readahead) */
-	nx_profile_stop(st); /* its workers look paths up and walk frames */
-	nx_rp_stop(st);
-	nx_ra_stop(st);
-	nx_files_close(st); /* its worker uses paths too */
-	for (p = st->all; p; p = pn) {
-		pn = p->next_all;
-		spath_free(p);
-	}
-	while (st->neg) {
-		struct nx_neg *n = st->neg;
-
-		st->neg = n->next;
-		free(n);
-	}
-	/* loading, flights and pins are empty once no call is running */
-	nx_db_close(st);
-	nx_index_release(&st->ix);
-	free(st->ix_sorted);
-	nx_cmeta_release(st);
-	pthread_cond_destroy(&st->ra_cond);
-	pthread_cond_destroy(&st->rp_cond);
-	pthread_rwlock_destroy(&st->db_rw);
-	pthread_cond_destroy(&st->sync_cond);
-	pthread_cond_destroy(&st->cond);
-	pthread_mutex_destroy(&st->lock);
-	free(st->dir);
-	free(st);
 }
 
 /* ------------------------------------------------------------ loading */
@@ -614,7 +692,22 @@ static int check_nar(struct nx_store *st, struct nx_spath *p)
 	return 0;
 }
 
-static int load_path(struct nx_store *st, const char *base, size_t len, struct nx_spath **out)
+static void meta_make_room(struct nx_store *st, uint64_t need);
+
+/* The bytes the decoded TOC will take, about: its inflated size, which the
+ * zstd frame declares (0 when it does not say). */
+static uint64_t toc_estimate(const void *z, size_t zlen)
+{
+	unsigned long long n = ZSTD_getFrameContentSize(z, zlen);
+
+	return n == ZSTD_CONTENTSIZE_UNKNOWN || n == ZSTD_CONTENTSIZE_ERROR ||
+			       n > NX_TOC_MAX_BYTES ? 0 : (uint64_t)n;
+}
+
+/* Loads @base; @known: its header when it was loaded before (a reload: the
+ * same manifest, by digest, not resolved again). */
+static int load_path(struct nx_store *st, const char *base, size_t len,
+		     const struct nx_spath *known, struct nx_spath **out)
 {
 	struct nx_spath *p;
 	char *body = NULL, sp[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 1];
@@ -629,9 +722,19 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 	memcpy(p->base, base, len);
 	p->base_len = len;
 
-	rc = get_path_manifest(st, base, len, &body, &blen, p->man_digest, &man_fetched);
+	if (known) {
+		struct nx_desc d = { .size = known->man_size };
+
+		memcpy(d.digest, known->man_digest, NX_SHA256_LEN);
+		memcpy(p->man_digest, known->man_digest, NX_SHA256_LEN);
+		rc = get_meta_blob(st, &d, NX_MANIFEST_MAX, "manifest", sp, (uint8_t **)&body,
+				   &blen, &man_fetched);
+	} else {
+		rc = get_path_manifest(st, base, len, &body, &blen, p->man_digest, &man_fetched);
+	}
 	if (rc < 0)
 		goto fail;
+	p->man_size = blen;
 	rc = refused_get(st, p->man_digest, "manifest", sp);
 	if (rc < 0)
 		goto fail;
@@ -662,6 +765,8 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 			   &toc_fetched);
 	if (rc < 0)
 		goto fail;
+	/* unload others first, so the budget holds while this one decodes */
+	meta_make_room(st, toc_estimate(tocz, toczlen));
 	/* inflated straight into the tables, the header checked first */
 	rc = nx_toc_decode_zstd(tocz, toczlen, NX_TOC_MAX_BYTES, &p->toc);
 	if (rc == -ENOMEM)
@@ -691,7 +796,9 @@ static int load_path(struct nx_store *st, const char *base, size_t len, struct n
 			goto fail;
 	}
 	/* accepted: only now does any of it go into the cache */
-	if (man_fetched)
+	if (man_fetched && known)
+		nx_blob_save(st, p->man_digest, body, blen); /* no new tag resolution */
+	else if (man_fetched)
 		save_path_manifest(st, base, body, blen, p->man_digest);
 	if (toc_fetched)
 		nx_blob_save(st, p->man.toc.digest, tocz, toczlen);
@@ -706,7 +813,7 @@ fail:
 	return rc;
 }
 
-static uint64_t base_id(const char *base)
+static uint64_t base_id(const char *base, uint64_t mask)
 {
 	uint8_t h[NX_SHA256_LEN];
 	uint64_t id = 0;
@@ -715,6 +822,7 @@ static uint64_t base_id(const char *base)
 		nx_sha256(base, NX_HASH_LEN, h); /* not reached: the name was checked */
 	for (int i = 0; i < 5; i++)
 		id |= (uint64_t)h[i] << (8 * i);
+	id &= mask;
 	return id ? id : 1;
 }
 
@@ -736,19 +844,156 @@ static struct nx_spath *find_name(struct nx_store *st, const char *base, size_t 
 	return NULL;
 }
 
-/* With st->lock held. */
-static void publish(struct nx_store *st, struct nx_spath *p)
+/* The id of a path seen for the first time: the id table's answer (db.c),
+ * or without one the hash's own bits (publish then probes in memory). */
+static uint64_t assign_id(struct nx_store *st, const char *base, size_t len)
 {
-	uint64_t id = base_id(p->base);
+	uint64_t want = base_id(base, st->id_mask), id = 0;
+	int rc = nx_db_id_assign(st, base, len, want, st->id_mask, &id);
+
+	if (rc == 0 && id && id <= NX_ID_MASK)
+		return id;
+	if (rc < 0 && rc != -ENOENT && !__atomic_exchange_n(&st->id_warned, 1, __ATOMIC_RELAXED))
+		nx_log(NX_LOG_WARNING, "cache %s: cannot record the inode id of %.*s: %s; ids of "
+		       "colliding paths may change at the next start", st->dir, (int)len, base,
+		       strerror(-rc));
+	return want;
+}
+
+/* ----------------------------------------------- references and budget */
+
+static void lru_remove(struct nx_store *st, struct nx_spath *p)
+{
+	if (!p->in_lru)
+		return;
+	if (p->lru_prev)
+		p->lru_prev->lru_next = p->lru_next;
+	else
+		st->lru_head = p->lru_next;
+	if (p->lru_next)
+		p->lru_next->lru_prev = p->lru_prev;
+	else
+		st->lru_tail = p->lru_prev;
+	p->lru_prev = p->lru_next = NULL;
+	p->in_lru = 0;
+}
+
+static void lru_append(struct nx_store *st, struct nx_spath *p)
+{
+	p->lru_next = NULL;
+	p->lru_prev = st->lru_tail;
+	if (st->lru_tail)
+		st->lru_tail->lru_next = p;
+	else
+		st->lru_head = p;
+	st->lru_tail = p;
+	p->in_lru = 1;
+}
+
+/* With st->lock held, @p loaded: one more reference. */
+static void ref_locked(struct nx_store *st, struct nx_spath *p)
+{
+	if (__atomic_fetch_add(&p->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		lru_remove(st, p);
+}
+
+/* Freed memory in the middle of malloc's heaps (several arenas: loads run
+ * on many threads) is not given back by free(); after a large unload, it
+ * is, so the promise is about the process's memory, not only our count. */
+static void heap_trim(uint64_t freed)
+{
+#ifdef __GLIBC__
+	if (freed >= (UINT64_C(1) << 20))
+		malloc_trim(0);
+#else
+	(void)freed;
+#endif
+}
+
+/*
+ * With st->lock held: unloads least recently used unreferenced paths until
+ * the metadata bytes plus @need fit in the budget (or none is left). The
+ * lock is dropped while each one is freed; a path is off every list by
+ * then and has no references, so no one can reach its loaded part. Returns
+ * the bytes freed (for heap_trim, after the caller unlocks).
+ */
+static uint64_t unload_locked(struct nx_store *st, uint64_t need)
+{
+	uint64_t freed = 0;
+
+	while (st->lru_head && st->meta_bytes + need > st->meta_budget) {
+		struct nx_spath *p = st->lru_head;
+		struct nx_manifest man = p->man;
+		struct nx_toc *toc = p->toc;
+
+		lru_remove(st, p);
+		memset(&p->man, 0, sizeof(p->man));
+		p->toc = NULL;
+		p->loaded = 0;
+		st->meta_bytes -= p->bytes;
+		freed += p->bytes;
+		st->paths_in_memory--;
+		nx_stat_add(&st->paths_unloaded, 1);
+		nx_log(NX_LOG_DEBUG, "%.*s: unloaded (%llu bytes of metadata)", (int)p->base_len,
+		       p->base, (unsigned long long)p->bytes);
+		pthread_mutex_unlock(&st->lock);
+		nx_manifest_release(&man);
+		nx_toc_free(toc);
+		pthread_mutex_lock(&st->lock);
+	}
+	return freed;
+}
+
+static void meta_make_room(struct nx_store *st, uint64_t need)
+{
+	uint64_t freed;
+
+	pthread_mutex_lock(&st->lock);
+	freed = unload_locked(st, need);
+	pthread_mutex_unlock(&st->lock);
+	heap_trim(freed);
+}
+
+void nx_spath_get(struct nx_spath *p)
+{
+	/* the caller holds one, so the count is not 0 and the lock not needed */
+	__atomic_fetch_add(&p->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+void nx_spath_put(struct nx_spath *p)
+{
+	struct nx_store *st;
+	uint64_t freed;
+
+	if (!p)
+		return;
+	st = p->st;
+	pthread_mutex_lock(&st->lock);
+	if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		lru_append(st, p);
+	freed = unload_locked(st, 0);
+	pthread_mutex_unlock(&st->lock);
+	heap_trim(freed);
+}
+
+/* With st->lock held: makes @p (new, with its id) findable, loaded, with
+ * one reference. */
+static void publish(struct nx_store *st, struct nx_spath *p, uint64_t id)
+{
 	uint32_t h = name_hash(p->base, p->base_len) % NX_PATH_BUCKETS;
 
-	while (find_id(st, id)) {
+	for (uint64_t tries = 0; find_id(st, id); tries++) {
+		/* only without a usable id table (or when writing it failed);
+		 * a test's small id space may be full: go past it */
+		uint64_t mask = tries < st->id_mask ? st->id_mask : NX_ID_MASK;
+
 		nx_log(NX_LOG_DEBUG, "%.*s: id %llx taken, probing", (int)p->base_len, p->base,
 		       (unsigned long long)id);
-		id = (id + 1) & NX_ID_MASK;
+		id = (id + 1) & mask;
 		if (!id)
 			id = 1;
 	}
+	p->st = st;
 	p->id = id;
 	p->next_name = st->by_name[h];
 	st->by_name[h] = p;
@@ -756,7 +1001,30 @@ static void publish(struct nx_store *st, struct nx_spath *p)
 	st->by_id[id % NX_PATH_BUCKETS] = p;
 	p->next_all = st->all;
 	st->all = p;
+	memcpy(p->toc_digest, p->man.toc.digest, NX_SHA256_LEN);
+	p->root_type = p->toc->entries[0].type;
+	p->loaded = 1;
+	p->refs = 1;
+	p->bytes = loaded_bytes(p);
+	st->meta_bytes += p->bytes + usable(p);
+	st->paths_in_memory++;
 	nx_stat_add(&st->paths_loaded, 1);
+}
+
+/* With st->lock held: the loaded part of @np (a reload) into header @p,
+ * which gets one reference; @np's shell is the caller's to free. */
+static void refill(struct nx_store *st, struct nx_spath *p, struct nx_spath *np)
+{
+	p->man = np->man;
+	p->toc = np->toc;
+	memset(&np->man, 0, sizeof(np->man));
+	np->toc = NULL;
+	p->loaded = 1;
+	p->refs = 1;
+	p->bytes = loaded_bytes(p);
+	st->meta_bytes += p->bytes;
+	st->paths_in_memory++;
+	nx_stat_add(&st->paths_reloaded, 1);
 }
 
 /* With st->lock held: the remembered failure of @base, or 0. */
@@ -798,22 +1066,24 @@ static void neg_add(struct nx_store *st, const char *base, size_t len, int rc)
 int nx_store_lookup(struct nx_store *st, const char *base, size_t len, struct nx_spath **out)
 {
 	struct nx_loading *l, **pp;
-	struct nx_spath *p = NULL;
-	int rc, waited, retry;
+	struct nx_spath *p = NULL, *np = NULL;
+	uint64_t id = 0, freed = 0;
+	int rc, retry;
 
 	if (len > NX_BASE_MAX || nx_storepath_check_base(base, len) < 0)
 		return -ENOENT;
 
 again:
-	waited = retry = 0;
+	retry = 0;
 	pthread_mutex_lock(&st->lock);
 	p = find_name(st, base, len);
-	if (p) {
+	if (p && p->loaded) {
+		ref_locked(st, p);
 		pthread_mutex_unlock(&st->lock);
 		*out = p;
 		return 0;
 	}
-	rc = neg_hit(st, base, len);
+	rc = p ? 0 : neg_hit(st, base, len);
 	if (rc < 0) {
 		pthread_mutex_unlock(&st->lock);
 		return rc;
@@ -822,16 +1092,15 @@ again:
 		if (strlen(l->base) == len && memcmp(l->base, base, len) == 0)
 			break;
 	if (l) {
-		/* Someone loads it: wait for that result. */
+		/* Someone loads it: wait for that result, then take our
+		 * reference as any lookup does (it may be unloaded again by
+		 * then: that lookup loads it once more). A background load
+		 * that declined (refs.c) is no answer for a real lookup. */
 		l->refs++;
-		waited = 1;
 		while (!l->done)
 			pthread_cond_wait(&st->cond, &st->lock);
 		rc = l->rc;
-		p = l->p;
-		/* a background load that declined (refs.c) is no answer for
-		 * a real lookup: load it ourselves */
-		retry = rc == -EAGAIN && l->bg && !nx_rp_in_worker();
+		retry = rc == 0 || (rc == -EAGAIN && l->bg && !nx_rp_in_worker());
 		goto unref;
 	}
 	l = calloc(1, sizeof(*l));
@@ -846,17 +1115,29 @@ again:
 	st->loading = l;
 	pthread_mutex_unlock(&st->lock);
 
-	rc = load_path(st, base, len, &p);
+	/* a header's fields other than the loaded part never change */
+	if (p)
+		meta_make_room(st, p->bytes);
+	rc = load_path(st, base, len, p, &np);
+	if (rc == 0 && !p)
+		id = assign_id(st, base, len);
 
 	pthread_mutex_lock(&st->lock);
-	if (rc == 0)
-		publish(st, p);
-	else if (rc == -ENOENT || rc == -EACCES)
+	if (rc == 0 && p) {
+		refill(st, p, np);
+	} else if (rc == 0) {
+		publish(st, np, id);
+		p = np;
+		np = NULL;
+	} else if (rc == -ENOENT || rc == -EACCES) {
 		neg_add(st, base, len, rc); /* failed trust costs a full fetch: not again soon */
+	}
 	l->done = 1;
 	l->rc = rc;
 	l->p = p;
 	pthread_cond_broadcast(&st->cond);
+	if (rc == 0)
+		freed = unload_locked(st, 0); /* the new one is referenced: others go */
 unref:
 	if (--l->refs == 0) {
 		for (pp = &st->loading; *pp; pp = &(*pp)->next) {
@@ -868,9 +1149,12 @@ unref:
 		free(l);
 	}
 	pthread_mutex_unlock(&st->lock);
+	if (np)
+		spath_free(np); /* a reload's shell */
+	heap_trim(freed);
 	if (retry)
 		goto again;
-	if (rc == 0 && !waited)
+	if (rc == 0)
 		nx_rp_after_load(st, p);
 	if (rc == 0)
 		*out = p;
@@ -889,15 +1173,59 @@ int nx_ix_has_locked(const struct nx_store *st, const char *base)
 
 int nx_store_by_id(struct nx_store *st, uint64_t id, struct nx_spath **out)
 {
+	char base[NX_BASE_MAX + 1];
 	struct nx_spath *p;
+	int rc;
 
+	if (id == 0 || id > NX_ID_MASK)
+		return -ENOENT;
 	pthread_mutex_lock(&st->lock);
 	p = find_id(st, id);
+	if (p && p->loaded) {
+		ref_locked(st, p);
+		pthread_mutex_unlock(&st->lock);
+		*out = p;
+		return 0;
+	}
+	if (p)
+		memcpy(base, p->base, p->base_len + 1);
 	pthread_mutex_unlock(&st->lock);
-	if (!p)
+	/* unloaded, or never loaded by this store (a predecessor's inode):
+	 * the id table names the path */
+	if (!p && nx_db_id_base(st, id, base, sizeof(base)) < 0)
 		return -ENOENT;
+	rc = nx_store_lookup(st, base, strlen(base), &p);
+	if (rc < 0)
+		return rc;
+	if (p->id != id) {
+		/* the table says otherwise than this store settled (no table
+		 * when it loaded, or a table written since): not this path */
+		nx_spath_put(p);
+		return -ENOENT;
+	}
 	*out = p;
 	return 0;
+}
+
+int nx_store_peek(struct nx_store *st, const char *base, size_t len, uint64_t *id, int *type,
+		  struct nx_spath **loaded)
+{
+	struct nx_spath *p;
+
+	if (loaded)
+		*loaded = NULL;
+	pthread_mutex_lock(&st->lock);
+	p = find_name(st, base, len);
+	if (p) {
+		*id = p->id;
+		*type = p->root_type;
+		if (loaded && p->loaded) {
+			ref_locked(st, p);
+			*loaded = p;
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	return p ? 0 : -ENOENT;
 }
 
 int nx_store_list(struct nx_store *st, int (*cb)(void *ctx, const char *base), void *ctx)
@@ -1154,8 +1482,13 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->verify_failures = nx_stat_get(&st->verify_failures);
 	out->errors = nx_stat_get(&st->errors);
 	out->paths_loaded = nx_stat_get(&st->paths_loaded);
+	out->paths_unloaded = nx_stat_get(&st->paths_unloaded);
+	out->paths_reloaded = nx_stat_get(&st->paths_reloaded);
+	out->meta_budget = st->meta_budget;
 	out->readahead_frames = nx_stat_get(&st->ra_frames);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
+	out->paths_in_memory = st->paths_in_memory;
+	out->meta_bytes = st->meta_bytes;
 	pthread_mutex_unlock(&st->lock);
 }

@@ -98,6 +98,7 @@ struct nx_fs_opts {
 	/* as given */
 	char *cache;
 	char *cache_size;
+	char *meta_budget;
 	char *closure;
 	char *timeout;
 	char *tag_ttl;
@@ -127,6 +128,7 @@ struct nx_fs_opts {
 	const char *cache_dir; /* cache, or the default (in default_cache) */
 	char default_cache[PATH_MAX];
 	uint64_t cache_bytes;  /* 0: the store's default */
+	uint64_t meta_bytes;   /* meta_budget; 0: the store's default */
 	int timeout_s;
 	int tag_ttl_s;         /* for nx_store_opts.tag_ttl */
 	int readahead_frames;  /* 0: the store's default; -1: off */

@@ -291,6 +291,7 @@ int main(int argc, char *argv[])
 	so.origin = nx_registry_ref(fs.reg); /* tag records name where they came from */
 	so.tag_ttl = o.tag_ttl_s;
 	so.cache_size = o.cache_bytes;
+	so.meta_budget = o.meta_bytes;
 	so.closure = o.closure;
 	so.keys = o.pubkeys;
 	so.nkeys = o.npubkeys;

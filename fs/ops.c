@@ -14,15 +14,19 @@
  * TOC lists nodes breadth-first with sorted, contiguous sibling ranges, so
  * the index is a pure function of the tree (docs/format.md 4.2), and the id
  * is a pure function of the hash part except for the rare collision of two
- * loaded paths, which cache/ resolves by deterministic probing. 40 + 24 bits
+ * paths' 40 bits, which cache/ settles once and records in the cache's id
+ * table, so that it does not depend on load order. 40 + 24 bits
  * fill the 64-bit fuse_ino_t exactly; NX_TOC_MAX_ENTRIES keeps entry below
  * 2^24. The root directory is FUSE_ROOT_ID (1); a store path root is entry 0.
  *
  * Consequences:
  *  - No inode table, so forget needs no bookkeeping and the lookup counts the
- *    kernel keeps never have to be mirrored here. Inodes cannot be "freed"
- *    early either: cache/ never unloads a store path while the store is open,
- *    so every number handed out stays resolvable for the life of the mount.
+ *    kernel keeps never have to be mirrored here, nor pin memory. A request
+ *    holds a reference to its store path while it runs (and an open file
+ *    for as long as it is open); an unreferenced path may be unloaded to
+ *    keep the metadata budget, and the next request for one of its inodes
+ *    loads it again by id (cache/ keeps the id table in the cache), so every
+ *    number handed out stays resolvable for the life of the mount.
  *  - The same file has the same inode number in every daemon over the same
  *    repository, across restarts and across hosts (useful for tools that
  *    remember st_ino, and what would make NFS export or a future
@@ -103,7 +107,10 @@ static int spath_id(const struct nx_spath *p, uint64_t *id)
 	return 0;
 }
 
-/* Splits a non-root inode into its id, a loaded store path and a valid entry. */
+/* Splits a non-root inode into its id, a loaded store path and a valid
+ * entry; on success the caller holds a reference to *p (nx_spath_put). The
+ * path may have been unloaded (or never loaded by this daemon, after a
+ * takeover): cache/ loads it again by id. */
 static int resolve(struct nx_fs *fs, fuse_ino_t ino, struct nx_spath **p, uint64_t *idp,
 		   uint32_t *entry)
 {
@@ -120,8 +127,11 @@ static int resolve(struct nx_fs *fs, fuse_ino_t ino, struct nx_spath **p, uint64
 	if (r < 0)
 		return r;
 	toc = nx_spath_toc(*p);
-	if (!toc || e >= toc->nentries)
+	if (!toc || e >= toc->nentries) {
+		nx_spath_put(*p);
+		*p = NULL;
 		return -ESTALE;
+	}
 	*idp = id;
 	*entry = e;
 	return 0;
@@ -256,11 +266,13 @@ static void lookup_root(fuse_req_t req, struct nx_fs *fs, const char *name)
 	r = spath_id(p, &id);
 	if (r < 0) {
 		fuse_reply_err(req, err_of(r));
+		nx_spath_put(p);
 		return;
 	}
 	/* before the kernel learns the id: a successor must load this path */
 	nx_restart_note_path(p);
 	reply_entry(req, p, id, 0);
+	nx_spath_put(p);
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -285,18 +297,20 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	toc = nx_spath_toc(p);
 	if (toc->entries[dir].type != NX_NODE_DIRECTORY) {
 		fuse_reply_err(req, ENOTDIR);
-		return;
+		goto out;
 	}
 	child = nx_toc_lookup(toc, dir, name, strlen(name));
 	if (child == -ENOENT) {
 		reply_negative(req, TIMEOUT_STORE); /* immutable: never appears */
-		return;
+		goto out;
 	}
 	if (child < 0 || (uint64_t)child >= toc->nentries) {
 		fuse_reply_err(req, child < 0 ? err_of((int)child) : EIO);
-		return;
+		goto out;
 	}
 	reply_entry(req, p, id, (uint32_t)child);
+out:
+	nx_spath_put(p);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -320,6 +334,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	entry_stat(nx_spath_toc(p), id, e, &st);
 	fuse_reply_attr(req, &st, TIMEOUT_STORE);
+	nx_spath_put(p);
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -346,16 +361,18 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	toc = nx_spath_toc(p);
 	if (toc->entries[e].type != NX_NODE_SYMLINK) {
 		fuse_reply_err(req, EINVAL);
-		return;
+		goto out;
 	}
 	t = nx_toc_target(toc, e, &len);
 	if (!t || len == 0 || len > NX_NAR_TARGET_MAX) {
 		fuse_reply_err(req, EIO);
-		return;
+		goto out;
 	}
 	memcpy(target, t, len);
 	target[len] = '\0';
 	fuse_reply_readlink(req, target);
+out:
+	nx_spath_put(p);
 }
 
 /* ----------------------------------------------------------------- files */
@@ -437,6 +454,7 @@ static int32_t opens_get(struct nx_fs *fs, fuse_ino_t ino, struct nx_spath *p, u
 		}
 		o->ino = ino;
 		o->p = p;
+		nx_spath_get(p); /* the TOC stays loaded while the file is open */
 		o->entry = e;
 		/* under the lock: a second open must see the mode chosen */
 		o->backing_id = backing_for(fs, p, e);
@@ -473,6 +491,7 @@ static void opens_put(struct nx_fs *fs, fuse_ino_t ino)
 		if (o->backing_id <= 0 && fs->sess &&
 		    __atomic_load_n(&fs->sess->passthrough, __ATOMIC_ACQUIRE))
 			nx_store_file_want(fs->st, o->p, o->entry);
+		nx_spath_put(o->p);
 		free(o);
 	}
 }
@@ -527,15 +546,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		break;
 	case NX_NODE_DIRECTORY:
 		fuse_reply_err(req, EISDIR);
-		return;
+		goto out;
 	default:
 		fuse_reply_err(req, ELOOP);
-		return;
+		goto out;
 	}
 	id = opens_get(fs, ino, p, e);
 	if (id < 0) {
 		fuse_reply_err(req, -id);
-		return;
+		goto out;
 	}
 	fi->noflush = 1; /* nothing to flush on close */
 	if (id > 0) {
@@ -556,6 +575,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		nx_reader_free(rd);
 		opens_put(fs, ino);
 	}
+out:
+	nx_spath_put(p);
 }
 
 static pthread_key_t read_buf_key;
@@ -629,15 +650,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	en = &nx_spath_toc(p)->entries[e];
 	if (en->type != NX_NODE_REGULAR) {
 		fuse_reply_err(req, EISDIR);
-		return;
+		goto out;
 	}
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
-		return;
+		goto out;
 	}
 	if ((uint64_t)off >= en->size || size == 0) {
 		fuse_reply_buf(req, NULL, 0);
-		return;
+		goto out;
 	}
 	len = en->size - (uint64_t)off;
 	if (len > size)
@@ -664,18 +685,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			bv.buf[0].pos = (off_t)fdoff;
 			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 			nx_store_read_fd_done(fs->st, p, frame, fd);
-			return;
+			goto out;
 		}
 		if (r != -EAGAIN) {
 			fuse_reply_err(req, err_of(r));
-			return;
+			goto out;
 		}
 		got = 0;
 	}
 	buf = read_buf();
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
-		return;
+		goto out;
 	}
 	rc.p = p;
 	rc.e = e;
@@ -686,11 +707,13 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	nx_log_set_context(NULL, NULL);
 	if (r < 0) {
 		fuse_reply_err(req, err_of(r));
-		return;
+		goto out;
 	}
 	if (got > len)
 		got = (size_t)len;
 	fuse_reply_buf(req, buf, got);
+out:
+	nx_spath_put(p);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -763,7 +786,6 @@ NX_ANALYZER_ARRAY_STORE_END
 static int root_snap_take(struct nx_fs *fs, struct root_snap **out)
 {
 	struct root_snap *s = calloc(1, sizeof(*s));
-	struct nx_spath *p;
 	uint64_t id;
 	size_t i;
 	int r;
@@ -776,19 +798,22 @@ static int root_snap_take(struct nx_fs *fs, struct root_snap **out)
 		return r < 0 ? r : -EIO;
 	}
 	/*
-	 * Without a closure the root lists only resolved paths, so lookups are
-	 * answered from memory and d_ino/d_type can be exact. With a closure,
+	 * Without a closure the root lists only resolved paths, whose ids and
+	 * types are known without loading them, so d_ino/d_type can be exact. With a closure,
 	 * most listed paths are not loaded yet and a lookup would fetch: leave
 	 * them unknown rather than turn `ls` into one request per path.
 	 */
 	if (!fs->closure_mode) {
 		for (i = 0; i < s->n; i++) {
-			if (nx_store_lookup(fs->st, s->ents[i].name, strlen(s->ents[i].name),
-					    &p) < 0 ||
-			    spath_id(p, &id) < 0)
+			int type;
+
+			/* the name's id and type, without loading it again */
+			if (nx_store_peek(fs->st, s->ents[i].name, strlen(s->ents[i].name), &id,
+					  &type, NULL) < 0 ||
+			    id == 0 || id > ID_MASK)
 				continue;
 			s->ents[i].ino = make_ino(id, 0);
-			switch (nx_spath_toc(p)->entries[0].type) {
+			switch (type) {
 			case NX_NODE_DIRECTORY:
 				s->ents[i].mode = S_IFDIR;
 				break;
@@ -837,12 +862,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	if (nx_spath_toc(p)->entries[e].type != NX_NODE_DIRECTORY) {
 		fuse_reply_err(req, ENOTDIR);
-		return;
+		goto out;
 	}
 	fi->fh = 0;
 	fi->cache_readdir = 1;
 	fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
+out:
+	nx_spath_put(p);
 }
 
 /*
@@ -889,20 +916,20 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			r = spath_id(p, &id);
 		if (r < 0) {
 			fuse_reply_err(req, err_of(r));
-			return;
+			goto out;
 		}
 		toc = nx_spath_toc(p);
 		dir = &toc->entries[e];
 		if (dir->type != NX_NODE_DIRECTORY) {
 			fuse_reply_err(req, ENOTDIR);
-			return;
+			goto out;
 		}
 		total = 2 + (size_t)dir->nchildren;
 	}
 	if (off < 0 || (uint64_t)off >= total) {
 		root_snap_free(tmp_snap);
 		fuse_reply_buf(req, NULL, 0);
-		return;
+		goto out;
 	}
 	if (size > READDIR_MAX)
 		size = READDIR_MAX;
@@ -910,7 +937,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (!buf) {
 		root_snap_free(tmp_snap);
 		fuse_reply_err(req, ENOMEM);
-		return;
+		goto out;
 	}
 	for (pos = (uint64_t)off; pos < total; pos++) {
 		memset(&st, 0, sizeof(st));
@@ -936,7 +963,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				free(buf);
 				root_snap_free(tmp_snap);
 				fuse_reply_err(req, EIO);
-				return;
+				goto out;
 			}
 			memcpy(name, cn, nlen);
 			name[nlen] = '\0';
@@ -954,14 +981,18 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (pos >= 2 && !snap) {
 				ep.ino = st.st_ino;
 			} else if (pos >= 2 && snap && st.st_ino != INO_UNKNOWN) {
-				struct nx_spath *rp;
+				struct nx_spath *rp = NULL;
 				uint64_t rid;
 
-				if (nx_store_lookup(fs->st, nm, strlen(nm), &rp) == 0 &&
-				    spath_id(rp, &rid) == 0) {
+				int type;
+
+				/* only a loaded one: `ls -l` does not load every path again */
+				if (nx_store_peek(fs->st, nm, strlen(nm), &rid, &type, &rp) == 0 &&
+				    rp && spath_id(rp, &rid) == 0) {
 					entry_stat(nx_spath_toc(rp), rid, 0, &ep.attr);
 					ep.ino = ep.attr.st_ino;
 				}
+				nx_spath_put(rp);
 			}
 			if (ep.ino) {
 				ep.generation = 1;
@@ -981,6 +1012,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	fuse_reply_buf(req, buf, used);
 	free(buf);
 	root_snap_free(tmp_snap);
+out:
+	nx_spath_put(p);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -1095,6 +1128,11 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "verify_failures %" PRIu64 "\n"
 		     "errors %" PRIu64 "\n"
 		     "paths_loaded %" PRIu64 "\n"
+		     "paths_in_memory %" PRIu64 "\n"
+		     "paths_unloaded %" PRIu64 "\n"
+		     "paths_reloaded %" PRIu64 "\n"
+		     "meta_bytes %" PRIu64 "\n"
+		     "meta_budget %" PRIu64 "\n"
 		     "requests %" PRIu64 "\n"
 		     "readahead_frames %" PRIu64 "\n"
 		     "offline %d\n"
@@ -1102,7 +1140,8 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "h2_requests %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.copy_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
-		     ss.paths_loaded, fst.requests, ss.readahead_frames, ss.offline,
+		     ss.paths_loaded, ss.paths_in_memory, ss.paths_unloaded, ss.paths_reloaded,
+		     ss.meta_bytes, ss.meta_budget, fst.requests, ss.readahead_frames, ss.offline,
 		     fst.connections, fst.h2_requests);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;

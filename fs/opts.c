@@ -20,6 +20,7 @@ enum { KEY_KEYS, KEY_MIRROR };
 static const struct fuse_opt fs_opt_spec[] = {
 	OPT("cache=%s", cache),
 	OPT("cache_size=%s", cache_size),
+	OPT("meta_budget=%s", meta_budget),
 	OPT("closure=%s", closure),
 	OPT("timeout=%s", timeout),
 	OPT("tag_ttl=%s", tag_ttl),
@@ -54,6 +55,9 @@ void nx_fs_usage(FILE *f)
 		"                               root, else $XDG_CACHE_HOME/nixoci or ~/.cache/nixoci)\n"
 		"    -o cache_size=SIZE         cache limit, K/M/G/T suffixes, B or iB accepted,\n"
 		"                               powers of 1024 (default 10G)\n"
+		"    -o meta_budget=SIZE        metadata kept in memory (decoded TOCs, manifests);\n"
+		"                               unused paths beyond it are unloaded, 1M at least\n"
+		"                               (default 256M)\n"
 		"    -o closure=NAME            serve only the closure under tag NAME or sha256:<hex>\n"
 		"    -o trusted-public-keys=KEY Nix public key name:base64 (repeatable; separate\n"
 		"                               several keys in one option with spaces)\n"
@@ -127,7 +131,7 @@ static const char *const fuse_dash[] = { "-f", "-d", "-s", "-h", "-V", "--help",
 					 "--debug" };
 /* For the suggestion only: ours, as the user types them. */
 static const char *const ours[] = {
-	"cache=", "cache_size=", "closure=", "timeout=", "tag_ttl=", "readahead=", "lookup_rate=",
+	"cache=", "cache_size=", "meta_budget=", "closure=", "timeout=", "tag_ttl=", "readahead=", "lookup_rate=",
 	"cafile=", "insecure", "debug", "nonempty", "log=", "metrics=", "trusted-public-keys=",
 	"mirror=", "passthrough=", "profile=", "profile_record=", "profile_seconds=",
 	"sandbox=",
@@ -404,6 +408,12 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		       o->cache_size);
 		return -EINVAL;
 	}
+	if (o->meta_budget &&
+	    (nx_parse_size(o->meta_budget, &o->meta_bytes) < 0 || o->meta_bytes < (1u << 20))) {
+		nx_log(NX_LOG_ERR, "bad option meta_budget=%s: expected a size of at least 1M, "
+		       "such as 64M or 1G", o->meta_budget);
+		return -EINVAL;
+	}
 	o->tag_ttl_s = NX_TAG_TTL_DEFAULT;
 	if (o->tag_ttl) {
 		char *end;
@@ -522,6 +532,7 @@ void nx_fs_opts_release(struct nx_fs_opts *o)
 {
 	free(o->cache);
 	free(o->cache_size);
+	free(o->meta_budget);
 	free(o->closure);
 	free(o->timeout);
 	free(o->tag_ttl);

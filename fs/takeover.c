@@ -939,6 +939,7 @@ int nx_restart_paths_open(const char *cache_dir, struct nx_store *st)
 			pthread_mutex_lock(&R.paths_lock);
 			noted_add(nx_spath_id(p));
 			pthread_mutex_unlock(&R.paths_lock);
+			nx_spath_put(p); /* known now; by id it loads again when unloaded */
 			loaded++;
 		} else {
 			failed++;

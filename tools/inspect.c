@@ -1004,7 +1004,7 @@ int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv)
 	struct nx_registry *reg = NULL;
 	struct nx_store *st = NULL;
 	struct nx_pubkey *keys = NULL;
-	struct nx_spath *sp;
+	struct nx_spath *sp = NULL;
 	const struct nx_toc *toc;
 	const struct nx_toc_entry *e;
 	const char *base, *sub, *cache = NULL;
@@ -1122,6 +1122,7 @@ int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv)
 	ret = NX_EXIT_OK;
 out:
 	free(buf);
+	nx_spath_put(sp);
 	nx_store_close(st);
 	nx_registry_close(reg);
 	nx_cli_tmpdir_remove(tmpdir);

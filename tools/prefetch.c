@@ -204,6 +204,7 @@ int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv)
 		pp.n = q.n;
 		pp.base = q.v[i];
 		r = nx_store_prefetch(st, sp, pf_progress, &pp);
+		nx_spath_put(sp);
 		if (r < 0) {
 			if (pp.tty)
 				fputs("\r\033[K", stderr);

@@ -983,6 +983,241 @@ static void test_concurrent_lookup(void)
 	nx_store_close(st);
 }
 
+static int open_store_budget(struct nx_store **st, const char *sub, uint64_t budget)
+{
+	char dir[PATH_MAX];
+	struct nx_store_opts o = { 0 };
+
+	snprintf(dir, sizeof(dir), "%s/%s", tmpdir, sub);
+	o.cache_dir = dir;
+	o.meta_budget = budget;
+	return nx_store_open(st, &o, &source);
+}
+
+/* A budget smaller than any path: each one is unloaded as soon as it is
+ * unreferenced, and comes back by name or by id, from the cache. */
+static void test_budget(void)
+{
+	struct nx_store *st;
+	struct nx_spath *p, *q, *r;
+	struct nx_store_stats s;
+	uint64_t id;
+	int rc, type;
+
+	if (open_store_budget(&st, "b1", 1))
+		return;
+	rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+	is_int(rc, 0, "budget: lookup main");
+	if (rc) {
+		nx_store_close(st);
+		return;
+	}
+	id = nx_spath_id(p);
+	nx_store_stats(st, &s);
+	ok(s.meta_bytes > 1, "budget: over the budget while referenced (%llu bytes)",
+	   (unsigned long long)s.meta_bytes);
+	is_int(s.paths_in_memory, 1, "budget: one path in memory");
+	is_int(s.paths_unloaded, 0, "budget: a referenced path stays");
+	is_int(compare_all(st, p, tree, 131072, NULL), 0, "budget: main reads while held");
+	nx_spath_put(p);
+	nx_store_stats(st, &s);
+	is_int(s.paths_unloaded, 1, "budget: unloaded at the last put");
+	is_int(s.paths_in_memory, 0, "budget: none in memory");
+	is_int(nx_store_peek(st, tp_main.base, strlen(tp_main.base), &id, &type, &q), 0,
+	       "budget: peek knows it");
+	ok(q == NULL && type == NX_NODE_DIRECTORY, "budget: peek does not load it");
+	src_reset_counters();
+	is_int(nx_store_by_id(st, id, &q), 0, "budget: by id loads it again");
+	ok(q == p, "budget: the same header");
+	is_int(src.requests, 0, "budget: reloaded from the cache, 0 requests");
+	is_int(compare_all(st, q, tree, 77777, NULL), 0, "budget: reads after the reload");
+	rc = nx_store_lookup(st, tp_other.base, strlen(tp_other.base), &r);
+	is_int(rc, 0, "budget: lookup other while main is held");
+	nx_store_stats(st, &s);
+	is_int(s.paths_in_memory, 2, "budget: both referenced, both loaded");
+	nx_spath_put(q);
+	if (rc == 0)
+		nx_spath_put(r);
+	nx_store_stats(st, &s);
+	is_int(s.paths_in_memory, 0, "budget: both unloaded once unreferenced");
+	is_int(s.paths_reloaded, 1, "budget: one reload counted");
+	is_int(nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &q), 0,
+	       "budget: by name again");
+	ok(nx_spath_id(q) == id, "budget: same id");
+	nx_spath_put(q);
+	nx_store_close(st);
+
+	/* a budget that holds everything: nothing unloads */
+	if (open_store_budget(&st, "b1", 0))
+		return;
+	if (nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0)
+		nx_spath_put(p);
+	nx_store_stats(st, &s);
+	is_int(s.paths_in_memory, 1, "default budget: an unreferenced path stays loaded");
+	is_int(s.meta_budget, NX_META_BUDGET_DEFAULT, "default budget is 256 MiB");
+	nx_store_close(st);
+}
+
+struct churner {
+	struct nx_store *st;
+	uint64_t ids[2];
+	int bad;
+};
+
+static void *churner_main(void *arg)
+{
+	struct churner *c = arg;
+	const struct tpath *tp[2] = { &tp_main, &tp_other };
+
+	for (int i = 0; i < 200; i++) {
+		struct nx_spath *p, *q;
+		int k = i % 2, rc;
+
+		if (i % 3 == 0)
+			rc = nx_store_by_id(c->st, c->ids[k], &p);
+		else
+			rc = nx_store_lookup(c->st, tp[k]->base, strlen(tp[k]->base), &p);
+		if (rc) {
+			c->bad++;
+			continue;
+		}
+		if (nx_spath_toc(p)->nentries != tp[k]->toc->nentries)
+			c->bad++;
+		nx_spath_get(p);
+		q = p;
+		if (compare_all(c->st, p, tree, 262144, NULL) != 0)
+			c->bad++;
+		nx_spath_put(p);
+		nx_spath_put(q);
+	}
+	return NULL;
+}
+
+/* Lookups, reads and puts on 4 threads over a budget that unloads at every
+ * last put (ThreadSanitizer runs this file too). */
+static void test_budget_threads(void)
+{
+	struct nx_store *st;
+	struct churner c[4];
+	pthread_t th[4];
+	struct nx_spath *p;
+	struct nx_store_stats s;
+	uint64_t ids[2] = { 0, 0 };
+	int bad = 0;
+
+	if (open_store_budget(&st, "b2", 1))
+		return;
+	if (nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0) {
+		ids[0] = nx_spath_id(p);
+		nx_spath_put(p);
+	}
+	if (nx_store_lookup(st, tp_other.base, strlen(tp_other.base), &p) == 0) {
+		ids[1] = nx_spath_id(p);
+		nx_spath_put(p);
+	}
+	for (int i = 0; i < 4; i++) {
+		c[i] = (struct churner){ .st = st, .ids = { ids[0], ids[1] } };
+		pthread_create(&th[i], NULL, churner_main, &c[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		bad += c[i].bad;
+	}
+	is_int(bad, 0, "budget: 4 threads x 200 lookups/by-id, reads and puts, all right");
+	nx_store_stats(st, &s);
+	is_int(s.paths_in_memory, 0, "budget: all unloaded at the end");
+	ok(s.paths_reloaded > 0, "budget: reloads happened (%llu, %llu unloads)",
+	   (unsigned long long)s.paths_reloaded, (unsigned long long)s.paths_unloaded);
+	nx_store_close(st);
+}
+
+/* The 40 bits an id starts from, as cache/ takes them (test knob: fewer). */
+static uint64_t want_id(const char *base, unsigned bits)
+{
+	uint8_t h[20];
+	uint64_t id = 0;
+
+	nx_nix32_decode(base, NX_HASH_LEN, h, 20);
+	for (int i = 0; i < 5; i++)
+		id |= (uint64_t)h[i] << (8 * i);
+	id &= (UINT64_C(1) << bits) - 1;
+	return id ? id : 1;
+}
+
+/* Colliding ids are settled once, in the cache: the same in any load
+ * order, in a new store, and by id alone. */
+static void test_id_collision(void)
+{
+	const struct tpath *tp[3] = { &tp_main, &tp_unsigned, &tp_other };
+	uint64_t first[3] = { 0 }, again[3] = { 0 };
+	struct nx_spath *p;
+	struct nx_store *st;
+	unsigned bits = 0;
+	char env[8];
+	int good = 1, order[3] = { 2, 0, 1 };
+
+	for (unsigned b = 2; b <= 16 && !bits; b++) {
+		uint64_t w0 = want_id(tp[0]->base, b), w1 = want_id(tp[1]->base, b),
+			 w2 = want_id(tp[2]->base, b);
+
+		if (w0 == w1 || w0 == w2 || w1 == w2)
+			bits = b;
+	}
+	ok(bits != 0, "ids: %u bits make two of three paths collide", bits);
+	if (!bits)
+		return;
+	snprintf(env, sizeof(env), "%u", bits);
+	setenv("NIXOCI_TEST_ID_BITS", env, 1);
+	if (open_store(&st, "ids", 0, NULL, NULL, 0) == 0) {
+		for (int i = 0; i < 3; i++) {
+			if (nx_store_lookup(st, tp[i]->base, strlen(tp[i]->base), &p) == 0) {
+				first[i] = nx_spath_id(p);
+				nx_spath_put(p);
+			}
+		}
+		nx_store_close(st);
+	}
+	ok(first[0] && first[1] && first[2] && first[0] != first[1] && first[0] != first[2] &&
+	   first[1] != first[2], "ids: three distinct ids (%llx %llx %llx)",
+	   (unsigned long long)first[0], (unsigned long long)first[1],
+	   (unsigned long long)first[2]);
+	ok(first[0] != want_id(tp[0]->base, bits) || first[1] != want_id(tp[1]->base, bits) ||
+	   first[2] != want_id(tp[2]->base, bits), "ids: one was probed away from its bits");
+	/* a restart, loading in another order */
+	if (open_store(&st, "ids", 0, NULL, NULL, 0) == 0) {
+		for (int j = 0; j < 3; j++) {
+			int i = order[j];
+
+			if (nx_store_lookup(st, tp[i]->base, strlen(tp[i]->base), &p) == 0) {
+				again[i] = nx_spath_id(p);
+				nx_spath_put(p);
+			}
+		}
+		nx_store_close(st);
+	}
+	for (int i = 0; i < 3; i++)
+		if (again[i] != first[i])
+			good = 0;
+	ok(good, "ids: the same after a restart in another order");
+	/* a successor that never looked them up: by id alone */
+	good = 1;
+	if (open_store(&st, "ids", 0, NULL, NULL, 0) == 0) {
+		for (int i = 2; i >= 0; i--) {
+			if (nx_store_by_id(st, first[i], &p) != 0 ||
+			    strcmp(nx_spath_base(p), tp[i]->base) != 0)
+				good = 0;
+			else
+				nx_spath_put(p);
+		}
+		is_int(nx_store_by_id(st, 0, &p), -ENOENT, "ids: 0 is no id");
+		nx_store_close(st);
+	} else {
+		good = 0;
+	}
+	ok(good, "ids: by id alone in a new store, each the right path");
+	unsetenv("NIXOCI_TEST_ID_BITS");
+}
+
 static void test_trust(void)
 {
 	struct nx_store *st;
@@ -1227,6 +1462,9 @@ int main(void)
 	test_threads();
 	test_threads_corrupt();
 	test_concurrent_lookup();
+	test_budget();
+	test_budget_threads();
+	test_id_collision();
 	test_trust();
 	test_closure();
 	test_damaged();

@@ -535,9 +535,43 @@ static int tag_get(struct nx_store *st, const char *base, uint8_t d[NX_SHA256_LE
 	return 1;
 }
 
-/* The manifest of @base: bytes and digest, from the cache or the source. */
-static int get_path_manifest(struct nx_store *st, const char *base, size_t len, char **body,
-			     size_t *blen, uint8_t digest[NX_SHA256_LEN], int *fetched)
+/* The manifest @known (a reload) had, by its digest: never resolved again,
+ * so a path keeps its resolution (and its inodes their files) while the
+ * store is open. */
+static int get_known_manifest(struct nx_store *st, const struct nx_spath *known, char **body,
+			      size_t *blen, uint8_t digest[NX_SHA256_LEN], int *fetched)
+{
+	char ref[NX_DIGEST_STRLEN];
+	uint8_t got[NX_SHA256_LEN];
+	uint8_t *b;
+	int rc;
+
+	memcpy(digest, known->man_digest, NX_SHA256_LEN);
+	if (nx_cmeta_get(st, digest, NX_MANIFEST_MAX, &b, blen) == 0 ||
+	    nx_blob_load(st, digest, NX_MANIFEST_MAX, &b, blen) == 0) {
+		*body = (char *)b;
+		return 0;
+	}
+	nx_digest_format(digest, ref);
+	rc = fetch_manifest(st, ref, NX_MANIFEST_MAX, body, blen, got);
+	if (rc < 0)
+		return rc == -ENOENT ? -EIO : rc;
+	if (memcmp(got, digest, NX_SHA256_LEN) != 0) {
+		nx_stat_add(&st->verify_failures, 1);
+		nx_log(NX_LOG_ERR, "manifest of %s/%s: digest mismatch", NX_STORE_DIR, known->base);
+		free(*body);
+		*body = NULL;
+		return -EIO;
+	}
+	*fetched = 1;
+	return 0;
+}
+
+/* The manifest of @base: bytes and digest, from the cache or the source;
+ * @known: the path's header when it was loaded before. */
+static int get_path_manifest(struct nx_store *st, const char *base, size_t len,
+			     const struct nx_spath *known, char **body, size_t *blen,
+			     uint8_t digest[NX_SHA256_LEN], int *fetched)
 {
 	const struct nx_index_entry *e = NULL;
 	char ref[NX_DIGEST_STRLEN];
@@ -547,6 +581,8 @@ static int get_path_manifest(struct nx_store *st, const char *base, size_t len, 
 	int rc;
 
 	*fetched = 0;
+	if (known)
+		return get_known_manifest(st, known, body, blen, digest, fetched);
 	if (st->closure_mode) {
 		e = ix_find(st, base, len);
 		if (!e)
@@ -722,16 +758,7 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 	memcpy(p->base, base, len);
 	p->base_len = len;
 
-	if (known) {
-		struct nx_desc d = { .size = known->man_size };
-
-		memcpy(d.digest, known->man_digest, NX_SHA256_LEN);
-		memcpy(p->man_digest, known->man_digest, NX_SHA256_LEN);
-		rc = get_meta_blob(st, &d, NX_MANIFEST_MAX, "manifest", sp, (uint8_t **)&body,
-				   &blen, &man_fetched);
-	} else {
-		rc = get_path_manifest(st, base, len, &body, &blen, p->man_digest, &man_fetched);
-	}
+	rc = get_path_manifest(st, base, len, known, &body, &blen, p->man_digest, &man_fetched);
 	if (rc < 0)
 		goto fail;
 	p->man_size = blen;

@@ -1047,6 +1047,31 @@ static void test_budget(void)
 	nx_spath_put(q);
 	nx_store_close(st);
 
+	/* no cache at all (a tool's read-only look): a reload fetches the
+	 * manifest by the digest it had, never by its tag */
+	{
+		char dir[PATH_MAX];
+		struct nx_store_opts o = { 0 };
+
+		snprintf(dir, sizeof(dir), "%s/none/here", tmpdir);
+		o.cache_dir = dir;
+		o.readonly_cache = 1;
+		o.meta_budget = 1;
+		if (nx_store_open(&st, &o, &source) == 0) {
+			if (nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0) {
+				id = nx_spath_id(p);
+				nx_spath_put(p);
+				src_reset_counters();
+				is_int(nx_store_by_id(st, id, &q), 0, "budget, no cache: by id");
+				is_int(src.requests, 2, "budget, no cache: manifest by digest, toc");
+				is_int(compare_all(st, q, tree, 131072, NULL), 0,
+				       "budget, no cache: reads after the reload");
+				nx_spath_put(q);
+			}
+			nx_store_close(st);
+		}
+	}
+
 	/* a budget that holds everything: nothing unloads */
 	if (open_store_budget(&st, "b1", 0))
 		return;

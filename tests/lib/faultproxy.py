@@ -235,15 +235,20 @@ class Proxy:
 
     @staticmethod
     def read_exact(conn, n, buf):
-        while len(buf) < n:
-            data = conn.recv(min(65536, n - len(buf)))
+        # pieces joined once: "buf += data" copies everything read so far
+        # for every piece, quadratic in the size of a large blob upload
+        parts, have = [buf], len(buf)
+        while have < n:
+            data = conn.recv(min(1 << 20, n - have))
             if not data:
                 raise ConnectionError("client closed during request body")
-            buf += data
+            parts.append(data)
+            have += len(data)
+        buf = b"".join(parts)
         return buf[:n], buf[n:]
 
     def read_chunked(self, conn, buf):
-        body = b""
+        body = []
         while True:
             while b"\r\n" not in buf:
                 data = conn.recv(65536)
@@ -255,8 +260,8 @@ class Proxy:
             chunk, buf = self.read_exact(conn, size + 2, buf)
             if size == 0:
                 # trailers end with an empty line; we sent none, assume none
-                return body, buf
-            body += chunk[:-2]
+                return b"".join(body), buf
+            body.append(chunk[:-2])
 
     def connection(self, conn):
         up = None

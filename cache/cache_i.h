@@ -362,6 +362,31 @@ int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 /* Stores a blob the caller verified. Failures are logged and ignored. */
 void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		  size_t len);
+/* The cached blob @d of @size bytes, pushed to @cb in pieces of at most
+ * NX_BLOB_STREAM_BUF bytes as it is read and hashed: 0 once all of it went
+ * through and matched @d; -ENOENT on a miss, or when the file is missing or
+ * damaged (dropped; the caller discards what @cb built, it was not the
+ * blob); @cb's own error stops it. */
+#define NX_BLOB_STREAM_BUF (64u << 10)
+int nx_blob_stream(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t size,
+		   int (*cb)(void *ctx, const void *buf, size_t len), void *ctx);
+/* A blob written to tmp/ as it streams in, and put under blobs/ (fsync,
+ * rename, record) only once the caller has verified and accepted it.
+ * nx_blob_tmp_open: 0, -EROFS (no writable cache: write nothing) or
+ * -errno (logged); @size is reserved in the cache's total meanwhile.
+ * nx_blob_tmp_write: 0 or -errno (logged; the tmp file is gone, later calls
+ * return -EBADF). Exactly one of commit (failures logged and ignored) or
+ * abort ends it, whatever open and write returned. */
+struct nx_blob_tmp {
+	int fd;
+	char name[64];
+	uint64_t reserve, len;
+};
+int nx_blob_tmp_open(struct nx_store *st, struct nx_blob_tmp *t, uint64_t size);
+int nx_blob_tmp_write(struct nx_store *st, struct nx_blob_tmp *t, const void *buf, size_t len);
+void nx_blob_tmp_commit(struct nx_store *st, struct nx_blob_tmp *t,
+			const uint8_t d[NX_SHA256_LEN]);
+void nx_blob_tmp_abort(struct nx_store *st, struct nx_blob_tmp *t);
 
 /* Opens the cached chunk of frame digest @d, pinned: call nx_chunk_unpin
  * after closing *fd. -ENOENT on a miss (a record whose file is missing or
@@ -404,6 +429,10 @@ int nx_cmeta_load(struct nx_store *st, const char *closure);
  * metadata blob has it; -ENOENT otherwise. */
 int nx_cmeta_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **out,
 		 size_t *len);
+/* The same without a copy: *buf points into the metadata blob, valid until
+ * nx_store_close. */
+int nx_cmeta_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap,
+		  const uint8_t **buf, size_t *len);
 void nx_cmeta_release(struct nx_store *st);
 /* refs.c: queue @p's references for background loading; stop and join. */
 void nx_rp_after_load(struct nx_store *st, const struct nx_spath *p);

@@ -277,6 +277,18 @@ int nx_cmeta_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 	return 0;
 }
 
+int nx_cmeta_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap,
+		  const uint8_t **buf, size_t *len)
+{
+	const struct nx_cm_ent *e = cm_find(st->cm, st->ncm, d);
+
+	if (!e || e->len > cap)
+		return -ENOENT;
+	*buf = e->buf;
+	*len = e->len;
+	return 0;
+}
+
 void nx_cmeta_release(struct nx_store *st)
 {
 	free(st->cm);

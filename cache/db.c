@@ -888,34 +888,35 @@ static uint64_t wall_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* tmp + (fsync if @sync) + rename into <kind>/xx/<hex>, all relative to the
- * checked descriptors. *disk gets what the file takes on disk. */
-static int file_commit(struct nx_store *st, int kind_fd, const char *kind,
-		       const uint8_t d[NX_SHA256_LEN], const void *buf, size_t len, int sync,
-		       uint64_t *disk)
+/* A new file in tmp/ (name in @tmp), or -errno. */
+static int tmp_create(struct nx_store *st, char tmp[64])
 {
 	static uint64_t seq;
-	char tmp[64], rel[2 * NX_SHA256_LEN + 4];
-	struct stat sb;
-	int fd = -1, rc = 0;
+	int fd = -1;
 
 	for (int tries = 0; fd < 0 && tries < 8; tries++) {
 		uint64_t r = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15ull ^
 			     nx_now_ns();
 
-		snprintf(tmp, sizeof(tmp), "%ld.%016llx", (long)getpid(), (unsigned long long)r);
+		snprintf(tmp, 64, "%ld.%016llx", (long)getpid(), (unsigned long long)r);
 		fd = openat(st->fd_tmp, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 			    0600);
 		if (fd < 0 && errno != EEXIST)
 			break;
 	}
-	if (fd < 0) {
-		rc = -errno;
-		goto out_log;
-	}
-	rc = nx_write_all(fd, buf, len);
-	if (rc < 0)
-		goto out_unlink;
+	return fd < 0 ? -errno : fd;
+}
+
+/* (fsync if @sync) + rename of tmp/@tmp (@len bytes written to @fd, which
+ * this closes) into <kind>/xx/<hex>; the tmp file is gone either way.
+ * *disk gets what the file takes on disk. */
+static int tmp_commit(struct nx_store *st, int fd, const char *tmp, int kind_fd,
+		      const uint8_t d[NX_SHA256_LEN], uint64_t len, int sync, uint64_t *disk)
+{
+	char rel[2 * NX_SHA256_LEN + 4];
+	struct stat sb;
+	int rc = 0;
+
 	if (sync && fsync(fd) < 0) {
 		rc = -errno;
 		goto out_unlink;
@@ -927,8 +928,8 @@ static int file_commit(struct nx_store *st, int kind_fd, const char *kind,
 	/* at least the size rounded to a block: delayed allocation may not
 	 * show the blocks yet */
 	*disk = disk_bytes(&sb);
-	if (*disk < ((len + 4095) & ~(size_t)4095))
-		*disk = (len + 4095) & ~(size_t)4095;
+	if (*disk < ((len + 4095) & ~(uint64_t)4095))
+		*disk = (len + 4095) & ~(uint64_t)4095;
 	close(fd);
 	fd = -1;
 	obj_rel(d, rel);
@@ -948,6 +949,32 @@ out_unlink:
 	if (fd >= 0)
 		close(fd);
 	unlinkat(st->fd_tmp, tmp, 0);
+	return rc;
+}
+
+/* tmp + (fsync if @sync) + rename into <kind>/xx/<hex>, all relative to the
+ * checked descriptors. *disk gets what the file takes on disk. */
+static int file_commit(struct nx_store *st, int kind_fd, const char *kind,
+		       const uint8_t d[NX_SHA256_LEN], const void *buf, size_t len, int sync,
+		       uint64_t *disk)
+{
+	char tmp[64];
+	int fd, rc;
+
+	fd = tmp_create(st, tmp);
+	if (fd < 0) {
+		rc = fd;
+		goto out_log;
+	}
+	rc = nx_write_all(fd, buf, len);
+	if (rc < 0) {
+		close(fd);
+		unlinkat(st->fd_tmp, tmp, 0);
+		goto out_log;
+	}
+	rc = tmp_commit(st, fd, tmp, kind_fd, d, len, sync, disk);
+	if (rc == 0)
+		return 0;
 out_log:
 	nx_log(NX_LOG_ERR, "cache %s: cannot store %s file: %s", st->dir, kind, strerror(-rc));
 	return rc;
@@ -1020,19 +1047,13 @@ drop:
 	return -ENOENT;
 }
 
-void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
-		  size_t len)
+/* The record of blob @d (@len bytes, @disk on disk), now in blobs/. */
+static void blob_record(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t len,
+			uint64_t disk)
 {
 	uint8_t rec[24];
-	uint64_t disk = 0;
 	int rc;
 
-	if (!st->env || st->readonly)
-		return;
-	if (nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0)
-		return;
-	if (file_commit(st, st->fd_blobs, "blobs", d, buf, len, 1, &disk) < 0)
-		return;
 	put_le64(rec, len);
 	put_le64(rec + 8, wall_ns());
 	put_le64(rec + 16, disk);
@@ -1042,6 +1063,166 @@ void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const voi
 		       strerror(-rc));
 	else
 		nx_stat_add(&st->total_bytes, disk);
+}
+
+void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
+		  size_t len)
+{
+	uint8_t rec[24];
+	uint64_t disk = 0;
+
+	if (!st->env || st->readonly)
+		return;
+	if (nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0)
+		return;
+	if (file_commit(st, st->fd_blobs, "blobs", d, buf, len, 1, &disk) < 0)
+		return;
+	blob_record(st, d, len, disk);
+}
+
+int nx_blob_stream(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t size,
+		   int (*cb)(void *ctx, const void *buf, size_t len), void *ctx)
+{
+	uint8_t rec[24], got[NX_SHA256_LEN], *b = NULL;
+	char rel[2 * NX_SHA256_LEN + 4];
+	struct nx_sha256 h;
+	struct stat sb;
+	uint64_t disk, off = 0;
+	size_t rlen = 0;
+	int fd, rc, hashing = 0;
+
+	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
+	if (rc < 0 || rlen < 16)
+		return -ENOENT;
+	disk = rec_disk(rec, rlen);
+	obj_rel(d, rel);
+	if (get_le64(rec) != size)
+		return -ENOENT; /* same digest, other size: cannot happen */
+	fd = obj_open(st->fd_blobs, rel, &sb);
+	if (fd < 0)
+		goto drop;
+	if ((uint64_t)sb.st_size != size)
+		goto drop;
+	b = malloc(NX_BLOB_STREAM_BUF);
+	if (!b || nx_sha256_init(&h) < 0) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	hashing = 1;
+	while (off < size) {
+		size_t n = size - off < NX_BLOB_STREAM_BUF ? (size_t)(size - off)
+							   : NX_BLOB_STREAM_BUF;
+
+		if (nx_pread_all(fd, b, n, (off_t)off) < 0)
+			goto drop;
+		nx_sha256_update(&h, b, n);
+		rc = cb(ctx, b, n);
+		if (rc < 0)
+			goto out;
+		off += n;
+	}
+	/* cheap next to a fetch, and catches a damaged disk */
+	nx_sha256_final(&h, got);
+	hashing = 0;
+	if (memcmp(got, d, NX_SHA256_LEN) != 0)
+		goto drop;
+	if (!st->readonly && wall_ns() > rec_last(rec) + NX_TOUCH_INTERVAL * 1000000000ull)
+		touch_queue(st, d, 1);
+	rc = 0;
+	goto out;
+drop:
+	nx_log(NX_LOG_DEBUG, "cache %s: dropping damaged or missing blob %s", st->dir, rel);
+	if (!st->readonly) {
+		unlinkat(st->fd_blobs, rel, 0);
+		if (nx_db_del(st, st->dbi_blobs, d, NX_SHA256_LEN) == 0)
+			nx_stat_sub(&st->total_bytes, disk);
+	}
+	rc = -ENOENT;
+out:
+	if (hashing)
+		nx_sha256_release(&h);
+	if (fd >= 0)
+		close(fd);
+	free(b);
+	return rc;
+}
+
+int nx_blob_tmp_open(struct nx_store *st, struct nx_blob_tmp *t, uint64_t size)
+{
+	int fd;
+
+	memset(t, 0, sizeof(*t));
+	t->fd = -1;
+	if (!st->env || st->readonly)
+		return -EROFS;
+	/* counted from the start, room made first, so du stays within
+	 * cache_size while it is written */
+	t->reserve = (size + 4095) & ~UINT64_C(4095);
+	nx_stat_add(&st->reserved, t->reserve);
+	nx_stat_add(&st->total_bytes, t->reserve);
+	if (nx_stat_get(&st->total_bytes) > st->limit)
+		nx_db_evict(st);
+	fd = tmp_create(st, t->name);
+	if (fd < 0) {
+		nx_log(NX_LOG_ERR, "cache %s: cannot store blobs file: %s", st->dir,
+		       strerror(-fd));
+		nx_blob_tmp_abort(st, t);
+		return fd;
+	}
+	t->fd = fd;
+	return 0;
+}
+
+int nx_blob_tmp_write(struct nx_store *st, struct nx_blob_tmp *t, const void *buf, size_t len)
+{
+	int rc;
+
+	if (t->fd < 0)
+		return -EBADF;
+	rc = nx_write_all(t->fd, buf, len);
+	if (rc < 0) {
+		nx_log(NX_LOG_ERR, "cache %s: cannot store blobs file: %s", st->dir,
+		       strerror(-rc));
+		nx_blob_tmp_abort(st, t);
+		return rc;
+	}
+	t->len += len;
+	return 0;
+}
+
+void nx_blob_tmp_abort(struct nx_store *st, struct nx_blob_tmp *t)
+{
+	if (t->fd >= 0) {
+		close(t->fd);
+		unlinkat(st->fd_tmp, t->name, 0);
+		t->fd = -1;
+	}
+	nx_stat_sub(&st->total_bytes, t->reserve);
+	nx_stat_sub(&st->reserved, t->reserve);
+	t->reserve = 0;
+}
+
+void nx_blob_tmp_commit(struct nx_store *st, struct nx_blob_tmp *t,
+			const uint8_t d[NX_SHA256_LEN])
+{
+	uint8_t rec[24];
+	uint64_t disk = 0;
+	int rc, fd = t->fd;
+
+	if (fd < 0 ||
+	    nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0) {
+		nx_blob_tmp_abort(st, t);
+		return;
+	}
+	t->fd = -1; /* tmp_commit closes it and removes the tmp file on failure */
+	rc = tmp_commit(st, fd, t->name, st->fd_blobs, d, t->len, 1, &disk);
+	nx_blob_tmp_abort(st, t); /* the reservation */
+	if (rc < 0) {
+		nx_log(NX_LOG_ERR, "cache %s: cannot store blobs file: %s", st->dir,
+		       strerror(-rc));
+		return;
+	}
+	blob_record(st, d, t->len, disk);
 }
 
 static struct nx_pin *pin_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])

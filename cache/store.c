@@ -43,8 +43,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <zstd.h>
-
 #include "cache/cache_i.h"
 
 static uint32_t name_hash(const char *s, size_t len)
@@ -399,81 +397,153 @@ fail:
 
 /* ------------------------------------------------------------ loading */
 
-struct collect {
-	uint8_t *buf;
-	uint64_t size;
+/*
+ * The TOC of a path, decoded as it streams (common/toc.c, nx_toc_reader):
+ * from the closure's metadata blob, from the cache's blob file, or from the
+ * source. Neither the compressed layer nor the inflated TOC is ever held
+ * whole. Bytes from the source go through the reader (which checks them
+ * against the descriptor's digest) and into a tmp file at once; the caller
+ * commits that file (nx_blob_tmp_commit) only once the path is accepted,
+ * and aborts it otherwise, so a blob that verifies but does not decode, or
+ * a path that is refused, leaves nothing in the cache.
+ */
+struct toc_sink {
+	struct nx_store *st;
+	struct nx_toc_reader *r;
+	struct nx_blob_tmp *tmp; /* NULL: not written (from the cache) */
 	uint64_t got;
+	size_t head;             /* bytes fed before room was made */
+	int roomed;
 };
 
-static int collect_cb(void *ctx, uint64_t off, const void *buf, size_t len)
-{
-	struct collect *c = ctx;
+static void meta_make_room(struct nx_store *st, uint64_t need);
 
-	if (off != c->got || off + len > c->size)
-		return -EIO;
-	memcpy(c->buf + off, buf, len);
-	c->got += len;
-	return 0;
+/* Into the reader; once the layer's first bytes have told its inflated
+ * size, and before any table fills, other paths are unloaded so the
+ * metadata budget holds while this one decodes. */
+static int toc_feed(struct toc_sink *k, const uint8_t *buf, size_t len)
+{
+	int rc = 0;
+
+	if (!k->roomed) {
+		size_t n = NX_TOC_READER_HEAD - k->head;
+
+		n = n < len ? n : len;
+		rc = nx_toc_reader_feed(k->r, buf, n);
+		k->head += n;
+		buf += n;
+		len -= n;
+		if (rc == 0 && k->head == NX_TOC_READER_HEAD) {
+			k->roomed = 1;
+			meta_make_room(k->st, nx_toc_reader_declared(k->r));
+		}
+	}
+	if (rc == 0 && len)
+		rc = nx_toc_reader_feed(k->r, buf, len);
+	return rc;
 }
 
-/* A whole metadata blob, verified against its descriptor, via the cache.
- * *fetched says it came from the source: the caller saves it once the
- * artifact is accepted (a blob that verifies but does not parse, or a path
- * that is refused, leaves nothing in the cache). */
-static int get_meta_blob(struct nx_store *st, const struct nx_desc *d, size_t cap,
-			 const char *what, const char *sp, uint8_t **out, size_t *outlen,
-			 int *fetched)
+static int toc_file_cb(void *ctx, const void *buf, size_t len)
 {
-	struct collect c = { 0 };
-	uint8_t got[NX_SHA256_LEN];
+	return toc_feed(ctx, buf, len);
+}
+
+static int toc_source_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct toc_sink *k = ctx;
+	int rc;
+
+	if (off != k->got)
+		return -EIO;
+	k->got += len;
+	rc = toc_feed(k, buf, len);
+	/* a cache that cannot take the file costs the cache, not the read */
+	if (rc == 0 && k->tmp->fd >= 0)
+		nx_blob_tmp_write(k->st, k->tmp, buf, len);
+	return rc;
+}
+
+/* 0 and p->toc; -EIO (logged) for a layer refused for its bytes (*refuse
+ * set: remember it) or one the source did not deliver as named; -ENOMEM.
+ * *tmp holds the fetched layer for the caller to commit or abort. */
+static int load_toc(struct nx_store *st, struct nx_spath *p, const char *sp,
+		    struct nx_blob_tmp *tmp, int *refuse)
+{
+	const struct nx_desc *d = &p->man.toc;
+	struct toc_sink k = { .st = st, .tmp = tmp };
+	char what[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 16];
+	const uint8_t *cm;
+	size_t cmlen;
 	int rc, probe;
 
-	*fetched = 0;
-	if (nx_cmeta_get(st, d->digest, cap, out, outlen) == 0)
-		return 0; /* verified by its digest; cached as part of the whole */
-	if (nx_blob_load(st, d->digest, cap, out, outlen) == 0) {
-		if (*outlen == d->size)
-			return 0;
-		free(*out); /* same digest, other size: cannot happen */
-		*out = NULL;
-	}
-	if (d->size == 0 || d->size > cap) {
-		nx_log(NX_LOG_ERR, "%s of %s: size %llu is out of range", what, sp,
+	*refuse = 0;
+	tmp->fd = -1;
+	tmp->reserve = 0;
+	snprintf(what, sizeof(what), "toc of %s", sp);
+	if (d->size == 0 || d->size > NX_TOC_MAX_BYTES) {
+		nx_log(NX_LOG_ERR, "toc of %s: size %llu is out of range", sp,
 		       (unsigned long long)d->size);
 		return -EIO;
 	}
-	c.size = d->size;
-	c.buf = malloc(c.size);
-	if (!c.buf)
-		return -ENOMEM;
+	/* verified by its digest, as part of the whole closure blob */
+	if (nx_cmeta_find(st, d->digest, NX_TOC_MAX_BYTES, &cm, &cmlen) == 0 &&
+	    cmlen == d->size) {
+		rc = nx_toc_reader_new(&k.r, what, d->size, NULL, NX_TOC_MAX_BYTES);
+		if (rc == 0)
+			rc = toc_feed(&k, cm, cmlen);
+		goto finish;
+	}
+	/* the cache file, checked as it is read */
+	rc = nx_toc_reader_new(&k.r, what, d->size, NULL, NX_TOC_MAX_BYTES);
+	if (rc < 0)
+		return rc;
+	rc = nx_blob_stream(st, d->digest, d->size, toc_file_cb, &k);
+	if (rc != -ENOENT)
+		goto finish;
+	nx_toc_reader_free(k.r); /* whatever it built was not the blob */
+	k.r = NULL;
+	k.head = 0;
+	k.roomed = 0;
+
+	/* the source, checked against the digest as it arrives */
+	rc = nx_toc_reader_new(&k.r, what, d->size, d->digest, NX_TOC_MAX_BYTES);
+	if (rc < 0)
+		return rc;
+	nx_blob_tmp_open(st, tmp, d->size); /* none (read-only cache) is fine */
 	probe = nx_source_begin(st);
 	if (probe < 0) {
 		nx_stat_add(&st->errors, 1);
-		free(c.buf);
-		return -EIO;
+		rc = -EIO;
+		goto out;
 	}
-	rc = st->src.get_blob(st->src.ctx, d->digest, 0, d->size, collect_cb, &c);
+	rc = st->src.get_blob(st->src.ctx, d->digest, 0, d->size, toc_source_cb, &k);
 	nx_source_end(st, probe, rc);
-	nx_stat_add(&st->bytes_fetched, c.got);
-	if (rc < 0 || c.got != c.size) {
+	nx_stat_add(&st->bytes_fetched, k.got);
+	if (rc == -ENOMEM)
+		goto out;
+	if (rc < 0 || k.got != d->size) {
 		if (rc == -EIO || rc == 0)
-			nx_log(NX_LOG_ERR, "%s of %s: the source sent an unexpected body", what,
-			       sp);
+			nx_log(NX_LOG_ERR, "toc of %s: the source sent an unexpected body", sp);
 		nx_stat_add(&st->errors, 1);
-		free(c.buf);
-		return -EIO;
+		rc = -EIO;
+		goto out;
 	}
-	nx_sha256(c.buf, c.size, got);
-	if (memcmp(got, d->digest, NX_SHA256_LEN) != 0) {
+finish:
+	if (rc == 0)
+		rc = nx_toc_reader_finish(k.r, &p->toc);
+	if (rc == -EBADMSG) {
 		nx_stat_add(&st->verify_failures, 1);
-		nx_log(NX_LOG_ERR, "%s of %s: digest mismatch", what, sp);
-		free(c.buf);
-		return -EIO;
+		nx_log(NX_LOG_ERR, "toc of %s: digest mismatch", sp);
+		rc = -EIO;
+	} else if (rc == -EINVAL || rc == -E2BIG) {
+		*refuse = 1; /* the blob the digest names: logged by the reader */
+		rc = -EIO;
 	}
-	*fetched = 1;
-	*out = c.buf;
-	*outlen = c.size;
-	return 0;
+out:
+	nx_toc_reader_free(k.r);
+	if (rc < 0)
+		nx_blob_tmp_abort(st, tmp);
+	return rc;
 }
 
 static struct nx_refused *refused_slot(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
@@ -728,18 +798,6 @@ static int check_nar(struct nx_store *st, struct nx_spath *p)
 	return 0;
 }
 
-static void meta_make_room(struct nx_store *st, uint64_t need);
-
-/* The bytes the decoded TOC will take, about: its inflated size, which the
- * zstd frame declares (0 when it does not say). */
-static uint64_t toc_estimate(const void *z, size_t zlen)
-{
-	unsigned long long n = ZSTD_getFrameContentSize(z, zlen);
-
-	return n == ZSTD_CONTENTSIZE_UNKNOWN || n == ZSTD_CONTENTSIZE_ERROR ||
-			       n > NX_TOC_MAX_BYTES ? 0 : (uint64_t)n;
-}
-
 /* Loads @base; @known: its header when it was loaded before (a reload: the
  * same manifest, by digest, not resolved again). */
 static int load_path(struct nx_store *st, const char *base, size_t len,
@@ -747,9 +805,9 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 {
 	struct nx_spath *p;
 	char *body = NULL, sp[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 1];
-	uint8_t *tocz = NULL;
-	size_t blen, toczlen;
-	int rc, need_nar, man_fetched = 0, toc_fetched = 0;
+	struct nx_blob_tmp toctmp = { .fd = -1 };
+	size_t blen;
+	int rc, need_nar, man_fetched = 0, refuse;
 
 	snprintf(sp, sizeof(sp), "%s/%.*s", NX_STORE_DIR, (int)len, base);
 	p = calloc(1, sizeof(*p));
@@ -788,22 +846,11 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 	rc = refused_get(st, p->man.toc.digest, "toc", sp);
 	if (rc < 0)
 		goto fail;
-	rc = get_meta_blob(st, &p->man.toc, NX_TOC_MAX_BYTES, "toc", sp, &tocz, &toczlen,
-			   &toc_fetched);
+	rc = load_toc(st, p, sp, &toctmp, &refuse);
+	if (refuse)
+		refused_add(st, p->man.toc.digest, rc);
 	if (rc < 0)
 		goto fail;
-	/* unload others first, so the budget holds while this one decodes */
-	meta_make_room(st, toc_estimate(tocz, toczlen));
-	/* inflated straight into the tables, the header checked first */
-	rc = nx_toc_decode_zstd(tocz, toczlen, NX_TOC_MAX_BYTES, &p->toc);
-	if (rc == -ENOMEM)
-		goto fail;
-	if (rc < 0) {
-		nx_log(NX_LOG_ERR, "toc of %s: malformed", sp);
-		rc = -EIO;
-		refused_add(st, p->man.toc.digest, rc);
-		goto fail;
-	}
 	if (p->toc->nar_size != p->man.info.nar_size || p->toc->blob_size != p->man.nar.size) {
 		nx_log(NX_LOG_ERR, "toc of %s: sizes do not match the manifest", sp);
 		rc = -EIO;
@@ -827,15 +874,13 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 		nx_blob_save(st, p->man_digest, body, blen); /* no new tag resolution */
 	else if (man_fetched)
 		save_path_manifest(st, base, body, blen, p->man_digest);
-	if (toc_fetched)
-		nx_blob_save(st, p->man.toc.digest, tocz, toczlen);
+	nx_blob_tmp_commit(st, &toctmp, p->man.toc.digest);
 	free(body);
-	free(tocz);
 	*out = p;
 	return 0;
 fail:
+	nx_blob_tmp_abort(st, &toctmp);
 	free(body);
-	free(tocz);
 	spath_free(p);
 	return rc;
 }

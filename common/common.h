@@ -287,13 +287,43 @@ void nx_toc_builder_free(struct nx_toc_builder *b);
  */
 int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out);
 /*
- * The same from the TOC layer as stored (one zstd frame with a declared
- * content size of at most @cap), inflated straight into the tables: the
- * header is checked on the first 64 inflated bytes before anything else is
- * allocated, and the inflated TOC never exists beside the tables. zstd's
- * window is capped at 2^NX_TOC_WINDOW_LOG_MAX bytes.
+ * The TOC layer as stored (one zstd frame with a declared content size of at
+ * most @cap), decoded as it streams: push its bytes in pieces of any size,
+ * from the network or a file, and they are inflated straight into the
+ * tables. Peak memory is the tables (sized by a header the declared size
+ * confirms) plus zstd's window (capped at 2^NX_TOC_WINDOW_LOG_MAX) plus the
+ * caller's buffer: the compressed layer and the inflated TOC are never held.
+ * Bounds come first: the declared size on the first 18 bytes, the TOC header
+ * (magic, version, counts, length) on the first 64 inflated ones, before any
+ * table is allocated. Every rule of nx_toc_decode is then checked.
+ *
+ * nx_toc_reader_new: @zlen is the layer's size from its descriptor; @digest
+ * its SHA-256, or NULL when the caller verifies the bytes itself (a cache
+ * file checked as it is read, a blob verified as a whole); @what names the
+ * layer in the one log line a refusal writes ("toc of /nix/store/..."),
+ * copied. nx_toc_reader_feed: 0, or -ENOMEM; a malformed layer is not an
+ * error here (its bytes still go through the digest), only at finish.
+ * nx_toc_reader_finish: 0 and *out (caller frees: nx_toc_free); -EBADMSG if
+ * the bytes are not the ones @digest names (or not @zlen of them), logged by
+ * nobody: the caller says "digest mismatch"; -EINVAL or -E2BIG for a
+ * layer that is the blob but breaks a rule, logged as one line; -ENOMEM.
+ * After finish the reader can only be freed. Not thread-safe; one reader
+ * per layer.
  */
 #define NX_TOC_WINDOW_LOG_MAX 24
+struct nx_toc_reader;
+int nx_toc_reader_new(struct nx_toc_reader **out, const char *what, uint64_t zlen,
+		      const uint8_t digest[NX_SHA256_LEN], size_t cap);
+int nx_toc_reader_feed(struct nx_toc_reader *r, const void *buf, size_t len);
+int nx_toc_reader_finish(struct nx_toc_reader *r, struct nx_toc **out);
+void nx_toc_reader_free(struct nx_toc_reader *r);
+/* The inflated size the layer declares, known once its first
+ * NX_TOC_READER_HEAD bytes (or all of a shorter layer) have been fed and
+ * within the cap; 0 before, or when the layer was refused. For a caller
+ * that makes room before the tables fill. */
+#define NX_TOC_READER_HEAD 18
+uint64_t nx_toc_reader_declared(const struct nx_toc_reader *r);
+/* The same in one call, for a layer already in memory and verified. */
 int nx_toc_decode_zstd(const void *z, size_t zlen, size_t cap, struct nx_toc **out);
 void nx_toc_free(struct nx_toc *toc);
 

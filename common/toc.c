@@ -16,6 +16,8 @@
  * walks (lookup, depth, parent chains) terminate.
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -384,10 +386,31 @@ out:
 
 /* ------------------------------------------------------------ decoder */
 
-static int bad(const char *what, uint64_t idx)
+/*
+ * Why a TOC was refused: the first reason, kept to be logged once by the
+ * caller as one line naming the artifact (the streaming reader cannot log
+ * a reason before the bytes are known to be the ones the digest names).
+ */
+struct toc_why {
+	char msg[160];
+};
+
+static int say(struct toc_why *w, int rc, const char *fmt, ...) NX_PRINTF(3, 4);
+static int say(struct toc_why *w, int rc, const char *fmt, ...)
 {
-	nx_log(NX_LOG_ERR, "toc: %s (entry or frame %llu)", what, (unsigned long long)idx);
-	return -EINVAL;
+	va_list ap;
+
+	if (!w->msg[0]) {
+		va_start(ap, fmt);
+		vsnprintf(w->msg, sizeof(w->msg), fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static int bad(struct toc_why *w, const char *what, uint64_t idx)
+{
+	return say(w, -EINVAL, "%s (entry or frame %llu)", what, (unsigned long long)idx);
 }
 
 static int name_ok(const char *s, uint32_t len)
@@ -408,7 +431,7 @@ static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
 	return alen < blen ? -1 : alen > blen ? 1 : 0;
 }
 
-static int decode_entries(struct nx_toc *t, const uint8_t *base)
+static int decode_entries(struct nx_toc *t, const uint8_t *base, struct toc_why *w)
 {
 	uint8_t *depth = NULL;
 	uint64_t cursor = 1;
@@ -435,20 +458,20 @@ static int decode_entries(struct nx_toc *t, const uint8_t *base)
 		e->size = get64(p + 24);
 		e->off = get64(p + 32);
 		if (get16(p + 14) != 0) {
-			r = bad("reserved entry bytes are not zero", i);
+			r = bad(w, "reserved entry bytes are not zero", i);
 			goto out;
 		}
 		if (e->type < NX_NODE_REGULAR || e->type > NX_NODE_SYMLINK) {
-			r = bad("unknown entry type", i);
+			r = bad(w, "unknown entry type", i);
 			goto out;
 		}
 		if (p[13] & ~(e->type == NX_NODE_REGULAR ? 1u : 0u)) {
-			r = bad("unknown entry flags", i);
+			r = bad(w, "unknown entry flags", i);
 			goto out;
 		}
 		if (i == 0) {
 			if (e->parent != 0 || e->name_off != 0 || e->name_len != 0) {
-				r = bad("root entry has a parent or a name", i);
+				r = bad(w, "root entry has a parent or a name", i);
 				goto out;
 			}
 		} else {
@@ -457,18 +480,18 @@ static int decode_entries(struct nx_toc *t, const uint8_t *base)
 			/* The tiling check below ran for every entry < i, so
 			 * the parent's range is already known to be sane. */
 			if (e->parent >= i) {
-				r = bad("parent does not precede entry", i);
+				r = bad(w, "parent does not precede entry", i);
 				goto out;
 			}
 			pe = &t->entries[e->parent];
 			if (pe->type != NX_NODE_DIRECTORY || i < pe->first_child ||
 			    (uint64_t)i >= (uint64_t)pe->first_child + pe->nchildren) {
-				r = bad("entry lies outside its parent's child range", i);
+				r = bad(w, "entry lies outside its parent's child range", i);
 				goto out;
 			}
 			if ((uint64_t)e->name_off + e->name_len > t->strtab_len ||
 			    !name_ok(t->strtab + e->name_off, e->name_len)) {
-				r = bad("invalid name", i);
+				r = bad(w, "invalid name", i);
 				goto out;
 			}
 			if (i > pe->first_child) {
@@ -476,7 +499,7 @@ static int decode_entries(struct nx_toc *t, const uint8_t *base)
 
 				if (name_cmp(t->strtab + prev->name_off, prev->name_len,
 					     t->strtab + e->name_off, e->name_len) >= 0) {
-					r = bad("names not sorted or duplicate", i);
+					r = bad(w, "names not sorted or duplicate", i);
 					goto out;
 				}
 			}
@@ -485,48 +508,48 @@ static int decode_entries(struct nx_toc *t, const uint8_t *base)
 		switch (e->type) {
 		case NX_NODE_DIRECTORY:
 			if (e->size || e->off) {
-				r = bad("directory with size or offset", i);
+				r = bad(w, "directory with size or offset", i);
 				goto out;
 			}
 			if (depth[i] >= NX_NAR_DEPTH_MAX) {
-				r = bad("directory nested too deep", i);
+				r = bad(w, "directory nested too deep", i);
 				goto out;
 			}
 			/* Ranges tile [1, nentries) in directory order, and
 			 * every range starts after its directory. */
 			if (e->first_child != cursor || cursor <= i ||
 			    cursor + e->nchildren > t->nentries) {
-				r = bad("bad directory child range", i);
+				r = bad(w, "bad directory child range", i);
 				goto out;
 			}
 			cursor += e->nchildren;
 			break;
 		case NX_NODE_REGULAR:
 			if (e->first_child || e->nchildren) {
-				r = bad("file with children", i);
+				r = bad(w, "file with children", i);
 				goto out;
 			}
 			if (e->off > t->nar_size || e->size > t->nar_size - e->off) {
-				r = bad("file contents lie outside the nar", i);
+				r = bad(w, "file contents lie outside the nar", i);
 				goto out;
 			}
 			break;
 		default: /* symlink */
 			if (e->first_child || e->nchildren) {
-				r = bad("symlink with children", i);
+				r = bad(w, "symlink with children", i);
 				goto out;
 			}
 			if (e->size < 1 || e->size > NX_NAR_TARGET_MAX ||
 			    e->off > t->strtab_len || e->size > t->strtab_len - e->off ||
 			    memchr(t->strtab + e->off, '\0', (size_t)e->size)) {
-				r = bad("invalid symlink target", i);
+				r = bad(w, "invalid symlink target", i);
 				goto out;
 			}
 			break;
 		}
 	}
 	if (cursor != t->nentries) {
-		r = bad("directory child ranges do not cover all entries", cursor);
+		r = bad(w, "directory child ranges do not cover all entries", cursor);
 		goto out;
 	}
 	r = 0;
@@ -535,7 +558,8 @@ out:
 	return r;
 }
 
-static int decode_frames(struct nx_toc *t, const uint8_t *base, uint32_t frame_max)
+static int decode_frames(struct nx_toc *t, const uint8_t *base, uint32_t frame_max,
+			 struct toc_why *w)
 {
 	uint64_t coff = 0, uoff = 0;
 
@@ -552,44 +576,36 @@ static int decode_frames(struct nx_toc *t, const uint8_t *base, uint32_t frame_m
 		f->ulen = get32(p + 20);
 		memcpy(f->sha256, p + 24, NX_SHA256_LEN);
 		if (f->coff != coff || f->uoff != uoff)
-			return bad("frame is not contiguous with the previous one", i);
+			return bad(w, "frame is not contiguous with the previous one", i);
 		if (f->clen < 1)
-			return bad("empty compressed frame", i);
+			return bad(w, "empty compressed frame", i);
 		if (f->ulen < 1 || f->ulen > frame_max)
-			return bad("frame size is 0 or above frame_max", i);
+			return bad(w, "frame size is 0 or above frame_max", i);
 		/* At most 2^24 frames of < 2^32 bytes: no overflow. */
 		coff += f->clen;
 		uoff += f->ulen;
 	}
 	if (uoff != t->nar_size)
-		return bad("frames do not cover nar_size exactly", t->nframes);
+		return bad(w, "frames do not cover nar_size exactly", t->nframes);
 	if (coff + SEEKTABLE_FIXED + 8ull * t->nframes != t->blob_size)
-		return bad("frames and seek table do not add up to blob_size", t->nframes);
+		return bad(w, "frames and seek table do not add up to blob_size", t->nframes);
 	return 0;
 }
 
 /* The fixed header: every field checked before anything is allocated for
  * the rest. Fills the counts of *t; *want = the encoded length they imply. */
 static int decode_header(const uint8_t *b, struct nx_toc *t, uint32_t *frame_max,
-			 uint64_t *want)
+			 uint64_t *want, struct toc_why *w)
 {
-	if (memcmp(b, TOC_MAGIC, 8) != 0) {
-		nx_log(NX_LOG_ERR, "toc: bad magic");
-		return -EINVAL;
-	}
-	if (get32(b + 8) != TOC_VERSION) {
-		nx_log(NX_LOG_ERR, "toc: unsupported version %u", get32(b + 8));
-		return -EINVAL;
-	}
-	if (get32(b + 12) != 0) {
-		nx_log(NX_LOG_ERR, "toc: unknown flags 0x%x", get32(b + 12));
-		return -EINVAL;
-	}
+	if (memcmp(b, TOC_MAGIC, 8) != 0)
+		return say(w, -EINVAL, "bad magic");
+	if (get32(b + 8) != TOC_VERSION)
+		return say(w, -EINVAL, "unsupported version %u", get32(b + 8));
+	if (get32(b + 12) != 0)
+		return say(w, -EINVAL, "unknown flags 0x%x", get32(b + 12));
 	for (int i = 48; i < TOC_HDR; i++) {
-		if (b[i]) {
-			nx_log(NX_LOG_ERR, "toc: reserved header bytes are not zero");
-			return -EINVAL;
-		}
+		if (b[i])
+			return say(w, -EINVAL, "reserved header bytes are not zero");
 	}
 	t->nar_size = get64(b + 16);
 	t->blob_size = get64(b + 24);
@@ -597,21 +613,16 @@ static int decode_header(const uint8_t *b, struct nx_toc *t, uint32_t *frame_max
 	t->nframes = get32(b + 36);
 	t->strtab_len = get32(b + 40);
 	*frame_max = get32(b + 44);
-	if (t->nar_size == 0) {
-		nx_log(NX_LOG_ERR, "toc: nar_size is 0");
-		return -EINVAL;
-	}
+	if (t->nar_size == 0)
+		return say(w, -EINVAL, "nar_size is 0");
 	if (t->nentries < 1 || t->nentries > NX_TOC_MAX_ENTRIES || t->nframes < 1 ||
-	    t->nframes > NX_TOC_MAX_FRAMES) {
-		nx_log(NX_LOG_ERR, "toc: %u entries or %u frames out of range [1, 2^24]",
-		       t->nentries, t->nframes);
-		return t->nentries && t->nframes ? -E2BIG : -EINVAL;
-	}
-	if (*frame_max < 1 || *frame_max > NX_FRAME_MAX) {
-		nx_log(NX_LOG_ERR, "toc: frame_max %u out of range [1, %u]", *frame_max,
-		       NX_FRAME_MAX);
-		return -EINVAL;
-	}
+	    t->nframes > NX_TOC_MAX_FRAMES)
+		return say(w, t->nentries && t->nframes ? -E2BIG : -EINVAL,
+			   "%u entries or %u frames out of range [1, 2^24]", t->nentries,
+			   t->nframes);
+	if (*frame_max < 1 || *frame_max > NX_FRAME_MAX)
+		return say(w, -EINVAL, "frame_max %u out of range [1, %u]", *frame_max,
+			   NX_FRAME_MAX);
 	*want = TOC_HDR + (uint64_t)TOC_ENTRY * t->nentries + (uint64_t)TOC_FRAME * t->nframes +
 		t->strtab_len;
 	return 0;
@@ -628,6 +639,7 @@ static int alloc_tables(struct nx_toc *t)
 int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out)
 {
 	const uint8_t *b = buf;
+	struct toc_why w = { "" };
 	struct nx_toc *t = NULL;
 	uint32_t frame_max;
 	uint64_t want;
@@ -640,162 +652,349 @@ int nx_toc_decode(const void *buf, size_t len, struct nx_toc **out)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
-	r = decode_header(b, t, &frame_max, &want);
+	r = decode_header(b, t, &frame_max, &want, &w);
+	if (r == 0 && want != len)
+		r = say(&w, -EINVAL, "length %zu does not match the header (%llu)", len,
+			(unsigned long long)want);
 	if (r < 0)
 		goto fail;
-	if (want != len) {
-		nx_log(NX_LOG_ERR, "toc: length %zu does not match the header (%llu)", len,
-		       (unsigned long long)want);
-		r = -EINVAL;
-		goto fail;
-	}
 	r = alloc_tables(t);
 	if (r < 0)
 		goto fail;
 	memcpy(t->strtab, b + len - t->strtab_len, t->strtab_len);
-	r = decode_entries(t, b + TOC_HDR);
+	r = decode_entries(t, b + TOC_HDR, &w);
 	if (r < 0)
 		goto fail;
-	r = decode_frames(t, b + TOC_HDR + (size_t)TOC_ENTRY * t->nentries, frame_max);
+	r = decode_frames(t, b + TOC_HDR + (size_t)TOC_ENTRY * t->nentries, frame_max, &w);
 	if (r < 0)
 		goto fail;
 	*out = t;
 	return 0;
 fail:
+	if (w.msg[0])
+		nx_log(NX_LOG_ERR, "toc: %s", w.msg);
 	nx_toc_free(t);
 	return r;
 }
 
 /*
- * Streaming: the zstd frame is inflated straight into the tables. The
- * encoded entry and frame records have the layout of struct nx_toc_entry
- * and struct nx_toc_frame (little-endian, no padding), so each table is
- * first filled with raw records and then decoded in place, record by record.
- * Peak memory is the tables plus zstd's window, never the inflated TOC and
- * the tables at once; and the header is checked (magic, version, counts,
- * its length against the frame's declared size and @cap) on the first 64
- * inflated bytes, before anything is allocated for the rest.
+ * The streaming reader: the TOC layer (one zstd frame with a declared
+ * content size) is pushed through in pieces as it arrives, from the network
+ * or a cache file, and inflated straight into the tables. The encoded entry
+ * and frame records have the layout of struct nx_toc_entry and struct
+ * nx_toc_frame (little-endian, no padding), so each table is first filled
+ * with raw records and then decoded in place, record by record, once the
+ * layer's digest is known to match. So a TOC costs its tables, zstd's
+ * window and the caller's read buffer: never the compressed layer, never
+ * the inflated TOC beside the tables.
+ *
+ * Bounds come before allocations: the zstd frame header (its declared size
+ * against @cap) on the first 18 bytes, then the TOC header (magic, version,
+ * counts, its implied length against the declared size) on the first 64
+ * inflated bytes; only then are the tables allocated, at the sizes the
+ * header states and the declared size confirms. A refusal frees what it
+ * holds at once; the rest of the layer only goes through the digest, so
+ * the reason is reported only for bytes that are the blob the digest names.
  */
 _Static_assert(sizeof(struct nx_toc_entry) == TOC_ENTRY, "entry records decode in place");
 _Static_assert(sizeof(struct nx_toc_frame) == TOC_FRAME, "frame records decode in place");
 
-struct zin {
+#define ZHDR_MAX NX_TOC_READER_HEAD /* magic, descriptor, window, dict id, content size */
+
+enum { RD_ZHDR, RD_HDR, RD_ENTRIES, RD_FRAMES, RD_STRTAB, RD_END };
+
+struct nx_toc_reader {
+	char *what;      /* names the layer in the one log line */
+	uint64_t zlen;   /* the layer's size from its descriptor */
+	uint64_t fed;    /* bytes pushed so far */
+	size_t cap;      /* on the declared inflated size */
+	int verify;      /* hash what is fed and check it against digest */
+	struct nx_sha256 h;
+	uint8_t digest[NX_SHA256_LEN];
+	uint8_t zh[ZHDR_MAX];
+	size_t zhn;
+	uint64_t fcs;    /* declared inflated size */
 	ZSTD_DCtx *d;
-	ZSTD_inBuffer in;
-	int ended; /* the zstd frame is complete */
+	int stage, ended;
+	uint8_t *dst;    /* the table being filled */
+	size_t dlen, dpos;
+	uint8_t hdr[TOC_HDR], scratch;
+	uint32_t frame_max;
+	struct nx_toc *t;
+	int err;         /* sticky */
+	struct toc_why why;
 };
 
-/* Inflates exactly @len bytes into @dst; -EINVAL if the stream ends first or
- * is corrupt. */
-static int zfill(struct zin *z, void *dst, size_t len)
+/* A refusal: keeps the first reason, drops the tables and the inflater. */
+static int rd_fail(struct nx_toc_reader *r, int rc)
 {
-	ZSTD_outBuffer o = { dst, len, 0 };
+	if (!r->err)
+		r->err = rc;
+	ZSTD_freeDCtx(r->d);
+	r->d = NULL;
+	nx_toc_free(r->t);
+	r->t = NULL;
+	return rc;
+}
 
-	while (o.pos < o.size) {
-		size_t before = o.pos, in_before = z->in.pos;
-		size_t rc = ZSTD_decompressStream(z->d, &o, &z->in);
+int nx_toc_reader_new(struct nx_toc_reader **out, const char *what, uint64_t zlen,
+		      const uint8_t digest[NX_SHA256_LEN], size_t cap)
+{
+	struct nx_toc_reader *r = calloc(1, sizeof(*r));
+	int rc;
 
-		if (ZSTD_isError(rc)) {
-			nx_log(NX_LOG_ERR, "toc: zstd: %s", ZSTD_getErrorName(rc));
-			return -EINVAL;
+	if (!r)
+		return -ENOMEM;
+	r->what = strdup(what ? what : "toc");
+	r->t = calloc(1, sizeof(*r->t));
+	if (!r->what || !r->t) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	r->zlen = zlen;
+	r->cap = cap;
+	if (digest) {
+		rc = nx_sha256_init(&r->h);
+		if (rc < 0)
+			goto fail;
+		r->verify = 1;
+		memcpy(r->digest, digest, NX_SHA256_LEN);
+	}
+	if (zlen == 0 || zlen > cap) /* a zstd frame never inflates to less */
+		rd_fail(r, say(&r->why, zlen ? -E2BIG : -EINVAL,
+			       "layer size %llu is out of range [1, %zu]", (unsigned long long)zlen,
+			       cap));
+	*out = r;
+	return 0;
+fail:
+	nx_toc_reader_free(r);
+	return rc;
+}
+
+void nx_toc_reader_free(struct nx_toc_reader *r)
+{
+	if (!r)
+		return;
+	if (r->verify)
+		nx_sha256_release(&r->h);
+	ZSTD_freeDCtx(r->d);
+	nx_toc_free(r->t);
+	free(r->what);
+	free(r);
+}
+
+/* The table after the current one is full; zero-length ones are skipped. */
+static int rd_next(struct nx_toc_reader *r)
+{
+	struct nx_toc *t = r->t;
+	uint64_t want;
+	int rc;
+
+	switch (r->stage) {
+	case RD_HDR:
+		rc = decode_header(r->hdr, t, &r->frame_max, &want, &r->why);
+		if (rc == 0 && want != r->fcs)
+			rc = say(&r->why, -EINVAL, "declared size %llu does not match the header (%llu)",
+				 (unsigned long long)r->fcs, (unsigned long long)want);
+		if (rc < 0)
+			return rd_fail(r, rc);
+		/* justified now: the header's counts, which the declared size
+		 * (at most @cap) confirms */
+		if (alloc_tables(t) < 0)
+			return rd_fail(r, -ENOMEM);
+		r->stage = RD_ENTRIES;
+		r->dst = (uint8_t *)t->entries;
+		r->dlen = (size_t)TOC_ENTRY * t->nentries;
+		break;
+	case RD_ENTRIES:
+		r->stage = RD_FRAMES;
+		r->dst = (uint8_t *)t->frames;
+		r->dlen = (size_t)TOC_FRAME * t->nframes;
+		break;
+	case RD_FRAMES:
+		r->stage = RD_STRTAB;
+		r->dst = (uint8_t *)t->strtab;
+		r->dlen = t->strtab_len;
+		break;
+	default: /* RD_STRTAB: whatever comes next is one byte too many */
+		r->stage = RD_END;
+		r->dst = &r->scratch;
+		r->dlen = 1;
+		break;
+	}
+	r->dpos = 0;
+	return r->dlen || r->stage == RD_END ? 0 : rd_next(r);
+}
+
+/* Inflates what @in holds into the tables, as far as it goes. */
+static int rd_inflate(struct nx_toc_reader *r, const void *buf, size_t len)
+{
+	ZSTD_inBuffer in = { buf, len, 0 };
+
+	for (;;) {
+		ZSTD_outBuffer o = { r->dst, r->dlen, r->stage == RD_END ? 0 : r->dpos };
+		size_t in0 = in.pos, rc;
+
+		if (r->ended) {
+			if (in.pos < in.size)
+				return rd_fail(r, say(&r->why, -EINVAL,
+						      "the layer is not exactly one zstd frame"));
+			return 0;
 		}
+		rc = ZSTD_decompressStream(r->d, &o, &in);
+		if (ZSTD_isError(rc))
+			return rd_fail(r, say(&r->why, -EINVAL, "zstd: %s", ZSTD_getErrorName(rc)));
+		if (r->stage == RD_END && o.pos)
+			return rd_fail(r, say(&r->why, -EINVAL,
+					      "the zstd stream goes on past the header's length"));
 		if (rc == 0)
-			z->ended = 1;
-		if (o.pos < o.size && (rc == 0 || (o.pos == before && z->in.pos == in_before))) {
-			nx_log(NX_LOG_ERR, "toc: the zstd stream is shorter than the header says");
-			return -EINVAL;
+			r->ended = 1;
+		if (r->stage != RD_END) {
+			size_t got = o.pos - r->dpos;
+
+			r->dpos = o.pos;
+			if (r->dpos == r->dlen) {
+				if (rd_next(r) < 0)
+					return r->err;
+				continue;
+			}
+			if (r->ended)
+				return rd_fail(r, say(&r->why, -EINVAL, "the zstd stream is shorter "
+						      "than the header says"));
+			if (in.pos == in.size)
+				return 0; /* all it could give: more input needed */
+			if (!got && in.pos == in0)
+				return rd_fail(r, say(&r->why, -EINVAL, "zstd: no progress"));
+		} else if (!r->ended) {
+			if (in.pos == in.size)
+				return 0;
+			if (in.pos == in0)
+				return rd_fail(r, say(&r->why, -EINVAL, "zstd: no progress"));
 		}
 	}
+}
+
+/* The zstd frame header is complete (or the layer is shorter): its
+ * declared size is checked, then it goes through like the rest. */
+static int rd_start(struct nx_toc_reader *r)
+{
+	unsigned long long fcs = ZSTD_getFrameContentSize(r->zh, r->zhn);
+	size_t zr;
+
+	if (fcs == ZSTD_CONTENTSIZE_ERROR || fcs == ZSTD_CONTENTSIZE_UNKNOWN)
+		return rd_fail(r, say(&r->why, -EINVAL,
+				      "not a zstd frame with a declared content size"));
+	if (fcs > r->cap || fcs < TOC_HDR)
+		return rd_fail(r, say(&r->why, fcs > r->cap ? -E2BIG : -EINVAL,
+				      "declared size %llu is out of range [%d, %zu]", fcs, TOC_HDR,
+				      r->cap));
+	r->fcs = fcs;
+	r->d = ZSTD_createDCtx();
+	if (!r->d)
+		return rd_fail(r, -ENOMEM);
+	/* the window is what this costs beyond the tables: 2^24 covers any
+	 * level nixoci push uses by far */
+	zr = ZSTD_DCtx_setParameter(r->d, ZSTD_d_windowLogMax, NX_TOC_WINDOW_LOG_MAX);
+	if (ZSTD_isError(zr))
+		return rd_fail(r, -ENOMEM);
+	r->stage = RD_HDR;
+	r->dst = r->hdr;
+	r->dlen = TOC_HDR;
+	r->dpos = 0;
+	return rd_inflate(r, r->zh, r->zhn);
+}
+
+int nx_toc_reader_feed(struct nx_toc_reader *r, const void *buf, size_t len)
+{
+	const uint8_t *b = buf;
+
+	if (r->verify)
+		nx_sha256_update(&r->h, buf, len);
+	if (len > r->zlen - (r->fed < r->zlen ? r->fed : r->zlen)) {
+		r->fed += len;
+		rd_fail(r, say(&r->why, -EINVAL, "longer than its descriptor says"));
+		return 0;
+	}
+	r->fed += len;
+	if (r->err)
+		return r->err == -ENOMEM ? r->err : 0;
+	if (r->stage == RD_ZHDR) {
+		size_t need = (r->zlen < ZHDR_MAX ? (size_t)r->zlen : ZHDR_MAX) - r->zhn;
+		size_t n = len < need ? len : need;
+
+		memcpy(r->zh + r->zhn, b, n);
+		r->zhn += n;
+		b += n;
+		len -= n;
+		if (n < need)
+			return 0;
+		rd_start(r);
+	}
+	if (!r->err && len)
+		rd_inflate(r, b, len);
+	return r->err == -ENOMEM ? r->err : 0;
+}
+
+uint64_t nx_toc_reader_declared(const struct nx_toc_reader *r)
+{
+	return r->err || r->stage == RD_ZHDR ? 0 : r->fcs;
+}
+
+int nx_toc_reader_finish(struct nx_toc_reader *r, struct nx_toc **out)
+{
+	uint8_t got[NX_SHA256_LEN];
+	int rc;
+
+	*out = NULL;
+	if (r->verify) {
+		nx_sha256_final(&r->h, got);
+		r->verify = 0;
+		if (r->fed != r->zlen || memcmp(got, r->digest, NX_SHA256_LEN) != 0) {
+			rd_fail(r, -EBADMSG);
+			return -EBADMSG; /* not the blob: no reason is worth telling */
+		}
+	}
+	if (!r->err && r->fed != r->zlen)
+		rd_fail(r, say(&r->why, -EINVAL, "%llu bytes where the descriptor says %llu",
+			       (unsigned long long)r->fed, (unsigned long long)r->zlen));
+	if (!r->err && r->stage == RD_ZHDR)
+		rd_start(r); /* never: zhn reaches min(18, zlen) first */
+	if (!r->err && (r->stage != RD_END || !r->ended))
+		rd_fail(r, say(&r->why, -EINVAL, "the zstd stream is shorter than the header says"));
+	if (!r->err) {
+		rc = decode_entries(r->t, (const uint8_t *)r->t->entries, &r->why);
+		if (rc == 0)
+			rc = decode_frames(r->t, (const uint8_t *)r->t->frames, r->frame_max,
+					   &r->why);
+		if (rc < 0)
+			rd_fail(r, rc);
+	}
+	if (r->err) {
+		if (r->err != -ENOMEM)
+			nx_log(NX_LOG_ERR, "%s: malformed: %s", r->what,
+			       r->why.msg[0] ? r->why.msg : "no reason");
+		return r->err;
+	}
+	ZSTD_freeDCtx(r->d);
+	r->d = NULL;
+	*out = r->t;
+	r->t = NULL;
+	r->err = -EINVAL; /* finished: the reader can only be freed */
 	return 0;
 }
 
 int nx_toc_decode_zstd(const void *zbuf, size_t zlen, size_t cap, struct nx_toc **out)
 {
-	struct zin z = { .in = { zbuf, zlen, 0 } };
-	uint8_t hdr[TOC_HDR], extra;
-	unsigned long long fcs;
-	struct nx_toc *t = NULL;
-	uint32_t frame_max;
-	uint64_t want;
-	size_t zr;
-	int r;
+	struct nx_toc_reader *r = NULL;
+	int rc;
 
-	fcs = ZSTD_getFrameContentSize(zbuf, zlen);
-	if (fcs == ZSTD_CONTENTSIZE_ERROR || fcs == ZSTD_CONTENTSIZE_UNKNOWN) {
-		nx_log(NX_LOG_ERR, "toc: not a zstd frame with a declared content size");
-		return -EINVAL;
-	}
-	if (fcs > cap || fcs < TOC_HDR) {
-		nx_log(NX_LOG_ERR, "toc: declared size %llu is out of range [%d, %zu]", fcs,
-		       TOC_HDR, cap);
-		return fcs > cap ? -E2BIG : -EINVAL;
-	}
-	zr = ZSTD_findFrameCompressedSize(zbuf, zlen);
-	if (ZSTD_isError(zr) || zr != zlen) {
-		nx_log(NX_LOG_ERR, "toc: the layer is not exactly one zstd frame");
-		return -EINVAL;
-	}
-	z.d = ZSTD_createDCtx();
-	t = calloc(1, sizeof(*t));
-	if (!z.d || !t) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	/* the window is what this costs beyond the tables: 2^24 covers any
-	 * level nixoci push uses by far */
-	zr = ZSTD_DCtx_setParameter(z.d, ZSTD_d_windowLogMax, NX_TOC_WINDOW_LOG_MAX);
-	if (ZSTD_isError(zr)) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	r = zfill(&z, hdr, TOC_HDR);
-	if (r < 0)
-		goto fail;
-	r = decode_header(hdr, t, &frame_max, &want);
-	if (r < 0)
-		goto fail;
-	if (want != fcs) {
-		nx_log(NX_LOG_ERR, "toc: length %llu does not match the header (%llu)", fcs,
-		       (unsigned long long)want);
-		r = -EINVAL;
-		goto fail;
-	}
-	r = alloc_tables(t);
-	if (r == 0)
-		r = zfill(&z, t->entries, (size_t)TOC_ENTRY * t->nentries);
-	if (r == 0)
-		r = zfill(&z, t->frames, (size_t)TOC_FRAME * t->nframes);
-	if (r == 0)
-		r = zfill(&z, t->strtab, t->strtab_len);
-	if (r < 0)
-		goto fail;
-	/* nothing may follow, and the frame (with its checksum) must end */
-	while (!z.ended) {
-		ZSTD_outBuffer o = { &extra, 1, 0 };
-		size_t in_before = z.in.pos;
-
-		zr = ZSTD_decompressStream(z.d, &o, &z.in);
-		if (ZSTD_isError(zr) || o.pos || (zr && z.in.pos == in_before)) {
-			nx_log(NX_LOG_ERR, "toc: %s", ZSTD_isError(zr) ? ZSTD_getErrorName(zr)
-					   : "the zstd stream goes on past the header's length");
-			r = -EINVAL;
-			goto fail;
-		}
-		z.ended = zr == 0;
-	}
-	ZSTD_freeDCtx(z.d);
-	z.d = NULL;
-	r = decode_entries(t, (const uint8_t *)t->entries);
-	if (r == 0)
-		r = decode_frames(t, (const uint8_t *)t->frames, frame_max);
-	if (r < 0)
-		goto fail;
-	*out = t;
-	return 0;
-fail:
-	ZSTD_freeDCtx(z.d);
-	nx_toc_free(t);
-	return r;
+	rc = nx_toc_reader_new(&r, "toc", zlen, NULL, cap);
+	if (rc == 0)
+		rc = nx_toc_reader_feed(r, zbuf, zlen);
+	if (rc == 0)
+		rc = nx_toc_reader_finish(r, out);
+	nx_toc_reader_free(r);
+	return rc;
 }
 
 void nx_toc_free(struct nx_toc *toc)

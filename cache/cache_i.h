@@ -133,6 +133,7 @@ struct nx_loading {
 struct nx_refused {
 	uint8_t digest[NX_SHA256_LEN];
 	int rc; /* 0: empty slot; -EIO or -EACCES */
+	uint32_t who; /* hash of the store path last told about it */
 };
 
 struct nx_neg {

@@ -552,25 +552,39 @@ static struct nx_refused *refused_slot(struct nx_store *st, const uint8_t d[NX_S
 	return &st->refused[((unsigned)d[0] | (unsigned)d[1] << 8) % NX_REFUSED_SLOTS];
 }
 
-/* The remembered refusal of blob @d (-EIO or -EACCES), or 0. */
+/* The remembered refusal of blob @d (-EIO or -EACCES), or 0. The path
+ * that was refused for it heard why; another path naming the same blob
+ * (another tag, another closure) gets one line of its own. */
 static int refused_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const char *what,
 		       const char *sp)
 {
 	struct nx_refused *r;
-	int rc = 0;
+	uint32_t who = name_hash(sp, strlen(sp));
+	int rc = 0, other = 0;
 
 	pthread_mutex_lock(&st->lock);
 	r = refused_slot(st, d);
-	if (r->rc && memcmp(r->digest, d, NX_SHA256_LEN) == 0)
+	if (r->rc && memcmp(r->digest, d, NX_SHA256_LEN) == 0) {
 		rc = r->rc;
+		other = r->who != who;
+		r->who = who; /* said once per path in a row */
+	}
 	pthread_mutex_unlock(&st->lock);
-	if (rc)
+	if (rc && other) {
+		char ds[NX_DIGEST_STRLEN];
+
+		nx_digest_format(d, ds);
+		nx_log(NX_LOG_ERR, "%s of %s: %s was refused before for another path (%s), "
+		       "not fetched again", what, sp, ds, strerror(-rc));
+	} else if (rc) {
 		nx_log(NX_LOG_DEBUG, "%s of %s: refused before (%s), not fetched again", what, sp,
 		       strerror(-rc));
+	}
 	return rc;
 }
 
-static void refused_add(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int rc)
+static void refused_add(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int rc,
+			const char *sp)
 {
 	struct nx_refused *r;
 
@@ -578,6 +592,7 @@ static void refused_add(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int
 	r = refused_slot(st, d);
 	memcpy(r->digest, d, NX_SHA256_LEN);
 	r->rc = rc;
+	r->who = name_hash(sp, strlen(sp));
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -827,7 +842,7 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "manifest of %s: malformed", sp);
 		rc = -EIO;
-		refused_add(st, p->man_digest, rc);
+		refused_add(st, p->man_digest, rc, sp);
 		goto fail;
 	}
 	if (strcmp(p->man.info.store_path, sp) != 0) {
@@ -840,7 +855,7 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 	if (need_nar < 0) {
 		rc = need_nar;
 		if (rc == -EACCES)
-			refused_add(st, p->man_digest, rc);
+			refused_add(st, p->man_digest, rc, sp);
 		goto fail;
 	}
 	rc = refused_get(st, p->man.toc.digest, "toc", sp);
@@ -848,24 +863,24 @@ static int load_path(struct nx_store *st, const char *base, size_t len,
 		goto fail;
 	rc = load_toc(st, p, sp, &toctmp, &refuse);
 	if (refuse)
-		refused_add(st, p->man.toc.digest, rc);
+		refused_add(st, p->man.toc.digest, rc, sp);
 	if (rc < 0)
 		goto fail;
 	if (p->toc->nar_size != p->man.info.nar_size || p->toc->blob_size != p->man.nar.size) {
 		nx_log(NX_LOG_ERR, "toc of %s: sizes do not match the manifest", sp);
 		rc = -EIO;
-		refused_add(st, p->man_digest, rc);
+		refused_add(st, p->man_digest, rc, sp);
 		goto fail;
 	}
 	rc = nx_frames_policy(p, sp); /* files and records proportional to bytes */
 	if (rc < 0) {
-		refused_add(st, p->man_digest, rc);
+		refused_add(st, p->man_digest, rc, sp);
 		goto fail;
 	}
 	if (need_nar) {
 		rc = check_nar(st, p);
 		if (rc == -EACCES) /* the NAR contradicts what was signed */
-			refused_add(st, p->man_digest, rc);
+			refused_add(st, p->man_digest, rc, sp);
 		if (rc < 0)
 			goto fail;
 	}

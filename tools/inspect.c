@@ -794,11 +794,10 @@ static int verify_one(json_t *results, struct nx_registry *reg, const char *base
 	uint8_t digest[NX_SHA256_LEN], reg_digest[NX_SHA256_LEN];
 	struct nx_manifest m = { 0 };
 	struct nx_toc *toc = NULL;
-	uint8_t *tocz = NULL, *tocraw = NULL, *cfg = NULL;
+	uint8_t *cfg = NULL;
 	struct nx_desc cfgd = empty_desc;
-	size_t toclen = 0;
 	char *what = NULL, tag[NX_HASH_LEN + 1];
-	int r, exists = 0;
+	int r, exists = 0, logged = 0;
 
 	r = nx_cli_get_manifest(reg, base, blen, &m, digest, NULL);
 	if (r < 0) {
@@ -839,33 +838,17 @@ static int verify_one(json_t *results, struct nx_registry *reg, const char *base
 	if (r < 0)
 		goto out;
 
-	r = fetch_small_blob(reg, &m.toc, NX_TOC_MAX_BYTES, &tocz, &what, "TOC layer");
+	r = nx_cli_get_toc(reg, &m, &toc, &what);
+	logged = r == -EINVAL || r == -E2BIG; /* by the TOC reader, naming the path */
 	if (r < 0)
 		goto out;
-	r = nx_zstd_decompress(tocz, m.toc.size, NX_TOC_MAX_BYTES, &tocraw, &toclen);
-	if (r < 0) {
-		what = strdup("TOC layer does not decompress");
-		goto out;
-	}
-	r = nx_toc_decode(tocraw, toclen, &toc);
-	if (r < 0) {
-		what = strdup("TOC is malformed");
-		goto out;
-	}
-	if (toc->nar_size != m.info.nar_size || toc->blob_size != m.nar.size) {
-		r = asprintf(&what, "TOC sizes (NAR %llu, blob %llu) disagree with the manifest "
-			     "(NarSize %llu, NAR layer %llu)",
-			     (unsigned long long)toc->nar_size, (unsigned long long)toc->blob_size,
-			     (unsigned long long)m.info.nar_size, (unsigned long long)m.nar.size);
-		r = -EBADMSG;
-		goto out;
-	}
 	r = verify_nar(reg, &m, toc, &what);
 out:
-	if (r < 0)
-		nx_log(NX_LOG_ERR, "verify %s/%.*s: %s", NX_STORE_DIR, (int)blen, base,
-		       what ? what : strerror(-r));
-	else if (!results)
+	if (r < 0) {
+		if (!logged)
+			nx_log(NX_LOG_ERR, "verify %s/%.*s: %s", NX_STORE_DIR, (int)blen, base,
+			       what ? what : strerror(-r));
+	} else if (!results)
 		printf("ok %s/%.*s\n", NX_STORE_DIR, (int)blen, base);
 	if (results) {
 		char *sp = NULL;
@@ -881,8 +864,6 @@ out:
 	fflush(stdout);
 	free(what);
 	nx_toc_free(toc);
-	free(tocraw);
-	free(tocz);
 	free(cfg);
 	nx_manifest_release(&m);
 	return r;

@@ -231,6 +231,70 @@ int nx_cli_get_manifest(struct nx_registry *reg, const char *base, size_t base_l
 	return 0;
 }
 
+struct toc_fetch {
+	struct nx_toc_reader *r;
+	uint64_t got;
+};
+
+static int toc_fetch_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct toc_fetch *f = ctx;
+
+	if (off != f->got)
+		return -EBADMSG;
+	f->got += len;
+	return nx_toc_reader_feed(f->r, buf, len);
+}
+
+int nx_cli_get_toc(struct nx_registry *reg, const struct nx_manifest *m, struct nx_toc **toc,
+		   char **what)
+{
+	struct toc_fetch f = { 0 };
+	char ds[NX_DIGEST_STRLEN], *name = NULL;
+	int r;
+
+	*toc = NULL;
+	*what = NULL;
+	nx_digest_format(m->toc.digest, ds);
+	if (m->toc.size == 0 || m->toc.size > NX_TOC_MAX_BYTES) {
+		if (asprintf(what, "TOC layer %s declares %llu bytes, out of range [1, %u]", ds,
+			     (unsigned long long)m->toc.size, NX_TOC_MAX_BYTES) < 0)
+			*what = NULL;
+		return -EBADMSG;
+	}
+	if (asprintf(&name, "toc of %s", m->info.store_path) < 0)
+		return -ENOMEM;
+	r = nx_toc_reader_new(&f.r, name, m->toc.size, m->toc.digest, NX_TOC_MAX_BYTES);
+	free(name);
+	if (r < 0)
+		return r;
+	r = nx_registry_get_blob(reg, m->toc.digest, 0, 0, toc_fetch_cb, &f);
+	if (r == 0 || r == -EBADMSG)
+		r = nx_toc_reader_finish(f.r, toc);
+	nx_toc_reader_free(f.r);
+	if (r == -EBADMSG) {
+		if (asprintf(what, "TOC layer %s: the registry's bytes do not match it", ds) < 0)
+			*what = NULL;
+	} else if (r == -EINVAL || r == -E2BIG) {
+		*what = strdup("TOC is malformed");
+	} else if (r < 0) {
+		if (asprintf(what, "cannot fetch TOC layer %s: %s", ds, strerror(-r)) < 0)
+			*what = NULL;
+	} else if ((*toc)->nar_size != m->info.nar_size || (*toc)->blob_size != m->nar.size) {
+		if (asprintf(what, "TOC sizes (NAR %llu, blob %llu) disagree with the manifest "
+			     "(NarSize %llu, NAR layer %llu)",
+			     (unsigned long long)(*toc)->nar_size,
+			     (unsigned long long)(*toc)->blob_size,
+			     (unsigned long long)m->info.nar_size,
+			     (unsigned long long)m->nar.size) < 0)
+			*what = NULL;
+		nx_toc_free(*toc);
+		*toc = NULL;
+		r = -EBADMSG;
+	}
+	return r;
+}
+
 int nx_cli_tty(void)
 {
 	return isatty(STDERR_FILENO);

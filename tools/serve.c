@@ -313,10 +313,9 @@ static ssize_t nar_read(void *cls, uint64_t pos, char *out, size_t max)
 static int nar_open(struct serve *sv, const char *hex, struct nar_stream **out)
 {
 	struct nar_stream *st;
-	struct collect cl = { 0 };
-	uint8_t *tocz = NULL, *toc = NULL, d[NX_SHA256_LEN];
-	char ref[NX_DIGEST_STRLEN], *body = NULL;
-	size_t len = 0, toclen = 0;
+	uint8_t d[NX_SHA256_LEN];
+	char ref[NX_DIGEST_STRLEN], *body = NULL, *what = NULL;
+	size_t len = 0;
 	int r;
 
 	snprintf(ref, sizeof(ref), "sha256:%.64s", hex);
@@ -334,49 +333,15 @@ static int nar_open(struct serve *sv, const char *hex, struct nar_stream **out)
 	free(body);
 	if (r < 0)
 		goto fail;
-	if (st->m.toc.size > NX_TOC_MAX_BYTES) {
-		r = -E2BIG;
-		goto fail;
-	}
-	tocz = malloc(st->m.toc.size);
-	if (!tocz) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	cl.buf = tocz;
-	cl.len = st->m.toc.size;
-	r = nx_registry_get_blob(sv->reg, st->m.toc.digest, 0, st->m.toc.size, collect_cb, &cl);
+	r = nx_cli_get_toc(sv->reg, &st->m, &st->toc, &what);
+	if (r < 0 && r != -EINVAL && r != -E2BIG) /* those the TOC reader logged */
+		nx_log(NX_LOG_ERR, "%s: %s", st->m.info.store_path, what ? what : strerror(-r));
+	free(what);
 	if (r < 0)
 		goto fail;
-	nx_sha256(tocz, st->m.toc.size, d);
-	if (cl.got != st->m.toc.size || memcmp(d, st->m.toc.digest, NX_SHA256_LEN) != 0) {
-		nx_log(NX_LOG_ERR, "%s: the TOC blob does not match its digest",
-		       st->m.info.store_path);
-		r = -EBADMSG;
-		goto fail;
-	}
-	r = nx_zstd_decompress(tocz, st->m.toc.size, NX_TOC_MAX_BYTES, &toc, &toclen);
-	if (r == 0)
-		r = nx_toc_decode(toc, toclen, &st->toc);
-	/* neither happens (common.h's contract); said for make analyze, which
-	 * does not see into common/ */
-	if (r > 0 || (r == 0 && !st->toc))
-		r = -EIO;
-	if (r == 0 && (st->toc->nar_size != st->m.info.nar_size ||
-		       st->toc->blob_size != st->m.nar.size)) {
-		nx_log(NX_LOG_ERR, "%s: the TOC's sizes do not match the manifest's",
-		       st->m.info.store_path);
-		r = -EBADMSG;
-	}
-	if (r < 0)
-		goto fail;
-	free(tocz);
-	free(toc);
 	*out = st;
 	return 0;
 fail:
-	free(tocz);
-	free(toc);
 	nar_stream_free(st);
 	return r;
 }

@@ -102,6 +102,17 @@ int nx_cli_is_hash_tag(const char *tag);
 int nx_cli_get_manifest(struct nx_registry *reg, const char *base, size_t base_len,
 			struct nx_manifest *m, uint8_t digest[NX_SHA256_LEN], size_t *json_len);
 
+/* The TOC of manifest @m, decoded as it streams from the registry
+ * (nx_toc_reader: bounds before allocation, the bytes checked against the
+ * layer's digest; never the whole layer in memory), and its sizes checked
+ * against the manifest's. 0 and *toc (caller frees: nx_toc_free);
+ * -EBADMSG when the registry's bytes are not the layer or the sizes
+ * disagree, -EINVAL/-E2BIG for a malformed layer (the reader logged one line
+ * naming the path), other -errno from the fetch. On failure *what (caller
+ * frees; may be NULL) says what went wrong, for a result or a log line. */
+int nx_cli_get_toc(struct nx_registry *reg, const struct nx_manifest *m, struct nx_toc **toc,
+		   char **what);
+
 /* 1 if stderr is a terminal (progress lines are printed only then). */
 int nx_cli_tty(void);
 

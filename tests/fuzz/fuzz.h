@@ -16,4 +16,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * hostile names in log lines is exercised too: NIXOCI_FUZZ_QUIET=1. */
 void fuzz_init_log(void);
 
+/* Walks every accessor of an accepted TOC (the lazy reader trusts it);
+ * traps on an inconsistency. */
+struct nx_toc;
+void fuzz_walk_toc(const struct nx_toc *toc);
+
 #endif

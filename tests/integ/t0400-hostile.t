@@ -223,6 +223,33 @@ test_expect_success 'containment: a TOC refused once (zstd bomb) is not fetched 
 	containment_refusal_remembered toc-zstd-bomb
 '
 
+# Another path (another tag) whose manifest names a TOC layer refused
+# before: EIO with one line naming it, and the layer is not fetched again.
+containment_refused_alias() {
+	local name=$1 base=$2 orig=$3 toc=$4 obase mnt=$TRASH/alias-$1 off poff n
+	obase=$(awk -F'\t' -v c="$orig" '$1 == c { print $4 }' "$CORPUS/cases.tsv") &&
+	mount_store "$PROXY/hostile" "$mnt" &&
+	poff=$(stat -c %s "$TRASH/proxy.log") &&
+	try_access "$mnt" "$obase" "" &&
+	off=$(stat -c %s "${MOUNT_LOG[$mnt]}") &&
+	try_access "$mnt" "$base" "" &&
+	grep -q "Input/output error" access.err &&
+	new_log_lines "${MOUNT_LOG[$mnt]}" "$off" >newlog && cat newlog &&
+	test "$(sort -u newlog | wc -l)" = 1 &&
+	grep -q "toc of /nix/store/$base: sha256:$toc was refused before for another path" newlog &&
+	new_log_lines "$TRASH/proxy.log" "$poff" >proxynew &&
+	n=$(grep -c "GET /v2/hostile/blobs/sha256:$toc" proxynew) &&
+	echo "TOC fetched $n time(s) for the two paths" && test "$n" = 1 &&
+	still_serving "$mnt" &&
+	unmount_store "$mnt"
+}
+
+while IFS=$'\t' read -r cname cbase corig ctoc; do
+	test_expect_success "containment: $cname (the layer of $corig under another tag) is refused by its digest" '
+		containment_refused_alias "$cname" "$cbase" "$corig" "$ctoc"
+	'
+done <"$CORPUS/containment/alias-cases.tsv"
+
 # A path whose NAR layer starts with the good path's very frame (same digest,
 # same ulen) and whose whole NAR is malformed: full verification refuses it
 # and drops the frames it brought in, never the one the good path had

@@ -583,6 +583,87 @@ static void test_corruptions(void)
 	free(base[1]);
 }
 
+/* Pushes @z in pieces of @step bytes through a reader; the finish code. */
+static int read_in_steps(const uint8_t *z, size_t zl, uint64_t zlen, const uint8_t *digest,
+			 size_t cap, size_t step, struct nx_toc **out)
+{
+	struct nx_toc_reader *r = NULL;
+	int rc;
+
+	*out = NULL;
+	rc = nx_toc_reader_new(&r, "toc of test", zlen, digest, cap);
+	for (size_t off = 0; rc == 0 && off < zl; off += step)
+		rc = nx_toc_reader_feed(r, z + off, zl - off < step ? zl - off : step);
+	if (rc == 0)
+		rc = nx_toc_reader_finish(r, out);
+	nx_toc_reader_free(r);
+	return rc;
+}
+
+static int same_toc(const struct nx_toc *a, const struct nx_toc *b)
+{
+	return a && b && a->nentries == b->nentries && a->nframes == b->nframes &&
+	       a->strtab_len == b->strtab_len && a->nar_size == b->nar_size &&
+	       memcmp(a->entries, b->entries, sizeof(*a->entries) * a->nentries) == 0 &&
+	       memcmp(a->frames, b->frames, sizeof(*a->frames) * a->nframes) == 0 &&
+	       memcmp(a->strtab, b->strtab, a->strtab_len) == 0;
+}
+
+/* The reader fed in pieces: any split gives the plain decoder's tables; the
+ * digest decides before any reason; lengths other than the descriptor's
+ * are refused; a declared size over the cap is refused on the first bytes. */
+static void test_reader(void)
+{
+	static const size_t steps[] = { 1, 2, 7, 17, 18, 19, 64, 4096, 1 << 20 };
+	uint8_t *raw = NULL, *z = NULL, *zz, d[NX_SHA256_LEN], bad_d[NX_SHA256_LEN];
+	size_t rl = 0, zl = 0;
+	struct nx_toc *a = NULL, *b = NULL;
+	int all = 1;
+
+	is_int(build(nested, 9, nested_fr, 2, &raw, &rl), 0, "reader: base builds");
+	is_int(nx_zstd_compress(raw, rl, &z, &zl), 0, "reader: base compresses");
+	is_int(nx_toc_decode(raw, rl, &a), 0, "reader: plain decode");
+	nx_sha256(z, zl, d);
+	memcpy(bad_d, d, sizeof(d));
+	bad_d[0] ^= 1;
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		if (read_in_steps(z, zl, zl, d, NX_TOC_MAX_BYTES, steps[i], &b) != 0 ||
+		    !same_toc(a, b)) {
+			diag("split in pieces of %zu differs", steps[i]);
+			all = 0;
+		}
+		nx_toc_free(b);
+	}
+	ok(all, "reader: every split gives the same tables, digest checked");
+	is_int(read_in_steps(z, zl, zl, bad_d, NX_TOC_MAX_BYTES, 5, &b), -EBADMSG,
+	       "reader: wrong digest is -EBADMSG");
+	ok(!b, "reader: nothing decoded from bytes the digest does not name");
+	is_int(read_in_steps(z, zl - 1, zl, d, NX_TOC_MAX_BYTES, 64, &b), -EBADMSG,
+	       "reader: fewer bytes than the descriptor, with a digest");
+	is_int(read_in_steps(z, zl - 1, zl, NULL, NX_TOC_MAX_BYTES, 64, &b), -EINVAL,
+	       "reader: fewer bytes than the descriptor, verified by the caller");
+	is_int(read_in_steps(z, zl, zl - 1, NULL, NX_TOC_MAX_BYTES, 64, &b), -EINVAL,
+	       "reader: more bytes than the descriptor");
+	is_int(read_in_steps(z, zl, zl, NULL, rl - 1, 18, &b), -E2BIG,
+	       "reader: declared size over the cap");
+	is_int(read_in_steps(z, 18, zl, NULL, rl - 1, 18, &b), -E2BIG,
+	       "reader: ... refused on the first 18 bytes");
+	is_int(read_in_steps(z, zl, 0, NULL, NX_TOC_MAX_BYTES, 64, &b), -EINVAL,
+	       "reader: empty descriptor");
+	zz = malloc(zl);
+	memcpy(zz, z, zl);
+	zz[zl / 2] ^= 0x55;
+	nx_sha256(zz, zl, bad_d);
+	is_int(read_in_steps(zz, zl, zl, d, NX_TOC_MAX_BYTES, 3, &b), -EBADMSG,
+	       "reader: a damaged block under the old digest is a digest mismatch");
+	is_int(read_in_steps(zz, zl, zl, bad_d, NX_TOC_MAX_BYTES, 3, &b), -EINVAL,
+	       "reader: a damaged block that is the named blob is malformed");
+	free(zz);
+	nx_toc_free(a);
+	free(z);
+	free(raw);
+}
+
 int main(void)
 {
 	nx_log_set_level(NX_LOG_ERR - 1); /* the rejection cases log by design */
@@ -593,5 +674,6 @@ int main(void)
 	test_builder_rejects();
 	test_corruptions();
 	test_zstd_layer();
+	test_reader();
 	return done_testing();
 }

@@ -190,14 +190,14 @@ def zstd(data):
 def zstd_padded(data, nzeros):
     """one zstd frame without content size: @data then @nzeros zero bytes,
     streamed (the bombs are hundreds of MiB before compression)"""
-    return subprocess.run(["sh", "-c", "cat; head -c %d /dev/zero" % nzeros +
+    return subprocess.run(["sh", "-c", "{ cat; head -c %d /dev/zero; }" % nzeros +
                            " | zstd -q -3 -c --no-content-size"],
                           input=data, check=True, capture_output=True).stdout
 
 
 def zstd_sized(data, total):
     """one zstd frame declaring (and holding) @total bytes: @data, then zeros"""
-    return subprocess.run(["sh", "-c", "cat; head -c %d /dev/zero" % (total - len(data)) +
+    return subprocess.run(["sh", "-c", "{ cat; head -c %d /dev/zero; }" % (total - len(data)) +
                            " | zstd -q -3 -c --stream-size=%d" % total],
                           input=data, check=True, capture_output=True).stdout
 
@@ -216,6 +216,47 @@ def toc_stream_cases(toc_case):
              toc_fn=lambda t: t[:32] + struct.pack("<II", 1 << 24, 1 << 24) + t[40:])
     toc_case("bomb-header-garbage", "TOC layer whose first inflated bytes are not a header",
              tocblob_fn=lambda t: zstd_sized(b"\xff" * 64, 100 << 20))
+
+
+def toc_neighbour_cases(toc_case):
+    """neighbours of the streaming cases: the counts are plausible and one
+    section lies, or the layer holds more than its one frame"""
+    def strtab_short(t):
+        n = struct.unpack_from("<I", t, 40)[0]
+        return t[:40] + struct.pack("<I", n - 3) + t[44:-3]
+    toc_case("names-short", "TOC string table 3 bytes shorter than the names it holds",
+             toc_fn=strtab_short)
+
+    def name_off_wild(t):
+        e1 = 64 + 40
+        return t[:e1 + 4] + struct.pack("<I", 0xFFFFFF00) + t[e1 + 8:]
+    toc_case("name-off-wild", "TOC entry whose name lies 4 GiB past the string table",
+             toc_fn=name_off_wild)
+    toc_case("strtab-huge", "TOC header declares a 200 MiB string table, the layer holds 300 bytes",
+             toc_fn=lambda t: t[:40] + struct.pack("<I", 200 << 20) + t[44:])
+
+    def two_frames(c):
+        c.tree["entries"].append((b"zbig", reg(b"z" * (FRAME_MAX + 8192))))
+        return c
+
+    def frames_at(t):
+        n = struct.unpack_from("<I", t, 32)[0]
+        return 64 + 40 * n
+
+    def overlap(t):
+        f1 = frames_at(t) + 56
+        return t[:f1] + struct.pack("<Q", 0) + t[f1 + 8:]
+
+    def backwards(t):
+        f0 = frames_at(t)
+        return t[:f0] + t[f0 + 56:f0 + 112] + t[f0:f0 + 56] + t[f0 + 112:]
+    two_frames(toc_case("frames-overlap", "TOC whose second frame starts where the first does",
+                        toc_fn=overlap))
+    two_frames(toc_case("frames-backwards", "TOC frame table in reverse order",
+                        toc_fn=backwards))
+    # the TOC's own frame, then 256 frames of 1 MiB of zeros (a few KiB)
+    toc_case("bomb-many-frames", "TOC layer: the TOC, then 256 zstd frames of 1 MiB each",
+             tocblob_fn=lambda t: zstd(t) + zstd_sized(b"", 1 << 20) * 256)
 
 
 def seektable(frames):
@@ -495,6 +536,7 @@ def cases():
     c = toc_case("zstd-bomb", "TOC layer decompresses to 300 MiB (no content size)",
                  tocblob_fn=lambda t: zstd_padded(t, 300 << 20))
     toc_stream_cases(toc_case)
+    toc_neighbour_cases(toc_case)
 
     # --- frames (a plain mount refuses these on read)
     def frame_case(name, what, fn):
@@ -646,6 +688,16 @@ def write_containment(outdir):
         for c in trust_cases():
             r = write_case(cd, c)
             tsv.write("%s\t%s\t%s\n" % (c.name, c.base, r["info"]["toc_digest"]))
+    # another path (another tag) whose manifest names a TOC layer refused
+    # before: refused by its digest, not fetched again, one line of its own
+    with open(os.path.join(d, "alias-cases.tsv"), "w") as tsv:
+        for orig in ("toc-bad-magic", "toc-bomb-declared-mismatch"):
+            blob = build(by_name[orig])["tocblob"]
+            c = Case(orig + "-alias", "another path naming %s's TOC layer" % orig, "lazy", "")
+            c.tocblob_fn = lambda t, blob=blob: blob
+            c.hostile = ["toc"]
+            r = write_case(cd, c)
+            tsv.write("%s\t%s\t%s\t%s\n" % (c.name, c.base, orig, r["info"]["toc_digest"]))
     with open(os.path.join(d, "shared-cases.tsv"), "w") as tsv:
         for c in shared_cases():
             r = write_case(cd, c)
@@ -807,6 +859,67 @@ def trust_cases():
     return C
 
 
+# ------------------------------------------------------- large TOCs
+# gen.py --big OUTDIR N writes OUTDIR/big-toc/ (a path whose TOC is valid by
+# every TOC rule and holds N entries: f, with 8 KiB of contents, and N - 2
+# empty files with random names sorted before it) and the zstd bombs of toc_stream_cases, for
+# tests/integ/t0540-toc-memory.t. The NAR holds only f: a plain mount trusts
+# the TOC for structure, and a NAR of millions of entries would cost the test
+# more than it proves (the TOC is what is measured).
+
+def big_names(k):
+    """k distinct sorted names "e" + 8 nix32 characters, deterministic and
+    random enough that the TOC layer does not compress to nothing (the
+    names are most of what a real TOC's compressed layer holds)"""
+    import random
+    rnd = random.Random(17)
+    names = set()
+    while len(names) < k:
+        v = rnd.getrandbits(40)
+        names.add(b"e" + bytes(NIX32[(v >> (5 * j)) & 31].encode()[0] for j in range(8)))
+    return sorted(names)
+
+
+def big_toc(small, n):
+    """the TOC of root + f (@small, as toc_encode wrote it), grown to @n
+    entries by n - 2 empty files sorted before f"""
+    ne, nf = struct.unpack_from("<II", small, 32)
+    assert ne == 2
+    ff = small[104:144]
+    frames = small[144:144 + 56 * nf]
+    fsize, foff = struct.unpack_from("<QQ", ff, 24)
+    k = n - 2
+    names = big_names(k)
+    out = bytearray(small[:32]) + struct.pack("<III", n, nf, 9 * k + 1) + small[44:64]
+    out += struct.pack("<IIIBBHIIQQ", 0, 0, 0, 2, 0, 0, 1, n - 1, 0, 0)
+    rec = struct.Struct("<IIIBBHIIQQ")
+    ents = bytearray(40 * k)
+    for i in range(k):
+        rec.pack_into(ents, 40 * i, 0, 9 * i, 9, 1, 0, 0, 0, 0, 0, 0)
+    out += ents
+    out += rec.pack(0, 9 * k, 1, 1, 0, 0, 0, 0, fsize, foff)
+    out += frames
+    out += b"".join(names) + b"f"
+    return bytes(out)
+
+
+def write_big(outdir, n):
+    c = Case("big-toc", "a TOC of %d entries, valid by every TOC rule" % n, "none", "f")
+    c.tree = dr((b"f", reg(b"case big-toc\n" + b"the contents of f\n" * 450)))
+    c.toc_fn = lambda t: big_toc(t, n)
+    write_case(outdir, c)
+    for b in cases():
+        if b.name in ("good", "toc-bomb-declared-mismatch", "toc-bomb-over-cap",
+                      "toc-bomb-many-frames"):
+            write_case(outdir, b)
+    with open(os.path.join(outdir, "cases.tsv"), "w") as tsv:
+        for name in ("good", "big-toc", "toc-bomb-declared-mismatch", "toc-bomb-over-cap",
+                     "toc-bomb-many-frames"):
+            with open(os.path.join(outdir, name, "case.json")) as f:
+                info = json.load(f)
+            tsv.write("%s\t%s\t%s\n" % (name, info["base"], info["toc_digest"]))
+
+
 def main():
     if len(sys.argv) == 2 and sys.argv[1] == "--list":
         for c in cases():
@@ -817,6 +930,9 @@ def main():
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--seeds":
         seeds(sys.argv[2])
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "--big":
+        write_big(sys.argv[2], int(sys.argv[3]))
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--cache":
         write_cache_cases(sys.argv[2])
@@ -853,6 +969,16 @@ def seeds(d):
         put("frame", c.name, struct.pack("<I", len(r["nar"]) - 1) + r["frame0"])
         if not c.name.startswith("frame-"):
             put("manifest", c.name, r["manifest"])
+    # the TOC layer as it streams: first byte = feed step (and bit 7: with
+    # the digest), the rest the zstd frame
+    for c in cases():
+        if c.name not in ("good", "toc-unsorted", "toc-name-dotdot", "nar-deep", "toc-bad-magic",
+                          "toc-trailing-byte", "toc-huge-counts", "toc-bomb-declared-mismatch",
+                          "toc-not-zstd", "toc-bomb-header-garbage", "toc-frames-backwards",
+                          "toc-strtab-huge"):
+            continue
+        r = build(c)
+        put("toclayer", c.name, bytes([0x85 if len(r["tocblob"]) % 2 else 0x07]) + r["tocblob"])
     ix = {"annotations": {"dev.nixoci.closure": "1",
                           "dev.nixoci.roots": "/nix/store/%s-hostile-good" % Case("good", "").hash},
           "artifactType": "application/vnd.nixoci.closure.v1",

@@ -337,6 +337,8 @@ static int nar_open(struct serve *sv, const char *hex, struct nar_stream **out)
 	if (r < 0 && r != -EINVAL && r != -E2BIG) /* those the TOC reader logged */
 		nx_log(NX_LOG_ERR, "%s: %s", st->m.info.store_path, what ? what : strerror(-r));
 	free(what);
+	if (r == -E2BIG)
+		r = -EBADMSG; /* a malformed layer like any other */
 	if (r < 0)
 		goto fail;
 	*out = st;

@@ -868,16 +868,20 @@ def trust_cases():
 # more than it proves (the TOC is what is measured).
 
 def big_names(k):
-    """k distinct sorted names "e" + 8 nix32 characters, deterministic and
-    random enough that the TOC layer does not compress to nothing (the
-    names are most of what a real TOC's compressed layer holds)"""
+    """k distinct names "e" + 8 nix32 characters, sorted, deterministic and
+    random enough that the TOC layer does not compress to nothing (names
+    are most of what a real TOC's compressed layer holds): name i encodes
+    i * step + a random offset below step, most significant digit first,
+    so the order is the numbers' (the alphabet is in byte order)"""
     import random
     rnd = random.Random(17)
-    names = set()
-    while len(names) < k:
-        v = rnd.getrandbits(40)
-        names.add(b"e" + bytes(NIX32[(v >> (5 * j)) & 31].encode()[0] for j in range(8)))
-    return sorted(names)
+    step = (1 << 40) // k
+    digits = [c.encode() for c in NIX32]
+    out = []
+    for i in range(k):
+        v = i * step + rnd.randrange(step)
+        out.append(b"e" + b"".join(digits[(v >> s) & 31] for s in (35, 30, 25, 20, 15, 10, 5, 0)))
+    return out
 
 
 def big_toc(small, n):

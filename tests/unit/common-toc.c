@@ -425,6 +425,12 @@ static void test_zstd_layer(void)
 	is_int(build(nested, 9, nested_fr, 2, &raw, &rl), 0, "zstd: base builds");
 	is_int(nx_zstd_compress(raw, rl, &z, &zl), 0, "zstd: base compresses");
 	is_int(nx_toc_decode(raw, rl, &a), 0, "zstd: plain decode");
+	if (!raw || !z || !a) {
+		free(raw);
+		free(z);
+		nx_toc_free(a);
+		return;
+	}
 	is_int(nx_toc_decode_zstd(z, zl, NX_TOC_MAX_BYTES, &b), 0, "zstd: streaming decode");
 	ok(a && b && a->nentries == b->nentries && a->nframes == b->nframes &&
 	   a->strtab_len == b->strtab_len &&
@@ -438,6 +444,8 @@ static void test_zstd_layer(void)
 	ok(nx_toc_decode_zstd(z, zl - 1, NX_TOC_MAX_BYTES, &b) < 0 && !b, "zstd: cut short");
 	ok(nx_toc_decode_zstd(z, zl, rl - 1, &b) == -E2BIG && !b, "zstd: over the cap");
 	zz = malloc(2 * zl);
+	if (!zz)
+		abort();
 	memcpy(zz, z, zl);
 	memcpy(zz + zl, z, zl);
 	ok(nx_toc_decode_zstd(zz, 2 * zl, NX_TOC_MAX_BYTES, &b) < 0 && !b, "zstd: two frames");
@@ -623,6 +631,12 @@ static void test_reader(void)
 	is_int(build(nested, 9, nested_fr, 2, &raw, &rl), 0, "reader: base builds");
 	is_int(nx_zstd_compress(raw, rl, &z, &zl), 0, "reader: base compresses");
 	is_int(nx_toc_decode(raw, rl, &a), 0, "reader: plain decode");
+	if (!raw || !z || !a) {
+		free(raw);
+		free(z);
+		nx_toc_free(a);
+		return;
+	}
 	nx_sha256(z, zl, d);
 	memcpy(bad_d, d, sizeof(d));
 	bad_d[0] ^= 1;
@@ -651,6 +665,8 @@ static void test_reader(void)
 	is_int(read_in_steps(z, zl, 0, NULL, NX_TOC_MAX_BYTES, 64, &b), -EINVAL,
 	       "reader: empty descriptor");
 	zz = malloc(zl);
+	if (!zz)
+		abort();
 	memcpy(zz, z, zl);
 	zz[zl / 2] ^= 0x55;
 	nx_sha256(zz, zl, bad_d);

@@ -863,7 +863,7 @@ def trust_cases():
 # gen.py --big OUTDIR N writes OUTDIR/big-toc/ (a path whose TOC is valid by
 # every TOC rule and holds N entries: f, with 8 KiB of contents, and N - 2
 # empty files with random names sorted before it) and the zstd bombs of toc_stream_cases, for
-# tests/integ/t0540-toc-memory.t. The NAR holds only f: a plain mount trusts
+# tests/integ/t0541-toc-memory.t. The NAR holds only f: a plain mount trusts
 # the TOC for structure, and a NAR of millions of entries would cost the test
 # more than it proves (the TOC is what is measured).
 

@@ -187,6 +187,18 @@ struct nx_pending {
 	uint8_t digest[NX_SHA256_LEN];
 	uint64_t size; /* bytes of the chunk (its record checks the file) */
 	uint64_t disk; /* what it takes on disk (st_blocks), for the limit */
+	uint8_t blob;  /* a metadata blob (blobs/, dbi_blobs), not a chunk */
+};
+
+/* A small LMDB record the syncer writes with its next batch (a tag). */
+#define NX_KV_KEY_MAX 64
+#define NX_KV_VAL_MAX 128
+#define NX_KV_MAX 1024
+struct nx_kv {
+	MDB_dbi dbi;
+	uint8_t klen, vlen;
+	uint8_t key[NX_KV_KEY_MAX];
+	uint8_t val[NX_KV_VAL_MAX];
 };
 
 /* A last-use update waiting for the syncer (chunks or blobs). */
@@ -277,6 +289,8 @@ struct nx_store {
 	int sync_urgent; /* a saver waits for the queue to be recorded */
 	struct nx_touch *touch; /* NX_TOUCH_MAX slots, allocated on first use */
 	size_t ntouch;
+	struct nx_kv *kv; /* NX_KV_MAX slots, allocated on first use */
+	size_t nkv;
 	uint64_t touch_since;
 
 	/* readahead pool (under st->lock; workers wait on ra_cond) */
@@ -343,6 +357,12 @@ int nx_db_get(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, vo
 int nx_db_put(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen, const void *val,
 	      size_t vlen);
 int nx_db_del(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen);
+/* nx_db_put by the syncer thread, with its next batch (within
+ * NX_SYNC_DELAY_NS): for records a lookup writes, which must not wait for
+ * a commit. A crash before then loses the record, never corrupts it; a
+ * full queue or a store without a syncer writes at once. */
+void nx_db_put_later(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen,
+		     const void *val, size_t vlen);
 
 /* The id table (store paths' inode ids, kept so they do not depend on
  * load order): the id recorded for @base, else the first free one from
@@ -360,7 +380,11 @@ int nx_db_id_base(struct nx_store *st, uint64_t id, char *base, size_t cap);
  * file is missing or damaged is dropped). *buf caller frees. */
 int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **buf,
 		 size_t *len);
-/* Stores a blob the caller verified. Failures are logged and ignored. */
+/* Stores a blob the caller verified. Failures are logged and ignored. The
+ * file is in place (and nx_blob_load finds it) on return; it is synced and
+ * recorded by the syncer with its next batch, so a lookup never waits for
+ * an fsync or a commit. A crash before then leaves an orphan file, swept
+ * at the next start. */
 void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
 		  size_t len);
 /* The cached blob @d of @size bytes, pushed to @cb in pieces of at most

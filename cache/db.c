@@ -981,6 +981,10 @@ out_log:
 }
 
 static void touch_queue(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int blob);
+static const struct nx_pending *pending_find_kind(const struct nx_store *st,
+						  const uint8_t d[NX_SHA256_LEN], int blob);
+static void sync_take(struct nx_store *st);
+static void sync_start_locked(struct nx_store *st);
 
 /* last_use of records written before it was in nanoseconds (blobs kept
  * the time stored, in seconds) */
@@ -1000,11 +1004,26 @@ int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 	uint64_t size, disk;
 	uint8_t *b = NULL;
 	size_t rlen = 0;
-	int fd, rc;
+	int fd, rc, queued = 0;
 
 	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
-	if (rc < 0 || rlen < 16)
-		return -ENOENT;
+	if (rc < 0 || rlen < 16) {
+		const struct nx_pending *q;
+
+		/* saved a moment ago, not recorded yet (nx_blob_save) */
+		pthread_mutex_lock(&st->lock);
+		q = pending_find_kind(st, d, 1);
+		if (q) {
+			memset(rec, 0, sizeof(rec));
+			put_le64(rec, q->size);
+			put_le64(rec + 8, UINT64_MAX / 2); /* no touch */
+			rlen = 16;
+			queued = 1;
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (!queued)
+			return -ENOENT;
+	}
 	size = get_le64(rec);
 	disk = rec_disk(rec, rlen);
 	obj_rel(d, rel);
@@ -1039,7 +1058,10 @@ drop_fd:
 drop:
 	free(b);
 	nx_log(NX_LOG_DEBUG, "cache %s: dropping damaged or missing blob %s", st->dir, rel);
-	if (!st->readonly) {
+	if (queued) {
+		/* the syncer finds no file and records nothing */
+		unlinkat(st->fd_blobs, rel, 0);
+	} else if (!st->readonly) {
 		unlinkat(st->fd_blobs, rel, 0);
 		if (nx_db_del(st, st->dbi_blobs, d, NX_SHA256_LEN) == 0)
 			nx_stat_sub(&st->total_bytes, disk);
@@ -1047,22 +1069,93 @@ drop:
 	return -ENOENT;
 }
 
-/* The record of blob @d (@len bytes, @disk on disk), now in blobs/. */
+/*
+ * The record of blob @d (@len bytes, @disk on disk), now in blobs/. Blobs
+ * are saved on the lookup path, so no fsync and no commit here: one lookup
+ * used to wait for two fsyncs and two LMDB commits, and the commits of
+ * concurrent lookups queue behind LMDB's writer lock. The syncer syncs and
+ * records the file with its next batch, as it does chunks. Until then the
+ * file is found through the queue; a crash leaves it unrecorded, and the
+ * start-up sweep removes it.
+ */
 static void blob_record(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t len,
 			uint64_t disk)
 {
-	uint8_t rec[24];
-	int rc;
+	char rel[2 * NX_SHA256_LEN + 4];
+	int first;
 
-	put_le64(rec, len);
-	put_le64(rec + 8, wall_ns());
-	put_le64(rec + 16, disk);
-	rc = nx_db_put(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec));
+	pthread_mutex_lock(&st->lock);
+	if (pending_find_kind(st, d, 1)) {
+		pthread_mutex_unlock(&st->lock); /* a concurrent save of the same */
+		return;
+	}
+	sync_start_locked(st);
+	if (st->npend == st->pend_cap) {
+		size_t ncap = st->pend_cap ? 2 * st->pend_cap : NX_SYNC_CHUNKS;
+		struct nx_pending *np = realloc(st->pend, ncap * sizeof(*np));
+
+		if (!np) {
+			pthread_mutex_unlock(&st->lock);
+			obj_rel(d, rel);
+			unlinkat(st->fd_blobs, rel, 0);
+			return;
+		}
+		st->pend = np;
+		st->pend_cap = ncap;
+	}
+	first = !st->npend;
+	if (first)
+		st->pend_since = nx_now_ns();
+	memcpy(st->pend[st->npend].digest, d, NX_SHA256_LEN);
+	st->pend[st->npend].size = len;
+	st->pend[st->npend].disk = disk;
+	st->pend[st->npend].blob = 1;
+	st->npend++;
+	st->pend_bytes += disk;
+	nx_stat_add(&st->total_bytes, disk);
+	if (!st->sync_started)
+		sync_take(st); /* no thread (or closing): sync right here */
+	else if (first)
+		pthread_cond_broadcast(&st->sync_cond); /* starts the syncer's clock */
+	pthread_mutex_unlock(&st->lock);
+}
+
+void nx_db_put_later(struct nx_store *st, MDB_dbi dbi, const void *key, size_t klen,
+		     const void *val, size_t vlen)
+{
+	struct nx_kv *kv;
+	int rc, now = 0;
+
+	if (!st->env || st->readonly)
+		return;
+	if (klen > NX_KV_KEY_MAX || vlen > NX_KV_VAL_MAX) {
+		now = 1;
+	} else {
+		pthread_mutex_lock(&st->lock);
+		sync_start_locked(st);
+		if (!st->kv && st->sync_started && !st->sync_stop)
+			st->kv = malloc((NX_KV_MAX + 1) * sizeof(*st->kv));
+		if (st->kv && st->nkv < NX_KV_MAX && st->sync_started && !st->sync_stop) {
+			kv = &st->kv[st->nkv++];
+			kv->dbi = dbi;
+			kv->klen = (uint8_t)klen;
+			kv->vlen = (uint8_t)vlen;
+			memcpy(kv->key, key, klen);
+			memcpy(kv->val, val, vlen);
+			if (!st->npend && st->nkv == 1)
+				st->pend_since = nx_now_ns();
+			pthread_cond_broadcast(&st->sync_cond);
+		} else {
+			now = 1;
+		}
+		pthread_mutex_unlock(&st->lock);
+	}
+	if (!now)
+		return;
+	rc = nx_db_put(st, dbi, key, klen, val, vlen);
 	if (rc < 0)
-		nx_log(NX_LOG_ERR, "cache %s: lmdb: cannot record blob: %s", st->dir,
+		nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot write a record: %s", st->dir,
 		       strerror(-rc));
-	else
-		nx_stat_add(&st->total_bytes, disk);
 }
 
 void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const void *buf,
@@ -1070,12 +1163,19 @@ void nx_blob_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const voi
 {
 	uint8_t rec[24];
 	uint64_t disk = 0;
+	int queued;
 
 	if (!st->env || st->readonly)
 		return;
 	if (nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), NULL) == 0)
 		return;
-	if (file_commit(st, st->fd_blobs, "blobs", d, buf, len, 1, &disk) < 0)
+	pthread_mutex_lock(&st->lock);
+	queued = pending_find_kind(st, d, 1) != NULL;
+	pthread_mutex_unlock(&st->lock);
+	if (queued)
+		return;
+	/* synced by the syncer with its batch (blob_record) */
+	if (file_commit(st, st->fd_blobs, "blobs", d, buf, len, 0, &disk) < 0)
 		return;
 	blob_record(st, d, len, disk);
 }
@@ -1089,11 +1189,26 @@ int nx_blob_stream(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t
 	struct stat sb;
 	uint64_t disk, off = 0;
 	size_t rlen = 0;
-	int fd, rc, hashing = 0;
+	int fd, rc, hashing = 0, queued = 0;
 
 	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
-	if (rc < 0 || rlen < 16)
-		return -ENOENT;
+	if (rc < 0 || rlen < 16) {
+		const struct nx_pending *q;
+
+		/* saved a moment ago, not recorded yet (blob_record) */
+		pthread_mutex_lock(&st->lock);
+		q = pending_find_kind(st, d, 1);
+		if (q) {
+			memset(rec, 0, sizeof(rec));
+			put_le64(rec, q->size);
+			put_le64(rec + 8, UINT64_MAX / 2); /* no touch */
+			rlen = 16;
+			queued = 1;
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (!queued)
+			return -ENOENT;
+	}
 	disk = rec_disk(rec, rlen);
 	obj_rel(d, rel);
 	if (get_le64(rec) != size)
@@ -1132,7 +1247,9 @@ int nx_blob_stream(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t
 	goto out;
 drop:
 	nx_log(NX_LOG_DEBUG, "cache %s: dropping damaged or missing blob %s", st->dir, rel);
-	if (!st->readonly) {
+	if (queued) {
+		unlinkat(st->fd_blobs, rel, 0); /* the syncer finds no file */
+	} else if (!st->readonly) {
 		unlinkat(st->fd_blobs, rel, 0);
 		if (nx_db_del(st, st->dbi_blobs, d, NX_SHA256_LEN) == 0)
 			nx_stat_sub(&st->total_bytes, disk);
@@ -1215,7 +1332,8 @@ void nx_blob_tmp_commit(struct nx_store *st, struct nx_blob_tmp *t,
 		return;
 	}
 	t->fd = -1; /* tmp_commit closes it and removes the tmp file on failure */
-	rc = tmp_commit(st, fd, t->name, st->fd_blobs, d, t->len, 1, &disk);
+	/* synced by the syncer with its batch (blob_record) */
+	rc = tmp_commit(st, fd, t->name, st->fd_blobs, d, t->len, 0, &disk);
 	nx_blob_tmp_abort(st, t); /* the reservation */
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "cache %s: cannot store blobs file: %s", st->dir,
@@ -1279,17 +1397,25 @@ void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
 	pthread_mutex_unlock(&st->lock);
 }
 
-/* The queued or syncing record of @d, or NULL; under st->lock. */
+/* The queued or syncing record of chunk (@blob 0) or blob (1) @d, or NULL;
+ * under st->lock. */
+static const struct nx_pending *pending_find_kind(const struct nx_store *st,
+						  const uint8_t d[NX_SHA256_LEN], int blob)
+{
+	for (size_t i = 0; i < st->npend; i++)
+		if (st->pend[i].blob == blob && memcmp(st->pend[i].digest, d, NX_SHA256_LEN) == 0)
+			return &st->pend[i];
+	for (size_t i = 0; i < st->nsyncing; i++)
+		if (st->syncing[i].blob == blob &&
+		    memcmp(st->syncing[i].digest, d, NX_SHA256_LEN) == 0)
+			return &st->syncing[i];
+	return NULL;
+}
+
 static const struct nx_pending *pending_find(const struct nx_store *st,
 					     const uint8_t d[NX_SHA256_LEN])
 {
-	for (size_t i = 0; i < st->npend; i++)
-		if (memcmp(st->pend[i].digest, d, NX_SHA256_LEN) == 0)
-			return &st->pend[i];
-	for (size_t i = 0; i < st->nsyncing; i++)
-		if (memcmp(st->syncing[i].digest, d, NX_SHA256_LEN) == 0)
-			return &st->syncing[i];
-	return NULL;
+	return pending_find_kind(st, d, 0);
 }
 
 static int recorded(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
@@ -1614,13 +1740,14 @@ static int obj_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], int bl
 	uint8_t rec[8];
 	int busy = 0, rc;
 
-	if (!blob) {
-		pthread_mutex_lock(&st->lock);
+	pthread_mutex_lock(&st->lock);
+	if (blob)
+		busy = pending_find_kind(st, d, 1) != NULL;
+	else
 		busy = pending_find(st, d) || flight_busy(st, d) || pin_find(st, d);
-		pthread_mutex_unlock(&st->lock);
-		if (busy)
-			return 1;
-	}
+	pthread_mutex_unlock(&st->lock);
+	if (busy)
+		return 1;
 	rc = nx_db_get(st, blob ? st->dbi_blobs : st->dbi_chunks, d, NX_SHA256_LEN, rec,
 		       sizeof(rec), NULL);
 	/* an LMDB failure is not proof of an orphan */
@@ -1716,6 +1843,7 @@ static int rec_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 	rb->dup = 0;
 	for (size_t i = 0; i < rb->n; i++) {
 		MDB_val k = { NX_SHA256_LEN, (void *)rb->b[i].digest }, v = { sizeof(rec), rec };
+		MDB_dbi dbi = rb->b[i].blob ? st->dbi_blobs : st->dbi_chunks;
 		int rc;
 
 		if (!rb->ok[i])
@@ -1724,14 +1852,14 @@ static int rec_apply(struct nx_store *st, MDB_txn *txn, void *arg)
 		/* one batch shares a second: keep fetch order for LRU */
 		put_le64(rec + 8, rb->now + i);
 		put_le64(rec + 16, rb->b[i].disk);
-		rc = mdb_put(txn, st->dbi_chunks, &k, &v, MDB_NOOVERWRITE);
+		rc = mdb_put(txn, dbi, &k, &v, MDB_NOOVERWRITE);
 		if (rc == MDB_KEYEXIST) {
 			/* re-fetched after a damaged file, or another process
 			 * got there first: counted once */
 			rb->dup += rb->b[i].disk;
 			v.mv_size = sizeof(rec);
 			v.mv_data = rec;
-			rc = mdb_put(txn, st->dbi_chunks, &k, &v, 0);
+			rc = mdb_put(txn, dbi, &k, &v, 0);
 		}
 		if (rc)
 			return rc;
@@ -1754,7 +1882,7 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 	uint64_t unrecorded = 0;
 	struct rec_batch rb = { .b = b, .n = n, .now = wall_ns() };
 	size_t i;
-	int rc, sync_err = 0;
+	int rc, sync_err = 0, sync_err_blob = 0;
 
 	ok = calloc(n ? n : 1, 1);
 	if (!ok) {
@@ -1767,18 +1895,21 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 		int fd;
 
 		obj_rel(b[i].digest, rel);
-		fd = openat(st->fd_chunks, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		fd = openat(b[i].blob ? st->fd_blobs : st->fd_chunks, rel,
+			    O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			continue; /* dropped or evicted meanwhile */
 		/* the first fsync's journal commit carries most of the others */
 		ok[i] = fsync(fd) == 0;
-		if (!ok[i] && !sync_err)
+		if (!ok[i] && !sync_err) {
 			sync_err = errno;
+			sync_err_blob = b[i].blob;
+		}
 		close(fd);
 	}
 	if (sync_err)
-		nx_log(NX_LOG_ERR, "cache %s: cannot sync chunk files: %s; they stay unrecorded",
-		       st->dir, strerror(sync_err));
+		nx_log(NX_LOG_ERR, "cache %s: cannot sync %s files: %s; they stay unrecorded",
+		       st->dir, sync_err_blob ? "blob" : "chunk", strerror(sync_err));
 	rb.ok = ok;
 	rc = write_txn(st, rec_apply, &rb);
 	if (rc) {
@@ -1794,7 +1925,8 @@ static void sync_batch(struct nx_store *st, const struct nx_pending *b, size_t n
 			continue;
 		unrecorded += b[i].disk;
 		obj_rel(b[i].digest, rel);
-		unlinkat(st->fd_chunks, rel, 0); /* readers with it open keep it */
+		/* readers with it open keep it */
+		unlinkat(b[i].blob ? st->fd_blobs : st->fd_chunks, rel, 0);
 	}
 	if (unrecorded)
 		nx_stat_sub(&st->total_bytes, unrecorded);
@@ -1858,6 +1990,44 @@ static void touch_take(struct nx_store *st)
 		free(t);
 }
 
+static int kvq_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	const struct nx_kv *kv = arg;
+
+	for (size_t i = 0; kv[i].klen; i++) {
+		MDB_val k = { kv[i].klen, (void *)kv[i].key }, v = { kv[i].vlen, (void *)kv[i].val };
+		int rc = mdb_put(txn, kv[i].dbi, &k, &v, 0);
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Takes the queued records (under st->lock) and writes them outside. */
+static void kv_take(struct nx_store *st)
+{
+	struct nx_kv *kv = st->kv;
+	size_t n = st->nkv;
+	int rc;
+
+	if (!n)
+		return;
+	st->kv = NULL;
+	st->nkv = 0;
+	pthread_mutex_unlock(&st->lock);
+	kv[n].klen = 0; /* the end: there is one slot more than NX_KV_MAX */
+	rc = write_txn(st, kvq_apply, kv);
+	if (rc)
+		nx_log(NX_LOG_WARNING, "cache %s: lmdb: cannot write %zu records: %s", st->dir,
+		       n, mdb_strerror(rc));
+	pthread_mutex_lock(&st->lock);
+	if (!st->kv)
+		st->kv = kv; /* reuse it */
+	else
+		free(kv);
+}
+
 /* Takes the queued batch (under st->lock), syncs and records it outside. */
 static void sync_take(struct nx_store *st)
 {
@@ -1907,7 +2077,7 @@ static void *syncer(void *arg)
 	for (;;) {
 		uint64_t now;
 
-		while (!st->npend && !st->ntouch && !st->sync_stop) {
+		while (!st->npend && !st->ntouch && !st->nkv && !st->sync_stop) {
 			if (nx_now_ns() >= st->next_sweep) {
 				/* orphans of crashes of processes sharing the cache */
 				st->next_sweep = nx_now_ns() + NX_SWEEP_INTERVAL_NS;
@@ -1918,14 +2088,14 @@ static void *syncer(void *arg)
 			}
 			wait_until(st, st->next_sweep);
 		}
-		if (!st->npend && !st->ntouch)
+		if (!st->npend && !st->ntouch && !st->nkv)
 			break; /* stopping with nothing left */
 		now = nx_now_ns();
-		if (st->npend) {
+		if (st->npend || st->nkv) {
 			uint64_t due = st->pend_since + NX_SYNC_DELAY_NS;
 
 			if (!st->sync_stop && !st->sync_urgent && st->npend < NX_SYNC_CHUNKS &&
-			    st->pend_bytes < NX_SYNC_BYTES && now < due) {
+			    st->pend_bytes < NX_SYNC_BYTES && st->nkv < NX_KV_MAX / 2 && now < due) {
 				wait_until(st, due);
 				continue; /* look again */
 			}
@@ -1936,6 +2106,7 @@ static void *syncer(void *arg)
 			 * the cache was over. */
 			st->sync_urgent = 0;
 			sync_take(st);
+			kv_take(st); /* tags after the blobs they name */
 			continue;
 		}
 		/* only touches: they wait for a batch worth a commit */
@@ -1970,6 +2141,9 @@ static void sync_stop(struct nx_store *st)
 	pthread_mutex_lock(&st->lock);
 	while (st->npend) /* no thread: sync what is left here */
 		sync_take(st);
+	kv_take(st);
+	free(st->kv);
+	st->kv = NULL;
 	touch_take(st);
 	free(st->touch);
 	st->touch = NULL;
@@ -2014,6 +2188,7 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	memcpy(st->pend[st->npend].digest, d, NX_SHA256_LEN);
 	st->pend[st->npend].size = len;
 	st->pend[st->npend].disk = disk;
+	st->pend[st->npend].blob = 0;
 	st->npend++;
 	st->pend_bytes += disk;
 	nx_stat_add(&st->total_bytes, disk);

@@ -739,7 +739,8 @@ static void save_path_manifest(struct nx_store *st, const char *base, const char
 	for (int i = 0; i < 8; i++)
 		rec[NX_SHA256_LEN + i] = (uint8_t)(now >> (8 * i));
 	memcpy(rec + NX_SHA256_LEN + 8, st->origin_id, NX_SHA256_LEN);
-	nx_db_put(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec));
+	/* with the next batch: a lookup never waits for a commit */
+	nx_db_put_later(st, st->dbi_tags, base, NX_HASH_LEN, rec, sizeof(rec));
 }
 
 static int any_sig(const struct nx_store *st, char **sigs, size_t n, const char *msg)

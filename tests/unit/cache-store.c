@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 
 #include "cache/cache.h"
+#include "cache/cache_i.h" /* files.c: limits, evict */
 #include "common/common.h"
 #include "tests/unit/tap.h"
 
@@ -1455,6 +1456,235 @@ static void test_damaged(void)
 		nx_store_close(st);
 }
 
+/* ---------------------------------------------- files.c: passthrough copies */
+
+/* DIR/files/xx/<manifest hex>-<entry hex>: where files.c keeps the copy. */
+static void copy_path(const char *sub, const struct nx_spath *p, uint32_t entry, char *out,
+		      size_t cap)
+{
+	char hex[2 * NX_SHA256_LEN + 1];
+
+	nx_hex(p->man_digest, NX_SHA256_LEN, hex);
+	snprintf(out, cap, "%s/%s/files/%.2s/%s-%08x", tmpdir, sub, hex, hex, entry);
+}
+
+/* Pins the copy of @entry, waiting up to 10 s for the worker to make it. */
+static int pin_wait(struct nx_store *st, struct nx_spath *p, uint32_t entry, int *fd)
+{
+	for (int i = 0; i < 1000; i++) {
+		if (nx_store_file_pin(st, p, entry, fd) == 0)
+			return 0;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+/* The copy behind @fd holds exactly the bytes of @rel in the tree. */
+static int fd_matches(int fd, const char *rel)
+{
+	char full[PATH_MAX * 2];
+	uint8_t *want, *got;
+	size_t wlen;
+	int same;
+
+	snprintf(full, sizeof(full), "%s/%s", tree, rel);
+	want = slurp(full, &wlen);
+	got = malloc(wlen + 1);
+	same = want && got && pread(fd, got, wlen + 1, 0) == (ssize_t)wlen &&
+	       memcmp(want, got, wlen) == 0;
+	free(want);
+	free(got);
+	return same;
+}
+
+static void test_files(void)
+{
+	char path[PATH_MAX * 2];
+	struct nx_store_stats s;
+	struct nx_store *st;
+	struct nx_spath *p;
+	uint8_t *buf;
+	size_t len;
+	int64_t med, big;
+	int fd = -1, fd2 = -1, rc;
+
+	rc = open_store(&st, "f1", 64u << 20, NULL, NULL, 0);
+	is_int(rc, 0, "files: open f1 (64 MiB)");
+	if (rc)
+		return;
+	rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+	is_int(rc, 0, "files: lookup");
+	if (rc) {
+		nx_store_close(st);
+		return;
+	}
+	med = find_entry(p->toc, "medium.txt");
+	big = find_entry(p->toc, "big.bin");
+	ok(med > 0 && big > 0, "files: the test files are in the TOC");
+
+	/* no frame cached: no copy, and none queued (a copy never fetches) */
+	is_int(nx_store_file_pin(st, p, (uint32_t)med, &fd), -ENOENT, "no copy before a read");
+	usleep(200000);
+	is_int(nx_store_file_pin(st, p, (uint32_t)med, &fd), -ENOENT,
+	       "and none made while its frames are not cached");
+	nx_store_stats(st, &s);
+	is_int(s.copy_bytes, 0, "copy_bytes 0");
+
+	/* read whole: the next pin queues a copy, a later one gets it */
+	is_int(read_entry(st, p, (uint32_t)med, 65536, &buf, &len), 0, "read medium.txt");
+	free(buf);
+	src_reset_counters();
+	nx_store_file_want(st, p, (uint32_t)med);
+	is_int(pin_wait(st, p, (uint32_t)med, &fd), 0, "a copy is made once every frame is cached");
+	ok(fd >= 0 && fd_matches(fd, "medium.txt"), "the copy holds exactly the file's bytes");
+	is_int(src.requests, 0, "making it fetched nothing");
+	nx_store_stats(st, &s);
+	ok(s.copy_bytes >= 700000, "copy_bytes counts it (%llu)", (unsigned long long)s.copy_bytes);
+
+	/* a second copy, unpinned at once */
+	is_int(read_entry(st, p, (uint32_t)big, 131072, &buf, &len), 0, "read big.bin");
+	free(buf);
+	nx_store_file_want(st, p, (uint32_t)big);
+	is_int(pin_wait(st, p, (uint32_t)big, &fd2), 0, "big.bin copied too");
+	ok(fd2 >= 0 && fd_matches(fd2, "big.bin"), "its copy is right");
+	if (fd2 >= 0) {
+		close(fd2);
+		nx_store_file_unpin(st, p, (uint32_t)big);
+	}
+
+	/* eviction: copies go first, but never one an open file uses */
+	nx_files_evict(st, 0);
+	copy_path("f1", p, (uint32_t)med, path, sizeof(path));
+	ok(access(path, F_OK) == 0, "the pinned copy survives eviction");
+	ok(fd >= 0 && fd_matches(fd, "medium.txt"), "and its open descriptor reads right");
+	copy_path("f1", p, (uint32_t)big, path, sizeof(path));
+	ok(access(path, F_OK) != 0, "the unpinned copy was evicted");
+	nx_store_stats(st, &s);
+	ok(s.copy_bytes >= 700000 && s.copy_bytes < 3300000,
+	   "copy_bytes counts only the pinned one (%llu)", (unsigned long long)s.copy_bytes);
+	if (fd >= 0) {
+		close(fd);
+		nx_store_file_unpin(st, p, (uint32_t)med);
+	}
+	nx_files_evict(st, 0);
+	copy_path("f1", p, (uint32_t)med, path, sizeof(path));
+	ok(access(path, F_OK) != 0, "unpinned, it goes too");
+	is_int(nx_files_bytes(st), 0, "no copy counted");
+
+	/* copied again, then damaged while the store is closed */
+	nx_store_file_want(st, p, (uint32_t)med);
+	is_int(pin_wait(st, p, (uint32_t)med, &fd), 0, "copied again");
+	if (fd >= 0) {
+		close(fd);
+		nx_store_file_unpin(st, p, (uint32_t)med);
+	}
+	nx_store_close(st);
+	rc = truncate(path, 100);
+	is_int(rc, 0, "truncate the copy (a crash, a damaged disk)");
+	snprintf(path, sizeof(path), "%s/f1/files/ab", tmpdir);
+	mkdir(path, 0700);
+	snprintf(path, sizeof(path), "%s/f1/files/ab/not-a-copy", tmpdir);
+	write_file(path, "junk", 4, 0600);
+
+	rc = open_store(&st, "f1", 64u << 20, NULL, NULL, 0);
+	is_int(rc, 0, "reopen f1");
+	if (rc)
+		return;
+	ok(access(path, F_OK) != 0, "a file that is not a copy is removed at open");
+	src_reset_counters();
+	rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+	is_int(rc, 0, "lookup after reopen");
+	if (rc == 0) {
+		is_int(nx_store_file_pin(st, p, (uint32_t)med, &fd), -ENOENT,
+		       "a copy of the wrong size is not used");
+		copy_path("f1", p, (uint32_t)med, path, sizeof(path));
+		is_int(pin_wait(st, p, (uint32_t)med, &fd), 0, "it is made again from the chunks");
+		ok(fd >= 0 && fd_matches(fd, "medium.txt"), "and is right");
+		if (fd >= 0) {
+			close(fd);
+			nx_store_file_unpin(st, p, (uint32_t)med);
+		}
+		is_int(src.requests, 0, "warm: nothing fetched");
+	}
+	nx_store_close(st);
+
+	/* warm reopen: the copy is found by the scan, at once */
+	rc = open_store(&st, "f1", 64u << 20, NULL, NULL, 0);
+	if (rc == 0 && nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0) {
+		is_int(nx_store_file_pin(st, p, (uint32_t)med, &fd), 0,
+		       "warm reopen: the copy is there at the first open");
+		if (fd >= 0) {
+			close(fd);
+			nx_store_file_unpin(st, p, (uint32_t)med);
+		}
+		nx_store_stats(st, &s);
+		ok(s.cache_bytes >= s.copy_bytes && s.copy_bytes >= 700000,
+		   "counted in cache_bytes after reopen (%llu of %llu)",
+		   (unsigned long long)s.copy_bytes, (unsigned long long)s.cache_bytes);
+	} else {
+		ok(0, "reopen f1 again");
+		ok(0, "counted");
+	}
+	if (rc == 0)
+		nx_store_close(st);
+
+	/* a file over an eighth of the cache keeps the normal read path */
+	rc = open_store(&st, "f2", 16u << 20, NULL, NULL, 0);
+	is_int(rc, 0, "open f2 (16 MiB)");
+	if (rc)
+		return;
+	if (nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0 &&
+	    read_entry(st, p, (uint32_t)big, 131072, &buf, &len) == 0) {
+		free(buf);
+		nx_store_file_want(st, p, (uint32_t)big);
+		usleep(300000);
+		is_int(nx_store_file_pin(st, p, (uint32_t)big, &fd), -ENOENT,
+		       "3.3 MB of a 16 MiB cache: no copy");
+		nx_store_stats(st, &s);
+		is_int(s.copy_bytes, 0, "nothing copied");
+	}
+	nx_store_close(st);
+}
+
+/* Metadata blobs and tag records are saved off the lookup path (db.c):
+ * found at once, durable after close. */
+static void test_meta_later(void)
+{
+	static const uint8_t body[] = "a metadata blob, saved without a commit";
+	uint8_t d[NX_SHA256_LEN], key[NX_HASH_LEN], val[16] = "tag record", got[16];
+	struct nx_store *st;
+	uint8_t *b = NULL;
+	size_t len = 0, vlen = 0;
+	int rc;
+
+	nx_sha256(body, sizeof(body), d);
+	memset(key, 'k', sizeof(key));
+	rc = open_store(&st, "m1", 0, NULL, NULL, 0);
+	is_int(rc, 0, "meta: open m1");
+	if (rc)
+		return;
+	nx_blob_save(st, d, body, sizeof(body));
+	nx_db_put_later(st, st->dbi_tags, key, sizeof(key), val, sizeof(val));
+	rc = nx_blob_load(st, d, 4096, &b, &len);
+	ok(rc == 0 && len == sizeof(body) && memcmp(b, body, len) == 0,
+	   "a blob saved a moment ago loads at once");
+	free(b);
+	b = NULL;
+	nx_store_close(st);
+	rc = open_store(&st, "m1", 0, NULL, NULL, 0);
+	is_int(rc, 0, "reopen m1");
+	if (rc)
+		return;
+	rc = nx_blob_load(st, d, 4096, &b, &len);
+	ok(rc == 0 && len == sizeof(body) && memcmp(b, body, len) == 0,
+	   "it was recorded by the close");
+	free(b);
+	rc = nx_db_get(st, st->dbi_tags, key, sizeof(key), got, sizeof(got), &vlen);
+	ok(rc == 0 && vlen == sizeof(val) && memcmp(got, val, vlen) == 0,
+	   "the deferred record was written by the close");
+	nx_store_close(st);
+}
+
 int main(void)
 {
 	char cmd[PATH_MAX + 16];
@@ -1494,6 +1724,8 @@ int main(void)
 	test_closure();
 	test_damaged();
 	test_crash_before_commit();
+	test_files();
+	test_meta_later();
 
 	nx_toc_free(tp_main.toc);
 	nx_toc_free(tp_unsigned.toc);

@@ -65,6 +65,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -611,9 +612,61 @@ static void busy_gone(void *v)
 static pthread_once_t busy_once = PTHREAD_ONCE_INIT;
 static int busy_key_ok;
 
+/*
+ * Each reader waits in an epoll set of its own, holding the connection
+ * with EPOLLEXCLUSIVE: a request wakes one idle reader, not all of them. With
+ * poll(), every request woke every idle worker (libfuse keeps up to
+ * max_threads) and all but one went back to sleep with EAGAIN: ten context
+ * switches per request on a host whose cores are busy with the containers
+ * the mount serves. The stop eventfd is in every set without the flag, so
+ * stopping still wakes every reader. A thread that cannot make its set polls.
+ */
+static pthread_key_t ep_key;
+static int ep_key_ok;
+static __thread int ep_fd = -1, ep_for = -1;
+
+static void ep_gone(void *v)
+{
+	if (v)
+		close((int)(intptr_t)v - 1);
+}
+
 static void busy_key_init(void)
 {
 	busy_key_ok = pthread_key_create(&R.busy_key, busy_gone) == 0;
+	ep_key_ok = pthread_key_create(&ep_key, ep_gone) == 0;
+}
+
+/* This thread's epoll set over @fd and the stop eventfd; -1: poll instead. */
+static int reader_epoll(int fd)
+{
+	struct epoll_event ev;
+	int ep;
+
+	if (ep_fd >= 0 && ep_for == fd)
+		return ep_fd;
+	if (!ep_key_ok || ep_fd >= 0 || R.stop_efd < 0)
+		return -1; /* one set per thread; a second fd polls */
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0)
+		return -1;
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+	ev.data.fd = fd;
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+		goto fail;
+	ev.events = EPOLLIN;
+	ev.data.fd = R.stop_efd;
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, R.stop_efd, &ev) < 0)
+		goto fail;
+	if (pthread_setspecific(ep_key, (void *)(intptr_t)(ep + 1)) != 0)
+		goto fail;
+	ep_fd = ep;
+	ep_for = fd;
+	return ep;
+fail:
+	close(ep);
+	return -1;
 }
 
 int nx_restart_io_init(struct nx_session *s)
@@ -662,8 +715,9 @@ static size_t synth_init(struct nx_session *s, void *buf, size_t len)
 ssize_t nx_restart_read(struct nx_session *s, int fd, void *buf, size_t len)
 {
 	struct pollfd pfd[2];
+	struct epoll_event ev;
 	ssize_t n;
-	int e;
+	int e, ep;
 
 	if (busy_key_ok && pthread_getspecific(R.busy_key)) {
 		/* back for more: the previous request has been answered */
@@ -679,12 +733,18 @@ ssize_t nx_restart_read(struct nx_session *s, int fd, void *buf, size_t len)
 	for (;;) {
 		if (__atomic_load_n(&R.stopping, __ATOMIC_SEQ_CST))
 			return parked();
-		pfd[0].fd = fd;
-		pfd[0].events = POLLIN;
-		pfd[1].fd = R.stop_efd;
-		pfd[1].events = POLLIN;
-		if (poll(pfd, R.stop_efd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
-			return -1;
+		ep = reader_epoll(fd);
+		if (ep >= 0) {
+			if (epoll_wait(ep, &ev, 1, -1) < 0 && errno != EINTR)
+				return -1;
+		} else {
+			pfd[0].fd = fd;
+			pfd[0].events = POLLIN;
+			pfd[1].fd = R.stop_efd;
+			pfd[1].events = POLLIN;
+			if (poll(pfd, R.stop_efd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
+				return -1;
+		}
 		__atomic_fetch_add(&R.busy, 1, __ATOMIC_SEQ_CST);
 		if (__atomic_load_n(&R.stopping, __ATOMIC_SEQ_CST)) {
 			__atomic_fetch_sub(&R.busy, 1, __ATOMIC_SEQ_CST);

@@ -6,8 +6,10 @@ regular file whose frames are all cached gets a copy under cache/files/ and
 later opens are answered with FOPEN_PASSTHROUGH: the kernel reads the copy,
 no READ reaches the daemon. Checked: the bytes (read and mmap), that reads
 really bypass the daemon, a warm remount (no fetch, passthrough at once),
--o passthrough=off, the suite read test t0010 run both ways, and a rootless
-mount (passthrough refused, one log line, reads still right).'
+-o passthrough=off, that the copy an open file reads is never evicted
+(eviction pressure through a small cache_size while it is open; closed, it
+goes), the suite read test t0010 run both ways, and a rootless mount
+(passthrough refused, one log line, reads still right).'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
 
@@ -104,6 +106,43 @@ test_expect_success '-o passthrough=off: no copies used, one log line says so' '
 	test "$(stats_field "$MNT" passthrough_opens)" = 0 &&
 	unmount_store "$MNT"
 '
+
+# An open file pins its copy: LRU eviction (copies go first) must pass it
+# by while the kernel reads it, whatever the pressure; closed, it may go.
+EVMNT=$TRASH/mnt-evict
+EVCACHE=$TRASH/cache-evict
+
+test_expect_success PASSTHROUGH 'an open passthrough file keeps its copy under eviction pressure' '
+	build_fault_data &&
+	nixoci push "$REG/fault" "$FDATA" >/dev/null &&
+	mount_store "$REG/fault" "$EVMNT" "cache=$EVCACHE,cache_size=16M,passthrough=auto" &&
+	D=$EVMNT/${FDATA##*/} &&
+	cmp "$D/f01" "$FDATA/f01" &&
+	test_wait_for 20 eval "test -n \"\$(find \"$EVCACHE/files\" -type f)\"" &&
+	copy=$(find "$EVCACHE/files" -type f) &&
+	test "$(echo "$copy" | wc -l)" = 1 &&
+	pt0=$(stats_field "$EVMNT" passthrough_opens) &&
+	exec 9<"$D/f01" &&
+	test "$(stats_field "$EVMNT" passthrough_opens)" = $((pt0 + 1)) &&
+	ev0=$(stats_field "$EVMNT" evictions) &&
+	for f in $FDATA_FILES; do
+		test $f = f01 || cmp "$D/$f" "$FDATA/$f" || return 1
+	done &&
+	ev1=$(stats_field "$EVMNT" evictions) &&
+	echo "evictions $ev0 -> $ev1 reading 22.5 MiB through a 16 MiB cache" &&
+	test "$ev1" -gt "$ev0" &&
+	test -f "$copy" &&
+	cmp - "$FDATA/f01" <&9 &&
+	exec 9<&- &&
+	for f in $FDATA_FILES; do
+		test $f = f01 || cmp "$D/$f" "$FDATA/$f" || return 1
+	done &&
+	echo "evictions $(stats_field "$EVMNT" evictions) after the second pass" &&
+	test ! -e "$copy" &&
+	cmp "$D/f01" "$FDATA/f01" &&
+	unmount_store "$EVMNT"
+'
+exec 9<&-
 
 run_t0010() {
 	NIXOCI_TEST_PASSTHROUGH=$1 bash "$TEST_SRCDIR/tests/integ/t0010-push-mount.t" \

@@ -8,7 +8,8 @@ no READ reaches the daemon. Checked: the bytes (read and mmap), that reads
 really bypass the daemon, a warm remount (no fetch, passthrough at once),
 -o passthrough=off, that the copy an open file reads is never evicted
 (eviction pressure through a small cache_size while it is open; closed, it
-goes), the suite read test t0010 run both ways, and a rootless mount
+goes), the suite read test t0010 run both ways and its CPython test t0020
+with passthrough off (the suite runs it with it on), and a rootless mount
 (passthrough refused, one log line, reads still right).'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
@@ -144,13 +145,14 @@ test_expect_success PASSTHROUGH 'an open passthrough file keeps its copy under e
 '
 exec 9<&-
 
-run_t0010() {
-	NIXOCI_TEST_PASSTHROUGH=$1 bash "$TEST_SRCDIR/tests/integ/t0010-push-mount.t" \
-		>t0010-$1.out 2>&1
+# run_suite_test T MODE: the suite's test T with every mount in MODE
+run_suite_test() {
+	NIXOCI_TEST_PASSTHROUGH=$2 bash "$TEST_SRCDIR/tests/integ/$1.t" >$1-$2.out 2>&1
 	rc=$?
-	tail -n 3 t0010-$1.out
+	tail -n 3 $1-$2.out
 	return $rc
 }
+run_t0010() { run_suite_test t0010-push-mount "$1"; }
 
 test_expect_success 'the suite read test t0010 with passthrough=auto' '
 	run_t0010 auto
@@ -158,6 +160,12 @@ test_expect_success 'the suite read test t0010 with passthrough=auto' '
 
 test_expect_success 'the suite read test t0010 with passthrough=off' '
 	run_t0010 off
+'
+
+# t0020 runs CPython from the mount (exec, mmap of shared objects); as the
+# suite runs it, passthrough is on (the default): here it runs with it off.
+test_expect_success 'the suite program test t0020 (CPython closure) with passthrough=off' '
+	run_suite_test t0020-big-closure off
 '
 
 # A rootless mount: root of a new user namespace (as rootless podman runs),

@@ -5,7 +5,8 @@
 # Uses the tests' CPython closure (tests/lib/big.nix, ~118 paths; cached by
 # Nix after the first build) and one deterministic 139 MiB file, pushed to a
 # local docker-registry, and measures:
-#   warm    cache warm, page cache dropped: python start, walk of the closure,
+#   warm    cache warm, page cache dropped: java -version (the JDK 17 of
+#           bench/closure), python start, walk of the CPython closure,
 #           read of the 139 MiB file; nixoci with passthrough=auto and =off,
 #           and the native /nix/store, page cache dropped too
 #   seqread the same read as MB/s
@@ -14,13 +15,16 @@
 #   fleet   16 bwrap containers started at once on an empty cache, each
 #           importing a different module (a different store path), against
 #           one alone
-#   lookups 8 concurrent first lookups of 8 store paths against one, with
-#           the registry behind a 150 ms delay proxy (tests/lib/faultproxy.py)
+#   lookups 8 concurrent first lookups of 8 store paths against the same 8
+#           one at a time (each on a fresh mount), with the registry behind
+#           a 150 ms delay proxy (tests/lib/faultproxy.py)
 #   requests FUSE requests the kernel sent (the stats xattr) for a cold and
 #           a warm python start and an `ls -l` of the largest directory
 # Samples: bench/results/session.tsv; medians and ratios:
 # bench/results/session.md (pasted into docs/benchmarks.md).
-# Knobs: BENCH_RUNS=3; BENCH_SESSION_SKIP="fleet lookups" leaves parts out.
+# Knobs: BENCH_RUNS=3; BENCH_SESSION_SKIP="warm java fleet lookups" leaves
+# parts out (warm: the requests, warm, seqread and pagecache parts; java:
+# only java).
 # Needs root (drop_caches, FUSE, bwrap).
 set -euo pipefail
 export LC_ALL=C
@@ -105,6 +109,20 @@ REG=127.0.0.1:$port
 say "push"
 nixoci push "$REG/s" "$PYENV" >"$W/push.log" 2>&1
 nixoci push "$REG/s" "$BIG" >>"$W/push.log" 2>&1
+# java -version from the JDK 17 of make bench's closure (bench/closure: the
+# host's JDK as Nix store paths; its nix-build is cached after the first,
+# ~15 min, run). BENCH_SESSION_SKIP=java leaves it out.
+WORKLOADS="python walk read"
+case " ${BENCH_SESSION_SKIP:-} " in *" java "* | *" warm "*) ;; *)
+	say "the JDK 17 closure (bench/closure; cached after the first build)"
+	/usr/bin/python3 "$SRC/bench/closure/spec.py" >"$W/cspec.json" 2>>"$W/build.log"
+	CROOT=$(nix-build "$SRC/bench/closure/closure.nix" --arg spec "$W/cspec.json" --no-out-link \
+		--option substituters "" --option sandbox false --max-jobs 4 2>>"$W/build.log")
+	JAVA=$(readlink "$CROOT/bin/java")
+	nixoci push "$REG/s" "$(echo "$JAVA" | cut -d/ -f1-4)" >>"$W/push.log" 2>&1
+	WORKLOADS="java $WORKLOADS"
+	;;
+esac
 
 MNT=$W/mnt
 mkdir -p "$MNT"
@@ -128,21 +146,24 @@ in_store() {
 WALK_PATHS=$(tr '\n' ' ' <"$W/closure.list")
 run_w() { # STORE WORKLOAD
 	case $2 in
+	java) in_store "$1" "$JAVA" -version 2>/dev/null ;;
 	python) in_store "$1" "$PY" -c 'import json, sqlite3, decimal, asyncio' ;;
 	walk) in_store "$1" /bin/sh -c "cd /nix/store && find $WALK_PATHS -printf '%p %s %m %l\n' | wc -l" >/dev/null ;;
 	read) in_store "$1" dd if="$BIG" of=/dev/null bs=1M status=none ;;
 	esac
 }
 
+skip() { case " ${BENCH_SESSION_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+: >"$W/requests.tsv"
 # ------------------------------------------------------------ requests
 CACHE=$W/cache
+if ! skip warm; then
 say "requests: cold python start, warm python start, ls -l of the largest directory"
 mount_fs "$REG/s" "$CACHE"
 req_snapshot() { getfattr -n user.nixoci.stats --only-values "$MNT" | grep "^fuse_" | sort >"$W/req.$1"; }
 req_delta() { # NAME A B
 	join "$W/req.$2" "$W/req.$3" | awk -v n="$1" '{ d = $3 - $2; if (d) printf "%s\t%s\t%d\n", n, $1, d }' >>"$W/requests.tsv"
 }
-: >"$W/requests.tsv"
 BIGDIR=$(for p in $(cat "$W/closure.paths"); do find "$p" -type d; done 2>/dev/null |
 	while read -r d; do echo "$(ls -A "$d" | wc -l) $d"; done | sort -n | tail -n 1 | cut -d' ' -f2)
 req_snapshot a
@@ -166,7 +187,7 @@ req_delta "ls_l_warm" e f
 
 # ------------------------------------------------------- warm vs native
 say "warm: first reads, then wait for the passthrough copies"
-for w in python walk read; do run_w "$MNT" $w; run_w "$MNT" $w; done
+for w in $WORKLOADS; do run_w "$MNT" $w; run_w "$MNT" $w; done
 settle() {
 	local a b
 	a=$(stat_of cache_copy_bytes)
@@ -193,7 +214,7 @@ CLEANUP+=("mountpoint -q '$MNT_OFF' && fusermount3 -uz '$MNT_OFF'")
 for r in $(seq "$RUNS"); do
 	modes="auto off"
 	[ $((r % 2)) = 0 ] && modes="off auto"
-	for w in python walk read; do
+	for w in $WORKLOADS; do
 		for mode in $modes; do
 			[ $mode = auto ] && m=$MNT_AUTO || m=$MNT_OFF
 			drop
@@ -221,7 +242,7 @@ done
 MNT=$MNT_AUTO
 say "native, page cache dropped"
 for r in $(seq "$RUNS"); do
-	for w in python walk read; do
+	for w in $WORKLOADS; do
 		drop
 		t0=$(now)
 		run_w /nix/store $w
@@ -233,8 +254,8 @@ for r in $(seq "$RUNS"); do
 	c1=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
 	sample pagecache native "$r" "$(((c1 - c0) * 1024))"
 done
+fi
 
-skip() { case " ${BENCH_SESSION_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
 # ------------------------------------------------------------- fleet
 if ! skip fleet; then
 MODS="sqlite3 curses decimal json asyncio xml.dom.minidom email.mime.text http.client unittest multiprocessing csv logging.handlers ctypes hashlib zipfile lzma"
@@ -267,8 +288,13 @@ done
 
 fi
 # ----------------------------------------------------------- lookups
+# The same 8 paths twice, each time on a fresh mount and an empty cache:
+# all 8 at once, then one at a time. "One" is the mean of the single
+# lookups, so the ratio compares like with like (the closure's paths differ
+# a lot in TOC size; a different ninth path would not). The proxy logs each
+# request's start, so the spread of the registry-side starts is reported too.
 if ! skip lookups; then
-say "lookups: 8 concurrent first lookups vs one, 150 ms added per request"
+say "lookups: 8 concurrent first lookups vs the same 8 one at a time, 150 ms added per request"
 PX=$W/proxy
 mkdir -p "$PX"
 echo "mode=pass delay=150" >"$PX/control"
@@ -277,20 +303,27 @@ echo "mode=pass delay=150" >"$PX/control"
 CLEANUP+=("kill $!; wait $! 2>/dev/null")
 wait_for 10 test -s "$PX/port" || die "proxy did not start"
 PREF=127.0.0.1:$(cat "$PX/port")/s
-lookup_py='import os, sys, threading, time
-ps = sys.argv[1:]
-t0 = time.monotonic()
-th = [threading.Thread(target=os.stat, args=(p,)) for p in ps]
-[t.start() for t in th]
-[t.join() for t in th]
-print("%.4f" % (time.monotonic() - t0))'
+# bench/pstat.c: threads started first and released by one barrier, so
+# the time is the lookups' (8 Python threads spread their stat calls over
+# up to a second on a loaded machine: start-up and the interpreter lock).
+cc -O2 -pthread -o "$W/pstat" "$SRC/bench/pstat.c" || die "cannot build bench/pstat.c"
+# the spread of the manifest requests' starts at the proxy, in seconds
+spread() {
+	sed -n "$1,\$p" "$PX/log" | sed -nE 's/^([0-9.]+) begin GET .*\/manifests\/.*/\1/p' |
+		sort -n | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%.4f", b - a }'
+}
 for r in $(seq "$RUNS"); do
+	set -- $(sed -n "$((r * 8 + 1)),$((r * 8 + 8))p" "$W/closure.list")
 	rm -rf "$W/cache-lk"
 	mount_fs "$PREF" "$W/cache-lk" "timeout=30"
-	set -- $(sed -n "$((r * 9 + 1)),$((r * 9 + 8))p" "$W/closure.list")
-	sample lookups eight "$r" "$(/usr/bin/python3 -c "$lookup_py" $(printf "$MNT/%s " "$@"))"
-	one=$(sed -n "$((r * 9 + 9))p" "$W/closure.list")
-	sample lookups one "$r" "$(/usr/bin/python3 -c "$lookup_py" "$MNT/$one")"
+	l0=$(($(wc -l <"$PX/log") + 1))
+	sample lookups eight "$r" "$("$W/pstat" all $(printf "$MNT/%s " "$@"))"
+	sample lookups spread "$r" "$(spread $l0)"
+	umount_fs
+	rm -rf "$W/cache-lk"
+	mount_fs "$PREF" "$W/cache-lk" "timeout=30"
+	t=$("$W/pstat" seq $(printf "$MNT/%s " "$@"))
+	sample lookups one "$r" "$(awk -v t="$t" 'BEGIN { printf "%.4f", t / 8 }')"
 	umount_fs
 done
 sample lookups max_inflight 0 "$(sed -nE 's/.* inflight=([0-9]+)$/\1/p' "$PX/log" | sort -n | tail -n 1)"
@@ -310,7 +343,8 @@ for line in open(tsv):
 med = lambda g, n: statistics.median(d[(g, n)]) if d.get((g, n)) else float("nan")
 print("| workload (page cache dropped) | native | passthrough=auto | ratio | passthrough=off | ratio |")
 print("|---|---|---|---|---|---|")
-for w in ("python", "walk", "read"):
+for w in ("java", "python", "walk", "read"):
+    if not d.get(("native", w)): continue
     nat, a, o = med("native", w), med("warm_auto", w), med("warm_off", w)
     print(f"| {w} | {nat:.3f} s | {a:.3f} s | {a / nat:.2f}x | {o:.3f} s | {o / nat:.2f}x |")
 print()
@@ -329,10 +363,12 @@ if d.get(("fleet", "sixteen")): print(f"Fleet: 16 containers at once on an empty
       f"{med('fleet', 'one'):.2f} s: {med('fleet', 'sixteen') / med('fleet', 'one'):.2f}x.")
 print()
 if d.get(("lookups", "eight")): print(f"First lookups behind 150 ms per request: 8 concurrent {med('lookups', 'eight'):.3f} s, "
-      f"one {med('lookups', 'one'):.3f} s: {med('lookups', 'eight') / med('lookups', 'one'):.2f}x; "
+      f"one (mean of the same 8 one at a time) {med('lookups', 'one'):.3f} s: "
+      f"{med('lookups', 'eight') / med('lookups', 'one'):.2f}x; the 8 manifest requests reached "
+      f"the proxy within {med('lookups', 'spread') * 1000:.0f} ms; "
       f"most requests on the link at once: {max(d[('lookups', 'max_inflight')]):.0f}.")
 print()
-print(f"Passthrough copies made: {max(d[('info', 'copy_bytes')]) / 2**20:.0f} MiB; bytes fetched "
+if d.get(("info", "copy_bytes")): print(f"Passthrough copies made: {max(d[('info', 'copy_bytes')]) / 2**20:.0f} MiB; bytes fetched "
       f"by the warm mounts: auto {max(d[('info', 'fetched_auto')]):.0f}, off "
       f"{max(d[('info', 'fetched_off')]):.0f}; passthrough opens: auto "
       f"{max(d[('info', 'passthrough_opens_auto')]):.0f}, off {max(d[('info', 'passthrough_opens_off')]):.0f}.")

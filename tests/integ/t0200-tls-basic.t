@@ -141,13 +141,28 @@ test_expect_success 'credHelpers: docker-credential-NAME get, host on stdin' '
 
 test_expect_success 'a credential helper run by the mounted daemon inherits only fds 0-2' '
 	cat >"$TRASH/bin/docker-credential-nxfd" <<-EOF &&
-	#!/bin/sh
-	# ls runs as a child: /proc/PID/fd lists the descriptors of this shell
-	ls -l /proc/\$\$/fd | awk "NR > 1 && \\\$9 !~ /^[012]\\\$/ { print \\\$9, \\\$11 }" |
-		grep -v "docker-credential-nxfd\\\$" >>"$TRASH/helper/fds"
-	echo call >>"$TRASH/helper/calls"
-	read -r server
-	printf "{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}\n" "\$server"
+	#!/usr/bin/python3 -I
+	# Lists its own descriptors in-process: a shell would have to fork a
+	# lister, and the pipes and saved descriptors of the shell would show up
+	# in the listing (a pipeline "ls | awk" in a shell script raced with the
+	# shell closing its end of the pipe and reported fds 3 and 4).
+	import json, os, sys
+	leaks = []
+	for n in sorted(os.listdir("/proc/self/fd"), key=int):
+	    if n in ("0", "1", "2"):
+	        continue
+	    try:
+	        target = os.readlink("/proc/self/fd/" + n)
+	    except OSError:
+	        continue  # the directory descriptor of the listing, closed by now
+	    if not target.endswith("/docker-credential-nxfd"):
+	        leaks.append(n + " " + target)
+	with open("$TRASH/helper/fds", "a") as f:
+	    f.writelines(l + "\\n" for l in leaks)
+	with open("$TRASH/helper/calls", "a") as f:
+	    f.write("call\\n")
+	server = sys.stdin.readline().strip()
+	print(json.dumps({"ServerURL": server, "Username": "alice", "Secret": "s3cret"}))
 	EOF
 	chmod +x "$TRASH/bin/docker-credential-nxfd" &&
 	mkdir -p "$TRASH/fdcfg" &&

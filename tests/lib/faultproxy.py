@@ -311,11 +311,11 @@ class Proxy:
                     extra = ""
                     if fault.get("retry_after"):
                         extra = "Retry-After: %s\r\n" % fault["retry_after"]
+                    self.log("%s %s range=%s -> %d fault:status bytes=%d" %
+                             (method, target, rng, code, len(msg)))
                     conn.sendall(("HTTP/1.1 %d Fault\r\nContent-Type: application/json\r\n"
                                   "Content-Length: %d\r\n%s\r\n" % (code, len(msg), extra))
                                  .encode("latin-1") + (msg if method != "HEAD" else b""))
-                    self.log("%s %s range=%s -> %d fault:status bytes=%d" %
-                             (method, target, rng, code, len(msg)))
                     if not keep:
                         break
                     continue
@@ -379,19 +379,22 @@ class Proxy:
                     if after < 0:
                         after = len(data) // 2
                     after = min(after, len(data))
-                    conn.sendall(hdr + data[:after])
+                    # logged before the bytes go out (here and below): a test
+                    # that counts log lines after its read returned must see
+                    # every request that read was answered by
                     self.log("%s %s range=%s -> %d fault:%s bytes=%d of %d" %
                              (method, target, rng, resp.status, mode, after, len(data)))
+                    conn.sendall(hdr + data[:after])
                     if mode == "reset":
                         self.rst_close(conn)
                         conn = None
                     elif mode == "stall":
                         self.hold(conn, fault)
                     break
-                conn.sendall(hdr + data)
                 self.log("%s %s range=%s -> %d %s bytes=%d" %
                          (method, target, rng, resp.status,
                           "fault:" + mode if fault else "pass", len(data)))
+                conn.sendall(hdr + data)
                 if not keep or resp.getheader("connection", "").lower() == "close":
                     break
         except (OSError, ValueError, ConnectionError) as e:

@@ -89,13 +89,16 @@ static int cmp_path(const void *a, const void *b)
 
 void nx_pub_sort(struct nx_pub *p)
 {
-	qsort(p->paths, p->npaths, sizeof(*p->paths), cmp_path);
+	if (p->npaths > 1)
+		qsort(p->paths, p->npaths, sizeof(*p->paths), cmp_path);
 }
 
 struct nx_pub_path *nx_pub_find(struct nx_pub *p, const char *store_path)
 {
 	struct nx_pub_path key = { .info = { .store_path = (char *)store_path } };
 
+	if (!p->npaths)
+		return NULL;
 	return bsearch(&key, p->paths, p->npaths, sizeof(*p->paths), cmp_path);
 }
 
@@ -363,10 +366,16 @@ static int put_manifest(struct nx_pub *p, struct nx_pub_path *pp, const char *ta
 	return r;
 }
 
+/* The tags are char[NX_HASH_LEN + 1] elements: strcmp on each. */
+static int cmp_tag(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
 static int has_tag(struct nx_pub *p, const char *tag)
 {
-	return bsearch(tag, p->tags, p->ntags, sizeof(*p->tags),
-		       (int (*)(const void *, const void *))strcmp) != NULL;
+	/* bsearch and qsort must not be given a NULL array, even empty */
+	return p->ntags && bsearch(tag, p->tags, p->ntags, sizeof(*p->tags), cmp_tag) != NULL;
 }
 
 int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp)
@@ -595,7 +604,8 @@ static void list_tags(struct nx_pub *p)
 		p->ntags = 0;
 		return;
 	}
-	qsort(p->tags, p->ntags, sizeof(*p->tags), (int (*)(const void *, const void *))strcmp);
+	if (p->ntags > 1)
+		qsort(p->tags, p->ntags, sizeof(*p->tags), cmp_tag);
 	p->tags_known = 1;
 }
 

@@ -69,6 +69,7 @@ if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-san/bin/nixoci-fs" ]; then
 	# own interceptor (a false report; memory checking is unchanged).
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:use_sigaltstack=0} \
 	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+	LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$SRC/tests/lib/lsan.supp} \
 	PATH="$SRC/build-san/bin:$PATH" \
 		prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${san[@]}" ||
 		rc=$?

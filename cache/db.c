@@ -995,6 +995,33 @@ static uint64_t rec_last(const uint8_t *rec)
 	return t < UINT64_C(100000000000) ? t * 1000000000u : t;
 }
 
+/*
+ * The record of blob @d: from LMDB, or, for a blob saved a moment ago that
+ * the syncer has not recorded yet (nx_blob_save, blob_record), its size with
+ * no touch time; *queued says which. -ENOENT when neither knows it.
+ */
+static int blob_rec(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint8_t rec[24],
+		    size_t *rlen, int *queued)
+{
+	const struct nx_pending *q;
+	int rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, 24, rlen);
+
+	*queued = 0;
+	if (rc >= 0 && *rlen >= 16)
+		return 0;
+	pthread_mutex_lock(&st->lock);
+	q = pending_find_kind(st, d, 1);
+	if (q) {
+		memset(rec, 0, 24);
+		put_le64(rec, q->size);
+		put_le64(rec + 8, UINT64_MAX / 2); /* no touch */
+		*rlen = 16;
+		*queued = 1;
+	}
+	pthread_mutex_unlock(&st->lock);
+	return *queued ? 0 : -ENOENT;
+}
+
 int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **buf,
 		 size_t *len)
 {
@@ -1006,24 +1033,9 @@ int nx_blob_load(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap
 	size_t rlen = 0;
 	int fd, rc, queued = 0;
 
-	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
-	if (rc < 0 || rlen < 16) {
-		const struct nx_pending *q;
-
-		/* saved a moment ago, not recorded yet (nx_blob_save) */
-		pthread_mutex_lock(&st->lock);
-		q = pending_find_kind(st, d, 1);
-		if (q) {
-			memset(rec, 0, sizeof(rec));
-			put_le64(rec, q->size);
-			put_le64(rec + 8, UINT64_MAX / 2); /* no touch */
-			rlen = 16;
-			queued = 1;
-		}
-		pthread_mutex_unlock(&st->lock);
-		if (!queued)
-			return -ENOENT;
-	}
+	rc = blob_rec(st, d, rec, &rlen, &queued);
+	if (rc < 0)
+		return rc;
 	size = get_le64(rec);
 	disk = rec_disk(rec, rlen);
 	obj_rel(d, rel);
@@ -1191,24 +1203,9 @@ int nx_blob_stream(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t
 	size_t rlen = 0;
 	int fd, rc, hashing = 0, queued = 0;
 
-	rc = nx_db_get(st, st->dbi_blobs, d, NX_SHA256_LEN, rec, sizeof(rec), &rlen);
-	if (rc < 0 || rlen < 16) {
-		const struct nx_pending *q;
-
-		/* saved a moment ago, not recorded yet (blob_record) */
-		pthread_mutex_lock(&st->lock);
-		q = pending_find_kind(st, d, 1);
-		if (q) {
-			memset(rec, 0, sizeof(rec));
-			put_le64(rec, q->size);
-			put_le64(rec + 8, UINT64_MAX / 2); /* no touch */
-			rlen = 16;
-			queued = 1;
-		}
-		pthread_mutex_unlock(&st->lock);
-		if (!queued)
-			return -ENOENT;
-	}
+	rc = blob_rec(st, d, rec, &rlen, &queued);
+	if (rc < 0)
+		return rc;
 	disk = rec_disk(rec, rlen);
 	obj_rel(d, rel);
 	if (get_le64(rec) != size)

@@ -24,7 +24,9 @@
 # bench/results/session.md (pasted into docs/benchmarks.md).
 # Knobs: BENCH_RUNS=3; BENCH_SESSION_SKIP="warm java fleet lookups" leaves
 # parts out (warm: the requests, warm, seqread and pagecache parts; java:
-# only java).
+# only java); BENCH_SESSION_BEFORE=DIR (a build dir of another version, e.g.
+# main's) runs the lookups part with its nixoci-fs too, alternating with
+# this one's run by run, so a before/after comparison sees the same load.
 # Needs root (drop_caches, FUSE, bwrap).
 set -euo pipefail
 export LC_ALL=C
@@ -127,8 +129,9 @@ esac
 MNT=$W/mnt
 mkdir -p "$MNT"
 MPID=
+FS=nixoci-fs # the daemon mount_fs starts (the lookups part may alternate)
 mount_fs() { # REF CACHE [OPTS]
-	nixoci-fs -f -o "cache=$2${3:+,$3}" "$1" "$MNT" >>"$W/fs.log" 2>&1 &
+	"$FS" -f -o "cache=$2${3:+,$3}" "$1" "$MNT" >>"$W/fs.log" 2>&1 &
 	MPID=$!
 	wait_for 30 mountpoint -q "$MNT" || die "mount failed: $(tail -n 5 "$W/fs.log")"
 }
@@ -312,20 +315,30 @@ spread() {
 	sed -n "$1,\$p" "$PX/log" | sed -nE 's/^([0-9.]+) begin GET .*\/manifests\/.*/\1/p' |
 		sort -n | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%.4f", b - a }'
 }
+BEFORE=${BENCH_SESSION_BEFORE:-}
+case $BEFORE in '' | /*) ;; *) BEFORE=$SRC/$BEFORE ;; esac
+[ -z "$BEFORE" ] || [ -x "$BEFORE/bin/nixoci-fs" ] || die "no $BEFORE/bin/nixoci-fs"
 for r in $(seq "$RUNS"); do
 	set -- $(sed -n "$((r * 8 + 1)),$((r * 8 + 8))p" "$W/closure.list")
-	rm -rf "$W/cache-lk"
-	mount_fs "$PREF" "$W/cache-lk" "timeout=30"
-	l0=$(($(wc -l <"$PX/log") + 1))
-	sample lookups eight "$r" "$("$W/pstat" all $(printf "$MNT/%s " "$@"))"
-	sample lookups spread "$r" "$(spread $l0)"
-	umount_fs
-	rm -rf "$W/cache-lk"
-	mount_fs "$PREF" "$W/cache-lk" "timeout=30"
-	t=$("$W/pstat" seq $(printf "$MNT/%s " "$@"))
-	sample lookups one "$r" "$(awk -v t="$t" 'BEGIN { printf "%.4f", t / 8 }')"
-	umount_fs
+	builds=this
+	[ -n "$BEFORE" ] && { [ $((r % 2)) = 1 ] && builds="this before" || builds="before this"; }
+	for b in $builds; do
+		[ $b = this ] && FS=$O/bin/nixoci-fs g=lookups || FS=$BEFORE/bin/nixoci-fs g=lookups_before
+		rm -rf "$W/cache-lk"
+		mount_fs "$PREF" "$W/cache-lk" "timeout=30"
+		l0=$(($(wc -l <"$PX/log") + 1))
+		sample $g eight "$r" "$("$W/pstat" all $(printf "$MNT/%s " "$@"))"
+		sample $g spread "$r" "$(spread $l0)"
+		umount_fs
+		rm -rf "$W/cache-lk"
+		mount_fs "$PREF" "$W/cache-lk" "timeout=30"
+		t=$("$W/pstat" seq $(printf "$MNT/%s " "$@"))
+		sample $g one "$r" "$(awk -v t="$t" 'BEGIN { printf "%.4f", t / 8 }')"
+		umount_fs
+	done
+	sample load loadavg1 "$r" "$(cut -d' ' -f1 /proc/loadavg)"
 done
+FS=nixoci-fs
 sample lookups max_inflight 0 "$(sed -nE 's/.* inflight=([0-9]+)$/\1/p' "$PX/log" | sort -n | tail -n 1)"
 fi
 
@@ -367,6 +380,11 @@ if d.get(("lookups", "eight")): print(f"First lookups behind 150 ms per request:
       f"{med('lookups', 'eight') / med('lookups', 'one'):.2f}x; the 8 manifest requests reached "
       f"the proxy within {med('lookups', 'spread') * 1000:.0f} ms; "
       f"most requests on the link at once: {max(d[('lookups', 'max_inflight')]):.0f}.")
+if d.get(("lookups_before", "eight")): print(f"The same with BENCH_SESSION_BEFORE's nixoci-fs, alternating run by run: "
+      f"8 concurrent {med('lookups_before', 'eight'):.3f} s, one {med('lookups_before', 'one'):.3f} s: "
+      f"{med('lookups_before', 'eight') / med('lookups_before', 'one'):.2f}x; manifest requests within "
+      f"{med('lookups_before', 'spread') * 1000:.0f} ms. Load average (1 min) during the runs: "
+      f"{', '.join(f'{v:.2f}' for v in d[('load', 'loadavg1')])}.")
 print()
 if d.get(("info", "copy_bytes")): print(f"Passthrough copies made: {max(d[('info', 'copy_bytes')]) / 2**20:.0f} MiB; bytes fetched "
       f"by the warm mounts: auto {max(d[('info', 'fetched_auto')]):.0f}, off "

@@ -105,6 +105,8 @@ static void on_exit_signal(int sig)
 		if (fuse_handler[i].sa_handler != SIG_DFL && fuse_handler[i].sa_handler != SIG_IGN)
 			fuse_handler[i].sa_handler(sig);
 	}
+	/* libfuse's handler exited the session; the loop may be asleep */
+	nx_session_loop_wake();
 }
 
 int nx_fs_cancel_on_exit_signals(void)

@@ -46,6 +46,7 @@ struct nx_session {
 	int passthrough;        /* ...and a backing file could be registered */
 	const char *pt_why;     /* why not, when passthrough is 0 */
 	uint64_t nreq[NX_SESS_OPCODES]; /* requests read, by opcode */
+	int exiting;            /* the session loop is ending: readers leave (atomic) */
 	/* INIT as exchanged, raw, for a successor daemon (takeover.c) */
 	uint8_t init_in[64];
 	uint32_t init_in_len;
@@ -75,6 +76,19 @@ void nx_session_backing_close(struct nx_session *s, int32_t id);
 /* fuse_reply_open, with FOPEN_PASSTHROUGH and @backing_id (> 0) in the reply
  * (0: a plain fuse_reply_open). Returns what fuse_reply_open returns. */
 int nx_session_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int32_t backing_id);
+/*
+ * Serves @se (attached or adopted above) with @nworkers threads, all started
+ * before the first request is read, until the session exits: an unmount
+ * (ENODEV), a handover to a successor (takeover.c parks the readers, then
+ * ENODEV), an exit signal (nx_session_loop_wake) or a read error. Every
+ * request read is answered before the workers are joined. Workers block the
+ * asynchronous signals. 0 on an orderly end, or the read error (-errno).
+ * Once per process.
+ */
+int nx_session_loop(struct nx_session *s, struct fuse_session *se, unsigned nworkers);
+/* Async-signal-safe: makes nx_session_loop look at fuse_session_exited()
+ * (daemon.c's exit-signal handler, after libfuse's has exited the session). */
+void nx_session_loop_wake(void);
 
 /*
  * The session's userdata. main() fills it before the session loop starts and
@@ -139,6 +153,8 @@ struct nx_fs_opts {
 	struct nx_pubkey *pubkeys;
 	size_t npubkeys;
 };
+
+#define NX_FS_MAX_THREADS 1024 /* -o max_threads= upper bound */
 
 /* Prints the usage text of nixoci-fs's own options. */
 void nx_fs_usage(FILE *f);
@@ -278,6 +294,9 @@ int nx_restart_unmount(const char *mp, int clean);
 int nx_restart_io_init(struct nx_session *s);
 ssize_t nx_restart_read(struct nx_session *s, int fd, void *buf, size_t len);
 int nx_restart_swallow(struct nx_session *s, const struct iovec *iov, int count);
+/* Sets s->exiting and wakes every reader, which returns -1/EINTR without
+ * reading (a request stays in the kernel's queue). */
+void nx_restart_wake_readers(struct nx_session *s);
 void nx_restart_after_init(struct nx_session *s);
 /* fi->fh values carry the daemon's generation: *foreign = opened by a
  * predecessor (NULL returned, nothing to dereference). */

@@ -137,10 +137,10 @@ int main(int argc, char *argv[])
 	struct fuse_lowlevel_ops ops;
 	char *mp_abs = NULL;
 	struct fuse_session *se = NULL;
-	struct fuse_loop_config *cfg = NULL;
 	struct nx_fs_logdest logdest = { .fd = -1 };
 	char *forced = NULL, status[512];
 	int lock_fd = -1;
+	unsigned nthreads;
 	int ret = 1, r, start;
 
 	memset(&o, 0, sizeof(o));
@@ -330,26 +330,21 @@ int main(int argc, char *argv[])
 		 (long)nx_restart_main_pid(), o.ref, o.mountpoint);
 	nx_fs_notify(status);
 
-	/* ---- serve until fusermount3 -u or a signal */
-	if (o.fo.singlethread) {
-		r = fuse_session_loop(se);
-	} else {
-		cfg = fuse_loop_cfg_create();
-		if (!cfg) {
-			nx_log(NX_LOG_ERR, "out of memory");
-			goto out_store;
-		}
-		fuse_loop_cfg_set_clone_fd(cfg, (unsigned int)o.fo.clone_fd);
-		/* UINT_MAX is "not given"; libfuse 3.14 logs an error if we pass it */
-		if (o.fo.max_idle_threads != UINT_MAX)
-			fuse_loop_cfg_set_idle_threads(cfg, o.fo.max_idle_threads);
-		fuse_loop_cfg_set_max_threads(cfg, o.fo.max_threads == FUSE_DEFAULT_MAX_THREADS ?
-							   DEFAULT_MAX_THREADS :
-							   o.fo.max_threads);
-		r = fuse_session_loop_mt(se, cfg);
-	}
-	/* 0 after an unmount, the signal number after SIGINT/SIGTERM/SIGHUP:
-	 * both are an orderly shutdown. */
+	/* ---- serve until fusermount3 -u, a signal or a handover: a fixed
+	 * pool of workers (session.c), -s being a pool of one. The pool never
+	 * shrinks, so max_idle_threads has nothing to bound; clone_fd would
+	 * give each worker a connection of its own, which the handover of one
+	 * fd and the shared reader (takeover.c) do not support, and the kernel
+	 * queues requests per connection anyway. Both are accepted so that
+	 * existing command lines keep working. */
+	if (o.fo.clone_fd)
+		nx_log(NX_LOG_INFO, "-o clone_fd has no effect: the workers share one "
+		       "connection to the kernel");
+	nthreads = o.fo.singlethread ? 1 :
+		   o.fo.max_threads == FUSE_DEFAULT_MAX_THREADS ? DEFAULT_MAX_THREADS :
+								   o.fo.max_threads;
+	r = nx_session_loop(&sess, se, nthreads);
+	/* 0 after an unmount, a signal or a handover: an orderly shutdown */
 	if (r < 0)
 		nx_log(NX_LOG_ERR, "fuse session loop failed: %s", strerror(-r));
 	else
@@ -359,7 +354,6 @@ int main(int argc, char *argv[])
 		nx_log(NX_LOG_INFO, "unmounted %s", o.mountpoint);
 	}
 
-	fuse_loop_cfg_destroy(cfg);
 out_store:
 	nx_fs_metrics_stop();
 	nx_store_close(fs.st);

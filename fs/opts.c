@@ -387,6 +387,12 @@ int nx_fs_opts_check(struct nx_fs_opts *o)
 		}
 	}
 
+	/* the session loop starts them all at once (session.c) */
+	if (o->fo.max_threads == 0 || o->fo.max_threads > NX_FS_MAX_THREADS) {
+		nx_log(NX_LOG_ERR, "max_threads=%u: give a number of worker threads from 1 to %d",
+		       o->fo.max_threads, NX_FS_MAX_THREADS);
+		return -EINVAL;
+	}
 	o->timeout_s = 30;
 	o->cache_dir = o->cache;
 	if (!o->cache_dir) {

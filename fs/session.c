@@ -40,6 +40,9 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/fuse.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -482,4 +485,126 @@ int nx_session_attach(struct nx_session *s, struct fuse_session *se, const char 
 		      const char *mountpoint)
 {
 	return nx_session_adopt(s, se, fuse_session_fd(se), probe_dir, mountpoint);
+}
+
+/* ------------------------------------------------------ the session loop */
+
+/*
+ * libfuse 3.14's fuse_session_loop_mt starts one worker and adds another only
+ * when a worker takes a request while none is idle, so on a fresh mount the
+ * k-th of k concurrent requests waits for k - 1 thread starts in a row (on a
+ * loaded host, steps of tens of milliseconds each: 8 concurrent first lookups
+ * took 2.6 times one). Here every worker is started before the first request
+ * is read and none ever ends before the session does: the pool's size is the
+ * number of requests served at once.
+ *
+ * Ending: whoever ends the session makes fuse_session_exited() true first (a
+ * worker on ENODEV or a read error, libfuse's signal handler), then posts
+ * loop_done; the loop thread wakes, tells the readers to leave without
+ * reading (nx_restart_wake_readers) and joins the workers, each after it has
+ * answered the request it holds. A handover ends the same way: takeover.c
+ * parks the readers until every request read has been answered, then they
+ * return ENODEV.
+ */
+static sem_t loop_done;
+static int loop_done_ok; /* loop_done initialized (atomic) */
+
+struct pool {
+	struct fuse_session *se;
+	int error; /* the first read error, -errno (atomic) */
+};
+
+void nx_session_loop_wake(void)
+{
+	int e = errno; /* a signal handler's caller keeps its errno */
+
+	if (__atomic_load_n(&loop_done_ok, __ATOMIC_ACQUIRE))
+		sem_post(&loop_done); /* async-signal-safe */
+	errno = e;
+}
+
+static void *pool_worker(void *arg)
+{
+	struct pool *p = arg;
+	struct fuse_buf buf;
+	int r = 0, zero = 0;
+
+	memset(&buf, 0, sizeof(buf));
+	while (!fuse_session_exited(p->se)) {
+		/* 0 when the session exited (ENODEV included); the buffer is
+		 * allocated by libfuse on the first call, kept for the next */
+		r = fuse_session_receive_buf(p->se, &buf);
+		if (r == -EINTR || r == -EAGAIN)
+			continue;
+		if (r <= 0)
+			break;
+		fuse_session_process_buf(p->se, &buf);
+	}
+	if (r < 0 && r != -EINTR && r != -EAGAIN &&
+	    __atomic_compare_exchange_n(&p->error, &zero, r, 0, __ATOMIC_SEQ_CST,
+					__ATOMIC_SEQ_CST)) {
+		nx_log(NX_LOG_ERR, "cannot read /dev/fuse: %s; ending the session", strerror(-r));
+		fuse_session_exit(p->se);
+	}
+	free(buf.mem);
+	nx_session_loop_wake();
+	return NULL;
+}
+
+int nx_session_loop(struct nx_session *s, struct fuse_session *se, unsigned nworkers)
+{
+	struct pool p = { .se = se, .error = 0 };
+	sigset_t async, old;
+	pthread_t *t;
+	unsigned i, n = 0;
+	int r = 0;
+
+	if (nworkers == 0)
+		return -EINVAL;
+	t = calloc(nworkers, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	if (!__atomic_load_n(&loop_done_ok, __ATOMIC_ACQUIRE)) {
+		if (sem_init(&loop_done, 0, 0) < 0) {
+			r = -errno;
+			free(t);
+			return r;
+		}
+		__atomic_store_n(&loop_done_ok, 1, __ATOMIC_RELEASE);
+	}
+	/* The workers take no asynchronous signal: an exit signal reaches a
+	 * thread that is not waiting for a request, and its handler wakes us.
+	 * Faults stay deliverable, so a crash is reported where it happens. */
+	sigfillset(&async);
+	sigdelset(&async, SIGSEGV);
+	sigdelset(&async, SIGBUS);
+	sigdelset(&async, SIGFPE);
+	sigdelset(&async, SIGILL);
+	sigdelset(&async, SIGABRT);
+	sigdelset(&async, SIGTRAP);
+	pthread_sigmask(SIG_BLOCK, &async, &old);
+	for (i = 0; i < nworkers; i++) {
+		r = pthread_create(&t[n], NULL, pool_worker, &p);
+		if (r != 0)
+			break;
+		n++;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (n == 0) {
+		nx_log(NX_LOG_ERR, "cannot start a fuse worker thread: %s", strerror(r));
+		free(t);
+		return -r;
+	}
+	if (n < nworkers)
+		nx_log(NX_LOG_WARNING, "started %u of %u fuse worker threads: %s", n, nworkers,
+		       strerror(r));
+	else
+		nx_log(NX_LOG_DEBUG, "serving with %u fuse worker threads", n);
+	while (!fuse_session_exited(se))
+		sem_wait(&loop_done); /* EINTR: a signal; look again */
+	nx_restart_wake_readers(s);
+	for (i = 0; i < n; i++)
+		pthread_join(t[i], NULL);
+	free(t);
+	return __atomic_load_n(&p.error, __ATOMIC_SEQ_CST);
 }

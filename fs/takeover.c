@@ -689,6 +689,17 @@ int nx_restart_io_init(struct nx_session *s)
 	return 0;
 }
 
+void nx_restart_wake_readers(struct nx_session *s)
+{
+	uint64_t one = 1;
+
+	__atomic_store_n(&s->exiting, 1, __ATOMIC_SEQ_CST);
+	/* the eventfd is in every reader's set without EPOLLEXCLUSIVE: all wake */
+	if (R.stop_efd >= 0 && write(R.stop_efd, &one, sizeof(one)) < 0) {
+		/* an eventfd write of 1 cannot fail; readers also check exiting */
+	}
+}
+
 static ssize_t parked(void)
 {
 	while (!__atomic_load_n(&R.released, __ATOMIC_SEQ_CST))
@@ -728,9 +739,16 @@ ssize_t nx_restart_read(struct nx_session *s, int fd, void *buf, size_t len)
 		return (ssize_t)synth_init(s, buf, len);
 	/* No real request before libfuse has taken the synthetic INIT: it
 	 * would answer EIO. */
-	while (R.got && !__atomic_load_n(&s->init_done, __ATOMIC_ACQUIRE))
+	while (R.got && !__atomic_load_n(&s->init_done, __ATOMIC_ACQUIRE) &&
+	       !__atomic_load_n(&s->exiting, __ATOMIC_SEQ_CST))
 		usleep(1000);
 	for (;;) {
+		/* The session is ending (session.c's loop): leave without
+		 * reading; libfuse sees its session exited and ends the worker. */
+		if (__atomic_load_n(&s->exiting, __ATOMIC_SEQ_CST)) {
+			errno = EINTR;
+			return -1;
+		}
 		if (__atomic_load_n(&R.stopping, __ATOMIC_SEQ_CST))
 			return parked();
 		ep = reader_epoll(fd);

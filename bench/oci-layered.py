@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Lay a Nix closure out as an OCI image the way nixpkgs' buildLayeredImage does.
 
-    oci-layered.py [--max-layers 100] [--level 6] [--jobs 2] ROOT OUTDIR
+    oci-layered.py [--max-layers 100] [--level 6] [--jobs 2] ROOT... OUTDIR
 
 Popularity of a store path = how many paths of the closure reference it
 (referencesByPopularity). The max-layers - 1 most popular paths get a gzip
@@ -10,7 +10,9 @@ nix/, nix/store/ and the store paths as ./nix/store/<base>/..., owned by 0:0,
 in the store's own modes and mtimes. OUTDIR becomes an OCI image layout
 (oci-layout, index.json, blobs/sha256/...) that skopeo reads as oci:OUTDIR:latest.
 Done once per closure: OUTDIR/root records which closure it holds, and a
-second call for the same ROOT returns at once.
+second call for the same ROOT returns at once. Several ROOTs lay out their
+joint closure (bench/estargz.sh: the JDK's and CPython's); the image's Cmd
+is the first ROOT's bin/python3.
 """
 import argparse
 import gzip
@@ -40,9 +42,9 @@ class HashWriter:
             self.f.flush()
 
 
-def closure_graph(root):
+def closure_graph(roots):
     out = subprocess.run(["nix", "--extra-experimental-features", "nix-command",
-                          "path-info", "--json", "-r", root], check=True,
+                          "path-info", "--json", "-r"] + roots, check=True,
                          capture_output=True, text=True).stdout
     info = json.loads(out)
     return {p["path"]: [r for r in p.get("references", []) if r != p["path"]] for p in info}
@@ -94,10 +96,11 @@ def main():
     ap.add_argument("--max-layers", type=int, default=100)
     ap.add_argument("--level", type=int, default=6)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("root")
+    ap.add_argument("root", nargs="+")
     ap.add_argument("outdir")
     a = ap.parse_args()
-    root = os.path.realpath(a.root)
+    roots = [os.path.realpath(r) for r in a.root]
+    root = " ".join(roots)
     stamp = os.path.join(a.outdir, "root")
     if os.path.exists(stamp) and open(stamp).read().strip() == root:
         print(f"oci-layered: {a.outdir} already holds {root}", file=sys.stderr)
@@ -106,7 +109,7 @@ def main():
     subprocess.run(["rm", "-rf", a.outdir], check=True)
     blobdir = os.path.join(a.outdir, "blobs", "sha256")
     os.makedirs(blobdir)
-    graph = closure_graph(root)
+    graph = closure_graph(roots)
     order, pop = by_popularity(graph)
     n = a.max_layers - 1
     groups = [[p] for p in order[:n]] + ([order[n:]] if len(order) > n else [])
@@ -121,7 +124,7 @@ def main():
             print(f"oci-layered: layer {done}/{len(groups)}", file=sys.stderr, flush=True)
     config = {
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": [os.path.join(root, "bin", "python3")],
+        "config": {"Cmd": [os.path.join(roots[0], "bin", "python3")],
                    "Env": ["PATH=/usr/bin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [l[2] for l in layers]},
     }

@@ -19,11 +19,20 @@
 # start reports its time, the registry requests made from the start of the
 # program to its end (the proxy's log), and the bytes the daemon fetched
 # from the mount on (nixoci stats: for a profile mount that includes the
-# prefetch). Medians of BENCH_RUNS (3). Output: a Markdown table on stdout,
+# prefetch). Medians of BENCH_RUNS (3). Output: Markdown tables on stdout,
 # every sample on stderr and in $WORK/samples.tsv.
 #
-# Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 40", BENCH_PROFILE=1 (0: skip the
-# profile rows), BENCH_WORK=/var/tmp/nixoci-bench.
+# The eStargz columns (bench/estargz.sh, sourced below): containerd and the
+# stargz snapshotter pulling the same closures as an eStargz image from the
+# same registry through the same proxy, then running the same workload;
+# timed from the pull's start to the workload's end. The second table sets
+# that against nixoci's mount (launch of nixoci-fs until the mount is up:
+# the closure's tag lookup; its metadata blob is fetched while the program
+# already waits) plus start.
+#
+# Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 10 40", BENCH_PROFILE=1 (0: skip the
+# profile rows), BENCH_ESTARGZ=1 (0: skip the eStargz columns),
+# BENCH_WORK=/var/tmp/nixoci-bench.
 set -euo pipefail
 export LC_ALL=C
 
@@ -33,7 +42,7 @@ case $O in /*) ;; *) O=$SRC/$O ;; esac
 export PATH=$O/bin:$PATH:/usr/sbin:/sbin
 export NIX_CONFIG="extra-experimental-features = nix-command"
 RUNS=${BENCH_RUNS:-3}
-DELAYS=${BENCH_DELAYS:-0 40}
+DELAYS=${BENCH_DELAYS:-0 10 40}
 PROFILE=${BENCH_PROFILE:-1}
 BWORK=${BENCH_WORK:-/var/tmp/nixoci-bench}
 WORK=$(mktemp -d /tmp/nixoci-cold-rtt.XXXXXX)
@@ -41,6 +50,7 @@ PIDS=()
 MNT=$WORK/mnt
 FS_PID=
 cleanup() {
+	! declare -F estargz_stop >/dev/null || estargz_stop
 	if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
 	[ -z "$FS_PID" ] || wait "$FS_PID" 2>/dev/null || true
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -60,6 +70,8 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 now_ns() { date +%s%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+# shellcheck source=bench/estargz.sh
+. "$SRC/bench/estargz.sh"
 
 if [ ! -e "$BWORK/closure" ]; then
 	say "building bench/closure (as bench/run.sh does; long the first time)"
@@ -74,6 +86,7 @@ JAVA=$(readlink "$ROOT/bin/java")
 PY=$(readlink "$ROOT/bin/python3")
 JPATH=$(echo "$JAVA" | cut -d/ -f1-4)
 PPATH=$(echo "$PY" | cut -d/ -f1-4)
+estargz_init
 
 port=$(free_port)
 mkdir -p "$WORK/reg" "$MNT"
@@ -101,6 +114,7 @@ for _ in $(seq 100); do [ -s "$WORK/pport" ] && break; sleep 0.1; done
 PROXY=127.0.0.1:$(cat "$WORK/pport")
 say "pushing the closures of $JPATH and $PPATH"
 nixoci push --jobs 4 --tag cold "$REG/store" "$JPATH" "$PPATH" >&2
+estargz_prepare
 
 run_workload() { # STORE W
 	local s=$1
@@ -111,8 +125,12 @@ run_workload() { # STORE W
 		--die-with-parent -- "$PY" -c 'import json, sqlite3, decimal, asyncio' ;;
 	esac >/dev/null 2>&1
 }
-fs_mount() { # EXTRA_OPTS
+MOUNT_S=0 MOUNT_Q=0
+fs_mount() { # EXTRA_OPTS; sets MOUNT_S (seconds) and MOUNT_Q (requests)
+	local t0 q0
 	rm -rf "$WORK/cache"
+	q0=$(requests)
+	t0=$(now_ns)
 	nixoci-fs -f -o "cache=$WORK/cache,closure=cold${1:+,$1}" "$PROXY/store" "$MNT" \
 		>>"$WORK/fs.log" 2>&1 &
 	FS_PID=$!
@@ -120,6 +138,8 @@ fs_mount() { # EXTRA_OPTS
 		kill -0 "$FS_PID" 2>/dev/null || { tail "$WORK/fs.log" >&2; die "nixoci-fs exited"; }
 		sleep 0.005
 	done
+	MOUNT_S=$(secs "$t0" "$(now_ns)")
+	MOUNT_Q=$(($(requests) - q0))
 }
 fs_umount() {
 	fusermount3 -u "$MNT"
@@ -130,6 +150,8 @@ fs_stat() { nixoci stats "$MNT" | awk -v k="$1" '$1 == k { print $2 }'; }
 requests() { grep -c -- ' -> ' "$WORK/plog" 2>/dev/null || true; }
 
 printf 'method\tworkload\tdelay_ms\trun\tseconds\trequests\tbytes\n' >"$WORK/samples.tsv"
+: >"$WORK/mount.tsv"
+: >"$WORK/esgz.tsv"
 # one_start METHOD W DELAY RUN [OPTS]
 one_start() {
 	local m=$1 w=$2 d=$3 r=$4 t0 t1 q0 q1 b=0
@@ -149,6 +171,9 @@ one_start() {
 		q1=$(requests)
 		b=$(fs_stat bytes_fetched)
 		fs_umount
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$w" "$d" "$r" "$MOUNT_S" \
+			"$MOUNT_Q" "$(awk -v a="$MOUNT_S" -v b="$(secs "$t0" "$t1")" 'BEGIN { printf "%.3f", a + b }')" \
+			>>"$WORK/mount.tsv"
 	fi
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$w" "$d" "$r" "$(secs "$t0" "$t1")" \
 		"$((q1 - q0))" "$b" >>"$WORK/samples.tsv"
@@ -172,23 +197,50 @@ for d in $DELAYS; do
 			one_start nixoci "$w" "$d" "$r"
 			[ "$PROFILE" = 1 ] && one_start profile "$w" "$d" "$r" "profile=$w"
 			[ "$d" = 0 ] && one_start native "$w" 0 "$r"
+			[ "$ESGZ" = 1 ] && estargz_start "$w" "$d" "$r"
 		done
 	done
 done
 cat "$WORK/samples.tsv" >&2
 
-col() { # METHOD W DELAY FIELD
+col() { # METHOD W DELAY FIELD [FILE]
 	awk -F'\t' -v m="$1" -v w="$2" -v d="$3" -v f="$4" \
-		'$1 == m && $2 == w && $3 == d { print $f }' "$WORK/samples.tsv" | median
+		'$1 == m && $2 == w && $3 == d { print $f }' "${5:-$WORK/samples.tsv}" | median
 }
-echo "| workload | added RTT | nixoci-fs cold | requests | fetched | with profile | requests | fetched | native cold |"
-echo "|---|---|---|---|---|---|---|---|---|"
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+e1="" e2=""
+if [ "$ESGZ" = 1 ]; then
+	e1=" eStargz cold (pull + run) | requests | fetched |"
+	e2="---|---|---|"
+fi
+echo "| workload | added RTT | nixoci-fs cold | requests | fetched | with profile | requests | fetched | native cold |$e1"
+echo "|---|---|---|---|---|---|---|---|---|$e2"
 for w in java python; do
 	for d in $DELAYS; do
 		p="—| — | —"
-		[ "$PROFILE" = 1 ] && p="$(col profile $w $d 5) s | $(col profile $w $d 6) | $(awk -v b="$(col profile $w $d 7)" 'BEGIN{printf "%.1f MiB", b/1048576}')"
-		echo "| $w | $d ms | $(col nixoci $w $d 5) s | $(col nixoci $w $d 6) | $(awk -v b="$(col nixoci $w $d 7)" 'BEGIN{printf "%.1f MiB", b/1048576}') | $p | $(col native $w 0 5) s |"
+		[ "$PROFILE" = 1 ] && p="$(col profile $w $d 5) s | $(col profile $w $d 6) | $(mib "$(col profile $w $d 7)")"
+		e=""
+		[ "$ESGZ" = 1 ] && e=" $(col estargz $w $d 5) s | $(col estargz $w $d 6) | $(mib "$(col estargz $w $d 7)") |"
+		echo "| $w | $d ms | $(col nixoci $w $d 5) s | $(col nixoci $w $d 6) | $(mib "$(col nixoci $w $d 7)") | $p | $(col native $w 0 5) s |$e"
 	done
 done
+if [ "$ESGZ" = 1 ]; then
+	# eStargz against nixoci with its mount counted too (esgz.tsv: W D R PULL RUN;
+	# mount.tsv: METHOD W D R MOUNT MOUNT_REQUESTS MOUNT+START)
+	echo
+	echo "| workload | added RTT | nixoci-fs mount | mount + start | eStargz pull | run | pull + run | eStargz ÷ nixoci (mount + start) | bytes eStargz ÷ nixoci |"
+	echo "|---|---|---|---|---|---|---|---|---|"
+	for w in java python; do
+		for d in $DELAYS; do
+			ms=$(col nixoci $w $d 7 "$WORK/mount.tsv")
+			es=$(col estargz $w $d 5)
+			echo "| $w | $d ms | $(col nixoci $w $d 5 "$WORK/mount.tsv") s | $ms s |" \
+				"$(awk -F'\t' -v w=$w -v d=$d '$1 == w && $2 == d { print $4 }' "$WORK/esgz.tsv" | median) s |" \
+				"$(awk -F'\t' -v w=$w -v d=$d '$1 == w && $2 == d { print $5 }' "$WORK/esgz.tsv" | median) s |" \
+				"$es s | $(awk -v a="$es" -v b="$ms" 'BEGIN { printf "%.1f×", a / b }') |" \
+				"$(awk -v a="$(col estargz $w $d 7)" -v b="$(col nixoci $w $d 7)" 'BEGIN { printf "%.2f", a / b }') |"
+		done
+	done
+fi
 echo
 echo "medians of $RUNS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -175,8 +175,10 @@ bench: all
 bench-import: all
 	bench/import.sh $(O)
 
-# make bench-cold: cold java and CPython starts at 0 and 40 ms added RTT,
-# with and without a startup profile (~10 min after make bench built the closure)
+# make bench-cold: cold java and CPython starts at 0, 10 and 40 ms added RTT,
+# with and without a startup profile, and against eStargz (containerd + stargz
+# snapshotter; skipped with one line if its packages are missing; ~20 min
+# after make bench built the closure)
 bench-cold: all
 	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
 

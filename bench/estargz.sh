@@ -46,17 +46,20 @@ estargz_init() {
 	local miss="" c
 	for c in go:golang-go containerd:containerd ctr:containerd \
 		containerd-shim-runc-v2:containerd runc:runc skopeo:skopeo; do
-		command -v "${c%%:*}" >/dev/null || miss="$miss ${c#*:}"
+		command -v "${c%%:*}" >/dev/null || case " $miss " in
+			*" ${c#*:} "*) ;;
+			*) miss="$miss ${c#*:}" ;;
+			esac
 	done
 	[ -d /usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz ] ||
 		miss="$miss golang-github-containerd-stargz-snapshotter-dev"
 	if [ -n "$miss" ]; then
-		say "eStargz column skipped: apt-get install$(echo "$miss" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
+		say "eStargz columns skipped: missing packages, apt-get install -y$miss"
 		ESGZ=0
 		return 0
 	fi
 	if ! make -s -C "$SRC/bench" O="$O" estargz >&2; then
-		say "eStargz column skipped: bench/estargz did not build (see above)"
+		say "eStargz columns skipped: bench/estargz did not build (see above)"
 		ESGZ=0
 	fi
 }

@@ -701,7 +701,11 @@ static int realm_safe(const char *realm, int *loopback_http)
 
 static void default_scope(const struct nx_registry *r, int push, char *out, size_t cap)
 {
-	snprintf(out, cap, "repository:%s:%s", r->id.repo, push ? "pull,push" : "pull");
+	if (push && r->mount_src[0])
+		snprintf(out, cap, "repository:%s:pull,push repository:%s:pull", r->id.repo,
+			 r->mount_src);
+	else
+		snprintf(out, cap, "repository:%s:%s", r->id.repo, push ? "pull,push" : "pull");
 }
 
 static char *token_key(const char *realm, const char *service, const char *scope)
@@ -947,7 +951,7 @@ static int token_ensure(struct nx_registry *r, const char *realm, const char *se
 int nx_auth_header(struct nx_registry *r, int push, char **header, unsigned *serial)
 {
 	struct nx_auth *a = &r->auth;
-	char scope[NX_REPO_MAX + 64], realm[sizeof(a->realm)], service[sizeof(a->service)];
+	char scope[NX_SCOPE_MAX], realm[sizeof(a->realm)], service[sizeof(a->service)];
 	char *key = NULL, *key2 = NULL;
 	struct nx_token *t;
 	int rc = 0, renew = 0;
@@ -1020,7 +1024,7 @@ int nx_auth_header(struct nx_registry *r, int push, char **header, unsigned *ser
 int nx_auth_answer(struct nx_registry *r, const struct nx_challenge *c, unsigned serial, int push)
 {
 	struct nx_auth *a = &r->auth;
-	char scope[sizeof(c->scope) + NX_REPO_MAX + 64], *header = NULL;
+	char scope[sizeof(c->scope) + NX_SCOPE_MAX], *header = NULL;
 	int rc;
 
 	pthread_mutex_lock(&a->fetch_mu);
@@ -1028,14 +1032,19 @@ int nx_auth_answer(struct nx_registry *r, const struct nx_challenge *c, unsigned
 		creds_load(r);
 
 	if (c->bearer) {
-		char def[NX_REPO_MAX + 64];
+		char def[NX_SCOPE_MAX], src[NX_REPO_MAX + 16];
 
 		default_scope(r, push, def, sizeof(def));
-		if (c->scope[0] && (!push || strstr(c->scope, "push")))
-			snprintf(scope, sizeof(scope), "%s", c->scope);
-		else
+		snprintf(src, sizeof(src), "repository:%s:", r->mount_src);
+		if (!c->scope[0] || (push && !strstr(c->scope, "push")))
 			/* a pull scope in the challenge of a push request is not enough */
 			snprintf(scope, sizeof(scope), "%s", def);
+		else if (push && r->mount_src[0] && !strstr(c->scope, src))
+			/* the challenge's words and the mount source, as the
+			 * cache key (def) promises */
+			snprintf(scope, sizeof(scope), "%s %spull", c->scope, src);
+		else
+			snprintf(scope, sizeof(scope), "%s", c->scope);
 		pthread_mutex_lock(&a->mu);
 		a->mode = NX_AUTH_BEARER;
 		snprintf(a->realm, sizeof(a->realm), "%s", c->realm);

@@ -95,6 +95,16 @@ const char *nx_registry_ref(const struct nx_registry *r);
  * valid while @r lives. The registry's own, not a mirror's. */
 const char *nx_registry_url(const struct nx_registry *r);
 
+/*
+ * Pushes through @r may mount blobs from repository @repo of the same
+ * registry: the tokens of push requests then also ask for pull access to
+ * @repo, which a mount needs (distribution checks it), so the first mount
+ * is not refused with a 401 that costs a round trip and a token request.
+ * Call before the first request. -EINVAL (logged) if @repo is not a
+ * repository name; @repo equal to @r's own repository changes nothing.
+ */
+int nx_registry_mount_source(struct nx_registry *r, const char *repo);
+
 /* GET /v2/ : checks the registry answers. */
 int nx_registry_ping(struct nx_registry *r);
 

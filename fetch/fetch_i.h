@@ -18,6 +18,8 @@
 
 #define NX_HOSTPORT_MAX 262 /* "[" + host + "]:" + 5 digits */
 #define NX_REPO_MAX 255     /* distribution's RepositoryNameTotalLengthMax */
+/* "repository:DST:pull,push repository:SRC:pull" */
+#define NX_SCOPE_MAX (2 * NX_REPO_MAX + 64)
 #define NX_TAG_MAX 128
 
 struct nx_ref {
@@ -87,6 +89,9 @@ struct nx_registry {
 	int quiet_404;
 	int insecure;
 	int tls;            /* base is https:// */
+	/* nx_registry_mount_source: a repository that push tokens also ask
+	 * pull access to, so that a mount from it needs no second token */
+	char mount_src[NX_REPO_MAX + 1];
 
 	/* pull-through mirrors, tried in order before this registry */
 	struct nx_registry **mirrors;

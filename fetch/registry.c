@@ -46,6 +46,18 @@ static int check_manifest_ref(struct nx_registry *r, const char *ref)
 	return -EINVAL;
 }
 
+int nx_registry_mount_source(struct nx_registry *r, const char *repo)
+{
+	if (!nx_repo_valid(repo)) {
+		nx_log(NX_LOG_ERR, "registry %s: cannot mount blobs from \"%.140s\": not a "
+		       "repository name", r->ref, repo);
+		return -EINVAL;
+	}
+	if (strcmp(repo, r->id.repo) != 0)
+		snprintf(r->mount_src, sizeof(r->mount_src), "%s", repo);
+	return 0;
+}
+
 int nx_registry_ping(struct nx_registry *r)
 {
 	struct nx_req q = { 0 };

@@ -186,6 +186,8 @@ int nx_pub_open(struct nx_pub *p, const struct nx_cli *cli, const char *ref)
 	c.max_transfers = (int)(p->jobs > 8 ? p->jobs : 8);
 	if (nx_cli_registry(&c, ref, 1, &p->reg) < 0)
 		return -EINVAL;
+	if (p->mount_from && nx_registry_mount_source(p->reg, p->mount_from) < 0)
+		return -EINVAL;
 	if (nx_registry_ping(p->reg) < 0)
 		return -EIO;
 	return 0;

@@ -51,6 +51,22 @@ test_expect_success 'authenticated push works; its token is cached' '
 	grep "^token alice" "$TOKEN_LOG" | grep -q "pull,push"
 '
 
+test_expect_success '--mount-from: the push token covers the source, no mount is refused' '
+	before=$(token_count alice) &&
+	refused=$(reg_log_count "$REG_LOG" "mount=.*HTTP/1.1\" 401") &&
+	DOCKER_CONFIG=$TRASH/creds nixoci push --mount-from small "$REG/other" "$SMALL" \
+		>mnt.out 2>&1 &&
+	cat mnt.out &&
+	grep -q "^pushed $NPATHS paths ($NPATHS uploaded" mnt.out &&
+	grep -q "([1-9][0-9]* blobs mounted from small)" mnt.out &&
+	tokens=$(($(token_count alice) - before)) &&
+	echo "token requests: $tokens; last: $(grep "^token alice" "$TOKEN_LOG" | tail -n 1)" &&
+	test "$tokens" -le 2 &&
+	grep "^token alice" "$TOKEN_LOG" | tail -n 1 |
+		grep -q "repository:other:pull,push.*small:pull" &&
+	test "$(reg_log_count "$REG_LOG" "mount=.*HTTP/1.1\" 401")" = "$refused"
+'
+
 test_expect_success 'anonymous pull: ls and a mount, tokens cached' '
 	before=$(token_count anonymous) &&
 	nixoci ls "$REF" | sort >ls.out &&

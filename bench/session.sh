@@ -10,8 +10,12 @@
 #           read of the 139 MiB file; nixoci with passthrough=auto and =off,
 #           and the native /nix/store, page cache dropped too
 #   seqread the same read as MB/s
-#   pagecache  growth of Cached (/proc/meminfo) reading the file once,
-#           through the mount (auto, off) and natively
+#   pagecache  what reading the file once leaves in the page cache, per
+#           file (fincore, util-linux): the file as seen through the mount
+#           plus the cache's objects behind it (the passthrough copy under
+#           files/, the chunk files under chunks/), against the file's size;
+#           natively the store file alone. Machine-wide Cached growth
+#           (/proc/meminfo) as a second, noisier figure
 #   fleet   16 bwrap containers started at once on an empty cache, each
 #           importing a different module (a different store path), against
 #           one alone
@@ -156,6 +160,44 @@ run_w() { # STORE WORKLOAD
 	esac
 }
 
+# resident BYTES of the page cache of every file under the given paths
+resident() {
+	find "$@" -type f -print0 2>/dev/null | xargs -0 -r fincore -b -n -o RES 2>/dev/null |
+		awk '{ s += $1 } END { printf "%d", s }'
+}
+# pagecache_sample MODE FILE [MOUNTPOINT CACHE]: page cache dropped, FILE
+# read once; the bytes it left resident, per object. Caches are dropped
+# first, and nothing else reads these files, so what is resident in the
+# cache's files/ and chunks/ afterwards is this read's. Through a
+# passthrough open, the mount's view of the file (mmap, so fincore) is the
+# backing copy's pages: counted once.
+pagecache_sample() {
+	local mode=$1 f=$2 m=${3:-} c=${4:-} c0 c1 o0 o1 via copy chunks
+	drop
+	[ -z "$m" ] || o0=$(getfattr -n user.nixoci.stats --only-values "$m" | awk '$1 == "passthrough_opens" { print $2 }')
+	c0=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
+	cat "$f" >/dev/null
+	c1=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
+	sample pagecache "$mode" "$r" "$(((c1 - c0) * 1024))"
+	via=$(resident "$f")
+	if [ -z "$m" ]; then
+		sample pc_total "$mode" "$r" "$via"
+		return
+	fi
+	o1=$(getfattr -n user.nixoci.stats --only-values "$m" | awk '$1 == "passthrough_opens" { print $2 }')
+	copy=$(resident "$c/files")
+	chunks=$(resident "$c/chunks")
+	sample pc_copy "$mode" "$r" "$copy"
+	sample pc_chunks "$mode" "$r" "$chunks"
+	if [ "${o1:-0}" != "${o0:-0}" ]; then
+		sample pc_mount "$mode" "$r" 0 # the copy's pages, counted there
+		sample pc_total "$mode" "$r" "$((copy + chunks))"
+	else
+		sample pc_mount "$mode" "$r" "$via"
+		sample pc_total "$mode" "$r" "$((via + copy + chunks))"
+	fi
+}
+
 skip() { case " ${BENCH_SESSION_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
 : >"$W/requests.tsv"
 # ------------------------------------------------------------ requests
@@ -226,14 +268,10 @@ for r in $(seq "$RUNS"); do
 			sample "warm_$mode" $w "$r" "$(secs "$t0" "$(now)")"
 		done
 	done
-	# page cache growth reading the file once
+	# what reading the file once leaves in the page cache
 	for mode in $modes; do
-		[ $mode = auto ] && m=$MNT_AUTO || m=$MNT_OFF
-		drop
-		c0=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
-		cat "$m/${BIG#/nix/store/}" >/dev/null
-		c1=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
-		sample pagecache "$mode" "$r" "$(((c1 - c0) * 1024))"
+		[ $mode = auto ] && m=$MNT_AUTO c=$CACHE || m=$MNT_OFF c=$CACHE-off
+		pagecache_sample $mode "$m/${BIG#/nix/store/}" "$m" "$c"
 	done
 done
 for mode in auto off; do
@@ -251,11 +289,7 @@ for r in $(seq "$RUNS"); do
 		run_w /nix/store $w
 		sample native $w "$r" "$(secs "$t0" "$(now)")"
 	done
-	drop
-	c0=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
-	cat "$BIG" >/dev/null
-	c1=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)
-	sample pagecache native "$r" "$(((c1 - c0) * 1024))"
+	pagecache_sample native "$BIG"
 done
 fi
 
@@ -367,10 +401,16 @@ print(f"Sequential read of the {size / 2**20:.0f} MiB file, page cache dropped: 
       f"{mb / nat:.0f} MB/s, passthrough=auto {mb / a:.0f} MB/s ({nat / a * 100:.0f}% of native), "
       f"passthrough=off {mb / o:.0f} MB/s ({nat / o * 100:.0f}%).")
 print()
-pc = lambda n: med("pagecache", n) / size
-print(f"Page-cache growth reading it once (Cached in /proc/meminfo, in file sizes): native "
-      f"{pc('native'):.2f}, passthrough=auto {pc('auto'):.2f}, passthrough=off {pc('off'):.2f}.")
-print()
+pc = lambda g, n: med(g, n) / size
+if d.get(("pc_total", "native")):
+    print("| page cache after reading the file once (fincore, in file sizes) | native | passthrough=auto | passthrough=off |")
+    print("|---|---|---|---|")
+    print(f"| resident, all objects of the file | {pc('pc_total', 'native'):.2f} | {pc('pc_total', 'auto'):.2f} | {pc('pc_total', 'off'):.2f} |")
+    print(f"| … the file through the mount (its own pages) | {pc('pc_total', 'native'):.2f} | {pc('pc_mount', 'auto'):.2f} | {pc('pc_mount', 'off'):.2f} |")
+    print(f"| … the passthrough copy (files/) | | {pc('pc_copy', 'auto'):.2f} | {pc('pc_copy', 'off'):.2f} |")
+    print(f"| … the chunk files (chunks/) | | {pc('pc_chunks', 'auto'):.2f} | {pc('pc_chunks', 'off'):.2f} |")
+    print(f"| Cached growth (/proc/meminfo, machine-wide) | {pc('pagecache', 'native'):.2f} | {pc('pagecache', 'auto'):.2f} | {pc('pagecache', 'off'):.2f} |")
+    print()
 if d.get(("fleet", "sixteen")): print(f"Fleet: 16 containers at once on an empty cache {med('fleet', 'sixteen'):.2f} s "
       f"(all succeeded: {min(d[('fleet', 'sixteen_ok')]):.0f}/16 in every run), one alone "
       f"{med('fleet', 'one'):.2f} s: {med('fleet', 'sixteen') / med('fleet', 'one'):.2f}x.")

@@ -10,12 +10,19 @@
 # MS milliseconds before forwarding it: a link with that much round-trip
 # time per request, no bandwidth limit). The closure is the CPython one of
 # tests/lib/big.nix (118 paths) unless NIXFILE names another expression
-# (build it first; bench/closure/closure.nix is the 1,700-path one).
+# (build it first; bench/closure/closure.nix is the 1,544-path one, built
+# with bench/closure/spec.py's spec; a directory, such as the out link
+# /var/tmp/nixoci-bench/closure that make bench leaves, is used as built).
 #
 # One run = mount (nixoci-fs -f, fresh cache), `find` over every store path
 # of the closure (stat of every entry, no file read), unmount; timed from
 # the daemon's start to the end of the walk. Medians of 3 are printed as a
 # Markdown table; every sample goes to stderr.
+#
+# Knobs: BENCH_RUNS (3), BENCH_DELAYS ("0 40"), BENCH_WALK_MODES ("walk
+# walk-per-path plain": blob, per-path, plain), BENCH_COMPARE=DIR (a second
+# build, e.g. of an older commit: each sample also runs DIR/bin/nixoci-fs,
+# alternating with O's, and every mode gets a column for it).
 set -euo pipefail
 export LC_ALL=C
 
@@ -25,6 +32,9 @@ case $O in /*) ;; *) O=$SRC/$O ;; esac
 NIXFILE=${2:-}
 export PATH=$O/bin:$PATH:/usr/sbin:/sbin
 RUNS=${BENCH_RUNS:-3}
+DELAYS=${BENCH_DELAYS:-0 40}
+MODES=${BENCH_WALK_MODES:-walk walk-per-path plain}
+COMPARE=${BENCH_COMPARE:-}
 WORK=$(mktemp -d /tmp/nixoci-meta-walk.XXXXXX)
 PIDS=()
 cleanup() {
@@ -43,7 +53,12 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 NIXB=(--no-out-link --option substituters "" --option sandbox false)
-if [ -n "$NIXFILE" ]; then
+if [ -n "$NIXFILE" ] && [ -d "$NIXFILE" ]; then
+	ROOT=$(readlink -f "$NIXFILE") # built already: a store path or an out link
+elif [ "$(basename "$NIXFILE")" = closure.nix ]; then
+	/usr/bin/python3 "$SRC/bench/closure/spec.py" >"$WORK/spec.json"
+	ROOT=$(nix-build "$NIXFILE" --arg spec "$WORK/spec.json" "${NIXB[@]}")
+elif [ -n "$NIXFILE" ]; then
 	ROOT=$(nix-build "$NIXFILE" "${NIXB[@]}")
 else
 	/usr/bin/python3 "$SRC/tests/lib/python-spec.py" >"$WORK/spec.json"
@@ -94,14 +109,14 @@ curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @"$WORK/old.json" \
 BASES=$(echo "$CLOSURE" | xargs -n1 basename)
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-# one_walk TAG: prints the milliseconds of mount + walk
+# one_walk TAG [FS]: prints the milliseconds of mount + walk
 one_walk() {
-	local tag=$1 m=$WORK/mnt-$RANDOM t0 t1 pid
+	local tag=$1 fs=${2:-nixoci-fs} m=$WORK/mnt-$RANDOM t0 t1 pid
 	mkdir -p "$m"
 	t0=$(now_ms)
 	local o="cache=$m.cache"
 	[ "$tag" = plain ] || o="$o,closure=$tag"
-	nixoci-fs -f -o "$o" "$PROXY/store" "$m" 2>>"$WORK/fs.log" &
+	"$fs" -f -o "$o" "$PROXY/store" "$m" 2>>"$WORK/fs.log" &
 	pid=$!
 	until mountpoint -q "$m"; do
 		kill -0 "$pid" 2>/dev/null || { say "nixoci-fs exited"; cat "$WORK/fs.log" >&2; exit 1; }
@@ -116,16 +131,27 @@ one_walk() {
 }
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-echo "| added RTT | closure metadata blob (one fetch) | per-path loading (index without it) | plain mount (no closure=) |"
-echo "|---|---|---|---|"
-for d in 0 40; do
+declare -A TITLE=([walk]="closure metadata blob (one fetch)"
+	[walk-per-path]="per-path loading (index without it)" [plain]="plain mount (no closure=)")
+hdr="| added RTT |" sep="|---|"
+for tag in $MODES; do
+	hdr="$hdr ${TITLE[$tag]} |" sep="$sep---|"
+	[ -z "$COMPARE" ] || hdr="$hdr same, $COMPARE |" sep="$sep---|"
+done
+echo "$hdr"
+echo "$sep"
+for d in $DELAYS; do
 	if [ "$d" = 0 ]; then echo "mode=pass" >"$WORK/ctl"; else echo "mode=pass delay=$d" >"$WORK/ctl"; fi
 	row="| $d ms |"
-	for tag in walk walk-per-path plain; do
-		s=()
-		for _ in $(seq "$RUNS"); do s+=("$(one_walk $tag)"); done
-		say "delay $d ms, $tag: ${s[*]} ms"
+	for tag in $MODES; do
+		s=() c=()
+		for _ in $(seq "$RUNS"); do
+			[ -z "$COMPARE" ] || c+=("$(one_walk $tag "$COMPARE/bin/nixoci-fs")")
+			s+=("$(one_walk $tag)")
+		done
+		say "delay $d ms, $tag: ${s[*]} ms${COMPARE:+; $COMPARE: ${c[*]} ms}; $(uptime)"
 		row="$row $(printf '%s\n' "${s[@]}" | median) ms |"
+		[ -z "$COMPARE" ] || row="$row $(printf '%s\n' "${c[@]}" | median) ms |"
 	done
 	echo "$row"
 done

@@ -372,6 +372,13 @@ void nx_db_put_later(struct nx_store *st, MDB_dbi dbi, const void *key, size_t k
  * errno (LMDB failed; logged by the caller). */
 int nx_db_id_assign(struct nx_store *st, const char *base, size_t len, uint64_t want,
 		    uint64_t mask, uint64_t *id);
+/* The same for @n names at once (@bases NUL-terminated base names, @wants
+ * their first choices), in one write transaction: a closure's paths at
+ * open, one commit instead of one (with its fdatasync) at the first lookup
+ * of each. Names recorded already keep their ids; nothing is written when
+ * every name is recorded. 0 or a negative errno (nothing recorded). */
+int nx_db_id_assign_all(struct nx_store *st, const char *const *bases, const uint64_t *wants,
+			size_t n, uint64_t mask);
 /* The base name recorded for @id into @base (NUL-terminated, @cap bytes);
  * -ENOENT if none. */
 int nx_db_id_base(struct nx_store *st, uint64_t id, char *base, size_t cap);

@@ -837,6 +837,54 @@ int nx_db_id_assign(struct nx_store *st, const char *base, size_t len, uint64_t 
 	return 0;
 }
 
+struct id_all {
+	const char *const *bases;
+	const uint64_t *wants;
+	size_t n;
+	uint64_t mask;
+};
+
+static int id_all_apply(struct nx_store *st, MDB_txn *txn, void *arg)
+{
+	const struct id_all *a = arg;
+
+	for (size_t i = 0; i < a->n; i++) {
+		struct id_op op = { a->bases[i], strlen(a->bases[i]), a->wants[i], a->mask, 0 };
+		int rc = id_apply(st, txn, &op);
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+int nx_db_id_assign_all(struct nx_store *st, const char *const *bases, const uint64_t *wants,
+			size_t n, uint64_t mask)
+{
+	struct id_all a = { bases, wants, n, mask };
+	MDB_txn *txn;
+	size_t i;
+	int rc;
+
+	if (!st->env || st->no_ids || st->readonly)
+		return -ENOENT;
+	/* a remount of a closure finds every name: a read transaction only */
+	rc = txn_begin(st, MDB_RDONLY, &txn);
+	if (rc)
+		return mdb_errno(rc);
+	for (i = 0; i < n; i++) {
+		MDB_val k = { strlen(bases[i]), (void *)bases[i] }, v;
+
+		rc = mdb_get(txn, st->dbi_idnames, &k, &v);
+		if (rc != 0 || v.mv_size != 8)
+			break;
+	}
+	txn_abort(st, txn);
+	if (i == n)
+		return 0;
+	return mdb_errno(write_txn(st, id_all_apply, &a));
+}
+
 int nx_db_id_base(struct nx_store *st, uint64_t id, char *base, size_t cap)
 {
 	uint8_t key[8];

@@ -301,6 +301,32 @@ static uint64_t closure_bytes(const struct nx_store *st)
 	return b;
 }
 
+/* The inode ids of every path of the closure, recorded in one commit: a
+ * walk of the closure would otherwise wait for one commit (and its
+ * fdatasync) per path at its first lookup. A failure is no error: each
+ * lookup then records its own, as without a closure. */
+static uint64_t base_id(const char *base, uint64_t mask);
+
+static void assign_closure_ids(struct nx_store *st)
+{
+	const char **bases = calloc(st->nix ? st->nix : 1, sizeof(*bases));
+	uint64_t *wants = calloc(st->nix ? st->nix : 1, sizeof(*wants));
+	size_t n = 0;
+
+	for (size_t i = 0; bases && wants && i < st->nix; i++) {
+		const char *b;
+
+		if (nx_storepath_check(st->ix_sorted[i]->store_path, &b) == 0) {
+			bases[n] = b;
+			wants[n++] = base_id(b, st->id_mask);
+		}
+	}
+	if (bases && wants && n)
+		nx_db_id_assign_all(st, bases, wants, n, st->id_mask);
+	free(bases);
+	free(wants);
+}
+
 int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		  const struct nx_source *src)
 {
@@ -377,6 +403,7 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 			goto fail;
 		/* kept for the mount's life: part of the metadata budget */
 		st->meta_bytes += closure_bytes(st);
+		assign_closure_ids(st);
 	}
 	if (o->profile_record) {
 		rc = nx_prec_open(st, o->profile_record, o->profile_seconds);

@@ -102,7 +102,15 @@ struct nx_fs {
 	const char *ref;         /* REGISTRY/REPO and the mountpoint, for the */
 	const char *mountpoint;  /* metrics' labels */
 	uint64_t pt_opens;       /* opens answered with passthrough (atomic) */
+	/* closure mode on a kernel that lets opendir answer ENOSYS: the
+	 * kernel then opens and releases directories itself (set by init) */
+	int no_opendir;
+	/* closure mode: the root's listing, which never changes, taken once
+	 * (atomic pointer; freed by nx_fs_ops_release) */
+	void *root_static;
 };
+/* Frees what the ops kept in @fs; after the session loop has ended. */
+void nx_fs_ops_release(struct nx_fs *fs);
 
 /* The command line (opts.c). Strings are malloc'ed by the parser and freed
  * by nx_fs_opts_release(); the parsed values are filled by

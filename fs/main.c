@@ -356,6 +356,7 @@ int main(int argc, char *argv[])
 
 out_store:
 	nx_fs_metrics_stop();
+	nx_fs_ops_release(&fs);
 	nx_store_close(fs.st);
 out_registry:
 	nx_registry_close(fs.reg);

@@ -209,6 +209,7 @@ static void reply_entry(fuse_req_t req, const struct nx_spath *p, uint64_t id, u
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
+	struct nx_fs *fs = userdata;
 	unsigned int want = FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_SPLICE_WRITE |
 			     FUSE_CAP_SPLICE_MOVE | FUSE_CAP_EXPLICIT_INVAL_DATA;
 
@@ -224,6 +225,16 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* Pages of an immutable store never go stale: drop them only when told. */
 	if (conn->want & FUSE_CAP_EXPLICIT_INVAL_DATA)
 		conn->want &= ~(unsigned int)FUSE_CAP_AUTO_INVAL_DATA;
+	/* A walk of a tree opens every directory, often twice (fts: once to
+	 * read it, once to come back to it), and each open and release is a
+	 * request: two thirds of what a find costs. Where the kernel can open
+	 * directories itself (an opendir answered ENOSYS), a closure mount
+	 * lets it: every directory of a TOC is immutable and the root lists
+	 * a fixed closure, so the kernel's default (cache the listing, keep
+	 * the pages) is what opendir would answer. A plain mount's root grows
+	 * with every lookup and needs its snapshot per open. */
+	if (fs->closure_mode && (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT))
+		fs->no_opendir = 1;
 	nx_log(NX_LOG_DEBUG, "fuse protocol %u.%u, capable 0x%x, want 0x%x, max_readahead %u",
 	       conn->proto_major, conn->proto_minor, conn->capable, conn->want,
 	       conn->max_readahead);
@@ -830,6 +841,30 @@ static int root_snap_take(struct nx_fs *fs, struct root_snap **out)
 	return 0;
 }
 
+/* The closure root's listing, taken by the first reader that needs it; NULL
+ * when it cannot be taken (the caller takes one of its own). */
+static struct root_snap *root_static(struct nx_fs *fs)
+{
+	struct root_snap *s = __atomic_load_n((struct root_snap **)&fs->root_static,
+					      __ATOMIC_ACQUIRE),
+			 *expect = NULL;
+
+	if (s || root_snap_take(fs, &s) < 0)
+		return s;
+	if (!__atomic_compare_exchange_n((struct root_snap **)&fs->root_static, &expect, s, 0,
+					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		root_snap_free(s); /* another reader's came first */
+		s = expect;
+	}
+	return s;
+}
+
+void nx_fs_ops_release(struct nx_fs *fs)
+{
+	root_snap_free(fs->root_static);
+	fs->root_static = NULL;
+}
+
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct nx_fs *fs = fs_of(req);
@@ -841,6 +876,12 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (fs->no_opendir) {
+		/* from now on the kernel opens directories without asking (a
+		 * write open of one is refused by the kernel: EISDIR) */
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
 	if (ino == FUSE_ROOT_ID) {
@@ -900,10 +941,16 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		int foreign;
 
 		snap = nx_fh_unpack(fi->fh, &foreign);
-		/* Opened by a predecessor daemon: list again. The successor
-		 * loaded every path the predecessor had, so the listing (and the
-		 * offsets into it) are the same unless paths were added since. */
-		if (!snap && foreign && root_snap_take(fs, &tmp_snap) == 0)
+		/* Opened by the kernel itself (no opendir): a closure's root,
+		 * which never changes, listed once for the mount's life */
+		if (!snap && !foreign && fs->closure_mode)
+			snap = root_static(fs);
+		/* Opened by a predecessor daemon (or, by the kernel, on a
+		 * plain mount that took a closure mount over): list again. The
+		 * successor loaded every path the predecessor had, so the
+		 * listing (and the offsets into it) are the same unless paths
+		 * were added since. */
+		if (!snap && (foreign || !fi->fh) && root_snap_take(fs, &tmp_snap) == 0)
 			snap = tmp_snap;
 		if (!snap) {
 			fuse_reply_err(req, EBADF);

@@ -59,6 +59,38 @@ test_expect_success 'a closure mount walks every path with no request after moun
 	unmount_store "$TRASH/m1"
 '
 
+# root_inodes MNT: "<base> <inode>" of every path of the closure, in the order given
+root_inodes() {
+	local p
+	for p in $2; do
+		echo "${p##*/} $(stat -c %i "$1/${p##*/}")" || return 1
+	done
+}
+
+test_expect_success 'a walk opens no directory through the daemon; ids recorded at mount, stable' '
+	# a 4-bit id space: paths collide, and the ids recorded in the one
+	# commit at mount must still be distinct and survive a remount that
+	# looks the paths up in the other order
+	test "$NPATHS" -le 15 &&
+	export NIXOCI_TEST_ID_BITS=4 &&
+	mount_store "$REG/store" "$TRASH/m-ids" "closure=hello,cache=$TRASH/c-ids" &&
+	root_inodes "$TRASH/m-ids" "$SMALL_CLOSURE" >ino1 &&
+	walk "$TRASH/m-ids" &&
+	walk "$TRASH/m-ids" &&
+	test "$(ls "$TRASH/m-ids" | wc -l)" = "$NPATHS" &&
+	test "$(ls "$TRASH/m-ids" | wc -l)" = "$NPATHS" &&
+	opens=$(nixoci stats "$TRASH/m-ids" | awk "\$1 == \"fuse_opendir\" { print \$2 }") &&
+	say "opendir requests for two walks and two listings: $opens" &&
+	test "$opens" -le 1 &&
+	unmount_store "$TRASH/m-ids" &&
+	mount_store "$REG/store" "$TRASH/m-ids" "closure=hello,cache=$TRASH/c-ids" &&
+	root_inodes "$TRASH/m-ids" "$(echo "$SMALL_CLOSURE" | tac)" | tac >ino2 &&
+	unmount_store "$TRASH/m-ids" &&
+	unset NIXOCI_TEST_ID_BITS &&
+	test_cmp ino1 ino2 &&
+	test "$(awk "{ print int(\$2 / 16777216) }" ino1 | sort -u | wc -l)" = "$NPATHS"
+'
+
 test_expect_success 'a remount over the warm cache fetches no metadata at all' '
 	n0=$(grep -c "/manifests/sha256:\|/blobs/$BLOB" "$TRASH/registry-reg/log") &&
 	mount_store "$REG/store" "$TRASH/m1" closure=hello &&

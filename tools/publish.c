@@ -391,6 +391,19 @@ int nx_pub_existing(struct nx_pub *p, struct nx_pub_path *pp)
 	int r, changed;
 
 	nx_cli_tag(base, tag);
+	if (pp->adopt) {
+		/* in the closure index this push replaces, as we would write
+		 * it (nx_pub_unchanged), and its tag is there: nothing to ask */
+		if (p->tags_known && has_tag(p, tag))
+			return 1;
+		/* else what the tag holds decides, and the manifest found or
+		 * written replaces the old index's */
+		pp->adopt = 0;
+		free(pp->man);
+		free(pp->toc);
+		pp->man = NULL;
+		pp->toc = NULL;
+	}
 	if (p->tags_known && !has_tag(p, tag))
 		return 0;
 	r = nx_registry_get_manifest(p->reg, tag, NX_MANIFEST_MAX, &body, &len, digest, NULL);
@@ -772,36 +785,74 @@ static int fetch_meta(struct nx_pub *p, const struct nx_desc *meta, uint8_t **ra
 	return r;
 }
 
-/* Does manifest @man (the metadata's copy) say what we would write for @pp? */
-static int same_path(struct nx_pub *p, struct nx_pub_path *pp, const struct nx_desc *want,
-		     const uint8_t *man, size_t man_len)
+/*
+ * Adopts the closure metadata's item for @pp when its manifest is what we
+ * would write (the digest and size the old index lists, the same store
+ * path, NarHash, NarSize and, with a key, our signatures) and its TOC bytes
+ * are the TOC that manifest names: pp->man, pp->toc, pp->mdigest and
+ * pp->msize are then set and pp->adopt is 1, so neither the manifest nor the
+ * TOC is read again (nx_pub_existing, the new closure metadata). 1 if
+ * adopted, 0 if not, -ENOMEM.
+ */
+/* pp->man and pp->toc are owned by p->paths (NX_ANALYZER_ARRAY_STORE_BEGIN says why) */
+NX_ANALYZER_ARRAY_STORE_BEGIN
+static int adopt_old(struct nx_pub *p, struct nx_pub_path *pp, const struct nx_desc *want,
+		     const struct nx_cmeta_item *it)
 {
 	uint8_t d[NX_SHA256_LEN];
 	struct nx_manifest m;
 	int same;
 
-	if (man_len != want->size)
+	if (pp->adopt || it->man_len != want->size)
 		return 0;
-	nx_sha256(man, man_len, d);
+	nx_sha256(it->man, it->man_len, d);
 	if (memcmp(d, want->digest, NX_SHA256_LEN) != 0)
 		return 0;
-	if (nx_manifest_parse((const char *)man, man_len, &m) < 0)
+	if (nx_manifest_parse((const char *)it->man, it->man_len, &m) < 0)
 		return 0;
 	same = strcmp(m.info.store_path, pp->info.store_path) == 0 &&
 	       memcmp(m.info.nar_hash, pp->info.nar_hash, NX_SHA256_LEN) == 0 &&
-	       m.info.nar_size == pp->info.nar_size && signed_by_us(p, &m);
+	       m.info.nar_size == pp->info.nar_size && signed_by_us(p, &m) &&
+	       it->toc_len == m.toc.size;
+	if (same) {
+		nx_sha256(it->toc, it->toc_len, d);
+		same = memcmp(d, m.toc.digest, NX_SHA256_LEN) == 0;
+	}
 	nx_manifest_release(&m);
-	return same;
+	if (!same)
+		return 0;
+	free(pp->man);
+	free(pp->toc);
+	pp->toc = NULL;
+	pp->man = malloc(it->man_len + 1);
+	if (pp->man)
+		pp->toc = malloc(it->toc_len);
+	if (!pp->man || !pp->toc) {
+		free(pp->man);
+		pp->man = NULL;
+		return -ENOMEM;
+	}
+	memcpy(pp->man, it->man, it->man_len);
+	pp->man[it->man_len] = '\0';
+	pp->man_len = it->man_len;
+	memcpy(pp->toc, it->toc, it->toc_len);
+	pp->toc_len = it->toc_len;
+	memcpy(pp->mdigest, want->digest, NX_SHA256_LEN);
+	pp->msize = want->size;
+	pp->adopt = 1;
+	return 1;
 }
+NX_ANALYZER_ARRAY_STORE_END
 
 int nx_pub_unchanged(struct nx_pub *p, const char *name, char **roots, size_t nroots)
 {
 	uint8_t have[NX_SHA256_LEN], want[NX_SHA256_LEN];
 	struct nx_cmeta_item *items = NULL;
+	struct nx_pub_path *pp;
 	struct nx_index ix;
 	uint8_t *raw = NULL;
 	char *body = NULL, *json = NULL;
-	size_t i, n = 0, len = 0;
+	size_t i, n = 0, len = 0, adopted = 0;
 	int r, same = 0;
 
 	r = nx_registry_get_manifest(p->reg, name, NX_INDEX_MAX, &body, &len, have, NULL);
@@ -811,27 +862,33 @@ int nx_pub_unchanged(struct nx_pub *p, const char *name, char **roots, size_t nr
 	free(body);
 	if (r < 0)
 		return 0;
-	if (!ix.has_meta || ix.nentries != p->npaths)
+	if (!ix.has_meta)
 		goto out;
-	/* both sorted by store path */
-	for (i = 0; i < p->npaths; i++)
-		if (strcmp(ix.entries[i].store_path, p->paths[i].info.store_path) != 0)
-			goto out;
+	/* whether or not the whole closure is unchanged, the paths it still
+	 * has need neither their manifest nor their TOC read again */
 	r = fetch_meta(p, &ix.meta, &raw, &items, &n);
-	if (r < 0 || n != p->npaths) {
+	if (r < 0 || n != ix.nentries) {
 		nx_log(NX_LOG_DEBUG, "closure %s: its metadata is not usable (%s); checking path "
 		       "by path", name, r < 0 ? strerror(-r) : "another number of paths");
+		if (r == -ENOMEM)
+			same = r;
 		goto out;
 	}
-	for (i = 0; i < p->npaths; i++) {
-		if (!same_path(p, &p->paths[i], &ix.entries[i].desc, items[i].man,
-			       items[i].man_len))
+	for (i = 0; i < n; i++) {
+		pp = nx_pub_find(p, ix.entries[i].store_path);
+		if (!pp)
+			continue;
+		r = adopt_old(p, pp, &ix.entries[i].desc, &items[i]);
+		if (r < 0) {
+			same = r;
 			goto out;
+		}
+		adopted += (size_t)r;
 	}
-	for (i = 0; i < p->npaths; i++) {
-		memcpy(p->paths[i].mdigest, ix.entries[i].desc.digest, NX_SHA256_LEN);
-		p->paths[i].msize = ix.entries[i].desc.size;
-	}
+	nx_log(NX_LOG_DEBUG, "closure %s: %zu of its %zu paths are in this push, unchanged", name,
+	       adopted, n);
+	if (adopted != p->npaths || n != p->npaths)
+		goto out;
 	/* the roots too: what we would write, byte for byte */
 	if (index_json(p, roots, nroots, &ix.meta, &json, &len) == 0) {
 		nx_sha256(json, len, want);

@@ -142,6 +142,10 @@ struct nx_pub_path {
 	size_t man_len;
 	uint8_t *toc;
 	size_t toc_len;
+	/* man, toc, mdigest and msize come from the closure index this push
+	 * replaces (nx_pub_unchanged checked them): nx_pub_existing skips the
+	 * path without a request when the tag list has its tag */
+	int adopt;
 };
 
 struct nx_pub {
@@ -218,7 +222,9 @@ int nx_pub_run(struct nx_pub *p, long jobs);
  * loaded, carrying our signatures; the same roots); every pp->mdigest is
  * then filled and nothing needs writing. 0 otherwise (write as usual), or
  * -errno for a local failure. Three requests: the index, the metadata
- * manifest and its blob.
+ * manifest and its blob. Either way, each path that the old index holds as
+ * this push would write it is adopted (pp->adopt, with its manifest and
+ * TOC), so a partial re-push reads neither again.
  */
 int nx_pub_unchanged(struct nx_pub *p, const char *name, char **roots, size_t nroots);
 /* The closure index of every path under tag @name (unchanged: no write). */

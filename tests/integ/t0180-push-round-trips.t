@@ -92,11 +92,18 @@ test_expect_success 're-push of the unchanged closure: three reads, nothing uplo
 '
 
 test_expect_success 're-push with another root set writes a new index, uploads no blob' '
+	n=$(log_lines) &&
 	nixoci push --tag c "$PROXY/par" "$BIG" "$(echo "$BIG_CLOSURE" | head -n 1)" >re2.out 2>&1 &&
 	cat re2.out &&
 	! grep -q "unchanged" re2.out &&
 	test "$(push_summary_field "$(cat re2.out)" uploaded)" = 0 &&
-	test "$(manifest_digest par c)" != "$(awk "\$1 == \"index\" { print \$2 }" par.digests)"
+	test "$(manifest_digest par c)" != "$(awk "\$1 == \"index\" { print \$2 }" par.digests)" &&
+	log_since $n >re2.log &&
+	cat re2.log &&
+	: "every path is in the old index: no manifest or TOC of a path is read again" &&
+	! grep -E "GET /v2/par/manifests/[a-z0-9]{32} " re2.log &&
+	test "$(grep -c "GET /v2/par/blobs/" re2.log)" -le 1 &&
+	test "$(grep -c " -> " re2.log)" -le 16
 '
 
 test_expect_success 'one path whose upload fails: a clear error, no closure index' '

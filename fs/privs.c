@@ -24,7 +24,8 @@
  *    across directories): writing, creating, removing, renaming and
  *    truncating files only in the cache directory, the takeover socket's
  *    directory, the directories of the metrics= and profile_record= files,
- *    /dev/null, /dev/fuse and the bdi readahead files in sysfs; no TCP port can be bound (ABI >= 4);
+ *    /dev/null and the bdi readahead files in sysfs; no TCP port can be
+ *    bound (ABI >= 4);
  *    no signal reaches a process outside the sandbox (ABI >= 6). Reading
  *    and executing stay open: CA files, auth files, resolv.conf and the
  *    store's own data are read, and denying them brings nothing once
@@ -629,13 +630,13 @@ static int ll_build(const struct nx_privs_conf *c, int abi, const char **why)
 		r = ll_allow(rs, dir, LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_WRITE_FILE |
 			     LANDLOCK_ACCESS_FS_REMOVE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE, fs);
 	}
-	/* /dev/null: stdio after daemonizing; /dev/fuse: -o clone_fd opens it
-	 * again for each worker; the bdi: the mount's readahead, set after INIT */
+	/* /dev/null: stdio after daemonizing; the bdi: the mount's readahead,
+	 * set after INIT. Not /dev/fuse: the session loop reads and writes the
+	 * one descriptor opened before the mount, and a takeover successor is
+	 * handed that descriptor, so nothing opens the device afterwards. */
 	if (r == 0)
 		r = ll_allow(rs, "/dev/null", LANDLOCK_ACCESS_FS_WRITE_FILE |
 			     LANDLOCK_ACCESS_FS_TRUNCATE, fs);
-	if (r == 0)
-		r = ll_allow(rs, "/dev/fuse", LANDLOCK_ACCESS_FS_WRITE_FILE, fs);
 	if (r == 0)
 		r = ll_allow(rs, "/sys/devices/virtual/bdi", LANDLOCK_ACCESS_FS_WRITE_FILE |
 			     LANDLOCK_ACCESS_FS_TRUNCATE, fs);
@@ -813,7 +814,7 @@ static int apply(const struct nx_privs_conf *c)
 	} else if (rs >= 0) {
 		close(rs);
 		SAY("landlock ABI %d: writes only in the cache, the takeover socket directory%s%s, "
-		    "/dev/null, /dev/fuse and the bdi readahead%s%s; ", abi,
+		    "/dev/null and the bdi readahead%s%s; ", abi,
 		    c->metrics ? ", the metrics directory" : "",
 		    c->profile_record ? ", the profile_record directory" : "",
 		    abi >= 4 ? "; no TCP port bound" : "",

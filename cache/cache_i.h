@@ -483,7 +483,11 @@ int nx_ix_has_locked(const struct nx_store *st, const char *base);
 #define NX_PF_GROUP 64
 int nx_prec_open(struct nx_store *st, const char *file, int seconds);
 void nx_prec_note(struct nx_store *st, const struct nx_spath *p, uint32_t first, uint32_t last);
+/* nx_pfetch_start right after the closure index is read: the profile is
+ * found and fetched while the closure's metadata is, and its frames wait
+ * for nx_pfetch_ready (the store open; nothing when no profile runs). */
 int nx_pfetch_start(struct nx_store *st, const char *name);
+void nx_pfetch_ready(struct nx_store *st);
 void nx_profile_stop(struct nx_store *st);
 /* 1 when background walks (readahead, profile) are to give up. */
 static inline int nx_bg_stopped(const struct nx_store *st)

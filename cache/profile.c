@@ -194,6 +194,7 @@ struct nx_pfetch {
 	struct nx_pf_run *runv;
 	size_t nruns, runcap, taken;
 	int planned;
+	int ready; /* the store is open: paths can be looked up (st->lock) */
 };
 
 static const char *pf_name(const struct nx_pfetch *pf)
@@ -228,33 +229,120 @@ static int pcollect_cb(void *ctx, uint64_t off, const void *buf, size_t len)
 	return 0;
 }
 
+/* Fetches blob @d whole and checks it against its digest and size: 0 and
+ * *out (caller frees, d->size bytes), -EBADMSG, or the source's error. */
+static int pf_get_blob(struct nx_store *st, const struct nx_desc *d, uint8_t **out)
+{
+	struct pcollect c = { .size = d->size };
+	uint8_t got[NX_SHA256_LEN];
+	int rc;
+
+	*out = NULL;
+	c.buf = malloc(d->size ? d->size : 1);
+	if (!c.buf)
+		return -ENOMEM;
+	rc = st->src.get_blob(st->src.ctx, d->digest, 0, d->size, pcollect_cb, &c);
+	if (rc == 0) {
+		nx_sha256(c.buf, c.got, got);
+		if (c.got != d->size || memcmp(got, d->digest, NX_SHA256_LEN) != 0)
+			rc = -EBADMSG;
+	}
+	if (rc < 0) {
+		free(c.buf);
+		return rc;
+	}
+	*out = c.buf;
+	return 0;
+}
+
+/*
+ * One request on a thread of its own, so that two requests that do not
+ * depend on each other cost one round trip, not two: the referrers API
+ * and the tag fallback (a registry has one or the other, and asking which
+ * first would cost a round trip), or the profile's manifest and the layer
+ * the referrers index announced for it. Whatever it returns is checked by
+ * the caller as if it had been fetched in series.
+ */
+struct pf_async {
+	struct nx_store *st;
+	pthread_t t;
+	int started;
+	/* in: a manifest reference (the tag), or a blob descriptor */
+	char ref[NX_DIGEST_STRLEN + 8];
+	struct nx_desc blob;
+	/* out */
+	int rc;
+	char *body;
+	size_t len;
+	uint8_t *bytes;
+};
+
+static void *pf_async_tag(void *arg)
+{
+	struct pf_async *a = arg;
+	uint8_t got[NX_SHA256_LEN];
+
+	a->rc = a->st->src.get_manifest(a->st->src.ctx, a->ref, NX_INDEX_MAX, &a->body, &a->len,
+					got);
+	return NULL;
+}
+
+static void *pf_async_blob(void *arg)
+{
+	struct pf_async *a = arg;
+
+	a->rc = pf_get_blob(a->st, &a->blob, &a->bytes);
+	return NULL;
+}
+
+/* Starts @fn on @a; when no thread can be had, runs it here (in series). */
+static void pf_async_start(struct pf_async *a, void *(*fn)(void *))
+{
+	a->started = pthread_create(&a->t, NULL, fn, a) == 0;
+	if (!a->started)
+		fn(a);
+}
+
+static void pf_async_join(struct pf_async *a)
+{
+	if (a->started)
+		pthread_join(a->t, NULL);
+	a->started = 0;
+}
+
 /* Finds, fetches and checks the profile; 0 with pf->pr, or -ENOENT / -EIO
- * after its one log line. */
+ * after its one log line. Two round trips when the registry announces the
+ * layer (profiles pushed by nixoci do): referrers API and tag fallback at
+ * once, then manifest and layer at once. */
 static int pf_resolve(struct nx_pfetch *pf)
 {
 	struct nx_store *st = pf->st;
 	char *body = NULL, ref[NX_DIGEST_STRLEN + 8], cd[NX_DIGEST_STRLEN];
-	struct nx_desc m, blob, subject;
-	struct pcollect c = { 0 };
-	uint8_t got[NX_SHA256_LEN];
+	struct nx_desc m, blob, subject, hint = { .size = 0 };
+	struct pf_async tag = { .st = st }, lay = { .st = st };
+	uint8_t got[NX_SHA256_LEN], *bytes = NULL;
 	size_t len = 0;
 	int rc = -ENOENT;
 
 	nx_digest_format(st->closure_digest, cd);
-	if (st->src.get_referrers)
+	snprintf(tag.ref, sizeof(tag.ref), "sha256-%s", cd + 7);
+	if (st->src.get_referrers) {
+		pf_async_start(&tag, pf_async_tag);
 		rc = st->src.get_referrers(st->src.ctx, st->closure_digest, NX_INDEX_MAX, &body,
 					   &len);
-	if (rc == 0)
-		rc = nx_referrers_pick(body, len, pf->name, &m);
+		if (rc == 0)
+			rc = nx_referrers_pick(body, len, pf->name, &m, &hint);
+		pf_async_join(&tag);
+	} else {
+		pf_async_tag(&tag);
+	}
 	if (rc < 0 && !pf_stopped(st)) {
 		/* no referrers API (a 404) or nothing there: the tag scheme */
-		free(body);
-		body = NULL;
-		snprintf(ref, sizeof(ref), "sha256-%s", cd + 7);
-		rc = st->src.get_manifest(st->src.ctx, ref, NX_INDEX_MAX, &body, &len, got);
+		rc = tag.rc;
 		if (rc == 0)
-			rc = nx_referrers_pick(body, len, pf->name, &m);
+			rc = nx_referrers_pick(tag.body, tag.len, pf->name, &m, &hint);
 	}
+	free(tag.body);
 	free(body);
 	body = NULL;
 	if (rc < 0) {
@@ -264,33 +352,36 @@ static int pf_resolve(struct nx_pfetch *pf)
 		return rc;
 	}
 	nx_digest_format(m.digest, ref);
+	if (hint.size > 0 && m.size <= NX_MANIFEST_MAX) {
+		lay.blob = hint;
+		pf_async_start(&lay, pf_async_blob);
+	}
 	rc = m.size > NX_MANIFEST_MAX ? -EINVAL :
 		st->src.get_manifest(st->src.ctx, ref, NX_MANIFEST_MAX, &body, &len, got);
 	if (rc == 0)
 		rc = nx_profile_manifest_parse(body, len, &blob, &subject);
 	free(body);
+	pf_async_join(&lay);
 	if (rc == 0 && memcmp(subject.digest, st->closure_digest, NX_SHA256_LEN) != 0) {
 		nx_log(NX_LOG_NOTICE, "profile %s (%s): made for another closure; ignored",
 		       pf_name(pf), ref);
+		free(lay.bytes);
 		return -ENOENT;
 	}
-	if (rc == 0 && blob.size > 0) {
-		c.size = blob.size;
-		c.buf = malloc(blob.size);
-		rc = c.buf ? st->src.get_blob(st->src.ctx, blob.digest, 0, blob.size, pcollect_cb,
-					      &c) :
-			     -ENOMEM;
-		if (rc == 0) {
-			nx_sha256(c.buf, c.got, got);
-			if (c.got != blob.size || memcmp(got, blob.digest, NX_SHA256_LEN) != 0)
-				rc = -EBADMSG;
-		}
-		if (rc == 0)
-			rc = nx_profile_parse((const char *)c.buf, c.got, &pf->pr);
-		free(c.buf);
-	} else if (rc == 0) {
+	if (rc == 0 && blob.size == 0)
 		rc = -EINVAL;
+	if (rc == 0 && lay.bytes && blob.size == lay.blob.size &&
+	    memcmp(blob.digest, lay.blob.digest, NX_SHA256_LEN) == 0) {
+		bytes = lay.bytes; /* what the manifest names: verified already */
+		lay.bytes = NULL;
+	} else if (rc == 0) {
+		/* announced none, another one, or it failed: the manifest's own */
+		rc = pf_get_blob(st, &blob, &bytes);
 	}
+	free(lay.bytes);
+	if (rc == 0)
+		rc = nx_profile_parse((const char *)bytes, blob.size, &pf->pr);
+	free(bytes);
 	if (rc < 0) {
 		nx_log(NX_LOG_NOTICE, "profile %s (%s): %s; ignored", pf_name(pf), ref,
 		       rc == -EINVAL	? "not a valid profile" :
@@ -487,6 +578,12 @@ static void *pf_main(void *arg)
 	pthread_setname_np(pthread_self(), "nx-profile");
 	if (pf_resolve(pf) < 0)
 		return NULL;
+	/* resolved while the store was still opening (the closure's metadata
+	 * on its way): lookups wait until it is open */
+	pthread_mutex_lock(&st->lock);
+	while (!pf->ready && !pf_stopped(st))
+		pthread_cond_wait(&pf->cond, &st->lock);
+	pthread_mutex_unlock(&st->lock);
 	for (; n < NX_PF_THREADS && !pf_stopped(st); n++)
 		if (pthread_create(&pf->workers[n], NULL, pf_worker, pf) != 0)
 			break;
@@ -538,6 +635,16 @@ int nx_pfetch_start(struct nx_store *st, const char *name)
 	pf->main_started = 1;
 	st->pf = pf;
 	return 0;
+}
+
+void nx_pfetch_ready(struct nx_store *st)
+{
+	if (!st->pf)
+		return;
+	pthread_mutex_lock(&st->lock);
+	st->pf->ready = 1;
+	pthread_cond_broadcast(&st->pf->cond);
+	pthread_mutex_unlock(&st->lock);
 }
 
 void nx_profile_stop(struct nx_store *st)

@@ -398,6 +398,12 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		rc = load_closure(st, o->closure);
 		if (rc < 0)
 			goto fail;
+		if (o->profile) {
+			/* found and fetched while the metadata is */
+			rc = nx_pfetch_start(st, o->profile);
+			if (rc < 0)
+				goto fail;
+		}
 		rc = nx_cmeta_load(st, o->closure);
 		if (rc < 0)
 			goto fail;
@@ -410,11 +416,12 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 		if (rc < 0)
 			goto fail;
 	}
-	if (o->profile) {
-		rc = nx_pfetch_start(st, o->profile);
+	if (o->profile && !st->pf) {
+		rc = nx_pfetch_start(st, o->profile); /* refuses: not a closure mount */
 		if (rc < 0)
 			goto fail;
 	}
+	nx_pfetch_ready(st);
 	*out = st;
 	return 0;
 fail:

@@ -620,11 +620,16 @@ uint64_t nx_now_ns(void);
  * then one line "<base> sha256:<hex>" per frame; at most
  * NX_PROFILE_MAX_ENTRIES lines and NX_PROFILE_MAX_BYTES bytes. Pushed as
  * an OCI artifact (artifactType NX_AT_PROFILE, one NX_MT_PROFILE layer,
- * subject = the closure index, annotation NX_ANN_PROFILE_NAME = its name).
+ * subject = the closure index, annotation NX_ANN_PROFILE_NAME = its name,
+ * and NX_ANN_PROFILE_BLOB / NX_ANN_PROFILE_BLOB_SIZE = its layer's digest
+ * and size: a referrers index copies a manifest's annotations into its
+ * descriptor, so a reader can fetch the manifest and the layer at once).
  */
 #define NX_AT_PROFILE "application/vnd.nixoci.profile.v1"
 #define NX_MT_PROFILE "application/vnd.nixoci.profile.v1+text"
 #define NX_ANN_PROFILE_NAME "dev.nixoci.profile.name"
+#define NX_ANN_PROFILE_BLOB "dev.nixoci.profile.blob"
+#define NX_ANN_PROFILE_BLOB_SIZE "dev.nixoci.profile.blob-size"
 #define NX_PROFILE_MAX_ENTRIES 65536u
 #define NX_PROFILE_MAX_BYTES (UINT64_C(24) << 20)
 struct nx_profile_ent {
@@ -650,11 +655,15 @@ int nx_profile_manifest_parse(const char *json, size_t len, struct nx_desc *blob
 			      struct nx_desc *subject);
 /* A referrers index (the referrers API's answer, or the tag fallback
  * `sha256-<hex>`): the last profile listed, named @name (any when NULL);
- * -ENOENT when there is none. nx_referrers_add: @json (NULL: a new index)
- * with @m, a profile named @name, appended in place of one of that name;
- * caller frees *out. */
-int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_desc *out);
+ * -ENOENT when there is none. With @blob (may be NULL), the layer its
+ * descriptor's annotations announce, or blob->size 0 when they announce
+ * none (or a malformed one): only a hint, to be checked against the
+ * manifest. nx_referrers_add: @json (NULL: a new index) with @m, a profile
+ * named @name whose layer is @blob (NULL: not announced), appended in
+ * place of one of that name; caller frees *out. */
+int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_desc *out,
+		      struct nx_desc *blob);
 int nx_referrers_add(const char *json, size_t len, const struct nx_desc *m, const char *name,
-		     char **out, size_t *outlen);
+		     const struct nx_desc *blob, char **out, size_t *outlen);
 
 #endif

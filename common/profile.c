@@ -11,6 +11,7 @@
  * reader checks its frames against the closure's own TOCs.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,6 +112,20 @@ static json_t *desc(const char *mt, const struct nx_desc *d)
 			 (json_int_t)d->size);
 }
 
+/* The profile's name and, when known, its layer: a referrers index
+ * carries these over, so a reader can ask for manifest and layer at once. */
+static json_t *annotations(const char *name, const struct nx_desc *blob)
+{
+	char ds[NX_DIGEST_STRLEN], sz[24];
+
+	if (!blob)
+		return json_pack("{s:s}", NX_ANN_PROFILE_NAME, name);
+	nx_digest_format(blob->digest, ds);
+	snprintf(sz, sizeof(sz), "%llu", (unsigned long long)blob->size);
+	return json_pack("{s:s,s:s,s:s}", NX_ANN_PROFILE_NAME, name, NX_ANN_PROFILE_BLOB, ds,
+			 NX_ANN_PROFILE_BLOB_SIZE, sz);
+}
+
 int nx_profile_manifest_build(const struct nx_desc *blob, const struct nx_desc *subject,
 			      const char *name, char **json, size_t *len)
 {
@@ -120,11 +135,11 @@ int nx_profile_manifest_build(const struct nx_desc *blob, const struct nx_desc *
 
 	if (nx_digest_parse(NX_EMPTY_DIGEST, empty.digest) < 0)
 		return -EINVAL;
-	root = json_pack("{s:i,s:s,s:s,s:o,s:[o],s:o,s:{s:s}}", "schemaVersion", 2, "mediaType",
+	root = json_pack("{s:i,s:s,s:s,s:o,s:[o],s:o,s:o}", "schemaVersion", 2, "mediaType",
 			 NX_MT_MANIFEST, "artifactType", NX_AT_PROFILE, "config",
 			 desc(NX_MT_EMPTY, &empty), "layers", desc(NX_MT_PROFILE, blob),
 			 "subject", desc(NX_MT_INDEX, subject), "annotations",
-			 NX_ANN_PROFILE_NAME, name);
+			 annotations(name, blob));
 	if (!root)
 		return -ENOMEM;
 	s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
@@ -183,6 +198,26 @@ static const char *ann_name(json_t *d)
 	return json_is_string(n) ? json_string_value(n) : NULL;
 }
 
+/* The layer a descriptor announces; blob->size 0 when none or malformed. */
+static void ann_blob(json_t *d, struct nx_desc *blob)
+{
+	json_t *a = json_object_get(d, "annotations");
+	json_t *g = json_is_object(a) ? json_object_get(a, NX_ANN_PROFILE_BLOB) : NULL;
+	json_t *z = json_is_object(a) ? json_object_get(a, NX_ANN_PROFILE_BLOB_SIZE) : NULL;
+	unsigned long long v;
+	char *end;
+
+	blob->size = 0;
+	if (!json_is_string(g) || !json_is_string(z) ||
+	    nx_digest_parse(json_string_value(g), blob->digest) < 0)
+		return;
+	errno = 0;
+	v = strtoull(json_string_value(z), &end, 10);
+	if (errno || end == json_string_value(z) || *end || v > NX_PROFILE_MAX_BYTES)
+		return;
+	blob->size = v;
+}
+
 static int is_profile(json_t *d)
 {
 	json_t *at = json_object_get(d, "artifactType");
@@ -190,7 +225,8 @@ static int is_profile(json_t *d)
 	return json_is_string(at) && strcmp(json_string_value(at), NX_AT_PROFILE) == 0;
 }
 
-int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_desc *out)
+int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_desc *out,
+		      struct nx_desc *blob)
 {
 	json_t *root, *ms;
 	int rc = -ENOENT;
@@ -215,6 +251,8 @@ int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_
 		if (name && (!n || strcmp(n, name) != 0))
 			continue;
 		if (parse_desc(d, NX_MT_MANIFEST, out) == 0) {
+			if (blob)
+				ann_blob(d, blob);
 			rc = 0;
 			break;
 		}
@@ -224,7 +262,7 @@ int nx_referrers_pick(const char *json, size_t len, const char *name, struct nx_
 }
 
 int nx_referrers_add(const char *json, size_t len, const struct nx_desc *m, const char *name,
-		     char **out, size_t *outlen)
+		     const struct nx_desc *blob, char **out, size_t *outlen)
 {
 	json_t *root, *ms, *d;
 	size_t i;
@@ -257,8 +295,7 @@ int nx_referrers_add(const char *json, size_t len, const struct nx_desc *m, cons
 	}
 	d = desc(NX_MT_MANIFEST, m);
 	if (!d || json_object_set_new(d, "artifactType", json_string(NX_AT_PROFILE)) < 0 ||
-	    json_object_set_new(d, "annotations", json_pack("{s:s}", NX_ANN_PROFILE_NAME, name)) <
-		    0 ||
+	    json_object_set_new(d, "annotations", annotations(name, blob)) < 0 ||
 	    json_array_append_new(ms, d) < 0) {
 		json_decref(root);
 		return -ENOMEM;

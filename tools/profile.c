@@ -150,7 +150,8 @@ static int profile_push(struct nx_registry *reg, const char *closure, const char
 		nx_log(NX_LOG_ERR, "profile %s: cannot read the referrers tag %s", name, tag);
 		goto out;
 	}
-	rc = nx_referrers_add(rc == 0 ? ref_body : NULL, ref_len, &man, name, &out, &out_len);
+	rc = nx_referrers_add(rc == 0 ? ref_body : NULL, ref_len, &man, name, &blob, &out,
+			      &out_len);
 	if (rc == -EINVAL)
 		nx_log(NX_LOG_ERR, "profile %s: the tag %s is not an image index; remove it", name,
 		       tag);

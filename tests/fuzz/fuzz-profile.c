@@ -19,7 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	fuzz_init_log();
 	(void)nx_profile_manifest_parse((const char *)data, size, &a, &b);
-	(void)nx_referrers_pick((const char *)data, size, (size & 1) ? "w" : NULL, &a);
+	(void)nx_referrers_pick((const char *)data, size, (size & 1) ? "w" : NULL, &a, &b);
 	if (nx_profile_parse((const char *)data, size, &pr) != 0)
 		return 0;
 	if (pr->n > NX_PROFILE_MAX_ENTRIES)

@@ -69,6 +69,15 @@ test_expect_success 'push: an artifact with the closure index as subject, under 
 		"http://$REG/v2/pr/manifests/sha256-${idx#sha256:}" >refs.json &&
 	grep -q "application/vnd.nixoci.profile.v1" refs.json &&
 	grep -q "\"dev.nixoci.profile.name\":\"w\"" refs.json &&
+	# the layer is announced with the name, so a reader asks for the
+	# manifest and the layer at once
+	PMAN=$(/usr/bin/python3 -c "import json, sys
+print(json.load(open(sys.argv[1]))[\"manifests\"][-1][\"digest\"].split(\":\")[1])" refs.json) &&
+	PLAYER=$(/usr/bin/python3 -c "import json, sys
+d = json.load(open(sys.argv[1]))[\"manifests\"][-1]
+print(d[\"annotations\"][\"dev.nixoci.profile.blob\"].split(\":\")[1])" refs.json) &&
+	curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
+		"http://$REG/v2/pr/manifests/sha256:$PMAN" | grep -q "\"digest\":\"sha256:$PLAYER\"" &&
 	nixoci profile push --name w "$REG/pr" c1 "$TRASH/p1" &&
 	curl -fsS -H "Accept: application/vnd.oci.image.index.v1+json" \
 		"http://$REG/v2/pr/manifests/sha256-${idx#sha256:}" >refs2.json &&
@@ -84,6 +93,31 @@ test_expect_success 'apply: the frames come at mount, the workload then makes no
 	test "$n0" -ge 1 &&
 	read_all "$MNT/${D1##*/}" "$D1" &&
 	test "$(blob_gets)" = "$n0" &&
+	unmount_store "$MNT"
+'
+
+# The profile costs two round trips in series, not four: the referrers API
+# and the tag fallback are asked at once, then the manifest and its layer.
+# Each is shown by holding one request (stall) and seeing the other arrive.
+test_expect_success 'the referrers API and the tag fallback are asked at once' '
+	n0=$(grep -c "GET /v2/pr/manifests/sha256-" "$PROXY_LOG") &&
+	fault_set "mode=stall match=/referrers/" &&
+	mount_store "$PROXY/pr" "$MNT" "closure=c1,profile=w,cache=$TRASH/c-par1" &&
+	test_wait_for 30 eval "[ \$(grep -c \"GET /v2/pr/manifests/sha256-\" \"$PROXY_LOG\") -gt $n0 ]" &&
+	grep -q "GET /v2/pr/referrers/.*fault:stall" "$PROXY_LOG" &&
+	fault_set pass &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT frames_fetched) -ge $N ]" &&
+	unmount_store "$MNT"
+'
+
+test_expect_success 'the profile manifest and its layer are fetched at once' '
+	n0=$(grep -c "GET /v2/pr/blobs/sha256:$PLAYER" "$PROXY_LOG") &&
+	fault_set "mode=stall digest=$PMAN" &&
+	mount_store "$PROXY/pr" "$MNT" "closure=c1,profile=w,cache=$TRASH/c-par2" &&
+	test_wait_for 30 eval "[ \$(grep -c \"GET /v2/pr/blobs/sha256:$PLAYER\" \"$PROXY_LOG\") -gt $n0 ]" &&
+	grep -q "GET /v2/pr/manifests/sha256:$PMAN.*fault:stall" "$PROXY_LOG" &&
+	fault_set pass &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT frames_fetched) -ge $N ]" &&
 	unmount_store "$MNT"
 '
 
@@ -121,6 +155,44 @@ test_expect_success 'a missing profile is ignored, with one log line' '
 	unmount_store "$MNT" &&
 	! nixoci-fs -f -o profile=w,cache=$TRASH/c-x "$PROXY/pr" "$MNT" 2>err &&
 	grep "give closure=NAME too" err
+'
+
+test_expect_success 'a referrers index that announces another layer: the manifest'"'"'s is used' '
+	# the tag fallback is the registry'"'"'s word, the manifest is pinned by
+	# digest: an announcement that disagrees with it only costs a request
+	idx=$(curl -fsS -o /dev/null -w "%header{docker-content-digest}" \
+		-H "Accept: application/vnd.oci.image.index.v1+json" "http://$REG/v2/pr/manifests/c1") &&
+	tag=sha256-${idx#sha256:} &&
+	curl -fsS -H "Accept: application/vnd.oci.image.index.v1+json" \
+		"http://$REG/v2/pr/manifests/$tag" >refs-orig.json &&
+	/usr/bin/python3 -c "import json, sys
+x = json.load(open(sys.argv[1]))
+ds = x[\"manifests\"]
+w = [d for d in ds if d[\"annotations\"][\"dev.nixoci.profile.name\"] == \"w\"][0]
+o = [d for d in ds if d[\"annotations\"][\"dev.nixoci.profile.name\"] == \"other\"][0]
+for k in (\"dev.nixoci.profile.blob\", \"dev.nixoci.profile.blob-size\"):
+    w[\"annotations\"][k] = o[\"annotations\"][k]
+sys.stdout.write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))" refs-orig.json >refs-bad.json &&
+	! cmp -s refs-orig.json refs-bad.json &&
+	curl -fsS -X PUT -H "Content-Type: application/vnd.oci.image.index.v1+json" \
+		--data-binary @refs-bad.json "http://$REG/v2/pr/manifests/$tag" &&
+	OLAYER=$(/usr/bin/python3 -c "import json, sys
+d = json.load(open(sys.argv[1]))[\"manifests\"]
+print([x for x in d if x[\"annotations\"][\"dev.nixoci.profile.name\"] == \"other\"][0][\"annotations\"][\"dev.nixoci.profile.blob\"].split(\":\")[1])" refs-orig.json) &&
+	test "$OLAYER" != "$PLAYER" &&
+	o0=$(grep -c "GET /v2/pr/blobs/sha256:$OLAYER" "$PROXY_LOG") &&
+	p0=$(grep -c "GET /v2/pr/blobs/sha256:$PLAYER" "$PROXY_LOG") &&
+	mount_store "$PROXY/pr" "$MNT" "closure=c1,profile=w,cache=$TRASH/c-badhint" &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT frames_fetched) -ge $N ]" &&
+	n0=$(blob_gets) &&
+	read_all "$MNT/${D1##*/}" "$D1" &&
+	test "$(blob_gets)" = "$n0" &&
+	test "$(grep -c "GET /v2/pr/blobs/sha256:$OLAYER" "$PROXY_LOG")" -gt "$o0" &&
+	test "$(grep -c "GET /v2/pr/blobs/sha256:$PLAYER" "$PROXY_LOG")" -gt "$p0" &&
+	! grep -q "profile w.*ignored" "${MOUNT_LOG[$MNT]}" &&
+	unmount_store "$MNT" &&
+	curl -fsS -X PUT -H "Content-Type: application/vnd.oci.image.index.v1+json" \
+		--data-binary @refs-orig.json "http://$REG/v2/pr/manifests/$tag"
 '
 
 test_expect_success 'unmount during the prefetch: the daemon exits 0, no request follows' '

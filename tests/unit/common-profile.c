@@ -36,7 +36,7 @@ static const struct {
 int main(void)
 {
 	struct nx_profile *pr;
-	struct nx_desc blob = { .size = 123 }, subj = { .size = 456 }, b2, s2, pick;
+	struct nx_desc blob = { .size = 123 }, subj = { .size = 456 }, b2, s2, pick, hint;
 	char *json, *idx, *idx2, line[400];
 	size_t len, ilen, ilen2;
 	int rc;
@@ -63,8 +63,10 @@ int main(void)
 	memset(subj.digest, 0xab, sizeof(subj.digest));
 	ok(nx_profile_manifest_build(&blob, &subj, "w", &json, &len) == 0, "manifest build");
 	ok(strstr(json, "\"subject\"") && strstr(json, NX_AT_PROFILE) &&
-		   strstr(json, "\"dev.nixoci.profile.name\":\"w\""),
-	   "manifest has subject, artifactType, name");
+		   strstr(json, "\"dev.nixoci.profile.name\":\"w\"") &&
+		   strstr(json, "\"" NX_ANN_PROFILE_BLOB "\":\"" D "\"") &&
+		   strstr(json, "\"" NX_ANN_PROFILE_BLOB_SIZE "\":\"123\""),
+	   "manifest has subject, artifactType, name, its layer announced");
 	ok(nx_profile_manifest_parse(json, len, &b2, &s2) == 0 &&
 		   memcmp(b2.digest, blob.digest, NX_SHA256_LEN) == 0 && b2.size == 123 &&
 		   memcmp(s2.digest, subj.digest, NX_SHA256_LEN) == 0,
@@ -73,16 +75,19 @@ int main(void)
 	ok(nx_profile_manifest_parse("[", 1, &b2, &s2) == -EINVAL, "garbage is refused");
 
 	/* the referrers index: created, extended, same name replaced */
-	ok(nx_referrers_add(NULL, 0, &blob, "a", &idx, &ilen) == 0, "new referrers index");
-	ok(nx_referrers_pick(idx, ilen, "a", &pick) == 0 && pick.size == 123, "pick by name");
-	ok(nx_referrers_pick(idx, ilen, "b", &pick) == -ENOENT, "no such name");
+	ok(nx_referrers_add(NULL, 0, &blob, "a", NULL, &idx, &ilen) == 0, "new referrers index");
+	ok(nx_referrers_pick(idx, ilen, "a", &pick, &hint) == 0 && pick.size == 123 && hint.size == 0,
+	   "pick by name; no layer announced");
+	ok(nx_referrers_pick(idx, ilen, "b", &pick, NULL) == -ENOENT, "no such name");
 	subj.size = 7;
-	ok(nx_referrers_add(idx, ilen, &subj, "b", &idx2, &ilen2) == 0, "second profile");
-	ok(nx_referrers_pick(idx2, ilen2, NULL, &pick) == 0 && pick.size == 7,
+	ok(nx_referrers_add(idx, ilen, &subj, "b", &blob, &idx2, &ilen2) == 0, "second profile");
+	ok(nx_referrers_pick(idx2, ilen2, NULL, &pick, &hint) == 0 && pick.size == 7,
 	   "auto picks the last listed");
+	ok(hint.size == 123 && memcmp(hint.digest, blob.digest, NX_SHA256_LEN) == 0,
+	   "the layer its annotations announce");
 	free(idx);
-	ok(nx_referrers_add(idx2, ilen2, &subj, "a", &idx, &ilen) == 0, "replace a");
-	ok(nx_referrers_pick(idx, ilen, "a", &pick) == 0 && pick.size == 7, "a replaced");
+	ok(nx_referrers_add(idx2, ilen2, &subj, "a", NULL, &idx, &ilen) == 0, "replace a");
+	ok(nx_referrers_pick(idx, ilen, "a", &pick, NULL) == 0 && pick.size == 7, "a replaced");
 	{
 		const char *p = idx;
 		int n = 0;
@@ -91,9 +96,22 @@ int main(void)
 			n++, p++;
 		is_int(n, 2, "two profiles listed after the replacement");
 	}
-	ok(nx_referrers_pick("{\"manifests\":3}", 15, NULL, &pick) == -EINVAL, "bad index");
+	ok(nx_referrers_pick("{\"manifests\":3}", 15, NULL, &pick, NULL) == -EINVAL, "bad index");
+	{
+		/* a malformed announcement is no hint, the pick still stands */
+		static const char bad[] =
+			"{\"manifests\":[{\"mediaType\":\"" NX_MT_MANIFEST "\",\"digest\":\"" D
+			"\",\"size\":5,\"artifactType\":\"" NX_AT_PROFILE "\",\"annotations\":"
+			"{\"" NX_ANN_PROFILE_BLOB "\":\"" D "\",\"" NX_ANN_PROFILE_BLOB_SIZE
+			"\":\"12x\"}}]}";
+
+		hint.size = 1;
+		ok(nx_referrers_pick(bad, sizeof(bad) - 1, NULL, &pick, &hint) == 0 &&
+			   pick.size == 5 && hint.size == 0,
+		   "a malformed layer size announces nothing");
+	}
 	free(idx2);
-	ok(nx_referrers_add("{}", 2, &subj, "a", &idx2, &ilen2) == -EINVAL,
+	ok(nx_referrers_add("{}", 2, &subj, "a", NULL, &idx2, &ilen2) == -EINVAL,
 	   "an index without manifests is refused");
 	free(idx);
 	free(json);

@@ -4,8 +4,12 @@
 # startup profile (docs/format.md §5.2), against the native store.
 #
 # The closure is the one `make bench` builds (bench/closure, kept in
-# $BENCH_WORK/closure; built here the same way when it is missing); only the
-# closures of its JDK 17 and CPython paths are pushed, under the tag `cold`.
+# $BENCH_WORK/closure; built here the same way when it is missing). By
+# default only the closures of its JDK 17 and CPython paths are pushed, under
+# the tag `cold` (63 paths); BENCH_COLD_CLOSURE=full pushes the whole closure
+# (1,544 paths: one closure index and metadata blob for all of them, which
+# `-o closure=cold` then covers) and gives eStargz the whole closure too, as
+# the 100-layer image bench/run.sh pulls (bench/estargz.sh).
 # The delay comes from tests/lib/faultproxy.py (delay=MS holds every request
 # MS milliseconds before forwarding it: that much round-trip time per
 # request, no bandwidth limit).
@@ -32,6 +36,7 @@
 #
 # Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 10 40", BENCH_PROFILE=1 (0: skip the
 # profile rows), BENCH_ESTARGZ=1 (0: skip the eStargz columns),
+# BENCH_COLD_CLOSURE=jdk-python (full: the whole bench closure),
 # BENCH_WORK=/var/tmp/nixoci-bench.
 set -euo pipefail
 export LC_ALL=C
@@ -44,6 +49,7 @@ export NIX_CONFIG="extra-experimental-features = nix-command"
 RUNS=${BENCH_RUNS:-3}
 DELAYS=${BENCH_DELAYS:-0 10 40}
 PROFILE=${BENCH_PROFILE:-1}
+SCOPE=${BENCH_COLD_CLOSURE:-jdk-python}
 BWORK=${BENCH_WORK:-/var/tmp/nixoci-bench}
 WORK=$(mktemp -d /tmp/nixoci-cold-rtt.XXXXXX)
 PIDS=()
@@ -51,6 +57,7 @@ MNT=$WORK/mnt
 FS_PID=
 cleanup() {
 	! declare -F estargz_stop >/dev/null || estargz_stop
+	! declare -F estargz_conv_stop >/dev/null || estargz_conv_stop
 	if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
 	[ -z "$FS_PID" ] || wait "$FS_PID" 2>/dev/null || true
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -86,7 +93,15 @@ JAVA=$(readlink "$ROOT/bin/java")
 PY=$(readlink "$ROOT/bin/python3")
 JPATH=$(echo "$JAVA" | cut -d/ -f1-4)
 PPATH=$(echo "$PY" | cut -d/ -f1-4)
+case $SCOPE in
+jdk-python) PUSH_ROOTS=("$JPATH" "$PPATH") ;;
+full) PUSH_ROOTS=("$ROOT") ;;
+*) die "BENCH_COLD_CLOSURE=$SCOPE: say jdk-python (the default) or full" ;;
+esac
 estargz_init
+# the image conversion takes minutes for the whole closure: start it now,
+# beside the registry and the push (estargz_prepare waits for it)
+estargz_convert_bg
 
 port=$(free_port)
 mkdir -p "$WORK/reg" "$MNT"
@@ -112,8 +127,8 @@ echo "mode=pass" >"$WORK/ctl"
 PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/pport" ] && break; sleep 0.1; done
 PROXY=127.0.0.1:$(cat "$WORK/pport")
-say "pushing the closures of $JPATH and $PPATH"
-nixoci push --jobs 4 --tag cold "$REG/store" "$JPATH" "$PPATH" >&2
+say "pushing the closure of ${PUSH_ROOTS[*]} ($(nix-store -qR "${PUSH_ROOTS[@]}" | wc -l) paths)"
+nixoci push --jobs 4 --tag cold "$REG/store" "${PUSH_ROOTS[@]}" >&2
 estargz_prepare
 
 run_workload() { # STORE W
@@ -244,4 +259,4 @@ if [ "$ESGZ" = 1 ]; then
 	done
 fi
 echo
-echo "medians of $RUNS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "closure: $SCOPE ($(nix-store -qR "${PUSH_ROOTS[@]}" | wc -l) paths); medians of $RUNS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -4,14 +4,18 @@
 # workloads on the same closures, from the same registry behind the same
 # delay proxy.
 #
-# The image: the joint closure of the JDK 17 and CPython paths that
-# cold-rtt.sh pushes, laid out by bench/oci-layered.py (one layer per store
-# path, most referenced first, the rest in a last layer if there are more
-# than 100 paths: buildLayeredImage's rule) and rebuilt layer by layer as
-# eStargz by `nixoci-estargz convert` (estargz.Build with ctr-remote's
-# defaults: gzip -9, 4 MiB chunks, no prioritized files). Conversion takes
-# minutes, so the result is kept in $BENCH_WORK/estargz/<closure key>/ and
-# reused while the closure is the same.
+# The image: the closure cold-rtt.sh pushes (PUSH_ROOTS: by default the
+# joint closure of the JDK 17 and CPython paths; with BENCH_COLD_CLOSURE=full
+# the whole bench closure), laid out by bench/oci-layered.py (one layer per
+# store path, most referenced first, the rest in a last layer if there are
+# more than 100 paths: buildLayeredImage's rule; for the whole closure that
+# is bench/run.sh's 100-layer image in $BENCH_WORK/oci, reused) and rebuilt
+# layer by layer as eStargz by `nixoci-estargz convert` (estargz.Build with
+# ctr-remote's defaults: gzip -9, 4 MiB chunks, no prioritized files).
+# Conversion takes minutes (the whole closure: tens of minutes on a loaded
+# machine), so it starts in the background before the push and its result
+# is kept in $BENCH_WORK/estargz/<closure key>/ and reused while the closure
+# is the same.
 #
 # One cold start: fresh containerd and snapshotter state under $WORK/esgz
 # (new daemons: containerd with the snapshotter as a proxy plugin, and
@@ -40,6 +44,8 @@ ESGZ=${BENCH_ESTARGZ:-1}
 ESGZ_BIN=$O/bench/nixoci-estargz
 ESGZ_DIR=$WORK/esgz
 ESGZ_REF=
+ESGZ_IMG=
+ESGZ_CONV_PID=
 ESGZ_SN_PID=
 ESGZ_CTD_PID=
 
@@ -68,25 +74,62 @@ estargz_init() {
 	fi
 }
 
-# estargz_prepare: the converted image (cached), pushed as esgz:cold.
+# estargz_convert: the converted image into ESGZ_IMG (once per key);
+# 0 or 1, the reason in $ESGZ_IMG/convert.log.
+estargz_convert() {
+	local dir=$ESGZ_IMG src
+	[ -e "$dir/done" ] && return 0
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	if [ "${PUSH_ROOTS[*]}" = "$ROOT" ]; then
+		# bench/run.sh's image of the whole closure (same call: returns at
+		# once when $BWORK/oci already holds it)
+		src=$BWORK/oci
+		/usr/bin/python3 "$SRC/bench/oci-layered.py" "$ROOT" "$src" >"$dir/convert.log" 2>&1 || return 1
+	else
+		src=$dir/gz
+		/usr/bin/python3 "$SRC/bench/oci-layered.py" --level 1 --jobs 2 \
+			"${PUSH_ROOTS[@]}" "$src" >"$dir/convert.log" 2>&1 || return 1
+	fi
+	"$ESGZ_BIN" convert "$src" "$dir/esgz" >>"$dir/convert.log" 2>&1 || return 1
+	rm -rf "$dir/gz"
+	touch "$dir/done"
+}
+
+# estargz_convert_bg: starts estargz_convert in the background unless the
+# image is cached; estargz_prepare waits for it.
+estargz_convert_bg() {
+	[ "$ESGZ" = 1 ] || return 0
+	local key
+	# the closure's paths decide the image, and so do the layering and the converter
+	key=$( (nix-store -qR "${PUSH_ROOTS[@]}" | sort; cat "$SRC/bench/estargz/convert.go" "$SRC/bench/oci-layered.py") |
+		sha256sum | cut -c1-16)
+	ESGZ_IMG=$BWORK/estargz/$key
+	[ -e "$ESGZ_IMG/done" ] && return 0
+	say "eStargz: converting the closure to an eStargz image in $ESGZ_IMG (minutes, once; in the background)"
+	estargz_convert &
+	ESGZ_CONV_PID=$!
+}
+
+# estargz_conv_stop: ends an unfinished background conversion (cleanup).
+estargz_conv_stop() {
+	[ -n "$ESGZ_CONV_PID" ] || return 0
+	pkill -TERM -P "$ESGZ_CONV_PID" 2>/dev/null || true
+	kill -TERM "$ESGZ_CONV_PID" 2>/dev/null || true
+	wait "$ESGZ_CONV_PID" 2>/dev/null || true
+	ESGZ_CONV_PID=
+}
+
+# estargz_prepare: waits for the converted image, pushes it as esgz:cold.
 estargz_prepare() {
 	[ "$ESGZ" = 1 ] || return 0
-	local key dir
-	# the closure's paths decide the image, and so do the layering and the converter
-	key=$( (nix-store -qR "$JPATH" "$PPATH" | sort; cat "$SRC/bench/estargz/convert.go" "$SRC/bench/oci-layered.py") |
-		sha256sum | cut -c1-16)
-	dir=$BWORK/estargz/$key
-	if [ ! -e "$dir/done" ]; then
-		say "eStargz: converting the closure to an eStargz image in $dir (minutes, once)"
-		rm -rf "$dir"
-		mkdir -p "$dir"
-		/usr/bin/python3 "$SRC/bench/oci-layered.py" --level 1 --jobs 2 \
-			"$JPATH" "$PPATH" "$dir/gz" >&2
-		"$ESGZ_BIN" convert "$dir/gz" "$dir/esgz" >"$dir/convert.log" 2>&1 ||
-			{ tail "$dir/convert.log" >&2; die "eStargz conversion failed"; }
-		rm -rf "$dir/gz"
-		touch "$dir/done"
+	local dir=$ESGZ_IMG
+	if [ -n "$ESGZ_CONV_PID" ]; then
+		say "eStargz: waiting for the conversion (progress in $dir/convert.log)"
+		wait "$ESGZ_CONV_PID" || { ESGZ_CONV_PID=; tail "$dir/convert.log" >&2; die "eStargz conversion failed"; }
+		ESGZ_CONV_PID=
 	fi
+	[ -e "$dir/done" ] || die "eStargz: no converted image in $dir"
 	say "eStargz: pushing $dir/esgz as esgz:cold"
 	skopeo copy --quiet --dest-tls-verify=false "oci:$dir/esgz:latest" "docker://$REG/esgz:cold" >&2
 	ESGZ_REF=$PROXY/esgz:cold

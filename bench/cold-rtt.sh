@@ -4,12 +4,12 @@
 # startup profile (docs/format.md §5.2), against the native store.
 #
 # The closure is the one `make bench` builds (bench/closure, kept in
-# $BENCH_WORK/closure; built here the same way when it is missing). By
-# default only the closures of its JDK 17 and CPython paths are pushed, under
-# the tag `cold` (63 paths); BENCH_COLD_CLOSURE=full pushes the whole closure
-# (1,544 paths: one closure index and metadata blob for all of them, which
-# `-o closure=cold` then covers) and gives eStargz the whole closure too, as
-# the 100-layer image bench/run.sh pulls (bench/estargz.sh).
+# $BENCH_WORK/closure; built here the same way when it is missing). The
+# whole closure is pushed under the tag `cold` (1,544 paths: one closure
+# index and metadata blob for all of them, which `-o closure=cold` covers)
+# and eStargz gets the whole closure too, as the 100-layer image bench/run.sh
+# pulls (bench/estargz.sh). BENCH_COLD_CLOSURE=jdk-python pushes only the
+# closures of its JDK 17 and CPython paths (63 paths, 63 layers), as before.
 # The delay comes from tests/lib/faultproxy.py (delay=MS holds every request
 # MS milliseconds before forwarding it: that much round-trip time per
 # request, no bandwidth limit).
@@ -36,7 +36,7 @@
 #
 # Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 10 40", BENCH_PROFILE=1 (0: skip the
 # profile rows), BENCH_ESTARGZ=1 (0: skip the eStargz columns),
-# BENCH_COLD_CLOSURE=jdk-python (full: the whole bench closure),
+# BENCH_COLD_CLOSURE=full (jdk-python: only the JDK's and CPython's closures),
 # BENCH_WORK=/var/tmp/nixoci-bench.
 set -euo pipefail
 export LC_ALL=C
@@ -49,7 +49,7 @@ export NIX_CONFIG="extra-experimental-features = nix-command"
 RUNS=${BENCH_RUNS:-3}
 DELAYS=${BENCH_DELAYS:-0 10 40}
 PROFILE=${BENCH_PROFILE:-1}
-SCOPE=${BENCH_COLD_CLOSURE:-jdk-python}
+SCOPE=${BENCH_COLD_CLOSURE:-full}
 BWORK=${BENCH_WORK:-/var/tmp/nixoci-bench}
 WORK=$(mktemp -d /tmp/nixoci-cold-rtt.XXXXXX)
 PIDS=()
@@ -94,9 +94,9 @@ PY=$(readlink "$ROOT/bin/python3")
 JPATH=$(echo "$JAVA" | cut -d/ -f1-4)
 PPATH=$(echo "$PY" | cut -d/ -f1-4)
 case $SCOPE in
-jdk-python) PUSH_ROOTS=("$JPATH" "$PPATH") ;;
 full) PUSH_ROOTS=("$ROOT") ;;
-*) die "BENCH_COLD_CLOSURE=$SCOPE: say jdk-python (the default) or full" ;;
+jdk-python) PUSH_ROOTS=("$JPATH" "$PPATH") ;;
+*) die "BENCH_COLD_CLOSURE=$SCOPE: say full (the default) or jdk-python" ;;
 esac
 estargz_init
 # the image conversion takes minutes for the whole closure: start it now,

@@ -5,8 +5,8 @@
 # delay proxy.
 #
 # The image: the closure cold-rtt.sh pushes (PUSH_ROOTS: by default the
-# joint closure of the JDK 17 and CPython paths; with BENCH_COLD_CLOSURE=full
-# the whole bench closure), laid out by bench/oci-layered.py (one layer per
+# whole bench closure; with BENCH_COLD_CLOSURE=jdk-python the joint closure
+# of the JDK 17 and CPython paths), laid out by bench/oci-layered.py (one layer per
 # store path, most referenced first, the rest in a last layer if there are
 # more than 100 paths: buildLayeredImage's rule; for the whole closure that
 # is bench/run.sh's 100-layer image in $BENCH_WORK/oci, reused) and rebuilt

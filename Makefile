@@ -178,8 +178,9 @@ bench-import: all
 
 # make bench-cold: cold java and CPython starts at 0, 10 and 40 ms added RTT,
 # with and without a startup profile, and against eStargz (containerd + stargz
-# snapshotter; skipped with one line if its packages are missing; ~20 min
-# after make bench built the closure)
+# snapshotter; skipped with one line if its packages are missing); the whole
+# bench closure, about 11 min after make bench built the closure and its
+# OCI image, plus once about 12 min to convert that image to eStargz
 bench-cold: all
 	bench/cold-rtt.sh $(O) | tee bench/results/cold-rtt.md
 

@@ -71,6 +71,10 @@ struct nx_store_opts {
 	const char *cache_dir;     /* created if missing; default /var/cache/nixoci */
 	uint64_t cache_size;       /* bytes; 0 = default 10 GiB */
 	const char *closure;       /* tag or "sha256:..." of a closure index, or NULL */
+	const char *closure_body;  /* the closure index as the mount's start-up check
+				    * fetched it (verified against its digest by
+				    * fetch/), or NULL: fetched again here */
+	size_t closure_len;
 	const struct nx_pubkey *keys; /* trusted keys; NULL/0 = trust the manifest */
 	size_t nkeys;
 	int readonly_cache;        /* open the cache without writing (tools); a

@@ -98,6 +98,24 @@ test_expect_success 'a token is renewed when it expires' '
 	unmount_store "$TRASH/mnt2"
 '
 
+test_expect_success 'a closure mount: its first request (no /v2/ probe) answers the challenge' '
+	DOCKER_CONFIG=$TRASH/creds nixoci push --tag hello "$REF" "$SMALL" >/dev/null &&
+	mount_store "$REF" "$TRASH/mnt3" closure=hello &&
+	check_mount_hashes "$TRASH/mnt3" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/mnt3"
+'
+
+test_expect_success 'a closure mount with a wrong password: one clear line, no mount' '
+	docker_config "$TRASH/bad2" "$REG" alice Nope1234 &&
+	mkdir -p "$TRASH/mnt4" &&
+	! DOCKER_CONFIG=$TRASH/bad2 timeout 20 nixoci-fs -f \
+		-o cache=$TRASH/c4,closure=hello "$REF" "$TRASH/mnt4" 2>err &&
+	cat err &&
+	test "$(wc -l <err)" = 1 &&
+	grep -q "credentials rejected by the token server for $REG" err &&
+	! mountpoint -q "$TRASH/mnt4"
+'
+
 test_expect_success 'wrong password: the token server rejects it, clearly' '
 	docker_config "$TRASH/bad" "$REG" alice Nope1234 &&
 	! DOCKER_CONFIG=$TRASH/bad nixoci ls "$REF" 2>err &&

@@ -117,8 +117,15 @@ int nx_fs_cancel_on_exit_signals(void)
 	sa.sa_handler = on_exit_signal;
 	sigemptyset(&sa.sa_mask);
 	for (int i = 0; i < 3; i++) {
-		if (sigaction(exit_signals[i], NULL, &fuse_handler[i]) < 0 ||
-		    sigaction(exit_signals[i], &sa, NULL) < 0)
+		if (sigaction(exit_signals[i], NULL, &fuse_handler[i]) < 0)
+			return -errno;
+		/* Started with the signal ignored (nohup ignores SIGHUP): libfuse
+		 * then leaves it ignored, and so do we, or the signal would cancel
+		 * every transfer of a daemon that goes on serving. */
+		if (!(fuse_handler[i].sa_flags & SA_SIGINFO) &&
+		    fuse_handler[i].sa_handler == SIG_IGN)
+			continue;
+		if (sigaction(exit_signals[i], &sa, NULL) < 0)
 			return -errno;
 	}
 	return 0;

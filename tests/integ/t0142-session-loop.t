@@ -6,7 +6,8 @@ the first request (-o max_threads=N, -s for one). More concurrent requests
 than workers queue and are all answered; SIGTERM, SIGINT and an unmount each
 end the daemon with status 0, the mount gone and a clean log; -o clone_fd
 and -o max_idle_threads= are accepted (clone_fd says once that it has no
-effect); max_threads=0 is refused before anything is mounted.'
+effect); max_threads=0 is refused before anything is mounted; a daemon
+started with SIGHUP ignored (nohup) keeps ignoring it.'
 . "$(dirname "$0")/../lib/lib.sh"
 
 test_require_cmd docker-registry curl
@@ -64,8 +65,9 @@ test_expect_success 'an unmount ends it: status 0, clean log' '
 serve_until() {
 	local sig=$1 pid st log=$TRASH/fs-$1.log
 	shift
-	# a shell starts background jobs with SIGINT ignored: undo that
-	env --default-signal=INT nixoci-fs -f "$@" -o cache=$TRASH/cache-$sig "$REG/loop" "$MNT" \
+	# a shell starts background jobs with SIGINT ignored, and the suite
+	# may run under nohup (SIGHUP ignored): undo both
+	env --default-signal=INT,HUP nixoci-fs -f "$@" -o cache=$TRASH/cache-$sig "$REG/loop" "$MNT" \
 		>"$log" 2>&1 &
 	pid=$!
 	test_atexit "kill -KILL $pid 2>/dev/null; fusermount3 -uz $MNT 2>/dev/null; true"
@@ -89,6 +91,27 @@ test_expect_success 'the default pool: SIGINT ends it, status 0, unmounted' '
 
 test_expect_success 'the default pool: SIGHUP ends it, status 0, unmounted' '
 	serve_until HUP
+'
+
+# nohup: started with SIGHUP ignored, the daemon keeps ignoring it (as
+# libfuse does), and the signal cancels nothing: reads still work after it
+test_expect_success 'started with SIGHUP ignored (nohup): a HUP changes nothing; SIGTERM ends it' '
+	log=$TRASH/fs-nohup.log
+	env --ignore-signal=HUP nixoci-fs -f -o cache=$TRASH/cache-nohup "$REG/loop" "$MNT" \
+		>"$log" 2>&1 &
+	pid=$! &&
+	test_atexit "kill -KILL $pid 2>/dev/null; fusermount3 -uz $MNT 2>/dev/null; true" &&
+	test_wait_for 30 mount_ready "$MNT" "$pid" && mountpoint -q "$MNT" &&
+	grep SigIgn /proc/$pid/status &&
+	kill -HUP $pid && sleep 1 &&
+	kill -0 $pid && mountpoint -q "$MNT" &&
+	read_all "$MNT" &&
+	kill -TERM $pid &&
+	wait_pid_status $pid 20 st &&
+	cat "$log" &&
+	test "$st" = 0 &&
+	! mountpoint -q "$MNT" &&
+	! log_errors "$log"
 '
 
 test_done

@@ -233,6 +233,21 @@ drop
 ls -l "$MNT/${BIGDIR#/nix/store/}" >/dev/null
 req_snapshot f
 req_delta "ls_l_warm" e f
+# java's start, cold (first on this mount) and warm (remount, dropped)
+case " $WORKLOADS " in *" java "*)
+	req_snapshot g
+	run_w "$MNT" java
+	req_snapshot h
+	req_delta java_cold g h
+	umount_fs
+	mount_fs "$REG/s" "$CACHE"
+	drop
+	req_snapshot i
+	run_w "$MNT" java
+	req_snapshot j
+	req_delta java_warm i j
+	;;
+esac
 
 # ------------------------------------------------------- warm vs native
 say "warm: first reads, then wait for the passthrough copies"

@@ -1130,6 +1130,39 @@ drop:
 }
 
 /*
+ * Queue the record of a file just written (@blob: in blobs/, else chunks/)
+ * for the syncer's next batch, and count it in the total. Under st->lock.
+ * Returns 1 when it is the first of a batch (it starts the syncer's clock),
+ * 0 otherwise, -ENOMEM when the queue cannot grow.
+ */
+static int pending_add_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uint64_t len,
+			      uint64_t disk, int blob)
+{
+	struct nx_pending *q;
+	int first = !st->npend;
+
+	if (st->npend == st->pend_cap) {
+		size_t ncap = st->pend_cap ? 2 * st->pend_cap : NX_SYNC_CHUNKS;
+		struct nx_pending *np = realloc(st->pend, ncap * sizeof(*np));
+
+		if (!np)
+			return -ENOMEM;
+		st->pend = np;
+		st->pend_cap = ncap;
+	}
+	if (first)
+		st->pend_since = nx_now_ns();
+	q = &st->pend[st->npend++];
+	memcpy(q->digest, d, NX_SHA256_LEN);
+	q->size = len;
+	q->disk = disk;
+	q->blob = blob;
+	st->pend_bytes += disk;
+	nx_stat_add(&st->total_bytes, disk);
+	return first;
+}
+
+/*
  * The record of blob @d (@len bytes, @disk on disk), now in blobs/. Blobs
  * are saved on the lookup path, so no fsync and no commit here: one lookup
  * used to wait for two fsyncs and two LMDB commits, and the commits of
@@ -1150,29 +1183,13 @@ static void blob_record(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], uin
 		return;
 	}
 	sync_start_locked(st);
-	if (st->npend == st->pend_cap) {
-		size_t ncap = st->pend_cap ? 2 * st->pend_cap : NX_SYNC_CHUNKS;
-		struct nx_pending *np = realloc(st->pend, ncap * sizeof(*np));
-
-		if (!np) {
-			pthread_mutex_unlock(&st->lock);
-			obj_rel(d, rel);
-			unlinkat(st->fd_blobs, rel, 0);
-			return;
-		}
-		st->pend = np;
-		st->pend_cap = ncap;
+	first = pending_add_locked(st, d, len, disk, 1);
+	if (first < 0) {
+		pthread_mutex_unlock(&st->lock);
+		obj_rel(d, rel);
+		unlinkat(st->fd_blobs, rel, 0);
+		return;
 	}
-	first = !st->npend;
-	if (first)
-		st->pend_since = nx_now_ns();
-	memcpy(st->pend[st->npend].digest, d, NX_SHA256_LEN);
-	st->pend[st->npend].size = len;
-	st->pend[st->npend].disk = disk;
-	st->pend[st->npend].blob = 1;
-	st->npend++;
-	st->pend_bytes += disk;
-	nx_stat_add(&st->total_bytes, disk);
 	if (!st->sync_started)
 		sync_take(st); /* no thread (or closing): sync right here */
 	else if (first)
@@ -2216,27 +2233,11 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	while (st->sync_started && !st->sync_stop &&
 	       (st->npend >= 4 * NX_SYNC_CHUNKS || st->pend_bytes >= 4 * NX_SYNC_BYTES))
 		pthread_cond_wait(&st->sync_cond, &st->lock);
-	if (st->npend == st->pend_cap) {
-		size_t ncap = st->pend_cap ? 2 * st->pend_cap : NX_SYNC_CHUNKS;
-		struct nx_pending *np = realloc(st->pend, ncap * sizeof(*np));
-
-		if (!np) {
-			pthread_mutex_unlock(&st->lock);
-			return; /* the file stays unrecorded: a miss next time */
-		}
-		st->pend = np;
-		st->pend_cap = ncap;
+	first = pending_add_locked(st, d, len, disk, 0);
+	if (first < 0) {
+		pthread_mutex_unlock(&st->lock);
+		return; /* the file stays unrecorded: a miss next time */
 	}
-	first = !st->npend;
-	if (first)
-		st->pend_since = nx_now_ns();
-	memcpy(st->pend[st->npend].digest, d, NX_SHA256_LEN);
-	st->pend[st->npend].size = len;
-	st->pend[st->npend].disk = disk;
-	st->pend[st->npend].blob = 0;
-	st->npend++;
-	st->pend_bytes += disk;
-	nx_stat_add(&st->total_bytes, disk);
 	if (!st->sync_started) {
 		sync_take(st); /* no thread (or closing): sync right here */
 	} else if (nx_stat_get(&st->total_bytes) > st->limit) {

@@ -163,7 +163,8 @@ static int load_closure(struct nx_store *st, const char *closure, const char *gi
 			size_t given_len)
 {
 	uint8_t pin[NX_SHA256_LEN], got[NX_SHA256_LEN];
-	uint8_t *body = NULL;
+	uint8_t *body = NULL; /* owned: from the cache or the registry */
+	const uint8_t *data;
 	size_t len = 0, n = 0;
 	int rc, cached = 0;
 
@@ -178,39 +179,31 @@ static int load_closure(struct nx_store *st, const char *closure, const char *gi
 	if (!cached && given) {
 		/* the start-up check's GET: no second round trip for the same
 		 * bytes; hashed here like any fetched body */
-		body = malloc(given_len ? given_len : 1);
-		if (!body)
-			return -ENOMEM;
-		memcpy(body, given, given_len);
 		len = given_len;
-		nx_sha256(body, len, got);
+		nx_sha256(given, len, got);
 		nx_stat_add(&st->bytes_fetched, len);
-		if (st->pinned && memcmp(got, pin, NX_SHA256_LEN) != 0) {
-			nx_log(NX_LOG_ERR, "closure %s: digest mismatch", closure);
-			free(body);
-			return -EIO;
-		}
 	} else if (!cached) {
 		rc = fetch_manifest(st, closure, NX_INDEX_MAX, (char **)&body, &len, got);
 		if (rc == -ENOENT)
 			nx_log(NX_LOG_ERR, "closure %s: not found in the repository", closure);
 		if (rc < 0)
 			return rc;
-		if (st->pinned && memcmp(got, pin, NX_SHA256_LEN) != 0) {
-			nx_log(NX_LOG_ERR, "closure %s: digest mismatch", closure);
-			free(body);
-			return -EIO;
-		}
+	}
+	data = body ? body : (const uint8_t *)given;
+	if (!cached && st->pinned && memcmp(got, pin, NX_SHA256_LEN) != 0) {
+		nx_log(NX_LOG_ERR, "closure %s: digest mismatch", closure);
+		free(body);
+		return -EIO;
 	}
 	memcpy(st->closure_digest, cached ? pin : got, NX_SHA256_LEN);
-	rc = nx_index_parse((const char *)body, len, &st->ix);
+	rc = nx_index_parse((const char *)data, len, &st->ix);
 	if (rc < 0) {
 		nx_log(NX_LOG_ERR, "closure %s: not a nixoci closure index", closure);
 		free(body);
 		return -EINVAL;
 	}
 	if (st->pinned && !cached)
-		nx_blob_save(st, pin, body, len);
+		nx_blob_save(st, pin, data, len);
 	free(body);
 
 	st->ix_sorted = calloc(st->ix.nentries ? st->ix.nentries : 1, sizeof(*st->ix_sorted));

@@ -329,7 +329,7 @@ int main(int argc, char *argv[])
 	so.profile_record = o.profile_record;
 	so.profile_seconds = o.profile_seconds;
 	r = nx_store_open(&fs.st, &so, &src);
-	free(closure_body); /* copied by the store when it used it */
+	free(closure_body); /* read by the store while it opened; not kept */
 	closure_body = NULL;
 	so.closure_body = NULL;
 	if (r < 0) {

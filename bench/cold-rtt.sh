@@ -69,7 +69,10 @@ trap 'exit 130' INT TERM
 say() { echo "[cold-rtt] $*" >&2; }
 die() { say "error: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (drop_caches, FUSE, bwrap)"
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# Dropped twice, 3 s apart, as in bench/session.sh: on this VM one drop
+# right after a read leaves part of a file readable at 2+ GB/s, so a single
+# drop made "cold" mean different things for different runs.
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; sleep 3; echo 3 >/proc/sys/vm/drop_caches; }
 free_port() {
 	/usr/bin/python3 -c 'import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

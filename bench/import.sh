@@ -37,7 +37,10 @@ for c in nixoci nix-build nix docker-registry curl; do
 done
 DROP=1
 { sync && echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null || DROP=0
-drop() { if [ $DROP = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+# Dropped twice, 3 s apart, as in bench/session.sh: on this VM one drop
+# right after a read leaves part of a file readable at 2+ GB/s, so a single
+# drop made "cold" mean different things for different runs.
+drop() { if [ $DROP = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; sleep 3; echo 3 >/proc/sys/vm/drop_caches; fi; }
 
 CLEANUP=()
 cleanup() {

@@ -59,7 +59,10 @@ if ! { sync && echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
 	DROP=0
 	say "warning: cannot drop the page cache here; cold runs are only cache-cold"
 fi
-drop() { if [ $DROP = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+# Dropped twice, 3 s apart, as in bench/session.sh: on this VM one drop
+# right after a read leaves part of a file readable at 2+ GB/s, so a single
+# drop made "cold" mean different things for different runs.
+drop() { if [ $DROP = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; sleep 3; echo 3 >/proc/sys/vm/drop_caches; fi; }
 
 make -s -C "$SRC/bench" O="$O" >/dev/null
 

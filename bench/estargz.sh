@@ -43,6 +43,15 @@
 ESGZ=${BENCH_ESTARGZ:-1}
 ESGZ_BIN=$O/bench/nixoci-estargz
 ESGZ_DIR=$WORK/esgz
+# containerd's runc shim keeps fifos and task state under /run/containerd and
+# puts tasks into cgroup "default" (the namespace): what did not exist before
+# the bench is removed again when it ends, if empty (never a host's own).
+ESGZ_HOST_RUN=()
+for _d in /run/containerd /run/containerd/fifo /run/containerd/runc /run/containerd/runc/default \
+	/run/containerd/s /sys/fs/cgroup/*/default /sys/fs/cgroup/default; do
+	[ -e "$_d" ] && ESGZ_HOST_RUN+=("$_d")
+done
+unset _d
 ESGZ_REF=
 ESGZ_IMG=
 ESGZ_CONV_PID=
@@ -160,6 +169,21 @@ estargz_stop() {
 	awk -v d="$ESGZ_DIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r |
 		while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
 	rm -rf "$ESGZ_DIR"
+	estargz_tidy_host
+}
+
+# estargz_tidy_host: removes the empty runtime dirs and cgroups that the
+# bench's containerd left behind and that were not there before it.
+estargz_tidy_host() {
+	local d k keep
+	for d in /sys/fs/cgroup/*/default/esgz /sys/fs/cgroup/default/esgz /run/containerd/runc/default/esgz \
+		/run/containerd/runc/default /run/containerd/runc /run/containerd/fifo \
+		/run/containerd/s /sys/fs/cgroup/*/default /sys/fs/cgroup/default /run/containerd; do
+		[ -d "$d" ] || continue
+		keep=0
+		for k in "${ESGZ_HOST_RUN[@]}"; do [ "$k" = "$d" ] && keep=1; done
+		[ $keep = 1 ] || rmdir "$d" 2>/dev/null || true
+	done
 }
 
 estargz_daemons() {

@@ -62,11 +62,12 @@ if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-san/bin/nixoci-fs" ]; then
 	for t in $SAN_TESTS; do
 		[ -f "$SRC/tests/integ/$t.t" ] && san+=("$SRC/tests/integ/$t.t")
 	done
-	# use_sigaltstack=0: libfuse cancels its worker threads at exit while they
-	# wait in the daemon's own (instrumented) read callback; the cancellation
-	# unwinding leaves stack redzones poisoned, and ASan's sigaltstack
-	# teardown at thread exit then reports a stack-buffer-underflow in its
-	# own interceptor (a false report; memory checking is unchanged).
+	# use_sigaltstack=0: a thread cancelled while it waits (the takeover
+	# listener in accept(), fs/takeover.c) unwinds with stack redzones still
+	# poisoned, and ASan's sigaltstack teardown at its exit then reports a
+	# stack-buffer-underflow in its own interceptor (a false report; memory
+	# checking is unchanged). The FUSE workers are no longer cancelled: the
+	# daemon's own loop (fs/session.c) wakes and joins them.
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:use_sigaltstack=0} \
 	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 	LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$SRC/tests/lib/lsan.supp} \

@@ -528,6 +528,12 @@ int nx_decomp_feed(struct nx_decomp *d, const void *buf, size_t len);
 int nx_decomp_finish(struct nx_decomp *d);
 void nx_decomp_free(struct nx_decomp *d);
 
+/* A byte range of a blob: what fetch/ reads in one multi-range request
+ * (nx_registry_get_ranges) and cache/ asks of its source (nx_source). */
+struct nx_range {
+	uint64_t off, len;
+};
+
 /* ----------------------------------------------------------- metrics */
 
 /*

@@ -130,6 +130,33 @@ int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_L
 			 uint64_t len, nx_blob_cb cb, void *ctx);
 
 /*
+ * Several ranges of one blob in as few requests as the registry allows: one
+ * request with a multi-range header (Range: bytes=a-b,c-d,...), answered
+ * 206 multipart/byteranges by distribution's Go http.ServeContent. @v is
+ * sorted by offset, without overlaps or empty ranges (else -EINVAL). @cb
+ * gets exactly the bytes asked for, each once: those of range @i in order
+ * from v[i].off, with absolute blob offsets; ranges may arrive in any order
+ * and interleaved (a server may send parts in any order). Whatever the
+ * answer (parts coalesced, repeated, out of order, one range only, the
+ * whole blob, 416, a malformed multipart body), what is still missing is
+ * asked for again, per range, so the caller only ever sees the bytes it
+ * asked for; bytes are not verified here (the caller checks digests). A
+ * registry that does not answer multipart (or has mirrors) is asked one
+ * range per request from then on, for the life of @r, with one log line.
+ * More than NX_RANGES_MAX ranges or NX_RANGES_BYTES bytes go in several
+ * requests, one after the other: a caller that wants them in parallel
+ * splits the list itself. @cb's negative return aborts everything and is
+ * returned; otherwise errors as nx_registry_get_blob.
+ */
+#define NX_RANGES_MAX 32
+#define NX_RANGES_BYTES (8u << 20)
+typedef int (*nx_range_cb)(void *ctx, size_t i, uint64_t off, const void *buf, size_t len);
+int nx_registry_get_ranges(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+			   const struct nx_range *v, size_t n, nx_range_cb cb, void *ctx);
+/* 1 while @r answers multi-range requests as far as we know, 0 once it did not. */
+int nx_registry_multirange(struct nx_registry *r);
+
+/*
  * Plain GETs of a URL that is not a registry (a Nix binary cache):
  * http://, https:// (verified unless @insecure; @cafile adds a CA bundle)
  * or file://. Redirects are followed; connection errors and 5xx are retried
@@ -217,6 +244,8 @@ int nx_registry_source_manifest(void *ctx, const char *ref, size_t cap, char **b
 				uint8_t digest[NX_SHA256_LEN]);
 int nx_registry_source_blob(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
 			    uint64_t len, nx_blob_cb cb, void *cbctx);
+int nx_registry_source_ranges(void *ctx, const uint8_t digest[NX_SHA256_LEN],
+			      const struct nx_range *v, size_t n, nx_range_cb cb, void *cbctx);
 
 /* Counters since open (for `nixoci stats` and tests). */
 struct nx_fetch_stats {

@@ -127,6 +127,10 @@ struct nx_registry {
 	/* the registry answered a single-request upload (POST ?digest= with
 	 * the body) with 202 or an error: POST then PUT from now on */
 	atomic_int no_single_post;
+	/* a multi-range read was answered with anything but multipart/
+	 * byteranges (a whole blob, one range, 416, a malformed body): one
+	 * request per range from now on (logged once, fetch/registry.c) */
+	atomic_int no_multirange;
 
 	atomic_uint_fast64_t st_requests, st_bytes, st_errors, st_retries;
 	struct nx_hist st_latency; /* of each request, transfer included */
@@ -169,6 +173,11 @@ struct nx_req {
 	nx_blob_cb cb;
 	void *cbctx;
 	uint64_t off, len;
+	/* or several ranges of a blob (cb unused): each attempt asks for what
+	 * is still missing of them; rset->cb gets the bytes */
+	struct nx_rset *rset;
+	int mr_kind;          /* out: NX_MR_* of the first answer with a body */
+	char mr_why[96];      /* out: why a multipart answer was unusable */
 
 	/* out, caller frees with nx_req_release */
 	long status;
@@ -185,6 +194,69 @@ void nx_req_release(struct nx_req *q);
 int nx_http_do(struct nx_registry *r, struct nx_req *q);
 /* Resolves @ref (absolute, or relative to @against) into *out (caller frees). */
 int nx_url_resolve(const char *against, const char *ref, char **out);
+
+/* ---------------------------------------------------------- multipart.c */
+
+/* Which bytes of a sorted list of ranges were delivered (nx_registry_get_ranges). */
+struct nx_rset {
+	const struct nx_range *v;
+	size_t n;
+	uint64_t *next;  /* next[i]: the next byte of range i to deliver */
+	nx_range_cb cb;
+	void *ctx;
+	uint64_t got;    /* bytes delivered */
+	int cb_failed;   /* cb returned an error: stop everything */
+};
+/* -EINVAL when @v is empty, unsorted, overlapping, or has an empty or
+ * overflowing range; -ENOMEM. */
+int nx_rset_init(struct nx_rset *s, const struct nx_range *v, size_t n, nx_range_cb cb,
+		 void *ctx);
+void nx_rset_release(struct nx_rset *s);
+/* Blob bytes [off, off+len) from any answer: hands @cb what continues a
+ * range exactly where it stands; the rest is dropped. @cb's error. */
+int nx_rset_deliver(struct nx_rset *s, uint64_t off, const void *buf, size_t len);
+int nx_rset_done(const struct nx_rset *s);
+/* 1 if a range still wants bytes that a stream now at @pos reaches within
+ * @gap bytes: whether reading on through an answer is worth it. */
+int nx_rset_wanted_near(const struct nx_rset *s, uint64_t pos, uint64_t gap);
+/* "a-b,c-d" of what is missing, for a Range header; -ENOENT if nothing
+ * is, -E2BIG if @cap is too small. */
+int nx_rset_format(const struct nx_rset *s, char *buf, size_t cap);
+
+enum { NX_MR_NONE, NX_MR_MULTIPART, NX_MR_SINGLE, NX_MR_WHOLE };
+/* A single-range or whole-blob answer to a multi-range request is read on
+ * while a wanted byte lies within this many bytes ahead (cheaper than a
+ * round trip of its own); past that it is stopped */
+#define NX_MR_GAP (256u << 10)
+
+#define NX_MP_LINE_MAX 512
+#define NX_MP_HEADERS_MAX 16
+#define NX_MP_PARTS_MAX (4 * NX_RANGES_MAX)
+#define NX_MP_PREAMBLE_MAX 1024
+#define NX_MP_EPILOGUE_MAX 1024
+
+/* A streaming multipart/byteranges parser (registry input: bounded). */
+struct nx_mpart {
+	char delim[80]; /* "--" boundary */
+	size_t dlen;
+	int state;
+	char line[NX_MP_LINE_MAX + 1];
+	size_t llen;
+	uint64_t first, last; /* the current part's Content-Range */
+	int have_range;
+	uint64_t pos, left;   /* next data byte's blob offset, data bytes left */
+	unsigned parts, hdrs;
+	size_t preamble, epilogue;
+	char why[96];         /* the first malformation, for the log line */
+};
+/* From the answer's Content-Type: -EINVAL (why set) unless it is
+ * multipart/byteranges with a valid boundary. */
+int nx_mpart_init(struct nx_mpart *m, const char *ctype);
+/* Feeds body bytes; @cb gets each part's data with blob offsets. -EIO on a
+ * malformation (m->why says which), or @cb's error. */
+int nx_mpart_feed(struct nx_mpart *m, const char *buf, size_t n, nx_blob_cb cb, void *ctx);
+/* At the end of the body: 0 if the closing delimiter was seen, else -EIO. */
+int nx_mpart_end(struct nx_mpart *m);
 
 /* --------------------------------------------------------------- auth.c */
 

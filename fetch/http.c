@@ -661,7 +661,7 @@ struct xfer {
 	char link[NX_HDR_MAX];
 	char challenge[2048];
 	int challenge_bearer;
-	uint64_t crange_start, crange_total;
+	uint64_t crange_start, crange_last, crange_total;
 	int have_crange, have_total;
 	char retry_after[64];
 	int hdr_too_long;
@@ -680,6 +680,14 @@ struct xfer {
 	uint64_t pos;        /* absolute offset of the next byte of this response */
 	int done_early;      /* a 200 passed off+len: stopped on purpose */
 	uint64_t progress;   /* bytes delivered in this attempt */
+
+	/* several ranges (q->rset): the Range of this attempt, the body's
+	 * parser when it is multipart, and a bound on its size */
+	char *mr_range;
+	size_t mr_range_cap;
+	struct nx_mpart mp;
+	int mr_multi;
+	uint64_t mr_body, mr_cap;
 
 	uint64_t up_pos;
 	/* stall detection: curl's low-speed check averages over several
@@ -817,6 +825,9 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
 			errno = 0;
 			x->crange_start = strtoull(tmp + 6, &end, 10);
 			x->have_crange = errno == 0 && *end == '-';
+			x->crange_last = x->have_crange ? strtoull(end + 1, NULL, 10) : 0;
+			if (x->crange_last < x->crange_start)
+				x->have_crange = 0;
 			end = strchr(tmp, '/');
 			if (end && end[1] >= '0' && end[1] <= '9') {
 				x->crange_total = strtoull(end + 1, NULL, 10);
@@ -827,11 +838,86 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
 	return len;
 }
 
+static int mr_part_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	return nx_rset_deliver(ctx, off, buf, len);
+}
+
+/* A multi-range answer's body: multipart, one range, or the whole blob,
+ * whatever the server chose; the rset keeps what was asked for. */
+static size_t mr_deliver(struct xfer *x, const char *buf, size_t n)
+{
+	struct nx_req *q = x->q;
+	uint64_t before = q->rset->got;
+	int rc, kind;
+
+	if (!x->started) {
+		x->started = 1;
+		x->mr_multi = 0;
+		if (x->status == 206 && !x->have_crange) {
+			if (nx_mpart_init(&x->mp, x->ctype) < 0) {
+				snprintf(q->mr_why, sizeof(q->mr_why), "%s", x->mp.why);
+				snprintf(x->curl_msg, sizeof(x->curl_msg), "%s", x->mp.why);
+				x->err = -EIO;
+				return CURL_WRITEFUNC_ERROR;
+			}
+			x->mr_multi = 1;
+			kind = NX_MR_MULTIPART;
+		} else if (x->status == 206) {
+			x->pos = x->crange_start;
+			kind = NX_MR_SINGLE;
+		} else {
+			x->pos = 0; /* a 200: the whole blob */
+			kind = NX_MR_WHOLE;
+		}
+		if (!q->mr_kind)
+			q->mr_kind = kind;
+	}
+	x->mr_body += n;
+	if (x->mr_multi && x->mr_body > x->mr_cap) {
+		snprintf(q->mr_why, sizeof(q->mr_why),
+			 "multipart answer far larger than the ranges asked for");
+		snprintf(x->curl_msg, sizeof(x->curl_msg), "%s", q->mr_why);
+		x->err = -EIO;
+		return CURL_WRITEFUNC_ERROR;
+	}
+	if (x->mr_multi) {
+		rc = nx_mpart_feed(&x->mp, buf, n, mr_part_cb, q->rset);
+	} else {
+		rc = nx_rset_deliver(q->rset, x->pos, buf, n);
+		x->pos += n;
+	}
+	x->progress += q->rset->got - before;
+	if (q->rset->got > before)
+		x->delivered = 1;
+	if (rc < 0 && q->rset->cb_failed) {
+		x->err = rc;
+		x->cb_err = 1;
+		return CURL_WRITEFUNC_ERROR;
+	}
+	if (rc < 0) {
+		snprintf(q->mr_why, sizeof(q->mr_why), "%s", x->mp.why);
+		snprintf(x->curl_msg, sizeof(x->curl_msg), "%s", x->mp.why);
+		x->err = -EIO;
+		return CURL_WRITEFUNC_ERROR;
+	}
+	/* one range or a whole blob: read on only while a range still
+	 * wants bytes a little way ahead; the rest is asked for apart */
+	if (!x->mr_multi && !nx_rset_wanted_near(q->rset, x->pos, NX_MR_GAP)) {
+		x->done_early = 1;
+		return CURL_WRITEFUNC_ERROR;
+	}
+	return 1;
+}
+
 static size_t blob_deliver(struct xfer *x, const char *buf, size_t n)
 {
 	struct nx_req *q = x->q;
 	uint64_t skip_to;
 	int rc;
+
+	if (q->rset)
+		return mr_deliver(x, buf, n);
 
 	if (!x->started) {
 		x->started = 1;
@@ -924,7 +1010,7 @@ static size_t on_write(char *buf, size_t size, size_t nitems, void *ud)
 	struct nx_req *q = x->q;
 	size_t n = size * nitems;
 
-	if (q->cb && x->mx && x->status >= 200 && x->status < 300) {
+	if ((q->cb || q->rset) && x->mx && x->status >= 200 && x->status < 300) {
 		size_t ret = mx_enqueue(x->mx, buf, n);
 
 		if (ret == n) /* a paused chunk is offered again */
@@ -933,7 +1019,7 @@ static size_t on_write(char *buf, size_t size, size_t nitems, void *ud)
 	}
 	atomic_fetch_add(&x->r->st_bytes, n);
 	if (x->status >= 200 && x->status < 300) {
-		if (q->cb) {
+		if (q->cb || q->rset) {
 			if (blob_deliver(x, buf, n) == CURL_WRITEFUNC_ERROR)
 				return CURL_WRITEFUNC_ERROR;
 			return n;
@@ -1367,6 +1453,37 @@ static char *attempt_url(struct nx_registry *r, const char *url)
 	return strdup(url);
 }
 
+/* The Range of a multi-range attempt: what is still missing of each range
+ * (a retry asks only for that). NULL with x->err on failure. */
+static const char *attempt_ranges(struct xfer *x)
+{
+	struct nx_rset *s = x->q->rset;
+	uint64_t asked = 0;
+	size_t cap = 48 * s->n + 8;
+
+	if (x->mr_range_cap < cap) {
+		char *nb = realloc(x->mr_range, cap);
+
+		if (!nb) {
+			x->err = -ENOMEM;
+			return NULL;
+		}
+		x->mr_range = nb;
+		x->mr_range_cap = cap;
+	}
+	if (nx_rset_format(s, x->mr_range, x->mr_range_cap) < 0) {
+		x->err = -EINVAL; /* nothing missing: the caller does not ask */
+		return NULL;
+	}
+	for (size_t i = 0; i < s->n; i++)
+		asked += s->v[i].off + s->v[i].len - s->next[i];
+	/* parts' headers and a server's coalescing of near ranges cost a
+	 * little; a body twice what was asked is not that */
+	x->mr_cap = 2 * asked + (1u << 20);
+	x->mr_body = 0;
+	return x->mr_range;
+}
+
 /* Sets the Range of this attempt: what is still missing of [off, off+len). */
 static const char *attempt_range(struct xfer *x, char *buf, size_t cap)
 {
@@ -1499,8 +1616,13 @@ static int run_attempt(struct nx_registry *r, struct xfer *x, uint64_t deadline,
 	x->curl_msg[0] = 0;
 	*os_errno = *redirects = *verify = 0;
 
-	if (q->cb)
+	if (q->rset) {
+		range_p = attempt_ranges(x);
+		if (!range_p)
+			return x->err;
+	} else if (q->cb) {
 		range_p = attempt_range(x, range, sizeof(range));
+	}
 	if (!(q->flags & NX_REQ_NO_DEADLINE)) {
 		uint64_t now = nx_now_ns();
 
@@ -1719,6 +1841,10 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 		}
 		if (cc != CURLE_OK && x->err) {
 			rc = x->err;
+			if (q->rset && q->mr_why[0]) {
+				quiet = 1; /* unusable multipart: the caller falls back */
+				break;
+			}
 			if (rc == -E2BIG)
 				snprintf(cause, sizeof(cause), "response larger than %zu bytes",
 					 q->cap);
@@ -1793,7 +1919,11 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 		/* retry, resuming a blob read after the bytes already delivered */
 		if (x->progress)
 			deadline = nx_now_ns() + span;
-		if (q->cb && x->delivered &&
+		if (q->rset && nx_rset_done(q->rset)) {
+			rc = 0; /* everything asked for arrived before the error */
+			break;
+		}
+		if (q->cb && !q->rset && x->delivered &&
 		    ((q->len && x->next >= q->off + q->len) ||
 		     (x->have_total && x->next >= x->crange_total))) {
 			rc = 0; /* everything asked for arrived before the error */
@@ -1809,7 +1939,8 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 			delay = (unsigned)ra; /* the server's word, no jitter below it */
 		if (nx_now_ns() + (uint64_t)delay * 1000000ull >= deadline)
 			break;
-		if (q->cb && nx_now_ns() + (uint64_t)delay * 1000000ull >= hard_deadline)
+		if ((q->cb || q->rset) &&
+		    nx_now_ns() + (uint64_t)delay * 1000000ull >= hard_deadline)
 			break;
 		atomic_fetch_add(&r->st_retries, 1);
 		nx_log(NX_LOG_DEBUG, "registry %s: %s: retrying in %u ms (%s)", r->ref, q->what,
@@ -1830,6 +1961,7 @@ int nx_http_do(struct nx_registry *r, struct nx_req *q)
 	else if (rc < 0)
 		atomic_fetch_add(&r->st_errors, 1);
 	free(x->body);
+	free(x->mr_range);
 	free(x);
 	return rc;
 }

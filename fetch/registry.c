@@ -862,6 +862,147 @@ int nx_registry_get_blob(struct nx_registry *r, const uint8_t digest[NX_SHA256_L
 	}
 }
 
+/* ---------------------------------------------------- several ranges */
+
+static int rset_blob_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	return nx_rset_deliver(ctx, off, buf, len);
+}
+
+int nx_registry_multirange(struct nx_registry *r)
+{
+	return !r->nmirrors && !atomic_load(&r->no_multirange);
+}
+
+static void multirange_off(struct nx_registry *r, const char *why)
+{
+	if (atomic_exchange(&r->no_multirange, 1) == 0)
+		nx_log(NX_LOG_NOTICE,
+		       "registry %s: a multi-range read was answered with %s; reading one range "
+		       "per request from now on", r->ref, why);
+}
+
+/* Ranges @v[0..n) (within the bounds of one request) into @cb. */
+static int get_ranges_one(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+			  const struct nx_range *v, size_t n, nx_range_cb cb, void *ctx)
+{
+	struct nx_rset s;
+	const char *why = NULL;
+	int rc;
+
+	rc = nx_rset_init(&s, v, n, cb, ctx);
+	if (rc < 0) {
+		if (rc == -EINVAL)
+			nx_log(NX_LOG_ERR, "registry %s: ranges of a blob must be sorted, "
+			       "non-empty and apart", r->ref);
+		return rc;
+	}
+	if (n > 1 && nx_registry_multirange(r)) {
+		struct nx_req q = { 0 };
+		char d[NX_DIGEST_STRLEN], what[NX_DIGEST_STRLEN + 48], *url;
+
+		nx_digest_format(digest, d);
+		snprintf(what, sizeof(what), "blob %s (%zu ranges)", d, n);
+		url = repo_url(r, "blobs/", d);
+		if (!url) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		q.method = "GET";
+		q.url = url;
+		q.what = what;
+		q.flags = NX_REQ_FOLLOW | NX_REQ_NO_DEADLINE;
+		q.ok[0] = 200;
+		q.ok[1] = 206;
+		q.ok[2] = 416; /* some servers refuse several ranges so */
+		q.rset = &s;
+		rc = nx_http_do(r, &q);
+		free(url);
+		if (s.cb_failed || (rc < 0 && !q.mr_why[0])) {
+			nx_req_release(&q);
+			goto out; /* the caller's error, or the registry's (logged) */
+		}
+		if (q.mr_why[0])
+			multirange_off(r, q.mr_why); /* malformed: no doubt */
+		else if (q.status == 416)
+			why = "416 (range not satisfiable)";
+		else if (q.mr_kind == NX_MR_WHOLE)
+			why = "the whole blob (200)";
+		else if (q.mr_kind == NX_MR_SINGLE && !nx_rset_done(&s))
+			why = "a single range";
+		else if (q.mr_kind == NX_MR_MULTIPART && !nx_rset_done(&s))
+			why = "a multipart body that lacks some of them";
+		nx_req_release(&q);
+		rc = 0;
+	}
+	/* what is still missing, one range per request */
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		uint64_t end = v[i].off + v[i].len;
+
+		if (s.next[i] >= end)
+			continue;
+		rc = nx_registry_get_blob(r, digest, s.next[i], end - s.next[i], rset_blob_cb, &s);
+		if (rc == 0 && s.next[i] < end) {
+			char d[NX_DIGEST_STRLEN];
+
+			nx_digest_format(digest, d);
+			nx_log(NX_LOG_ERR, "registry %s: blob %s: short answer at offset %llu",
+			       r->ref, d, (unsigned long long)s.next[i]);
+			rc = -EIO;
+		}
+	}
+	/* only when each range alone is answered: a range past the blob's
+	 * end (a wrong TOC) also makes a server send 416, or one range */
+	if (rc == 0 && why)
+		multirange_off(r, why);
+out:
+	nx_rset_release(&s);
+	return rc;
+}
+
+struct ranges_base {
+	nx_range_cb cb;
+	void *ctx;
+	size_t base;
+};
+
+static int ranges_base_cb(void *c, size_t i, uint64_t off, const void *buf, size_t len)
+{
+	struct ranges_base *b = c;
+
+	return b->cb(b->ctx, b->base + i, off, buf, len);
+}
+
+int nx_registry_get_ranges(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN],
+			   const struct nx_range *v, size_t n, nx_range_cb cb, void *ctx)
+{
+	size_t i = 0;
+	int rc = 0;
+
+	if (!n) {
+		nx_log(NX_LOG_ERR, "registry %s: no ranges asked for", r->ref);
+		return -EINVAL;
+	}
+	/* bounded requests, one after the other: the caller parallelizes */
+	while (i < n && rc == 0) {
+		struct ranges_base b = { cb, ctx, i };
+		uint64_t bytes = v[i].len;
+		size_t j = i + 1;
+
+		while (j < n && j - i < NX_RANGES_MAX && bytes + v[j].len <= NX_RANGES_BYTES)
+			bytes += v[j++].len;
+		rc = get_ranges_one(r, digest, v + i, j - i, ranges_base_cb, &b);
+		i = j;
+	}
+	return rc;
+}
+
+int nx_registry_source_ranges(void *ctx, const uint8_t digest[NX_SHA256_LEN],
+			      const struct nx_range *v, size_t n, nx_range_cb cb, void *cbctx)
+{
+	return nx_registry_get_ranges(ctx, digest, v, n, cb, cbctx);
+}
+
 /* Tags are names: from the registry only, never a mirror. */
 int nx_registry_list_tags(struct nx_registry *r, int (*cb)(void *ctx, const char *tag), void *ctx)
 {

@@ -117,6 +117,50 @@ static void *par_main(void *arg)
 	return NULL;
 }
 
+/* Several ranges: each byte delivered once, in order within its range. */
+struct mcollect {
+	uint8_t *buf;
+	const struct nx_range *v;
+	size_t n;
+	uint64_t next[80];
+	int bad;
+};
+
+static int mcollect_cb(void *ctx, size_t i, uint64_t off, const void *buf, size_t len)
+{
+	struct mcollect *m = ctx;
+
+	if (i >= m->n || off != m->next[i] || off + len > m->v[i].off + m->v[i].len) {
+		m->bad = 1;
+		return -EIO;
+	}
+	memcpy(m->buf + off, buf, len);
+	m->next[i] += len;
+	return 0;
+}
+
+static int get_multi(struct nx_registry *r, const uint8_t d[NX_SHA256_LEN],
+		     const struct nx_range *v, size_t n)
+{
+	struct mcollect m = { .v = v, .n = n };
+	int rc;
+
+	m.buf = calloc(1, BLOB_SIZE);
+	if (!m.buf)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		m.next[i] = v[i].off;
+	rc = nx_registry_get_ranges(r, d, v, n, mcollect_cb, &m);
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		if (m.next[i] != v[i].off + v[i].len ||
+		    memcmp(m.buf + v[i].off, blob + v[i].off, v[i].len) != 0)
+			rc = -EBADMSG;
+	if (m.bad)
+		rc = -EPROTO;
+	free(m.buf);
+	return rc;
+}
+
 int main(void)
 {
 	const char *ref = getenv("NIXOCI_TEST_REGISTRY");
@@ -241,6 +285,37 @@ int main(void)
 	rc = get_range(r, d_missing, 0, 10, &c);
 	is_int(rc, -ENOENT, "missing blob");
 	free(c.buf);
+
+	/* several ranges in one request: distribution answers multipart */
+	{
+		struct nx_range v[70];
+		uint64_t req0;
+
+		for (i = 0; i < 70; i++)
+			v[i] = (struct nx_range){ 1000 + i * 40000, 1 + i * 97 };
+		nx_registry_stats(r, &st);
+		req0 = st.requests;
+		is_int(get_multi(r, d_blob, v, 5), 0, "5 ranges: each byte once, right bytes");
+		nx_registry_stats(r, &st);
+		is_int((int)(st.requests - req0), 1, "5 ranges: one request");
+		ok(nx_registry_multirange(r), "the registry answers multi-range");
+		req0 = st.requests;
+		is_int(get_multi(r, d_blob, v, 70), 0, "70 ranges: every byte right");
+		nx_registry_stats(r, &st);
+		is_int((int)(st.requests - req0), (70 + NX_RANGES_MAX - 1) / NX_RANGES_MAX,
+		       "70 ranges: split into bounded requests");
+		v[0] = (struct nx_range){ 0, 1 };
+		v[1] = (struct nx_range){ BLOB_SIZE - 1, 1 };
+		is_int(get_multi(r, d_blob, v, 2), 0, "first and last byte");
+		v[1] = (struct nx_range){ 0, 5 };
+		is_int(get_multi(r, d_blob, v, 2), -EINVAL, "overlapping ranges: -EINVAL");
+		v[0] = (struct nx_range){ 10, 5 };
+		v[1] = (struct nx_range){ BLOB_SIZE + 10, 5 };
+		is_int(get_multi(r, d_blob, v, 2), -EIO, "a range past the end: -EIO");
+		v[0] = (struct nx_range){ 10, 5 };
+		v[1] = (struct nx_range){ 100, 5 };
+		is_int(get_multi(r, d_missing, v, 2), -ENOENT, "ranges of a missing blob");
+	}
 
 	/* manifests */
 	rc = asprintf(&manifest,

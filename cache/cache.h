@@ -65,6 +65,13 @@ struct nx_source {
 	/* optional (NULL: none): nx_registry_get_referrers */
 	int (*get_referrers)(void *ctx, const uint8_t digest[NX_SHA256_LEN], size_t cap,
 			     char **body, size_t *len);
+	/* optional (NULL: get_blob per range): several ranges of one blob in
+	 * few requests, nx_registry_get_ranges */
+	int (*get_ranges)(void *ctx, const uint8_t digest[NX_SHA256_LEN],
+			  const struct nx_range *v, size_t n,
+			  int (*cb)(void *cbctx, size_t i, uint64_t off, const void *buf,
+				    size_t len),
+			  void *cbctx);
 };
 
 struct nx_store_opts {

@@ -481,6 +481,8 @@ int nx_ix_has_locked(const struct nx_store *st, const char *base);
 #define NX_PROFILE_SECONDS 60
 #define NX_PF_THREADS 4
 #define NX_PF_GROUP 64
+/* compressed bytes of the runs one profile worker fetches in one request */
+#define NX_PF_BATCH_BYTES (1u << 20)
 int nx_prec_open(struct nx_store *st, const char *file, int seconds);
 void nx_prec_note(struct nx_store *st, const struct nx_spath *p, uint32_t first, uint32_t last);
 /* nx_pfetch_start right after the closure index is read: the profile is
@@ -562,6 +564,18 @@ int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint
  * for); they are never fetched on their own or waited for. */
 int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
 		       uint32_t ext, uint64_t batch, const struct nx_walk_ops *ops, void *ctx);
+/* Background fetch of runs [runs[k].first, runs[k].last] of @p, in few
+ * requests (the source's get_ranges: one multi-range request for up to
+ * NX_RANGES_MAX runs): frames cached or in flight are skipped, the rest
+ * claimed, verified, saved. A run that fails verification fails alone and
+ * is logged at debug level (the read that asks for the frame logs it);
+ * at most NX_MULTI_RUNS runs per call. 0 or a negative errno. */
+#define NX_MULTI_RUNS 32
+struct nx_frun {
+	uint32_t first, last;
+};
+int nx_frames_fetch_runs(struct nx_store *st, struct nx_spath *p, const struct nx_frun *runs,
+			 size_t n);
 /* Full verification for narinfo-signed paths (format.md §6). */
 int nx_verify_nar(struct nx_store *st, struct nx_spath *p);
 

@@ -124,6 +124,7 @@ struct run {
 	void *ctx;
 	int err;  /* our own failure (verification, consumer), already logged */
 	int done;
+	int quiet; /* a failed frame nobody asked for yet: debug level */
 };
 
 static int frame_complete(struct run *r)
@@ -142,14 +143,14 @@ static int frame_complete(struct run *r)
 		nx_stat_add(&st->verify_failures, 1);
 		/* a frame nobody asked for yet is logged by the read that
 		 * does ask for it (it fetches it again, and fails again) */
-		nx_log(r->cur > r->need ? NX_LOG_DEBUG : NX_LOG_ERR,
+		nx_log(r->quiet || r->cur > r->need ? NX_LOG_DEBUG : NX_LOG_ERR,
 		       "verify frame %u of %s/%.*s: digest mismatch (got %s, want %s)", r->cur, NX_STORE_DIR, (int)r->p->base_len, r->p->base, have, want);
 		return -EBADMSG;
 	}
 	rc = nx_frame_decompress(r->cbuf, f->clen, r->ubuf, f->ulen);
 	if (rc < 0) {
 		nx_stat_add(&st->verify_failures, 1);
-		nx_log(r->cur > r->need ? NX_LOG_DEBUG : NX_LOG_ERR,
+		nx_log(r->quiet || r->cur > r->need ? NX_LOG_DEBUG : NX_LOG_ERR,
 		       "frame %u of %s/%.*s: does not decompress to %u bytes", r->cur,
 		       NX_STORE_DIR, (int)r->p->base_len, r->p->base, f->ulen);
 		return -EBADMSG;
@@ -415,6 +416,193 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 		i = k;
 	}
 	return 0;
+}
+
+/* ------------------------------------------------ several runs at once */
+
+/* The assemblers of one multi-range fetch: range i is run i. */
+struct mruns {
+	struct run *r;
+	size_t n;
+	uint8_t *ubuf; /* shared: a frame is decompressed and saved at once */
+	int cancelled;
+};
+
+static int mruns_cb(void *ctx, size_t i, uint64_t off, const void *buf, size_t len)
+{
+	struct mruns *m = ctx;
+	struct run *r;
+	int rc;
+
+	if (i >= m->n)
+		return -EIO;
+	r = &m->r[i];
+	if (r->err || r->done)
+		return 0; /* a failed run's other bytes are dropped, the rest go on */
+	if (!r->cbuf) {
+		uint32_t cmax = 0;
+
+		for (uint32_t k = r->first; k <= r->last; k++)
+			if (r->p->toc->frames[k].clen > cmax)
+				cmax = r->p->toc->frames[k].clen;
+		r->cbuf = malloc(cmax ? cmax : 1);
+		if (!r->cbuf) {
+			r->err = -ENOMEM;
+			return -ENOMEM;
+		}
+	}
+	rc = run_cb(r, off, buf, len);
+	if (r->done) {
+		free(r->cbuf); /* memory for the runs in progress only */
+		r->cbuf = NULL;
+	}
+	if (r->err == -ECANCELED) {
+		m->cancelled = 1;
+		return -ECANCELED; /* unmount: stop the whole transfer */
+	}
+	if (r->err == -ENOMEM)
+		return -ENOMEM;
+	return rc == NX_STOP || r->err ? 0 : rc;
+}
+
+static int cmp_run_off(const void *a, const void *b)
+{
+	const struct run *x = a, *y = b;
+	uint64_t u = x->p->toc->frames[x->first].coff, v = y->p->toc->frames[y->first].coff;
+
+	return u < v ? -1 : u > v;
+}
+
+int nx_frames_fetch_runs(struct nx_store *st, struct nx_spath *p, const struct nx_frun *runs,
+			 size_t n)
+{
+	const struct nx_walk_ops bg = { .background = 1 };
+	const struct nx_toc_frame *fr = p->toc->frames;
+	struct mruns m = { 0 };
+	struct nx_range *v = NULL;
+	uint8_t *ones = NULL;
+	size_t cap = 0;
+	uint64_t bytes = 0;
+	int rc = 0, probe;
+
+	if (!st->src.get_ranges || n <= 1) {
+		for (size_t k = 0; k < n && rc != -ECANCELED; k++)
+			rc = nx_frames_walk(st, p, runs[k].first, runs[k].last, NX_BATCH_BYTES, &bg,
+					    NULL);
+		return rc == -ECANCELED ? rc : 0;
+	}
+	/* claim what is neither cached nor on its way, in runs of adjacent
+	 * claimed frames (each becomes one range) */
+	for (size_t k = 0; k < n && rc == 0; k++) {
+		int open = 0;
+
+		for (uint32_t i = runs[k].first; i <= runs[k].last && i < p->toc->nframes; i++) {
+			struct run *cur = m.n ? &m.r[m.n - 1] : NULL;
+
+			if (nx_bg_stopped(st)) {
+				rc = -ECANCELED;
+				break;
+			}
+			if (nx_chunk_known(st, fr[i].sha256)) {
+				nx_chunk_willneed(st, fr[i].sha256);
+				open = 0;
+				continue;
+			}
+			pthread_mutex_lock(&st->lock);
+			if (flight_find(st, fr[i].sha256) ||
+			    (!st->readonly && nx_chunk_known_locked(st, fr[i].sha256))) {
+				pthread_mutex_unlock(&st->lock);
+				open = 0; /* another thread has it (or it is a repeat) */
+				continue;
+			}
+			rc = flight_claim(st, fr[i].sha256);
+			pthread_mutex_unlock(&st->lock);
+			if (rc < 0)
+				break;
+			if (open && cur && cur->last + 1 == i && i - cur->first < NX_RUN_FRAMES &&
+			    bytes + fr[i].clen <= NX_BATCH_BYTES) {
+				cur->last = i;
+				bytes += fr[i].clen;
+				continue;
+			}
+			if (m.n == cap) {
+				size_t nc = cap ? 2 * cap : 16;
+				struct run *nr = realloc(m.r, nc * sizeof(*nr));
+
+				if (!nr) {
+					flight_release(st, fr[i].sha256, -ENOMEM);
+					rc = -ENOMEM;
+					break;
+				}
+				m.r = nr;
+				cap = nc;
+			}
+			m.r[m.n++] = (struct run){ .st = st, .p = p, .cur = i, .first = i, .last = i,
+						   .need = i, .rel = i, .ops = &bg, .quiet = 1 };
+			bytes = fr[i].clen;
+			open = 1;
+		}
+	}
+	if (rc == 0 && m.n) {
+		v = malloc(m.n * sizeof(*v));
+		ones = malloc(NX_RUN_FRAMES);
+		m.ubuf = malloc(NX_FRAME_MAX);
+		if (!v || !ones || !m.ubuf)
+			rc = -ENOMEM;
+	}
+	if (rc == 0 && m.n) {
+		/* a multi-range request wants its ranges in blob order; within a
+		 * group of the profile they are already */
+		qsort(m.r, m.n, sizeof(*m.r), cmp_run_off);
+		memset(ones, 1, NX_RUN_FRAMES);
+		for (size_t k = 0; k < m.n; k++) {
+			struct run *r = &m.r[k];
+
+			r->owned = ones; /* every frame of a run was claimed by it */
+			r->ubuf = m.ubuf;
+			r->pos = fr[r->first].coff;
+			v[k].off = r->pos;
+			v[k].len = fr[r->last].coff + fr[r->last].clen - r->pos;
+			nx_stat_add(&st->cache_misses, r->last - r->first + 1);
+			for (uint32_t i = r->first; i <= r->last; i++)
+				if (fr[i].clen > NX_CLEN_MAX)
+					rc = -EIO;
+		}
+		if (rc < 0)
+			nx_log(NX_LOG_ERR, "toc of %s/%.*s: a frame is too large", NX_STORE_DIR,
+			       (int)p->base_len, p->base);
+	}
+	if (rc == 0 && m.n) {
+		probe = nx_source_begin(st);
+		if (probe < 0) {
+			rc = probe; /* offline: the outage was logged */
+		} else {
+			rc = st->src.get_ranges(st->src.ctx, p->man.nar.digest, v, m.n, mruns_cb, &m);
+			nx_source_end(st, probe, m.cancelled ? 0 : rc);
+			if (rc < 0 && !m.cancelled)
+				nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: %zu runs: %s", NX_STORE_DIR,
+				       (int)p->base_len, p->base, m.n, strerror(-rc));
+		}
+	}
+	/* every claim not completed is released: -EBADMSG tells waiters to
+	 * fetch the frame themselves (their TOC may be right), anything else
+	 * fails them as a fetch of theirs would have */
+	for (size_t k = 0; k < m.n; k++) {
+		struct run *r = &m.r[k];
+		int frc = r->err == -EBADMSG ? -EBADMSG : rc < 0 ? rc : r->err ? r->err : -EIO;
+
+		if (rc == 0 && !r->err && !r->done)
+			nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: short answer for frames %u-%u",
+			       NX_STORE_DIR, (int)p->base_len, p->base, r->first, r->last);
+		for (uint32_t i = r->rel; i <= r->last; i++)
+			flight_release(st, fr[i].sha256, frc);
+		free(r->cbuf);
+	}
+	free(m.r);
+	free(m.ubuf);
+	free(ones);
+	free(v);
+	return rc == -ECANCELED || rc == -ENOMEM ? rc : 0;
 }
 
 int nx_frames_policy(const struct nx_spath *p, const char *sp)

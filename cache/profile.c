@@ -176,6 +176,7 @@ static void prec_close(struct nx_store *st)
 struct nx_pf_run {
 	struct nx_spath *p;
 	uint32_t first, last;
+	uint64_t bytes; /* compressed */
 };
 
 struct nx_pfetch {
@@ -193,6 +194,7 @@ struct nx_pfetch {
 	pthread_cond_t cond;
 	struct nx_pf_run *runv;
 	size_t nruns, runcap, taken;
+	size_t batches; /* taken by workers: one multi-range fetch each */
 	int planned;
 	int ready; /* the store is open: paths can be looked up (st->lock) */
 };
@@ -455,16 +457,21 @@ static int cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int pf_add_run(struct nx_pfetch *pf, struct nx_spath *p, uint32_t first, uint32_t last)
+/* Queues the runs of one group at once: a worker takes runs of one path
+ * together (one multi-range request), so it must not find half a group. */
+static int pf_add_runs(struct nx_pfetch *pf, const struct nx_pf_run *rv, size_t n)
 {
 	struct nx_store *st = pf->st;
 	int rc = 0;
 
 	pthread_mutex_lock(&st->lock);
-	if (pf->nruns == pf->runcap) {
+	if (pf->nruns + n > pf->runcap) {
 		size_t nc = pf->runcap ? 2 * pf->runcap : 64;
-		struct nx_pf_run *nr = realloc(pf->runv, nc * sizeof(*nr));
+		struct nx_pf_run *nr;
 
+		while (nc < pf->nruns + n)
+			nc *= 2;
+		nr = realloc(pf->runv, nc * sizeof(*nr));
 		if (!nr) {
 			rc = -ENOMEM;
 			goto out;
@@ -472,7 +479,8 @@ static int pf_add_run(struct nx_pfetch *pf, struct nx_spath *p, uint32_t first, 
 		pf->runv = nr;
 		pf->runcap = nc;
 	}
-	pf->runv[pf->nruns++] = (struct nx_pf_run){ p, first, last };
+	memcpy(pf->runv + pf->nruns, rv, n * sizeof(*rv));
+	pf->nruns += n;
 	pthread_cond_broadcast(&pf->cond);
 out:
 	pthread_mutex_unlock(&st->lock);
@@ -485,9 +493,10 @@ static void pf_plan(struct nx_pfetch *pf)
 	const struct nx_profile *pr = pf->pr;
 	struct fmap m = { 0 };
 	uint32_t *idx = malloc(NX_PF_GROUP * sizeof(*idx));
-	size_t a = 0, b;
+	struct nx_pf_run *rv = malloc(NX_PF_GROUP * sizeof(*rv));
+	size_t a = 0, b, nr;
 
-	while (idx && a < pr->n && !pf_stopped(st)) {
+	while (idx && rv && a < pr->n && !pf_stopped(st)) {
 		struct nx_spath *p = NULL;
 		size_t k = 0;
 
@@ -511,16 +520,22 @@ static void pf_plan(struct nx_pfetch *pf)
 				idx[k++] = (uint32_t)f;
 		}
 		qsort(idx, k, sizeof(*idx), cmp_u32);
+		nr = 0;
 		for (size_t i = 0; i < k;) {
 			size_t j = i + 1;
+			uint64_t bytes = p->toc->frames[idx[i]].clen;
 
-			while (j < k && idx[j] <= idx[j - 1] + 1)
+			while (j < k && idx[j] <= idx[j - 1] + 1) {
+				if (idx[j] != idx[j - 1])
+					bytes += p->toc->frames[idx[j]].clen;
 				j++;
-			if (pf_add_run(pf, p, idx[i], idx[j - 1]) < 0) {
-				nx_spath_put(p);
-				goto out;
 			}
+			rv[nr++] = (struct nx_pf_run){ p, idx[i], idx[j - 1], bytes };
 			i = j;
+		}
+		if (pf_add_runs(pf, rv, nr) < 0) {
+			nx_spath_put(p);
+			goto out;
 		}
 		/* a queued run holds no reference (a worker takes one by id):
 		 * a profile does not pin its paths over the metadata budget */
@@ -529,6 +544,7 @@ static void pf_plan(struct nx_pfetch *pf)
 	}
 out:
 	free(idx);
+	free(rv);
 	free(m.idx);
 	pthread_mutex_lock(&st->lock);
 	pf->planned = 1;
@@ -543,8 +559,10 @@ static void *pf_worker(void *arg)
 	const struct nx_walk_ops ops = { .background = 1 };
 
 	for (;;) {
-		struct nx_pf_run r;
-		struct nx_spath *p;
+		struct nx_frun fr[NX_MULTI_RUNS];
+		struct nx_spath *rp, *p;
+		uint64_t bytes = 0;
+		size_t n = 0;
 
 		pthread_mutex_lock(&st->lock);
 		while (pf->taken == pf->nruns && !pf->planned && !pf_stopped(st))
@@ -553,16 +571,30 @@ static void *pf_worker(void *arg)
 			pthread_mutex_unlock(&st->lock);
 			break;
 		}
-		r = pf->runv[pf->taken++];
+		/* the next runs of one path, in profile order, as one batch:
+		 * one multi-range request, bounded so that the workers share
+		 * the profile instead of one of them fetching it all */
+		rp = pf->runv[pf->taken].p;
+		while (pf->taken < pf->nruns && n < NX_MULTI_RUNS && pf->runv[pf->taken].p == rp &&
+		       (n == 0 || bytes + pf->runv[pf->taken].bytes <= NX_PF_BATCH_BYTES)) {
+			const struct nx_pf_run *r = &pf->runv[pf->taken++];
+
+			fr[n++] = (struct nx_frun){ r->first, r->last };
+			bytes += r->bytes;
+		}
+		pf->batches++;
 		pthread_mutex_unlock(&st->lock);
 		/* the header stays, its TOC may have been unloaded meanwhile:
 		 * by id it is loaded again (the same TOC, by digest) */
-		if (nx_store_by_id(st, nx_spath_id(r.p), &p) < 0)
+		if (nx_store_by_id(st, nx_spath_id(rp), &p) < 0)
 			continue;
 		/* cached and in-flight frames cost nothing; a failure was
-		 * logged by the walk (at most debug level for a background one
-		 * unless a frame failed to verify) */
-		nx_frames_walk(st, p, r.first, r.last, NX_BATCH_BYTES, &ops, NULL);
+		 * logged by the fetch (at debug level: a read that asks for
+		 * the frame fetches it again and logs why it fails) */
+		if (n == 1)
+			nx_frames_walk(st, p, fr[0].first, fr[0].last, NX_BATCH_BYTES, &ops, NULL);
+		else
+			nx_frames_fetch_runs(st, p, fr, n);
 		nx_spath_put(p);
 	}
 	return NULL;
@@ -599,8 +631,8 @@ static void *pf_main(void *arg)
 	} else {
 		nx_log(NX_LOG_INFO,
 		       "profile %s: %zu frames listed, %zu not in this closure (skipped), %zu "
-		       "runs walked in %.2f s; %llu frames fetched meanwhile", pf_name(pf),
-		       pf->pr->n, pf->foreign, pf->nruns,
+		       "runs in %zu batches walked in %.2f s; %llu frames fetched meanwhile",
+		       pf_name(pf), pf->pr->n, pf->foreign, pf->nruns, pf->batches,
 		       (double)(nx_now_ns() - pf->t0) / NX_NS_PER_S,
 		       (unsigned long long)(nx_stat_get(&st->frames_fetched) - f0));
 	}

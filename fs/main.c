@@ -171,6 +171,7 @@ int main(int argc, char *argv[])
 	memset(&ro, 0, sizeof(ro));
 	memset(&so, 0, sizeof(so));
 	memset(&fs, 0, sizeof(fs));
+	memset(&src, 0, sizeof(src));
 	nx_log_set_prog("nixoci-fs");
 	fuse_set_log_func(log_from_fuse);
 
@@ -325,6 +326,7 @@ int main(int argc, char *argv[])
 	src.get_manifest = nx_registry_source_manifest;
 	src.get_blob = nx_registry_source_blob;
 	src.get_referrers = nx_registry_source_referrers;
+	src.get_ranges = nx_registry_source_ranges;
 	so.profile = o.profile;
 	so.profile_record = o.profile_record;
 	so.profile_seconds = o.profile_seconds;

@@ -1047,7 +1047,7 @@ int nx_cmd_cat(struct nx_cli *cli, int argc, char **argv)
 	so.nkeys = nkeys;
 	{
 		struct nx_source src = { reg, nx_registry_source_manifest,
-					 nx_registry_source_blob, NULL };
+					 nx_registry_source_blob, NULL, NULL };
 
 		if (nx_store_open(&st, &so, &src) < 0)
 			goto out;

@@ -177,7 +177,7 @@ int nx_cmd_prefetch(struct nx_cli *cli, int argc, char **argv)
 	so.lookup_rate = -1; /* one user's command, not a shared mount */
 	{
 		struct nx_source src = { reg, nx_registry_source_manifest,
-					 nx_registry_source_blob, NULL };
+					 nx_registry_source_blob, NULL, NULL };
 
 		if (nx_store_open(&st, &so, &src) < 0)
 			goto out;

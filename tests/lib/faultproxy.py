@@ -24,12 +24,21 @@ The control file holds one line of KEY=VALUE words:
                       a value < 0 means half of the body)
     code=N            status: the code sent (default 503)
     retry_after=N     status: add "Retry-After: N"
-    at=BYTE           corrupt: which body byte to flip (default: the middle)
+    at=BYTE           corrupt: which body byte to flip (default: the middle);
+                      at=part: in a multipart/byteranges body, a byte of the
+                      first part's data (elsewhere the middle)
     link=loop|endless tag lists (GETs of .../tags/list) that never end, whatever
                       the mode: "loop" points every page's Link rel="next" at
                       one of two URLs in turn (the registry answers both), so
                       the pages cycle; "endless" at a new URL every time
                       (last=zzzz<counter>: empty pages, forever)
+    ranges=whole|first|416
+                      (any mode) a server without multi-range support: a
+                      Range header naming several ranges is dropped (the
+                      registry answers 200 with the whole blob), cut to its
+                      first range (206 with that one), or answered 416
+                      without asking the registry; logged as
+                      range=<as sent>:<what>
     delay=MS          hold every request MS milliseconds before forwarding it
                       (any mode): a link with that much added round-trip time.
                       While set, the start of each request is logged too, as
@@ -115,6 +124,11 @@ class Control:
         with self.lock:
             self._load()
             return self.conf.get("link", "")
+
+    def ranges(self):
+        with self.lock:
+            self._load()
+            return self.conf.get("ranges", "")
 
     def delay(self):
         with self.lock:
@@ -295,6 +309,19 @@ class Proxy:
                     with self.log_lock:
                         self.inflight -= 1
                 fault = self.ctl.decide(method, target)
+                strip = self.ctl.ranges() if "," in rng else ""
+                if strip:
+                    rng = "%s:%s" % (rng, strip)
+                    headers = [(k, v) for k, v in headers if k.lower() != "range"]
+                    if strip == "first":
+                        headers.append(("Range", hmap["range"].split(",")[0]))
+                    elif strip == "416":
+                        self.log("%s %s range=%s -> 416 pass bytes=0" % (method, target, rng))
+                        conn.sendall(b"HTTP/1.1 416 Range Not Satisfiable\r\n"
+                                     b"Content-Length: 0\r\n\r\n")
+                        if not keep:
+                            break
+                        continue
                 if self.ctl.mode() == "refuse":
                     self.log("%s %s range=%s -> rst fault:refuse bytes=0" % (method, target, rng))
                     self.rst_close(conn)
@@ -371,7 +398,14 @@ class Proxy:
                     data = b""
                 mode = fault["mode"] if fault else "pass"
                 if mode == "corrupt" and data:
-                    at = int(fault.get("at", str(len(data) // 2)))
+                    at = fault.get("at", str(len(data) // 2))
+                    if at == "part":
+                        at = len(data) // 2
+                        ctype = resp.getheader("content-type", "")
+                        if ctype.startswith("multipart/byteranges"):
+                            # the first part's data: after its header block
+                            at = data.index(b"\r\n\r\n") + 4 + 10
+                    at = int(at)
                     at = min(max(at, 0), len(data) - 1)
                     data = data[:at] + bytes([data[at] ^ 0x5a]) + data[at + 1:]
                 if mode in ("reset", "truncate", "stall"):

@@ -167,7 +167,7 @@ static int src_get_blob(void *ctx, const uint8_t digest[NX_SHA256_LEN], uint64_t
 	return 0;
 }
 
-static const struct nx_source source = { NULL, src_get_manifest, src_get_blob, NULL };
+static const struct nx_source source = { NULL, src_get_manifest, src_get_blob, NULL, NULL };
 
 /* ------------------------------------------------------- test fixtures */
 

@@ -37,7 +37,11 @@
 # Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 10 40", BENCH_PROFILE=1 (0: skip the
 # profile rows), BENCH_ESTARGZ=1 (0: skip the eStargz columns),
 # BENCH_COLD_CLOSURE=full (jdk-python: only the JDK's and CPython's closures),
-# BENCH_WORK=/var/tmp/nixoci-bench.
+# BENCH_WORK=/var/tmp/nixoci-bench, BENCH_PLAIN=1 (0: skip the rows without a
+# profile), BENCH_PROFILE_OLD=DIR (a build directory of another version, e.g.
+# the code before a change: its nixoci-fs runs the same profile starts,
+# alternating start by start with this one, as method "profile-old", and a
+# second table compares the two).
 set -euo pipefail
 export LC_ALL=C
 
@@ -49,6 +53,13 @@ export NIX_CONFIG="extra-experimental-features = nix-command"
 RUNS=${BENCH_RUNS:-3}
 DELAYS=${BENCH_DELAYS:-0 10 40}
 PROFILE=${BENCH_PROFILE:-1}
+PLAIN=${BENCH_PLAIN:-1}
+OLD_O=${BENCH_PROFILE_OLD:-}
+if [ -n "$OLD_O" ]; then
+	OLD_O=$(cd "$OLD_O" && pwd) || exit 1
+	[ -x "$OLD_O/bin/nixoci-fs" ] || { echo "BENCH_PROFILE_OLD=$OLD_O: no bin/nixoci-fs" >&2; exit 1; }
+fi
+FS_BIN=nixoci-fs
 SCOPE=${BENCH_COLD_CLOSURE:-full}
 BWORK=${BENCH_WORK:-/var/tmp/nixoci-bench}
 WORK=$(mktemp -d /tmp/nixoci-cold-rtt.XXXXXX)
@@ -149,7 +160,7 @@ fs_mount() { # EXTRA_OPTS; sets MOUNT_S (seconds) and MOUNT_Q (requests)
 	rm -rf "$WORK/cache"
 	q0=$(requests)
 	t0=$(now_ns)
-	nixoci-fs -f -o "cache=$WORK/cache,closure=cold${1:+,$1}" "$PROXY/store" "$MNT" \
+	"$FS_BIN" -f -o "cache=$WORK/cache,closure=cold${1:+,$1}" "$PROXY/store" "$MNT" \
 		>>"$WORK/fs.log" 2>&1 &
 	FS_PID=$!
 	until mountpoint -q "$MNT"; do
@@ -212,8 +223,13 @@ for d in $DELAYS; do
 	if [ "$d" = 0 ]; then echo "mode=pass" >"$WORK/ctl"; else echo "mode=pass delay=$d" >"$WORK/ctl"; fi
 	for r in $(seq "$RUNS"); do
 		for w in java python; do
-			one_start nixoci "$w" "$d" "$r"
+			[ "$PLAIN" = 1 ] && one_start nixoci "$w" "$d" "$r"
 			[ "$PROFILE" = 1 ] && one_start profile "$w" "$d" "$r" "profile=$w"
+			if [ "$PROFILE" = 1 ] && [ -n "$OLD_O" ]; then
+				FS_BIN=$OLD_O/bin/nixoci-fs
+				one_start profile-old "$w" "$d" "$r" "profile=$w"
+				FS_BIN=nixoci-fs
+			fi
 			[ "$d" = 0 ] && one_start native "$w" 0 "$r"
 			[ "$ESGZ" = 1 ] && estargz_start "$w" "$d" "$r"
 		done
@@ -258,6 +274,17 @@ if [ "$ESGZ" = 1 ]; then
 				"$es s | $(awk -v a="$es" -v b="$ms" 'BEGIN { printf "%.1f×", a / b }') |" \
 				"$(awk -v a="$(col estargz $w $d 7)" -v b="$(col nixoci $w $d 7)" 'BEGIN { printf "%.2f", a / b }') |" \
 				"$(awk -F'\t' -v w=$w -v d=$d '$1 == w && $2 == d { print $6 }' "$WORK/esgz.tsv" | median) s |"
+		done
+	done
+fi
+if [ -n "$OLD_O" ]; then
+	echo
+	echo "| workload | added RTT | profile, $OLD_O | requests | profile, $O | requests | native cold |"
+	echo "|---|---|---|---|---|---|---|"
+	for w in java python; do
+		for d in $DELAYS; do
+			echo "| $w | $d ms | $(col profile-old $w $d 5) s [$(awk -F'\t' -v w=$w -v d=$d '$1 == "profile-old" && $2 == w && $3 == d { printf "%s ", $5 }' "$WORK/samples.tsv")] | $(col profile-old $w $d 6) |" \
+				"$(col profile $w $d 5) s [$(awk -F'\t' -v w=$w -v d=$d '$1 == "profile" && $2 == w && $3 == d { printf "%s ", $5 }' "$WORK/samples.tsv")] | $(col profile $w $d 6) | $(col native $w 0 5) s |"
 		done
 	done
 fi

@@ -28,8 +28,8 @@ rc=0
 for t in "$@"; do
 	bin=$O/fuzz-$t
 	fetch=
-	if [ "$t" = wwwauth ]; then
-		# only this target needs fetch/ (its private WWW-Authenticate parser)
+	if [ "$t" = wwwauth ] || [ "$t" = multipart ]; then
+		# only these targets need fetch/ (its private parsers)
 		CFLAGS="-O1 -g" make --no-print-directory -s CC="$FCC" O=$O \
 			SANITIZE=fuzzer-no-link,address,undefined "$O/libfetch.a" || { rc=1; continue; }
 		fetch=$O/libfetch.a

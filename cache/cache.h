@@ -288,6 +288,15 @@ int nx_store_file_pin(struct nx_store *st, struct nx_spath *p, uint32_t entry, i
 void nx_store_file_unpin(struct nx_store *st, struct nx_spath *p, uint32_t entry);
 void nx_store_file_want(struct nx_store *st, struct nx_spath *p, uint32_t entry);
 
+/*
+ * A file about to be read through the daemon (no passthrough copy) was
+ * opened: its cached frames' chunk files are handed to the kernel's
+ * readahead by background threads (warm.c), at most NX_WARM_FILE_MAX bytes
+ * and once per file, so the reads that follow find them in the page cache.
+ * Only queues (never blocks on I/O), never fetches. Thread-safe.
+ */
+void nx_store_file_warm(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+
 struct nx_store_stats {
 	uint64_t frames_fetched;
 	uint64_t bytes_fetched;    /* compressed bytes received */
@@ -314,6 +323,9 @@ struct nx_store_stats {
 	uint64_t meta_budget;
 	uint64_t readahead_frames; /* frames fetched by readahead (also in
 				    * frames_fetched) */
+	uint64_t warm_files;       /* files opened whose cached chunk files
+				    * were read ahead from disk (warm.c) */
+	uint64_t warm_frames, warm_bytes; /* those chunk files, and bytes */
 	int offline;               /* the source was found gone (refused,
 				    * unreachable, silent) and has not
 				    * answered since */

@@ -277,6 +277,7 @@ struct nx_store {
 	struct nx_pin *pins;
 	int evicting;
 	struct nx_files *files; /* files.c: passthrough copies; NULL = none */
+	struct nx_warm *warm;   /* warm.c: chunk files read ahead at open */
 
 	/* group commit (under st->lock): chunk files waiting for the syncer
 	 * thread, and the batch it is syncing; both are readable already */
@@ -330,6 +331,7 @@ struct nx_store {
 	uint64_t verify_failures, errors, paths_loaded, ra_frames;
 	uint64_t paths_unloaded, paths_reloaded, paths_in_memory;
 	uint64_t saves;
+	uint64_t warm_files, warm_frames, warm_bytes; /* warm.c */
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)
@@ -436,6 +438,13 @@ void nx_chunk_unpin(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 int nx_chunk_known(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* The same, for a caller holding st->lock. */
 int nx_chunk_known_locked(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
+/* warm.c: the threads that read a file's cached chunk files ahead when it
+ * is opened (nx_store_file_warm); open when the cache has chunks, close
+ * (stop, join) before the paths go. At most NX_WARM_FILE_MAX bytes of
+ * chunks per file. */
+#define NX_WARM_FILE_MAX (UINT64_C(64) << 20)
+int nx_warm_open(struct nx_store *st);
+void nx_warm_close(struct nx_store *st);
 /* Starts reading cached chunk @d from disk in the background (a hint). */
 void nx_chunk_willneed(struct nx_store *st, const uint8_t d[NX_SHA256_LEN]);
 /* Stores a verified, decompressed frame, then evicts if over the limit.

@@ -274,6 +274,7 @@ void nx_store_close(struct nx_store *st)
 	nx_rp_stop(st);
 	nx_ra_stop(st);
 	nx_files_close(st); /* its worker uses paths too */
+	nx_warm_close(st);  /* so do its threads */
 	for (p = st->all; p; p = pn) {
 		pn = p->next_all;
 		spath_free(p);
@@ -401,6 +402,9 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	if (rc < 0)
 		goto fail;
 	rc = nx_files_open(st);
+	if (rc < 0)
+		goto fail;
+	rc = nx_warm_open(st);
 	if (rc < 0)
 		goto fail;
 	if (o->closure && o->closure[0]) {
@@ -1617,6 +1621,9 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->paths_reloaded = nx_stat_get(&st->paths_reloaded);
 	out->meta_budget = st->meta_budget;
 	out->readahead_frames = nx_stat_get(&st->ra_frames);
+	out->warm_files = nx_stat_get(&st->warm_files);
+	out->warm_frames = nx_stat_get(&st->warm_frames);
+	out->warm_bytes = nx_stat_get(&st->warm_bytes);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
 	out->paths_in_memory = st->paths_in_memory;

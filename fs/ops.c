@@ -585,6 +585,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		/* the opener was interrupted: no release follows */
 		nx_reader_free(rd);
 		opens_put(fs, ino);
+	} else if (id == 0) {
+		/* read through us: have the disk read its cached chunks now,
+		 * not one READ at a time (after the reply: it only queues) */
+		nx_store_file_warm(fs->st, p, e);
 	}
 out:
 	nx_spath_put(p);
@@ -1184,12 +1188,15 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "readahead_frames %" PRIu64 "\n"
 		     "offline %d\n"
 		     "connections %" PRIu64 "\n"
-		     "h2_requests %" PRIu64 "\n",
+		     "h2_requests %" PRIu64 "\n"
+		     "warm_files %" PRIu64 "\n"
+		     "warm_frames %" PRIu64 "\n"
+		     "warm_bytes %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.copy_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
 		     ss.paths_loaded, ss.paths_in_memory, ss.paths_unloaded, ss.paths_reloaded,
 		     ss.meta_bytes, ss.meta_budget, fst.requests, ss.readahead_frames, ss.offline,
-		     fst.connections, fst.h2_requests);
+		     fst.connections, fst.h2_requests, ss.warm_files, ss.warm_frames, ss.warm_bytes);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;
 	n += session_stats(fs, buf + n, cap - (size_t)n);

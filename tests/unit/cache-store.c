@@ -1652,6 +1652,71 @@ static void test_files(void)
 	nx_store_close(st);
 }
 
+/* warm.c: an open's cached chunks are read ahead; never a fetch, once per
+ * file, and a close while it runs joins its threads (ASan/TSan check). */
+static void test_warm(void)
+{
+	struct nx_store_stats s;
+	struct nx_store *st;
+	struct nx_spath *p;
+	uint8_t buf[4096];
+	size_t got;
+	int64_t big, med;
+	int rc, i;
+
+	rc = open_store(&st, "w1", 64u << 20, NULL, NULL, 0);
+	is_int(rc, 0, "warm: open w1");
+	if (rc)
+		return;
+	rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+	is_int(rc, 0, "warm: lookup");
+	if (rc) {
+		nx_store_close(st);
+		return;
+	}
+	big = find_entry(p->toc, "big.bin");
+	med = find_entry(p->toc, "medium.txt");
+	ok(big > 0 && med > 0, "warm: the test files are in the TOC");
+	/* two frames of big.bin cached, its first and one in the middle */
+	is_int(nx_store_read(st, p, (uint32_t)big, 0, sizeof(buf), buf, &got), 0, "read its start");
+	is_int(nx_store_read(st, p, (uint32_t)big, 2u << 20, sizeof(buf), buf, &got), 0,
+	       "read at 2 MiB");
+	src_reset_counters();
+	nx_store_file_warm(st, p, (uint32_t)big);
+	for (i = 0; i < 1000; i++) {
+		nx_store_stats(st, &s);
+		if (s.warm_frames >= 2)
+			break;
+		usleep(10000);
+	}
+	nx_store_stats(st, &s);
+	is_int(s.warm_files, 1, "one file warmed");
+	is_int(s.warm_frames, 2, "its two cached frames, no other");
+	is_int(src.requests, 0, "warming fetched nothing");
+	nx_store_file_warm(st, p, (uint32_t)big);
+	nx_store_file_warm(st, p, (uint32_t)med); /* nothing of it cached */
+	usleep(200000);
+	nx_store_stats(st, &s);
+	is_int(s.warm_files, 1, "a second open of it, and a file not cached, warm nothing");
+	is_int(src.requests, 0, "and fetch nothing");
+	nx_spath_put(p);
+	nx_store_close(st);
+
+	/* a close right after many opens: queued jobs dropped, threads joined */
+	rc = open_store(&st, "w1", 64u << 20, NULL, NULL, 0);
+	if (rc == 0 && nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0) {
+		for (uint32_t e = 0; e < p->toc->nentries; e++)
+			nx_store_file_warm(st, p, e);
+		nx_spath_put(p);
+		nx_store_close(st);
+		ok(1, "close while warming returns");
+	} else {
+		ok(0, "reopen w1");
+		if (rc == 0)
+			nx_store_close(st);
+	}
+}
+
 /* Metadata blobs and tag records are saved off the lookup path (db.c):
  * found at once, durable after close. */
 static void test_meta_later(void)
@@ -1731,6 +1796,7 @@ int main(void)
 	test_damaged();
 	test_crash_before_commit();
 	test_files();
+	test_warm();
 	test_meta_later();
 
 	nx_toc_free(tp_main.toc);

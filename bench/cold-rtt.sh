@@ -14,9 +14,9 @@
 # MS milliseconds before forwarding it: that much round-trip time per
 # request, no bandwidth limit).
 #
-# One cold start = a fresh `-o closure=cold` mount over an empty cache
-# (mounting is not timed, as in bench/run.sh), page cache dropped, then the
-# program in bwrap with the mount at /nix/store. "profile" mounts add
+# One cold start = page cache dropped, a fresh `-o closure=cold` mount over
+# an empty cache (mounting is not timed, as in bench/run.sh), then at once
+# the program in bwrap with the mount at /nix/store. "profile" mounts add
 # `-o profile=auto`: the profile was recorded once per workload (a mount with
 # profile_record=, the program, unmount) and pushed with `nixoci profile
 # push`; its prefetch starts at mount, so the timed start overlaps it. Each
@@ -191,8 +191,13 @@ one_start() {
 		t1=$(now_ns)
 		q0=0 q1=0
 	else
-		fs_mount "${5:-}"
+		# dropped before the mount, not after it: the drop takes 6 s,
+		# and dropping after the mount let a profile's prefetch (and the
+		# closure's metadata) finish before the timed start, so "with
+		# profile" measured an already fetched store. A fresh mount has
+		# nothing in the page cache either way.
 		drop
+		fs_mount "${5:-}"
 		q0=$(requests)
 		t0=$(now_ns)
 		run_workload "$MNT" "$w" || die "$w failed on the mount ($m)"

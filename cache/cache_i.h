@@ -43,7 +43,7 @@
 /* Readahead: background threads, queued jobs (more are dropped), the first
  * and the default largest window (frames), and the largest window in
  * compressed bytes. */
-#define NX_RA_THREADS 2
+#define NX_RA_THREADS 4
 #define NX_RA_QUEUE 16
 #define NX_RA_MIN 4
 #define NX_RA_DEFAULT_MAX ((32u << 20) / NX_FRAME_TARGET)
@@ -52,6 +52,8 @@
  * still counts as sequential (the kernel sends its readahead requests in
  * parallel, so they arrive slightly out of order). */
 #define NX_RA_SLACK (UINT64_C(4) << 20)
+/* Directories remembered by the miss predictor (the oldest is forgotten). */
+#define NX_DIRMISS_SLOTS 64
 /* How long a reader's failed file fails at once (the kernel's retry). */
 #define NX_RA_FAIL_NS (UINT64_C(2) * 1000000000)
 /* Group commit of chunk files (cache/db.c): a batch is synced and recorded
@@ -159,6 +161,17 @@ struct nx_ra_job {
 	struct nx_ra_job *next;
 	struct nx_spath *p;
 	uint32_t first, last;
+};
+
+/* A directory in which a read missed (readahead.c, nx_ra_on_miss): @p is
+ * only compared, never followed (a path unloaded since then costs at most
+ * one wrong prediction). */
+struct nx_dirmiss {
+	const struct nx_spath *p;
+	uint32_t dir;      /* TOC entry of the directory */
+	uint32_t file[4];  /* the last files that missed in it */
+	unsigned nfile;
+	int done;          /* its files were queued (once per mount) */
 };
 
 /* Per-open sequential-read state (cache.h), guarded by its own lock. */
@@ -302,6 +315,11 @@ struct nx_store {
 	struct nx_ra_job *ra_head, *ra_tail;
 	unsigned ra_queued;
 	int ra_stop;                /* read without the lock by transfers */
+	/* miss prediction (readahead.c, under st->lock): directories with a
+	 * miss, and the compressed bytes queued by the directory rule */
+	struct nx_dirmiss dirmiss[NX_DIRMISS_SLOTS];
+	unsigned dirmiss_next;
+	uint64_t pred_bytes;
 
 	/* reference prefetch (refs.c; under st->lock, workers wait on rp_cond) */
 	pthread_cond_t rp_cond;
@@ -528,6 +546,22 @@ uint32_t nx_ra_extend(struct nx_store *st, struct nx_spath *p, uint32_t entry, u
 #define NX_ELF_PHNUM_MAX 64
 void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
 		      uint32_t entry, uint64_t off, const uint8_t *buf, size_t len);
+/* Predicting misses (docs/architecture.md, "Predicted misses"): called by a
+ * read whose first frame @first is missing, before it fetches frames
+ * [@first, @ext] itself. A read of the start of a file that looks like an
+ * ELF object (executable, or named *.so / *.so.*) queues the rest of the
+ * file (at most NX_PRED_ELF_BYTES compressed); the second small file of
+ * one directory to miss with the same name ending as an earlier one
+ * (".cpython-311.pyc") queues the frames of that directory's small files
+ * with that ending (at most NX_DIR_MAX_BYTES compressed, around the miss,
+ * and all such predictions of a mount at most NX_PRED_FREE plus the bytes
+ * fetched otherwise). The read's own frames are never part of a job, so
+ * it never waits for one. */
+#define NX_PRED_ELF_BYTES (UINT64_C(4) << 20)
+#define NX_DIR_MAX_BYTES (UINT64_C(3) << 20)
+#define NX_PRED_FREE (UINT64_C(8) << 20)
+void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		   uint32_t first, uint32_t ext);
 /* The file range [*lo, *hi) covered by the PT_LOAD segments of the ELF file
  * of @size bytes whose first @len bytes are @b; -EINVAL if it is not one. */
 int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi);

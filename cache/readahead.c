@@ -340,3 +340,195 @@ void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 	       p->base, entry, first, last);
 	ra_queue(st, p, first, last);
 }
+
+/* ------------------------------------------------------ predicting misses */
+
+/* An executable, or a name like libfoo.so or libfoo.so.1.2: what a loader
+ * opens and then reads by page faults across its loadable segments. */
+static int looks_elf(const struct nx_toc *toc, uint32_t entry)
+{
+	size_t n = 0;
+	const char *name = nx_toc_name(toc, entry, &n);
+
+	if (toc->entries[entry].executable)
+		return 1;
+	for (size_t i = 0; name && i + 3 <= n; i++)
+		if (memcmp(name + i, ".so", 3) == 0 && (i + 3 == n || name[i + 3] == '.'))
+			return 1;
+	return 0;
+}
+
+/* The ending of a name: from its first dot (not a leading one) on, "" if
+ * it has none. Files of one kind in one directory share it (modules
+ * ".cpython-311.pyc", extensions ".cpython-311-x86_64-linux-gnu.so"). */
+static const char *name_ending(const struct nx_toc *toc, uint32_t entry, size_t *len)
+{
+	size_t n = 0;
+	const char *name = nx_toc_name(toc, entry, &n);
+	const char *dot = name && n > 1 ? memchr(name + 1, '.', n - 1) : NULL;
+
+	*len = dot ? n - (size_t)(dot - name) : 0;
+	return dot ? dot : "";
+}
+
+static int same_ending(const struct nx_toc *toc, uint32_t a, uint32_t b)
+{
+	size_t la, lb;
+	const char *ea = name_ending(toc, a, &la), *eb = name_ending(toc, b, &lb);
+
+	return la == lb && memcmp(ea, eb, la) == 0;
+}
+
+/* 1 when @file is the second file of directory @dir of @p to miss with the
+ * ending of one of the last files that missed there: the first miss of a
+ * kind is remembered, the second one predicts (once per directory). */
+static int dir_second_miss(struct nx_store *st, const struct nx_spath *p, uint32_t dir,
+			   uint32_t file)
+{
+	const struct nx_toc *toc = p->toc;
+	struct nx_dirmiss *d = NULL;
+	int go = 0;
+
+	pthread_mutex_lock(&st->lock);
+	for (unsigned i = 0; i < NX_DIRMISS_SLOTS && !d; i++)
+		if (st->dirmiss[i].p == p && st->dirmiss[i].dir == dir)
+			d = &st->dirmiss[i];
+	if (!d) {
+		d = &st->dirmiss[st->dirmiss_next++ % NX_DIRMISS_SLOTS];
+		memset(d, 0, sizeof(*d));
+		d->p = p;
+		d->dir = dir;
+	}
+	for (unsigned i = 0; i < d->nfile && i < 4 && !d->done; i++) {
+		if (d->file[i] == file)
+			break;
+		if (same_ending(toc, d->file[i], file))
+			go = d->done = 1;
+	}
+	if (!d->done)
+		d->file[d->nfile++ % 4] = file;
+	pthread_mutex_unlock(&st->lock);
+	return go;
+}
+
+/* Queues frames fr[lo..hi] (ascending) in runs of adjacent frames, leaving
+ * out [skip_a, skip_b]: the triggering read fetches those itself, and
+ * must not wait behind a job's transfer for them. */
+static void queue_frames(struct nx_store *st, struct nx_spath *p, const uint32_t *fr, size_t lo,
+			 size_t hi, uint32_t skip_a, uint32_t skip_b)
+{
+	size_t k = lo;
+
+	while (k <= hi) {
+		size_t j = k;
+
+		if (fr[k] >= skip_a && fr[k] <= skip_b) {
+			k++;
+			continue;
+		}
+		while (j < hi && fr[j + 1] == fr[j] + 1 && !(fr[j + 1] >= skip_a && fr[j + 1] <= skip_b))
+			j++;
+		ra_queue(st, p, fr[k], fr[j]);
+		k = j + 1;
+	}
+}
+
+static void predict_dir(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t first,
+			uint32_t ext)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *d = &toc->entries[toc->entries[entry].parent];
+	uint64_t bytes, fetched, room;
+	size_t n = 0, m, lo, hi;
+	uint32_t *fr, a, b;
+	int grew;
+
+	if (d->type != NX_NODE_DIRECTORY || !d->nchildren)
+		return;
+	fr = malloc(NX_RUN_FRAMES * sizeof(*fr));
+	if (!fr)
+		return;
+	/* the frames of its small files, in NAR order (ascending) */
+	for (uint32_t c = d->first_child; c - d->first_child < d->nchildren && n < NX_RUN_FRAMES;
+	     c++) {
+		const struct nx_toc_entry *e = &toc->entries[c];
+
+		if (e->type != NX_NODE_REGULAR || !e->size || e->size > NX_SMALL_FILE ||
+		    !same_ending(toc, c, entry) ||
+		    nx_toc_frames_for(toc, e->off, e->size, &a, &b) < 0)
+			continue;
+		for (uint32_t i = a; i <= b && n < NX_RUN_FRAMES; i++)
+			if (!n || fr[n - 1] < i)
+				fr[n++] = i;
+	}
+	if (!n)
+		goto out;
+	/* a window of at most NX_DIR_MAX_BYTES around the miss */
+	for (m = 0; m + 1 < n && fr[m] < first; m++)
+		;
+	lo = hi = m;
+	bytes = toc->frames[fr[m]].clen;
+	do {
+		grew = 0;
+		if (hi + 1 < n && bytes + toc->frames[fr[hi + 1]].clen <= NX_DIR_MAX_BYTES) {
+			bytes += toc->frames[fr[++hi]].clen;
+			grew = 1;
+		}
+		if (lo > 0 && bytes + toc->frames[fr[lo - 1]].clen <= NX_DIR_MAX_BYTES) {
+			bytes += toc->frames[fr[--lo]].clen;
+			grew = 1;
+		}
+	} while (grew);
+	/* A program that reads one or two files of many directories (a
+	 * scan) must not fetch every directory: predictions of a mount stay
+	 * within NX_PRED_FREE plus the bytes that were fetched otherwise. */
+	fetched = nx_stat_get(&st->bytes_fetched);
+	pthread_mutex_lock(&st->lock);
+	room = NX_PRED_FREE + (fetched > st->pred_bytes ? fetched - st->pred_bytes : 0);
+	if (st->pred_bytes + bytes > room) {
+		pthread_mutex_unlock(&st->lock);
+		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: over the prediction budget",
+		       NX_STORE_DIR, p->base, entry);
+		goto out;
+	}
+	st->pred_bytes += bytes;
+	pthread_mutex_unlock(&st->lock);
+	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: second miss of a kind in its directory, frames %u-%u",
+	       NX_STORE_DIR, p->base, entry, fr[lo], fr[hi]);
+	queue_frames(st, p, fr, lo, hi, first, ext);
+out:
+	free(fr);
+}
+
+void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		   uint32_t first, uint32_t ext)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *e = &toc->entries[entry];
+	uint64_t bytes = 0;
+	uint32_t a, b;
+
+	if (!st->ra_max || nx_bg_stopped(st))
+		return;
+	/* The start of a library or program: the loader's page faults will
+	 * walk its segments next. The header's own request brings nothing
+	 * more (it is answered first); the rest of the file goes in parallel
+	 * now instead of one round trip later, when nx_ra_after_data has seen
+	 * the header (whose exact segments are then in flight or cached). */
+	if (off == 0 && looks_elf(toc, entry) &&
+	    nx_toc_frames_for(toc, e->off, e->size, &a, &b) == 0 && b > ext) {
+		for (uint32_t i = ext + 1; i <= b && bytes <= NX_PRED_ELF_BYTES; i++)
+			bytes += toc->frames[i].clen;
+		if (bytes <= NX_PRED_ELF_BYTES) {
+			nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: start of a loadable file, frames %u-%u",
+			       NX_STORE_DIR, p->base, entry, ext + 1, b);
+			ra_queue(st, p, ext + 1, b);
+		}
+	}
+	/* A program that read two files of one kind in a directory reads
+	 * more of them (an interpreter's modules): the directory's small
+	 * files of that kind, which share frames and would each cost one
+	 * round trip of their own. */
+	if (e->size <= NX_SMALL_FILE && dir_second_miss(st, p, e->parent, entry))
+		predict_dir(st, p, entry, first, ext);
+}

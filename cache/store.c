@@ -1533,7 +1533,7 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 	const struct nx_toc_entry *e;
 	struct readwalk w = { .toc = toc };
 	struct nx_walk_ops ops = { .data = read_data, .file = read_file };
-	uint32_t first, last;
+	uint32_t first, last, ext;
 	uint64_t n;
 	int rc;
 
@@ -1560,8 +1560,10 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 	/* before our own fetch, so the window's transfers overlap with it */
 	if (rd)
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
-	rc = nx_frames_walk_ext(st, p, first, last, nx_ra_extend(st, p, entry, last),
-				NX_BATCH_BYTES, &ops, &w);
+	ext = nx_ra_extend(st, p, entry, last);
+	if (rd && !nx_chunk_known(st, toc->frames[first].sha256))
+		nx_ra_on_miss(st, p, entry, off, first, ext);
+	rc = nx_frames_walk_ext(st, p, first, last, ext, NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0 && rd)
 		nx_reader_fail(st, rd, p, entry);
 	if (rc < 0)

@@ -386,6 +386,11 @@ int main(int argc, char *argv[])
 	}
 
 out_store:
+	/* Nothing reads through the mount any more: background transfers
+	 * (readahead, predicted misses, profile and reference prefetch) end
+	 * now instead of holding the exit until a stalled registry's
+	 * timeout; the workers that wait on them are joined below. */
+	nx_fetch_cancel_all();
 	nx_fs_metrics_stop();
 	nx_fs_ops_release(&fs);
 	nx_store_close(fs.st);

@@ -509,7 +509,7 @@ int nx_ix_has_locked(const struct nx_store *st, const char *base);
 #define NX_PF_THREADS 4
 #define NX_PF_GROUP 64
 /* compressed bytes of the runs one profile worker fetches in one request */
-#define NX_PF_BATCH_BYTES (1u << 20)
+#define NX_PF_BATCH_BYTES (4u << 20)
 int nx_prec_open(struct nx_store *st, const char *file, int seconds);
 void nx_prec_note(struct nx_store *st, const struct nx_spath *p, uint32_t first, uint32_t last);
 /* nx_pfetch_start right after the closure index is read: the profile is

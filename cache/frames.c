@@ -235,6 +235,7 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	const struct nx_toc *toc = p->toc;
 	struct run r = { .st = st, .p = p, .cur = first, .last = last, .first = first,
 			 .need = need, .rel = first, .owned = owned, .ops = ops, .ctx = ctx };
+	struct nx_window w = { .cb = run_cb, .ctx = &r };
 	uint32_t cmax = 0;
 	uint64_t end;
 	int rc, probe, frc;
@@ -262,7 +263,12 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 		rc = probe; /* offline: fail fast, the outage was logged */
 		goto out;
 	}
-	rc = st->src.get_blob(st->src.ctx, p->man.nar.digest, r.pos, end - r.pos, run_cb, &r);
+	/* format 2: the NAR layer is a range of the pack; run_cb sees offsets
+	 * in the NAR layer either way */
+	w.base = p->man.nar_off;
+	w.len = p->man.nar.size;
+	rc = st->src.get_blob(st->src.ctx, p->man.nar.digest, w.base + r.pos, end - r.pos,
+			      nx_window_cb, &w);
 	nx_source_end(st, probe, r.err || rc == NX_STOP ? 0 : rc);
 	if (r.err) {
 		rc = r.err == -EBADMSG ? -EIO : r.err;

@@ -518,6 +518,8 @@ static int load_toc(struct nx_store *st, struct nx_spath *p, const char *sp,
 {
 	const struct nx_desc *d = &p->man.toc;
 	struct toc_sink k = { .st = st, .tmp = tmp };
+	struct nx_window w = { .cb = toc_source_cb, .ctx = &k };
+	const uint8_t *at;
 	char what[sizeof(NX_STORE_DIR) + NX_BASE_MAX + 16];
 	const uint8_t *cm;
 	size_t cmlen;
@@ -563,7 +565,10 @@ static int load_toc(struct nx_store *st, struct nx_spath *p, const char *sp,
 		rc = -EIO;
 		goto out;
 	}
-	rc = st->src.get_blob(st->src.ctx, d->digest, 0, d->size, toc_source_cb, &k);
+	/* format 2: the TOC is a range of the pack, verified by its own digest */
+	nx_manifest_toc_at(&p->man, &at, &w.base);
+	w.len = d->size;
+	rc = st->src.get_blob(st->src.ctx, at, w.base, d->size, nx_window_cb, &w);
 	nx_source_end(st, probe, rc);
 	nx_stat_add(&st->bytes_fetched, k.got);
 	if (rc == -ENOMEM)

@@ -389,6 +389,9 @@ int nx_zstd_decompress(const void *src, size_t len, size_t cap, uint8_t **out, s
 #define NX_MT_INDEX "application/vnd.oci.image.index.v1+json"
 #define NX_MT_EMPTY "application/vnd.oci.empty.v1+json"
 #define NX_ARTIFACT_STORE_PATH "application/vnd.nixoci.store-path.v1"
+/* format 2: the path's NAR layer and TOC live in a shared pack blob */
+#define NX_ARTIFACT_STORE_PATH_PACKED "application/vnd.nixoci.store-path.v2"
+#define NX_MT_PACK "application/vnd.nixoci.pack.v1"
 #define NX_MT_NAR "application/vnd.nixoci.nar.v1.zstd-seekable"
 #define NX_MT_TOC "application/vnd.nixoci.toc.v1+zstd"
 #define NX_EMPTY_DIGEST "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
@@ -417,8 +420,14 @@ struct nx_desc {
 /* One store-path manifest (docs/format.md "Store-path manifest"). */
 struct nx_manifest {
 	struct nx_pathinfo info;
-	struct nx_desc nar; /* layer 0, NX_MT_NAR */
-	struct nx_desc toc; /* layer 1, NX_MT_TOC */
+	/* Format 1: layer 0 (NX_MT_NAR) and layer 1 (NX_MT_TOC), each its own
+	 * blob. Format 2 (packed): nar.digest is the pack blob's digest and
+	 * nar.size the NAR layer's length inside it, at nar_off; toc is the
+	 * TOC's own digest and length, at toc_off in the same pack. */
+	struct nx_desc nar;
+	struct nx_desc toc;
+	int packed;
+	uint64_t pack_size, nar_off, toc_off;
 	char **toc_sigs;    /* "name:base64" over nx_toc_fingerprint */
 	size_t ntoc_sigs;
 	char *zstd_params;  /* nx_packer_params() at push time */
@@ -429,6 +438,22 @@ int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len);
 /* Strict parse of untrusted bytes (≤ NX_MANIFEST_MAX): media types, artifact
  * type, annotations present and well-formed, store path valid. */
 int nx_manifest_parse(const char *json, size_t len, struct nx_manifest *out);
+/* Where @m's TOC bytes are: in the blob *digest at offset *off (its own
+ * blob at 0 in format 1, the pack in format 2). */
+void nx_manifest_toc_at(const struct nx_manifest *m, const uint8_t **digest, uint64_t *off);
+
+/*
+ * A window on a blob callback: passes on only the bytes of
+ * [base, base + len) of a blob, with offsets relative to base, so a reader
+ * of a region of a pack sees what it would see of a blob of its own (a
+ * source that ignores Range and sends the whole pack included).
+ */
+struct nx_window {
+	int (*cb)(void *ctx, uint64_t off, const void *buf, size_t len);
+	void *ctx;
+	uint64_t base, len;
+};
+int nx_window_cb(void *ctx, uint64_t off, const void *buf, size_t len);
 
 /* A closure: an OCI image index listing store-path manifests. */
 struct nx_index_entry {

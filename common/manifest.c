@@ -363,7 +363,7 @@ static int manifest_annotations(const struct nx_manifest *m, json_t *a)
 
 	nx_narhash_format(pi->nar_hash, nh);
 	snprintf(num, sizeof(num), "%llu", (unsigned long long)pi->nar_size);
-	if (set_str(a, A_PREFIX "format", "1") < 0 ||
+	if (set_str(a, A_PREFIX "format", m->packed ? "2" : "1") < 0 ||
 	    set_str(a, A_PREFIX "store-path", pi->store_path) < 0 ||
 	    set_str(a, A_PREFIX "nar-hash", nh) < 0 || set_str(a, A_PREFIX "nar-size", num) < 0 ||
 	    set_str(a, A_PREFIX "zstd", m->zstd_params) < 0)
@@ -398,6 +398,67 @@ static int manifest_annotations(const struct nx_manifest *m, json_t *a)
 			return r;
 	}
 	return 0;
+}
+
+/* The pack layer of a format 2 manifest: the pack's descriptor, and where
+ * this path's NAR layer and TOC are in it. */
+static json_t *pack_desc(const struct nx_manifest *m)
+{
+	char d[NX_DIGEST_STRLEN], num[32];
+	json_t *o = make_desc(NX_MT_PACK, m->nar.digest, m->pack_size), *a = json_object();
+	const struct {
+		const char *key;
+		uint64_t v;
+	} nums[] = {
+		{ A_PREFIX "nar-offset", m->nar_off },
+		{ A_PREFIX "nar-length", m->nar.size },
+		{ A_PREFIX "toc-offset", m->toc_off },
+		{ A_PREFIX "toc-length", m->toc.size },
+	};
+
+	if (!o || !a || json_object_set_new(o, "annotations", a) < 0) {
+		json_decref(o);
+		if (!o || !a)
+			json_decref(a);
+		return NULL;
+	}
+	for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+		snprintf(num, sizeof(num), "%llu", (unsigned long long)nums[i].v);
+		if (set_str(a, nums[i].key, num) < 0)
+			goto fail;
+	}
+	nx_digest_format(m->toc.digest, d);
+	if (set_str(a, A_PREFIX "toc-digest", d) < 0)
+		goto fail;
+	return o;
+fail:
+	json_decref(o);
+	return NULL;
+}
+
+void nx_manifest_toc_at(const struct nx_manifest *m, const uint8_t **digest, uint64_t *off)
+{
+	*digest = m->packed ? m->nar.digest : m->toc.digest;
+	*off = m->packed ? m->toc_off : 0;
+}
+
+int nx_window_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct nx_window *w = ctx;
+	const uint8_t *b = buf;
+	uint64_t end = w->base + w->len;
+
+	/* bytes outside the window (a whole-blob answer): not ours to see */
+	if (off >= end || off + len <= w->base)
+		return 0;
+	if (off < w->base) {
+		b += w->base - off;
+		len -= (size_t)(w->base - off);
+		off = w->base;
+	}
+	if (len > end - off)
+		len = (size_t)(end - off);
+	return w->cb(w->ctx, off - w->base, b, len);
 }
 
 int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len)
@@ -435,16 +496,23 @@ int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len)
 	if (r < 0)
 		goto out;
 	r = -ENOMEM;
-	d = make_desc(NX_MT_NAR, m->nar.digest, m->nar.size);
-	if (!d || json_array_append_new(layers, d) < 0)
-		goto out;
-	d = make_desc(NX_MT_TOC, m->toc.digest, m->toc.size);
-	if (!d || json_array_append_new(layers, d) < 0)
-		goto out;
+	if (m->packed) {
+		d = pack_desc(m);
+		if (!d || json_array_append_new(layers, d) < 0)
+			goto out;
+	} else {
+		d = make_desc(NX_MT_NAR, m->nar.digest, m->nar.size);
+		if (!d || json_array_append_new(layers, d) < 0)
+			goto out;
+		d = make_desc(NX_MT_TOC, m->toc.digest, m->toc.size);
+		if (!d || json_array_append_new(layers, d) < 0)
+			goto out;
+	}
 	d = make_desc(NX_MT_EMPTY, empty_digest, 2);
 	if (!d || json_object_set_new(root, "config", d) < 0)
 		goto out;
-	if (set_str(root, "artifactType", NX_ARTIFACT_STORE_PATH) < 0 ||
+	if (set_str(root, "artifactType",
+		    m->packed ? NX_ARTIFACT_STORE_PATH_PACKED : NX_ARTIFACT_STORE_PATH) < 0 ||
 	    set_str(root, "mediaType", NX_MT_MANIFEST) < 0 || set_int(root, "schemaVersion", 2) < 0)
 		goto out;
 	r = dump(root, json, len);
@@ -489,9 +557,10 @@ static int manifest_parse_annotations(json_t *a, struct nx_manifest *m)
 	s = get_str(what, a, A_PREFIX "format", 1);
 	if (!s)
 		return -EINVAL;
-	if (strcmp(s, "1") != 0) {
-		nx_log(NX_LOG_ERR, "manifest: unsupported dev.nixoci.format '%s' (this nixoci "
-				   "reads format 1; upgrade nixoci)", s);
+	if (strcmp(s, m->packed ? "2" : "1") != 0) {
+		nx_log(NX_LOG_ERR, "manifest: unsupported dev.nixoci.format '%s' for a %s "
+				   "manifest (this nixoci reads format 1 and format 2 packed "
+				   "manifests; upgrade nixoci)", s, m->packed ? "packed" : "format 1");
 		return -EINVAL;
 	}
 	s = get_str(what, a, A_PREFIX "store-path", 1);
@@ -566,11 +635,75 @@ static int manifest_parse_annotations(json_t *a, struct nx_manifest *m)
 	return dup_opt(s, &m->zstd_params);
 }
 
+/* A format 2 layer list: one pack layer whose annotations place the NAR
+ * layer and the TOC inside the pack (format.md 2.1). */
+static int parse_pack(json_t *layers, struct nx_manifest *m)
+{
+	static const char what[] = "manifest layers[0] (pack)";
+	struct nx_desc pack;
+	json_t *l, *a;
+	const char *s;
+	uint64_t v[4];
+	static const char *const keys[4] = {
+		A_PREFIX "nar-offset", A_PREFIX "nar-length",
+		A_PREFIX "toc-offset", A_PREFIX "toc-length",
+	};
+
+	if (!json_is_array(layers) || json_array_size(layers) != 1) {
+		nx_log(NX_LOG_ERR, "manifest: layers of a packed manifest is not an array of "
+				   "exactly 1 (pack)");
+		return -EINVAL;
+	}
+	l = json_array_get(layers, 0);
+	if (parse_desc(what, l, NX_MT_PACK, &pack) < 0)
+		return -EINVAL;
+	a = json_object_get(l, "annotations");
+	if (!json_is_object(a)) {
+		nx_log(NX_LOG_ERR, "%s: annotations are missing", what);
+		return -EINVAL;
+	}
+	for (int i = 0; i < 4; i++) {
+		s = get_str(what, a, keys[i], 1);
+		if (!s)
+			return -EINVAL;
+		if (parse_u64(s, &v[i]) < 0 || v[i] >= SIZE_LIMIT || ((i & 1) && v[i] == 0)) {
+			nx_log(NX_LOG_ERR, "%s: %s '%s' is not a%s integer below 2^53", what,
+			       keys[i], s, (i & 1) ? " positive" : "n");
+			return -EINVAL;
+		}
+	}
+	/* both below 2^53: the sums cannot overflow */
+	if (v[0] + v[1] > pack.size || v[2] + v[3] > pack.size ||
+	    (v[0] < v[2] + v[3] && v[2] < v[0] + v[1])) {
+		nx_log(NX_LOG_ERR, "%s: the NAR layer [%llu, +%llu) and the TOC [%llu, +%llu) do "
+				   "not lie apart inside the pack of %llu bytes", what,
+		       (unsigned long long)v[0], (unsigned long long)v[1], (unsigned long long)v[2],
+		       (unsigned long long)v[3], (unsigned long long)pack.size);
+		return -EINVAL;
+	}
+	s = get_str(what, a, A_PREFIX "toc-digest", 1);
+	if (!s)
+		return -EINVAL;
+	if (nx_digest_parse(s, m->toc.digest) < 0) {
+		nx_log(NX_LOG_ERR, "%s: toc-digest '%s' is not sha256:<64 lower-case hex>", what,
+		       s);
+		return -EINVAL;
+	}
+	memcpy(m->nar.digest, pack.digest, NX_SHA256_LEN);
+	m->pack_size = pack.size;
+	m->nar_off = v[0];
+	m->nar.size = v[1];
+	m->toc_off = v[2];
+	m->toc.size = v[3];
+	return 0;
+}
+
 int nx_manifest_parse(const char *json, size_t len, struct nx_manifest *out)
 {
 	static const char what[] = "manifest";
 	struct nx_desc cfg;
 	json_t *root, *layers;
+	const char *at;
 	int r;
 
 	memset(out, 0, sizeof(*out));
@@ -578,9 +711,18 @@ int nx_manifest_parse(const char *json, size_t len, struct nx_manifest *out)
 	if (r < 0)
 		return r;
 	r = -EINVAL;
-	if (check_schema(what, root) < 0 || check_eq(what, root, "mediaType", NX_MT_MANIFEST) < 0 ||
-	    check_eq(what, root, "artifactType", NX_ARTIFACT_STORE_PATH) < 0)
+	if (check_schema(what, root) < 0 || check_eq(what, root, "mediaType", NX_MT_MANIFEST) < 0)
 		goto out;
+	at = get_str(what, root, "artifactType", 1);
+	if (!at)
+		goto out;
+	if (strcmp(at, NX_ARTIFACT_STORE_PATH_PACKED) == 0) {
+		out->packed = 1;
+	} else if (strcmp(at, NX_ARTIFACT_STORE_PATH) != 0) {
+		nx_log(NX_LOG_ERR, "manifest: artifactType is '%s', expected '%s' or '%s'", at,
+		       NX_ARTIFACT_STORE_PATH, NX_ARTIFACT_STORE_PATH_PACKED);
+		goto out;
+	}
 	if (parse_desc("manifest config", json_object_get(root, "config"), NX_MT_EMPTY, &cfg) < 0)
 		goto out;
 	if (cfg.size != 2 || check_eq("manifest config", json_object_get(root, "config"),
@@ -589,15 +731,18 @@ int nx_manifest_parse(const char *json, size_t len, struct nx_manifest *out)
 		goto out;
 	}
 	layers = json_object_get(root, "layers");
-	if (!json_is_array(layers) || json_array_size(layers) != 2) {
+	if (out->packed) {
+		if (parse_pack(layers, out) < 0)
+			goto out;
+	} else if (!json_is_array(layers) || json_array_size(layers) != 2) {
 		nx_log(NX_LOG_ERR, "manifest: layers is not an array of exactly 2 (nar, toc)");
 		goto out;
-	}
-	if (parse_desc("manifest layers[0] (nar)", json_array_get(layers, 0), NX_MT_NAR,
-		       &out->nar) < 0 ||
-	    parse_desc("manifest layers[1] (toc)", json_array_get(layers, 1), NX_MT_TOC,
-		       &out->toc) < 0)
+	} else if (parse_desc("manifest layers[0] (nar)", json_array_get(layers, 0), NX_MT_NAR,
+			      &out->nar) < 0 ||
+		   parse_desc("manifest layers[1] (toc)", json_array_get(layers, 1), NX_MT_TOC,
+			      &out->toc) < 0) {
 		goto out;
+	}
 	r = manifest_parse_annotations(json_object_get(root, "annotations"), out);
 out:
 	json_decref(root);

@@ -49,6 +49,8 @@ static int cm_one(struct cm_job *j, size_t i)
 	uint8_t d[NX_SHA256_LEN];
 	struct nx_manifest m;
 	struct cm_toc t = { 0 };
+	struct nx_window w = { .cb = cm_toc_cb, .ctx = &t };
+	const uint8_t *at;
 	char *body = NULL;
 	size_t len = 0;
 	int r;
@@ -86,7 +88,9 @@ static int cm_one(struct cm_job *j, size_t i)
 		free(body);
 		return -ENOMEM;
 	}
-	r = nx_registry_get_blob(j->p->reg, m.toc.digest, 0, t.size, cm_toc_cb, &t);
+	nx_manifest_toc_at(&m, &at, &w.base);
+	w.len = t.size;
+	r = nx_registry_get_blob(j->p->reg, at, w.base, t.size, nx_window_cb, &w);
 	if (r == 0 && t.got != t.size)
 		r = -EIO;
 	if (r == 0) {

@@ -35,6 +35,7 @@ static const char usage_import[] =
 	"\n"
 	"options:\n"
 	"  -j, --jobs N          parallel NAR downloads and uploads (default 4)\n"
+	"  --pack                small store paths share pack blobs (manifest format 2)\n"
 	"  -t, --tag NAME        also write a closure index under tag NAME (only when\n"
 	"                        every path was imported)\n"
 	"  -k, --sign-key FILE   also sign with a nix-store --generate-binary-cache-key key\n"
@@ -518,6 +519,7 @@ int nx_cmd_import(struct nx_cli *cli, int argc, char **argv)
 
 	p.jobs = po.jobs;
 	p.mount_from = po.mount_from;
+	p.pack = po.pack;
 	if (nx_pub_open(&p, cli, ref) < 0)
 		goto out;
 	if (nx_pub_run(&p, po.jobs) < 0)

@@ -313,9 +313,11 @@ static json_t *json_layer(const struct nx_desc *d)
 static int info_json(const struct nx_manifest *m, const uint8_t digest[NX_SHA256_LEN])
 {
 	char h[NX_NARHASH_STRLEN], d[NX_DIGEST_STRLEN];
+	struct nx_desc pack = { .size = m->pack_size };
 	json_t *o;
 	int r;
 
+	memcpy(pack.digest, m->nar.digest, NX_SHA256_LEN);
 	nx_narhash_format(m->info.nar_hash, h);
 	nx_digest_format(digest, d);
 	o = json_pack("{s:s, s:s, s:I, s:o, s:o, s:s, s:o, s:o, s:o}", "path", m->info.store_path,
@@ -328,7 +330,10 @@ static int info_json(const struct nx_manifest *m, const uint8_t digest[NX_SHA256
 		return -ENOMEM;
 	if ((m->info.deriver && json_object_set_new(o, "deriver", json_string(m->info.deriver))) ||
 	    (m->info.ca && json_object_set_new(o, "ca", json_string(m->info.ca))) ||
-	    (m->zstd_params && json_object_set_new(o, "zstd", json_string(m->zstd_params)))) {
+	    (m->zstd_params && json_object_set_new(o, "zstd", json_string(m->zstd_params))) ||
+	    (m->packed && json_object_set_new(o, "pack", json_pack("{s:o, s:I, s:I}", "layer",
+			 json_layer(&pack), "narOffset", (json_int_t)m->nar_off, "tocOffset",
+			 (json_int_t)m->toc_off)))) {
 		json_decref(o);
 		return -ENOMEM;
 	}
@@ -391,7 +396,13 @@ int nx_cmd_info(struct nx_cli *cli, int argc, char **argv)
 	nx_digest_format(digest, d);
 	printf("Manifest: %s\n", d);
 	nx_digest_format(m.nar.digest, d);
-	printf("NarLayer: %s %llu\n", d, (unsigned long long)m.nar.size);
+	if (m.packed)
+		printf("Pack: %s %llu nar %llu+%llu toc %llu+%llu\n", d,
+		       (unsigned long long)m.pack_size, (unsigned long long)m.nar_off,
+		       (unsigned long long)m.nar.size, (unsigned long long)m.toc_off,
+		       (unsigned long long)m.toc.size);
+	else
+		printf("NarLayer: %s %llu\n", d, (unsigned long long)m.nar.size);
 	nx_digest_format(m.toc.digest, d);
 	printf("TocLayer: %s %llu\n", d, (unsigned long long)m.toc.size);
 	print_list("TocSig", m.toc_sigs, m.ntoc_sigs);
@@ -630,6 +641,26 @@ static int v_blob_cb(void *ctx, uint64_t off, const void *buf, size_t len)
 	return 0;
 }
 
+/* Format 2: the whole pack goes through the pack's digest, and its NAR
+ * layer's range through the checks of a format 1 NAR layer. */
+struct vpack {
+	struct nx_window w;
+	struct nx_sha256 h;
+	uint64_t got;
+};
+
+static int vpack_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct vpack *k = ctx;
+
+	if (off != k->got)
+		return vfail(k->w.ctx, "registry sent pack bytes out of order (offset %llu, "
+			     "want %llu)", (unsigned long long)off, (unsigned long long)k->got);
+	nx_sha256_update(&k->h, buf, len);
+	k->got += len;
+	return nx_window_cb(&k->w, off, buf, len);
+}
+
 /* Streams the NAR layer and checks it against the TOC and the manifest. */
 static int verify_nar(struct nx_registry *reg, const struct nx_manifest *m,
 		      const struct nx_toc *toc, char **what)
@@ -674,7 +705,23 @@ static int verify_nar(struct nx_registry *reg, const struct nx_manifest *m,
 		goto out;
 	v.nar_h_live = 1;
 
-	r = nx_registry_get_blob(reg, m->nar.digest, 0, 0, v_blob_cb, &v);
+	if (m->packed) {
+		struct vpack k = { .w = { .cb = v_blob_cb, .ctx = &v, .base = m->nar_off,
+					  .len = m->nar.size } };
+
+		r = nx_sha256_init(&k.h);
+		if (r < 0)
+			goto out;
+		r = nx_registry_get_blob(reg, m->nar.digest, 0, 0, vpack_cb, &k);
+		nx_sha256_final(&k.h, sha);
+		if (r == 0 && k.got != m->pack_size)
+			r = vfail(&v, "pack is %llu bytes, its descriptor says %llu",
+				  (unsigned long long)k.got, (unsigned long long)m->pack_size);
+		else if (r == 0 && memcmp(sha, m->nar.digest, NX_SHA256_LEN) != 0)
+			r = vfail(&v, "pack content does not match its digest");
+	} else {
+		r = nx_registry_get_blob(reg, m->nar.digest, 0, 0, v_blob_cb, &v);
+	}
 	if (r < 0) {
 		if (!v.what)
 			vfail(&v, "cannot fetch the NAR layer: %s", strerror(-r));
@@ -687,7 +734,9 @@ static int verify_nar(struct nx_registry *reg, const struct nx_manifest *m,
 	}
 	nx_sha256_final(&v.blob_h, sha);
 	v.blob_h_live = 0;
-	if (memcmp(sha, m->nar.digest, NX_SHA256_LEN) != 0) {
+	/* a packed NAR layer has no digest of its own: the pack's was checked,
+	 * and every frame's is below */
+	if (!m->packed && memcmp(sha, m->nar.digest, NX_SHA256_LEN) != 0) {
 		r = vfail(&v, "NAR layer content does not match its digest");
 		goto out;
 	}

@@ -268,7 +268,15 @@ int nx_cli_get_toc(struct nx_registry *reg, const struct nx_manifest *m, struct 
 	free(name);
 	if (r < 0)
 		return r;
-	r = nx_registry_get_blob(reg, m->toc.digest, 0, 0, toc_fetch_cb, &f);
+	/* format 2: the TOC's range of the pack, checked by its own digest */
+	{
+		struct nx_window w = { .cb = toc_fetch_cb, .ctx = &f, .len = m->toc.size };
+		const uint8_t *at;
+
+		nx_manifest_toc_at(m, &at, &w.base);
+		r = nx_registry_get_blob(reg, at, w.base, m->packed ? m->toc.size : 0,
+					 nx_window_cb, &w);
+	}
 	if (r == 0 || r == -EBADMSG)
 		r = nx_toc_reader_finish(f.r, toc);
 	nx_toc_reader_free(f.r);

@@ -29,6 +29,11 @@ int nx_pub_init(struct nx_pub *p, const char *verb)
 	r = pthread_mutex_init(&p->lock, NULL);
 	if (r)
 		return -r;
+	r = pthread_cond_init(&p->cond, NULL);
+	if (r) {
+		pthread_mutex_destroy(&p->lock);
+		return -r;
+	}
 	p->verb = verb;
 	p->tty = nx_cli_tty();
 	p->tmpdir = getenv("TMPDIR");
@@ -46,10 +51,15 @@ void nx_pub_release(struct nx_pub *p)
 		nx_pathinfo_release(&p->paths[i].info);
 		free(p->paths[i].man);
 		free(p->paths[i].toc);
+		free(p->paths[i].pk_nar);
+		free(p->paths[i].pk_toc);
 	}
 	free(p->paths);
 	free(p->tags);
+	free(p->groups);
+	free(p->mq);
 	nx_registry_close(p->reg);
+	pthread_cond_destroy(&p->cond);
 	pthread_mutex_destroy(&p->lock);
 	explicit_bzero(&p->key, sizeof(p->key));
 }
@@ -471,6 +481,184 @@ out:
 	return r;
 }
 
+/* ------------------------------------------------------------- packing */
+
+/*
+ * With --pack, the paths that this push writes and whose NAR is at most
+ * NX_PACK_NAR_MAX are planned into packs before the workers start, in store
+ * path order, each pack closed at NX_PACK_NAR_TARGET bytes of NAR or
+ * NX_PACK_MEMBERS paths. The plan depends only on the paths and on which the
+ * tag list shows written, so the same push into another repository writes
+ * the same packs (and --mount-from can mount them). A pack is a few tens of
+ * MiB compressed: a unit small enough to cache, copy and push again on its
+ * own, large enough that its two upload requests are shared by many paths.
+ */
+#define NX_PACK_NAR_MAX (8ull << 20)
+#define NX_PACK_NAR_TARGET (64ull << 20)
+#define NX_PACK_MEMBERS 512
+
+static void plan_packs(struct nx_pub *p)
+{
+	struct nx_pub_group *g = NULL;
+	char tag[NX_HASH_LEN + 1];
+	size_t i;
+
+	p->groups = calloc(p->npaths ? p->npaths : 1, sizeof(*p->groups));
+	p->mq = calloc(p->npaths ? p->npaths : 1, sizeof(*p->mq));
+	if (!p->groups || !p->mq) {
+		/* no packs then: every path gets blobs of its own */
+		free(p->groups);
+		free(p->mq);
+		p->groups = NULL;
+		p->mq = NULL;
+		return;
+	}
+	for (i = 0; i < p->npaths; i++) {
+		struct nx_pub_path *pp = &p->paths[i];
+
+		nx_cli_tag(pp->info.store_path + sizeof(NX_STORE_DIR), tag);
+		if (pp->info.nar_size > NX_PACK_NAR_MAX || (p->tags_known && has_tag(p, tag)))
+			continue;
+		if (!g) {
+			g = &p->groups[p->ngroups++];
+			g->first = i;
+		}
+		pp->group = g;
+		g->last = i;
+		g->pending++;
+		g->nar += pp->info.nar_size;
+		if (g->nar >= NX_PACK_NAR_TARGET || g->pending >= NX_PACK_MEMBERS)
+			g = NULL;
+	}
+	/* a pack of one path saves little and would keep it from older readers */
+	for (i = 0; i < p->ngroups; i++)
+		if (p->groups[i].pending == 1)
+			p->paths[p->groups[i].first].group = NULL;
+}
+
+/* Keeps @pp's NAR layer (@blob_size bytes of @fd) and its compressed TOC
+ * (*tocz, taken) for its pack. 2, or -errno. */
+static int pack_member(struct nx_pub_path *pp, int fd, uint64_t blob_size, uint8_t **tocz,
+		       size_t tocz_len)
+{
+	uint64_t got = 0;
+	ssize_t n;
+
+	pp->pk_nar = malloc(blob_size);
+	if (!pp->pk_nar)
+		return -ENOMEM;
+	while (got < blob_size) {
+		n = pread(fd, pp->pk_nar + got, blob_size - got, (off_t)got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			nx_log(NX_LOG_ERR, "%s: cannot read back its packed NAR layer: %s",
+			       pp->info.store_path, n < 0 ? strerror(errno) : "short file");
+			return -EIO;
+		}
+		got += (uint64_t)n;
+	}
+	pp->pk_nar_len = blob_size;
+	pp->pk_toc = *tocz;
+	pp->pk_toc_len = tocz_len;
+	*tocz = NULL;
+	pp->pk_ready = 1;
+	return 2;
+}
+
+/* Writes the pack of group @g: its members that are ready, in order, each
+ * NAR layer followed by its TOC; then queues their manifests. */
+static int flush_pack(struct nx_pub *p, struct nx_pub_group *g)
+{
+	uint8_t digest[NX_SHA256_LEN], *buf;
+	uint64_t size = 0, pos = 0;
+	size_t i, n = 0;
+	int r;
+
+	for (i = g->first; i <= g->last; i++)
+		if (p->paths[i].group == g && p->paths[i].pk_ready)
+			size += p->paths[i].pk_nar_len + p->paths[i].pk_toc_len;
+	if (size == 0)
+		return 0; /* every member was there already */
+	buf = malloc(size);
+	if (!buf)
+		return -ENOMEM;
+	for (i = g->first; i <= g->last; i++) {
+		struct nx_pub_path *pp = &p->paths[i];
+
+		if (pp->group != g || !pp->pk_ready)
+			continue;
+		pp->pk_nar_off = pos;
+		memcpy(buf + pos, pp->pk_nar, pp->pk_nar_len);
+		pos += pp->pk_nar_len;
+		pp->pk_toc_off = pos;
+		memcpy(buf + pos, pp->pk_toc, pp->pk_toc_len);
+		pos += pp->pk_toc_len;
+		free(pp->pk_nar);
+		pp->pk_nar = NULL;
+	}
+	nx_sha256(buf, size, digest);
+	r = nx_pub_upload_blob(p, digest, -1, buf, size, p->tags_known ? -1 : 0);
+	free(buf);
+	if (r < 0) {
+		char ds[NX_DIGEST_STRLEN];
+
+		nx_digest_format(digest, ds);
+		nx_log(NX_LOG_ERR, "cannot upload pack %s (%llu bytes) to %s", ds,
+		       (unsigned long long)size, nx_registry_ref(p->reg));
+		return r;
+	}
+	pthread_mutex_lock(&p->lock);
+	for (i = g->first; i <= g->last; i++) {
+		struct nx_pub_path *pp = &p->paths[i];
+
+		if (pp->group != g || !pp->pk_ready)
+			continue;
+		memcpy(pp->pk_digest, digest, NX_SHA256_LEN);
+		pp->pk_size = size;
+		p->mq[p->mq_tail++] = i;
+		n++;
+	}
+	p->packs++;
+	pthread_mutex_unlock(&p->lock);
+	nx_log(NX_LOG_DEBUG, "pack of %zu paths, %llu bytes, written", n, (unsigned long long)size);
+	return 0;
+}
+
+/* The manifest of a packed path whose pack is written. */
+static int pack_manifest(struct nx_pub *p, struct nx_pub_path *pp)
+{
+	const char *base = pp->info.store_path + sizeof(NX_STORE_DIR);
+	char tag[NX_HASH_LEN + 1];
+	struct sigset s = { 0 };
+	struct nx_manifest m;
+	int r, changed;
+
+	nx_cli_tag(base, tag);
+	memset(&m, 0, sizeof(m));
+	m.info = pp->info; /* shallow: pp keeps ownership */
+	m.packed = 1;
+	memcpy(m.nar.digest, pp->pk_digest, NX_SHA256_LEN);
+	m.pack_size = pp->pk_size;
+	m.nar.size = pp->pk_nar_len;
+	m.nar_off = pp->pk_nar_off;
+	nx_sha256(pp->pk_toc, pp->pk_toc_len, m.toc.digest);
+	m.toc.size = pp->pk_toc_len;
+	m.toc_off = pp->pk_toc_off;
+	m.zstd_params = (char *)nx_packer_params();
+	r = sign_manifest(p, &m, &s, &changed);
+	if (r == 0)
+		r = put_manifest(p, pp, tag, &m);
+	if (r == 0) {
+		free(pp->toc); /* for the closure metadata */
+		pp->toc = pp->pk_toc;
+		pp->toc_len = pp->pk_toc_len;
+		pp->pk_toc = NULL;
+	}
+	sigset_release(&s);
+	return r;
+}
+
 int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,
 		  uint64_t nar_size, uint64_t blob_size, const uint8_t blob_sha[NX_SHA256_LEN])
 {
@@ -490,6 +678,10 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	if (r < 0)
 		goto out;
 
+	if (pp->group) {
+		r = pack_member(pp, fd, blob_size, &tocz, tocz_len);
+		goto out;
+	}
 	memset(&m, 0, sizeof(m));
 	m.info = pp->info; /* shallow: pp keeps ownership */
 	memcpy(m.nar.digest, blob_sha, NX_SHA256_LEN);
@@ -528,28 +720,93 @@ out:
 
 /* ------------------------------------------------------------ workers */
 
+/* @pp's worker is done with it (@r from p->one): the last member of a
+ * pack writes the pack. p->nflushing counts the paths of packs in work
+ * and the packs being written: while it is not 0, idle workers wait for
+ * manifests to write instead of leaving. */
+static void group_done(struct nx_pub *p, struct nx_pub_path *pp, int r)
+{
+	struct nx_pub_group *g = pp->group;
+	int last;
+
+	if (!g)
+		return;
+	pthread_mutex_lock(&p->lock);
+	last = --g->pending == 0 && !p->failed && r >= 0;
+	if (!last) {
+		p->nflushing--; /* taken with the path (worker) */
+		pthread_cond_broadcast(&p->cond);
+	}
+	pthread_mutex_unlock(&p->lock);
+	if (!last)
+		return;
+	r = flush_pack(p, g);
+	pthread_mutex_lock(&p->lock);
+	if (r < 0)
+		p->failed = 1;
+	p->nflushing--;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
 static void *worker(void *arg)
 {
 	struct nx_pub *p = arg;
 	struct nx_pub_path *pp;
 	size_t i;
-	int r;
+	int r, man;
 
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
-		if (p->failed || p->next >= p->npaths) {
-			pthread_mutex_unlock(&p->lock);
-			return NULL;
+		for (;;) {
+			man = 0;
+			if (p->failed) {
+				pthread_mutex_unlock(&p->lock);
+				return NULL;
+			}
+			/* manifests of written packs first: their paths are
+			 * only readable once these are there */
+			if (p->mq_head < p->mq_tail) {
+				i = p->mq[p->mq_head++];
+				man = 1;
+				break;
+			}
+			if (p->next < p->npaths) {
+				i = p->next++;
+				/* until its pack is written, its manifest may
+				 * still come: the others wait for it */
+				if (p->paths[i].group)
+					p->nflushing++;
+				break;
+			}
+			if (!p->nflushing) {
+				pthread_mutex_unlock(&p->lock);
+				return NULL;
+			}
+			pthread_cond_wait(&p->cond, &p->lock);
 		}
-		i = p->next++;
 		pthread_mutex_unlock(&p->lock);
 
 		pp = &p->paths[i];
+		if (man) {
+			r = pack_manifest(p, pp);
+			if (r < 0) {
+				pthread_mutex_lock(&p->lock);
+				p->failed = 1;
+				progress_clear_locked(p);
+				nx_log(NX_LOG_ERR, "%s %s: %s", p->cmd, pp->info.store_path,
+				       strerror(-r));
+				pthread_cond_broadcast(&p->cond);
+				pthread_mutex_unlock(&p->lock);
+			}
+			continue;
+		}
 		r = p->one(p, pp);
 
 		pthread_mutex_lock(&p->lock);
 		if (r < 0) {
 			p->failed = 1;
+			pthread_cond_broadcast(&p->cond);
 			progress_clear_locked(p);
 			nx_log(NX_LOG_ERR, "%s %s: %s", p->cmd, pp->info.store_path, strerror(-r));
 		} else {
@@ -565,6 +822,7 @@ static void *worker(void *arg)
 			progress_locked(p);
 		}
 		pthread_mutex_unlock(&p->lock);
+		group_done(p, pp, r);
 	}
 }
 
@@ -632,6 +890,8 @@ int nx_pub_run(struct nx_pub *p, long jobs)
 
 	if (p->npaths > 1)
 		list_tags(p);
+	if (p->pack)
+		plan_packs(p);
 	r = config_blob(p);
 	if (r < 0)
 		return r;
@@ -912,6 +1172,7 @@ int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int ar
 		{ "tag", required_argument, NULL, 't' },
 		{ "sign-key", required_argument, NULL, 'k' },
 		{ "mount-from", required_argument, NULL, 'M' },
+		{ "pack", no_argument, NULL, 'P' },
 		NX_CLI_LONGOPTS,
 		{ NULL, 0, NULL, 0 },
 	};
@@ -939,6 +1200,9 @@ int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int ar
 			break;
 		case 'M':
 			o->mount_from = optarg;
+			break;
+		case 'P':
+			o->pack = 1;
 			break;
 		case '?':
 			return nx_cli_usage_error(usage, "%s: unknown option '%s'", cmd,

@@ -58,6 +58,8 @@ static const char usage_push[] =
 	"                        nothing else is checked or written\n"
 	"  --mount-from REPO     blobs that repository REPO of the same registry has\n"
 	"                        are mounted from it instead of uploaded\n"
+	"  --pack                small store paths share pack blobs (manifest format 2\n"
+	"                        of docs/format.md): far fewer upload requests\n"
 	"  -k, --sign-key FILE   sign with a nix-store --generate-binary-cache-key secret key\n"
 	"  --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
 
@@ -567,6 +569,7 @@ int nx_cmd_push(struct nx_cli *cli, int argc, char **argv)
 
 	ps.jobs = po.jobs;
 	ps.mount_from = po.mount_from;
+	ps.pack = po.pack;
 	if (nx_pub_open(&ps, cli, ref) < 0)
 		goto out;
 	if (query_closure(&ps, roots, nroots) < 0)

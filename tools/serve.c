@@ -242,6 +242,7 @@ static int fill(struct nar_stream *st)
 {
 	const struct nx_toc_frame *f = st->toc->frames;
 	struct collect cl = { 0 };
+	struct nx_window w = { .cb = collect_cb, .ctx = &cl };
 	uint32_t i, end = st->next;
 	uint64_t len = 0;
 	int r;
@@ -259,7 +260,11 @@ static int fill(struct nar_stream *st)
 	cl.buf = st->buf;
 	cl.off = f[st->next].coff;
 	cl.len = len;
-	r = nx_registry_get_blob(st->sv->reg, st->m.nar.digest, cl.off, len, collect_cb, &cl);
+	/* format 2: the NAR layer is a range of the pack at nar_off */
+	w.base = st->m.nar_off;
+	w.len = st->m.nar.size;
+	r = nx_registry_get_blob(st->sv->reg, st->m.nar.digest, w.base + cl.off, len, nx_window_cb,
+				 &w);
 	if (r < 0)
 		return r;
 	if (cl.got != len) {

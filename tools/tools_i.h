@@ -146,6 +146,22 @@ struct nx_pub_path {
 	 * replaces (nx_pub_unchanged checked them): nx_pub_existing skips the
 	 * path without a request when the tag list has its tag */
 	int adopt;
+	/* --pack: the pack this path goes into (NULL: blobs of its own), and
+	 * until the pack is written, its NAR layer and compressed TOC (owned) */
+	struct nx_pub_group *group;
+	uint8_t *pk_nar, *pk_toc;
+	uint64_t pk_nar_len, pk_nar_off, pk_toc_off;
+	size_t pk_toc_len;
+	int pk_ready;
+	uint8_t pk_digest[NX_SHA256_LEN]; /* the pack's, once written */
+	uint64_t pk_size;
+};
+
+/* A planned pack (format.md 2.1): paths first..last of nx_pub.paths whose
+ * group is this one, in that order; written when the last member is in. */
+struct nx_pub_group {
+	size_t first, last, pending;
+	uint64_t nar;
 };
 
 struct nx_pub {
@@ -171,10 +187,17 @@ struct nx_pub {
 	size_t ntags;
 	int tags_known;
 	int config_done;        /* the empty config blob is in the repository */
+	int pack;               /* --pack: small paths share pack blobs */
+	struct nx_pub_group *groups;
+	size_t ngroups;
 
 	pthread_mutex_t lock; /* guards everything below */
 	size_t next;
 	size_t done, uploaded, skipped, mounted;
+	/* packed paths whose pack is written and whose manifest is not yet:
+	 * any worker writes them; nflushing packs are being written */
+	size_t *mq, mq_head, mq_tail, nflushing, packs;
+	pthread_cond_t cond;
 	uint64_t bytes;
 	int failed;
 	int tty;
@@ -250,6 +273,7 @@ struct nx_pub_opts {
 	const char *mount_from; /* --mount-from REPO */
 	const char *tag;
 	const char *keyfile;
+	int pack; /* --pack */
 };
 int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int argc, char **argv,
 		  struct nx_pub_opts *o);

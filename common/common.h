@@ -356,6 +356,9 @@ struct nx_packer;
 int nx_packer_new(struct nx_packer **out, int fd, struct nx_toc_builder *toc);
 /* The sink to hand to nx_nar_dump; valid while the packer lives. */
 const struct nx_nar_sink *nx_packer_sink(struct nx_packer *p);
+/* The layer goes into a pack (format 2) whose digest is computed whole:
+ * its own digest is not needed, and finish reports it as zeros. */
+void nx_packer_no_blob_hash(struct nx_packer *p);
 /* Flushes the last frame, writes the seek table. Reports totals and the
  * SHA-256 of everything written to @fd and of the NAR itself. */
 int nx_packer_finish(struct nx_packer *p, uint64_t *nar_size, uint64_t *blob_size,

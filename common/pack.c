@@ -68,6 +68,7 @@ struct nx_packer {
 	uint32_t nframes, sizes_cap;
 	struct nx_sha256 nar_h, blob_h;
 	int hashing; /* both hash contexts live */
+	int no_blob_hash; /* nx_packer_no_blob_hash */
 	int err;     /* sticky */
 };
 
@@ -79,7 +80,8 @@ static int emit(struct nx_packer *p, const void *buf, size_t len)
 		nx_log(NX_LOG_ERR, "pack: write of the nar layer failed: %s", strerror(-r));
 		return r;
 	}
-	nx_sha256_update(&p->blob_h, buf, len);
+	if (!p->no_blob_hash)
+		nx_sha256_update(&p->blob_h, buf, len);
 	p->blob_off += len;
 	return 0;
 }
@@ -245,6 +247,11 @@ fail:
 	return r;
 }
 
+void nx_packer_no_blob_hash(struct nx_packer *p)
+{
+	p->no_blob_hash = 1;
+}
+
 const struct nx_nar_sink *nx_packer_sink(struct nx_packer *p)
 {
 	return &p->sink;
@@ -283,6 +290,8 @@ int nx_packer_finish(struct nx_packer *p, uint64_t *nar_size, uint64_t *blob_siz
 		return p->err = r;
 	nx_sha256_final(&p->nar_h, nar_sha256);
 	nx_sha256_final(&p->blob_h, blob_sha256);
+	if (p->no_blob_hash)
+		memset(blob_sha256, 0, NX_SHA256_LEN);
 	p->hashing = 0;
 	p->err = -EINVAL; /* finished: only free is allowed */
 	*nar_size = p->nar_off;

@@ -261,6 +261,8 @@ static int import_one(struct nx_pub *p, struct nx_pub_path *pp)
 	r = nx_toc_builder_new(&tb);
 	if (r == 0)
 		r = nx_packer_new(&pk, fd, tb);
+	if (r == 0 && pp->group) /* its pack's digest is what counts */
+		nx_packer_no_blob_hash(pk);
 	if (r == 0)
 		r = nx_nar_parser_new(&s.parser, nx_packer_sink(pk));
 	if (r == 0)

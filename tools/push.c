@@ -399,6 +399,8 @@ static int push_one(struct nx_pub *ps, struct nx_pub_path *pp)
 	r = nx_packer_new(&pk, fd, tb);
 	if (r < 0)
 		goto out;
+	if (pp->group) /* its pack's digest is what counts */
+		nx_packer_no_blob_hash(pk);
 	r = nx_nar_dump(path, nx_packer_sink(pk));
 	if (r < 0)
 		goto out;

@@ -112,6 +112,59 @@ test_expect_success 're-push --pack of the unchanged closure uploads nothing' '
 	test "$(posts)" = "$before"
 '
 
+test_expect_success '--mount-from a repository with the same packs mounts the pack' '
+	nixoci push --pack --mount-from packed "$REG/copy" "$SMALL" >mf.out 2>&1 &&
+	cat mf.out &&
+	grep -q "blobs mounted from packed" mf.out &&
+	test "$(pack_field copy "$DATA" "l[\"digest\"]")" = \
+		"$(pack_field packed "$DATA" "l[\"digest\"]")" &&
+	nixoci verify "$REG/copy" $SMALL_CLOSURE >/dev/null
+'
+
+test_expect_success 'partial re-push: the paths not there yet share a pack' '
+	NOTE=$(echo "$SMALL_CLOSURE" | grep -- -hello-note.txt) &&
+	test "$(nix-store -q --requisites "$NOTE" | wc -l)" = 1 &&
+	nixoci push --pack "$REG/partial" "$NOTE" &&
+	# a pack of one path would save nothing: format 1
+	pack_field partial "$NOTE" "m[\"artifactType\"]" >one &&
+	grep -qx "application/vnd.nixoci.store-path.v1" one &&
+	nixoci push --pack --tag hello "$REG/partial" "$SMALL" >partial.out 2>&1 &&
+	cat partial.out &&
+	test "$(push_summary_field "$(cat partial.out)" uploaded)" = $((NPATHS - 1)) &&
+	for p in $SMALL_CLOSURE; do
+		[ "$p" = "$NOTE" ] || pack_field partial "$p" "l[\"digest\"]" || return 1
+	done | sort -u | wc -l >npacks &&
+	test "$(cat npacks)" = 1 &&
+	mount_store "$REG/partial" "$TRASH/partial" closure=hello &&
+	check_mount_hashes "$TRASH/partial" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/partial"
+'
+
+test_expect_success 'signed packed push: a mount with the key trusted serves it' '
+	nix-store --generate-binary-cache-key pack-test-1 "$TRASH/sk" "$TRASH/pk" &&
+	nixoci push --pack --sign-key "$TRASH/sk" "$REG/signed" "$SMALL" &&
+	pack_field signed "$DATA" "a[\"dev.nixoci.toc-digest\"], \
+m[\"annotations\"][\"dev.nixoci.toc-sigs\"]" | grep -q " pack-test-1:" &&
+	mount_store "$REG/signed" "$TRASH/signed" "trusted-public-keys=$(cat "$TRASH/pk")" &&
+	check_mount_hashes "$TRASH/signed" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/signed"
+'
+
+test_expect_success 'import --pack from a binary cache: one pack, the closure mounts' '
+	nix --extra-experimental-features nix-command copy \
+		--to "file://$TRASH/bincache?compression=zstd" $SMALL &&
+	nixoci import --pack --tag small "file://$TRASH/bincache" "$REG/imported" "$SMALL" &&
+	for p in $SMALL_CLOSURE; do
+		pack_field imported "$p" "l[\"mediaType\"], l[\"digest\"]" || return 1
+	done | sort -u >ilayers &&
+	cat ilayers &&
+	test "$(wc -l <ilayers)" = 1 &&
+	grep -q "^application/vnd.nixoci.pack.v1 " ilayers &&
+	mount_store "$REG/imported" "$TRASH/imported" closure=small &&
+	check_mount_hashes "$TRASH/imported" $SMALL_CLOSURE &&
+	unmount_store "$TRASH/imported"
+'
+
 test_expect_success 'nixoci serve streams a packed path as a binary cache NAR' '
 	start_serve serve.out "$REG/packed" &&
 	h=${DATA##*/} && h=${h%%-*} &&

@@ -337,11 +337,138 @@ static void test_index(void)
 	free(ix.entries);
 }
 
+/* Format 2 (docs/format.md 2.1): one pack layer placing the NAR layer and
+ * the TOC; round trip, then each placement rule broken once. */
+static char *repl(const char *in, const char *from, const char *to)
+{
+	const char *at = strstr(in, from);
+	size_t n;
+	char *s;
+
+	if (!at)
+		return NULL;
+	n = strlen(in) - strlen(from) + strlen(to) + 1;
+	s = malloc(n);
+	snprintf(s, n, "%.*s%s%s", (int)(at - in), in, to, at + strlen(from));
+	return s;
+}
+
+static void test_packed(void)
+{
+	static const struct {
+		const char *name, *from, *to;
+	} tab[] = {
+		{ "toc past the pack", "\"dev.nixoci.toc-offset\":\"81234\"",
+		  "\"dev.nixoci.toc-offset\":\"98767\"" },
+		{ "nar past the pack", "\"dev.nixoci.nar-offset\":\"0\"",
+		  "\"dev.nixoci.nar-offset\":\"18767\"" },
+		{ "nar and toc overlap", "\"dev.nixoci.nar-offset\":\"0\"",
+		  "\"dev.nixoci.nar-offset\":\"1\"" },
+		{ "nar-length 0", "\"dev.nixoci.nar-length\":\"81234\"",
+		  "\"dev.nixoci.nar-length\":\"0\"" },
+		{ "toc-length missing", "\"dev.nixoci.toc-length\"", "\"dev.nixoci.toc-len\"" },
+		{ "offset leading zero", "\"dev.nixoci.toc-offset\":\"81234\"",
+		  "\"dev.nixoci.toc-offset\":\"081234\"" },
+		{ "offset 2^64", "\"dev.nixoci.toc-offset\":\"81234\"",
+		  "\"dev.nixoci.toc-offset\":\"18446744073709551616\"" },
+		{ "offset a number", "\"dev.nixoci.toc-offset\":\"81234\"",
+		  "\"dev.nixoci.toc-offset\":81234" },
+		{ "toc-digest missing", "\"dev.nixoci.toc-digest\"", "\"dev.nixoci.toc-dig\"" },
+		{ "toc-digest malformed", "\"sha256:2222", "\"sha256:X222" },
+		{ "pack annotations missing", "\"annotations\":{\"dev.nixoci.nar-length",
+		  "\"annotationz\":{\"dev.nixoci.nar-length" },
+		{ "pack media type", "vnd.nixoci.pack.v1", "vnd.nixoci.nar.v1.zstd-seekable" },
+		{ "format 1 with the v2 type", "\"dev.nixoci.format\":\"2\"",
+		  "\"dev.nixoci.format\":\"1\"" },
+		{ "format 2 with the v1 type", "nixoci.store-path.v2", "nixoci.store-path.v1" },
+		{ "format 3", "\"dev.nixoci.format\":\"2\"", "\"dev.nixoci.format\":\"3\"" },
+		{ "two layers", "\"layers\":[", "\"layers\":[{\"digest\":\"sha256:" D64 "\","
+		  "\"mediaType\":\"application/vnd.nixoci.toc.v1+zstd\",\"size\":1}," },
+	};
+	struct nx_manifest m, p;
+	char *j1 = NULL, *j2 = NULL;
+	size_t l1 = 0, l2 = 0;
+
+	make_manifest(&m);
+	m.packed = 1;
+	m.pack_size = 100000;
+	m.nar_off = 0;
+	m.toc_off = 81234;
+	is_int(nx_manifest_build(&m, &j1, &l1), 0, "packed: build");
+	ok(j1 && strstr(j1, "\"artifactType\":\"application/vnd.nixoci.store-path.v2\"") &&
+	   strstr(j1, "\"dev.nixoci.format\":\"2\"") &&
+	   strstr(j1, "\"mediaType\":\"application/vnd.nixoci.pack.v1\",\"size\":100000}]"),
+	   "packed: v2 artifact type, format 2, one pack layer of the pack's size");
+	is_int(nx_manifest_parse(j1, l1, &p), 0, "packed: parse");
+	ok(p.packed && p.pack_size == 100000 && p.nar_off == 0 && p.nar.size == 81234 &&
+	   p.toc_off == 81234 && p.toc.size == 1234 && memcmp(p.nar.digest, m.nar.digest, 32) == 0 &&
+	   memcmp(p.toc.digest, m.toc.digest, 32) == 0, "packed: placement and digests");
+	{
+		const uint8_t *at;
+		uint64_t off;
+
+		nx_manifest_toc_at(&p, &at, &off);
+		ok(memcmp(at, m.nar.digest, 32) == 0 && off == 81234, "packed: the TOC is in the pack");
+	}
+	is_int(nx_manifest_build(&p, &j2, &l2), 0, "packed: rebuild");
+	ok(j2 && l2 == l1 && memcmp(j1, j2, l1) == 0, "packed: build(parse(x)) == x");
+	nx_manifest_release(&p);
+	free(j2);
+	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++) {
+		char *s = repl(j1, tab[i].from, tab[i].to);
+
+		if (!s) {
+			ok(0, "packed: reject %s: pattern not found", tab[i].name);
+			continue;
+		}
+		ok(nx_manifest_parse(s, strlen(s), &p) < 0 && p.info.store_path == NULL,
+		   "packed: reject %s", tab[i].name);
+		free(s);
+	}
+	m.toc_off = 81000; /* overlaps the NAR layer */
+	ok(nx_manifest_build(&m, &j2, &l2) == -EINVAL, "packed: build refuses overlapping ranges");
+	nx_manifest_release(&m);
+	free(j1);
+}
+
+/* The window callback passes on only its range, rebased. */
+struct wsink {
+	char buf[16];
+	uint64_t got;
+};
+
+static int wsink_cb(void *ctx, uint64_t off, const void *buf, size_t len)
+{
+	struct wsink *k = ctx;
+
+	if (off != k->got || off + len > sizeof(k->buf))
+		return -EIO;
+	memcpy(k->buf + off, buf, len);
+	k->got += len;
+	return 0;
+}
+
+static void test_window(void)
+{
+	struct wsink k = { { 0 }, 0 };
+	struct nx_window w = { .cb = wsink_cb, .ctx = &k, .base = 5, .len = 6 };
+	const char *all = "0123456789abcdef";
+
+	/* a whole-blob answer in uneven pieces */
+	is_int(nx_window_cb(&w, 0, all, 3), 0, "window: before the range");
+	is_int(nx_window_cb(&w, 3, all + 3, 4), 0, "window: across the start");
+	is_int(nx_window_cb(&w, 7, all + 7, 5), 0, "window: across the end");
+	is_int(nx_window_cb(&w, 12, all + 12, 4), 0, "window: after the range");
+	ok(k.got == 6 && memcmp(k.buf, "56789a", 6) == 0, "window: exactly the range, rebased");
+}
+
 int main(void)
 {
 	nx_log_set_level(NX_LOG_ERR - 1); /* the rejection cases log by design */
 	test_manifest_roundtrip();
 	test_manifest_rejects();
 	test_index();
+	test_packed();
+	test_window();
 	return done_testing();
 }

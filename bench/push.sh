@@ -31,6 +31,8 @@ RTTS=${BENCH_PUSH_RTTS:-0 40}
 # (which stores each request whole before forwarding it) and the registry
 # answer the PUT of a large blob late; skopeo waits without a limit
 TIMEOUT=${BENCH_PUSH_TIMEOUT:-300}
+# extra options of both nixoci pushes, e.g. BENCH_PUSH_FLAGS=--pack (format 2)
+read -r -a PUSH_FLAGS <<<"${BENCH_PUSH_FLAGS:-}"
 RUN=$WORK/push-run
 RESULTS=$SRC/bench/results
 export PATH=$O/bin:$PATH:/usr/sbin:/sbin
@@ -161,10 +163,10 @@ for rtt in $RTTS; do
 		for m in $order; do
 			fresh_registry "$rtt"
 			if [ "$m" = nixoci ]; then
-				timed nixoci push --timeout "$TIMEOUT" --tag bench "$DEST/bench/store" "$ROOT"
+				timed nixoci push --timeout "$TIMEOUT" ${PUSH_FLAGS[@]+"${PUSH_FLAGS[@]}"} --tag bench "$DEST/bench/store" "$ROOT"
 				sample nixoci "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
 				say "rtt $rtt ms, run $run: nixoci push ${SECS}s: $(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
-				timed nixoci push --timeout "$TIMEOUT" --tag bench "$DEST/bench/store" "$ROOT"
+				timed nixoci push --timeout "$TIMEOUT" ${PUSH_FLAGS[@]+"${PUSH_FLAGS[@]}"} --tag bench "$DEST/bench/store" "$ROOT"
 				grep -q '^pushed .*(0 uploaded.* 0 bytes uploaded' <(grep '^pushed' "$RUN/cmd.log" | tail -n 1) ||
 					die "the re-push uploaded something: $(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
 				sample repush "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"

@@ -364,7 +364,8 @@ static enum MHD_Result serve_nar(struct serve *sv, struct MHD_Connection *c, con
 	r = nar_open(sv, hex, &st);
 	if (r < 0)
 		return reply_err(c, r == -EBADMSG || r == -EINVAL ? -EBADMSG : r);
-	if (sv->redirect) {
+	/* a pack holds other paths too: a redirect would send them all */
+	if (sv->redirect && !st->m.packed) {
 		char *url = NULL;
 
 		if (nx_registry_public_blob_url(sv->reg, st->m.nar.digest, &url) == 0) {

@@ -432,6 +432,7 @@ struct mruns {
 	size_t n;
 	uint8_t *ubuf; /* shared: a frame is decompressed and saved at once */
 	int cancelled;
+	uint64_t base; /* format 2: the NAR layer's offset in the pack */
 };
 
 static int mruns_cb(void *ctx, size_t i, uint64_t off, const void *buf, size_t len)
@@ -442,6 +443,15 @@ static int mruns_cb(void *ctx, size_t i, uint64_t off, const void *buf, size_t l
 
 	if (i >= m->n)
 		return -EIO;
+	/* offsets in the pack to offsets in the NAR layer */
+	if (off + len <= m->base)
+		return 0;
+	if (off < m->base) {
+		buf = (const uint8_t *)buf + (m->base - off);
+		len -= (size_t)(m->base - off);
+		off = m->base;
+	}
+	off -= m->base;
 	r = &m->r[i];
 	if (r->err || r->done)
 		return 0; /* a failed run's other bytes are dropped, the rest go on */
@@ -561,13 +571,14 @@ int nx_frames_fetch_runs(struct nx_store *st, struct nx_spath *p, const struct n
 		 * group of the profile they are already */
 		qsort(m.r, m.n, sizeof(*m.r), cmp_run_off);
 		memset(ones, 1, NX_RUN_FRAMES);
+		m.base = p->man.nar_off;
 		for (size_t k = 0; k < m.n; k++) {
 			struct run *r = &m.r[k];
 
 			r->owned = ones; /* every frame of a run was claimed by it */
 			r->ubuf = m.ubuf;
 			r->pos = fr[r->first].coff;
-			v[k].off = r->pos;
+			v[k].off = m.base + r->pos;
 			v[k].len = fr[r->last].coff + fr[r->last].clen - r->pos;
 			nx_stat_add(&st->cache_misses, r->last - r->first + 1);
 			for (uint32_t i = r->first; i <= r->last; i++)

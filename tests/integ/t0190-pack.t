@@ -3,6 +3,7 @@ test_description='packed push (manifest format 2, docs/format.md 2.1): small pat
 pack blob; mounts, closure mounts, verify, re-push and serve read them; a tampered pack,
 offsets outside the pack and a missing pack are refused cleanly; format 1 still mounts'
 . "$(dirname "$0")/../lib/lib.sh"
+. "$TEST_LIB_DIR/faults.sh"
 
 test_require_cmd docker-registry curl zstd /usr/bin/python3
 test_require_nix
@@ -181,6 +182,37 @@ test_expect_success 'format 1 (no --pack) into another repository still mounts' 
 	mount_store "$REG/plain1" "$TRASH/v1" &&
 	check_mount_hashes "$TRASH/v1" $SMALL_CLOSURE &&
 	unmount_store "$TRASH/v1"
+'
+
+test_expect_success 'a profile prefetch of a path inside a pack (runs at its offset)' '
+	for k in 1 2; do
+		src=$TRASH/nixoci-pack-mr$k && mkdir -p "$src" &&
+		/usr/bin/python3 -c "
+import random, sys
+for i in range(16):
+    r = random.Random(\"pk\" + sys.argv[2] + str(i))
+    open(\"%s/f%d\" % (sys.argv[1], i), \"wb\").write(r.randbytes(300 * 1024))
+" "$src" $k || return 1
+	done &&
+	D1=$(nix-store --add "$TRASH/nixoci-pack-mr1") &&
+	D2=$(nix-store --add "$TRASH/nixoci-pack-mr2") &&
+	nixoci push --pack --tag c1 "$REG/mr" "$D1" "$D2" &&
+	# the member that does not start the pack
+	if [ "$(pack_field mr "$D1" "a[\"dev.nixoci.nar-offset\"]")" = 0 ]; then D=$D2; else D=$D1; fi &&
+	test "$(pack_field mr "$D" "a[\"dev.nixoci.nar-offset\"]")" -gt 0 &&
+	mount_store "$REG/mr" "$TRASH/rec" "closure=c1,profile_record=$TRASH/prof" &&
+	for i in 0 2 4 6 8 10 12 14; do cmp "$TRASH/rec/${D##*/}/f$i" "$D/f$i" || return 1; done &&
+	unmount_store "$TRASH/rec" &&
+	N=$(($(wc -l <"$TRASH/prof") - 1)) &&
+	test "$N" -ge 8 &&
+	nixoci profile push --name even "$REG/mr" c1 "$TRASH/prof" &&
+	mount_store "$REG/mr" "$TRASH/prof-mnt" "closure=c1,profile=even" &&
+	test_wait_for 30 eval "[ \$(stats_field $TRASH/prof-mnt frames_fetched) -ge $N ]" &&
+	for i in 0 2 4 6 8 10 12 14; do
+		cmp "$TRASH/prof-mnt/${D##*/}/f$i" "$D/f$i" || return 1
+	done &&
+	check_mount_hashes "$TRASH/prof-mnt" "$D1" "$D2" &&
+	unmount_store "$TRASH/prof-mnt"
 '
 
 test_expect_success 'a tampered pack: EIO and one log line; nothing of it cached' '

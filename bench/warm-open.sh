@@ -151,9 +151,10 @@ print("|---|---|---|---|---|---|---|")
 print(f"| native | {nat:.3f} s | 1.00x | | | | |")
 for b in ("before", "this"):
     if not d.get((b, "time")): continue
-    t = med(b, "time")
+    t, wb = med(b, "time"), med(b, "warm_bytes")
+    wb = "–" if wb != wb else f"{wb / 2**20:.1f} MiB" # NaN: a build without warm.c
     print(f"| {b} | {t:.3f} s | {t / nat:.2f}x | {med(b, 'read_secs') * 1000:.0f} ms | "
-          f"{med(b, 'fuse_read'):.0f} | {med(b, 'warm_bytes') / 2**20:.1f} MiB | {max(d[(b, 'bytes_fetched')]):.0f} |")
+          f"{med(b, 'fuse_read'):.0f} | {wb} | {max(d[(b, 'bytes_fetched')]):.0f} |")
 print()
 print("Samples per row:", len(d[("native", "time")]), "; load average (1 min) per run:",
       ", ".join(f"{v:.2f}" for v in d[("load", "loadavg1")]))

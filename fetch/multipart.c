@@ -177,13 +177,14 @@ int nx_mpart_init(struct nx_mpart *m, const char *ctype)
 	}
 	/* the boundary parameter: boundary=TOKEN or boundary="QUOTED" */
 	for (p = ctype + 20; *p; p++) {
+		const char *q = p + 1;
+
 		if (*p != ';')
 			continue;
-		p++;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (strncasecmp(p, "boundary=", 9) == 0) {
-			b = p + 9;
+		while (*q == ' ' || *q == '\t')
+			q++;
+		if (strncasecmp(q, "boundary=", 9) == 0) {
+			b = q + 9;
 			break;
 		}
 	}

@@ -193,6 +193,8 @@ int main(void)
 	n = body(b, sizeof(b), "XyZ0123", parts, 3, "\r\n", 1);
 	is_int(run("multipart/byteranges", b, n, 0, v, 3, &k, why, sizeof(why)), -EINVAL,
 	       "missing boundary: %s", why);
+	is_int(run("multipart/byteranges;", b, n, 0, v, 3, &k, why, sizeof(why)), -EINVAL,
+	       "a parameter list that ends at a semicolon: %s", why);
 	is_int(run("multipart/byteranges; boundary=", b, n, 0, v, 3, &k, why, sizeof(why)),
 	       -EINVAL, "empty boundary: %s", why);
 	is_int(run("multipart/byteranges; boundary=a\x01z", b, n, 0, v, 3, &k, why, sizeof(why)),

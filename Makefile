@@ -60,7 +60,7 @@ FUZZ_SECONDS ?= 60
 FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
-.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-cold bench-push bench-session bench-walk fuzz analyze
+.PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-cold bench-push bench-session bench-walk bench-warm-open fuzz analyze
 all: $(BINS)
 	@ln -sfn $(O)/bin bin
 
@@ -178,6 +178,12 @@ bench: all
 # make bench-import: only the Nix interop part (import, push, nix copy, serve)
 bench-import: all
 	bench/import.sh $(O)
+
+# make bench-warm-open [BEFORE=DIR]: a warm java -version (remounted, page
+# cache dropped) with this build, DIR's nixoci-fs (e.g. a build of main) and
+# native, alternating run by run (~3 min; BENCH_RUNS, BENCH_WARM_OPTS)
+bench-warm-open: all
+	bench/warm-open.sh $(O) $(BEFORE)
 
 # make bench-cold: cold java and CPython starts at 0, 10 and 40 ms added RTT,
 # with and without a startup profile, and against eStargz (containerd + stargz

@@ -41,7 +41,8 @@
 # profile), BENCH_PROFILE_OLD=DIR (a build directory of another version, e.g.
 # the code before a change: its nixoci-fs runs the same profile starts,
 # alternating start by start with this one, as method "profile-old", and a
-# second table compares the two).
+# second table compares the two). BENCH_PLAIN_OLD=DIR: the same for the
+# starts without a profile (method "nixoci-old"), with requests and bytes.
 set -euo pipefail
 export LC_ALL=C
 
@@ -58,6 +59,11 @@ OLD_O=${BENCH_PROFILE_OLD:-}
 if [ -n "$OLD_O" ]; then
 	OLD_O=$(cd "$OLD_O" && pwd) || exit 1
 	[ -x "$OLD_O/bin/nixoci-fs" ] || { echo "BENCH_PROFILE_OLD=$OLD_O: no bin/nixoci-fs" >&2; exit 1; }
+fi
+PLAIN_OLD=${BENCH_PLAIN_OLD:-}
+if [ -n "$PLAIN_OLD" ]; then
+	PLAIN_OLD=$(cd "$PLAIN_OLD" && pwd) || exit 1
+	[ -x "$PLAIN_OLD/bin/nixoci-fs" ] || { echo "BENCH_PLAIN_OLD=$PLAIN_OLD: no bin/nixoci-fs" >&2; exit 1; }
 fi
 FS_BIN=nixoci-fs
 SCOPE=${BENCH_COLD_CLOSURE:-full}
@@ -229,6 +235,11 @@ for d in $DELAYS; do
 	for r in $(seq "$RUNS"); do
 		for w in java python; do
 			[ "$PLAIN" = 1 ] && one_start nixoci "$w" "$d" "$r"
+			if [ "$PLAIN" = 1 ] && [ -n "$PLAIN_OLD" ]; then
+				FS_BIN=$PLAIN_OLD/bin/nixoci-fs
+				one_start nixoci-old "$w" "$d" "$r"
+				FS_BIN=nixoci-fs
+			fi
 			[ "$PROFILE" = 1 ] && one_start profile "$w" "$d" "$r" "profile=$w"
 			if [ "$PROFILE" = 1 ] && [ -n "$OLD_O" ]; then
 				FS_BIN=$OLD_O/bin/nixoci-fs
@@ -290,6 +301,17 @@ if [ -n "$OLD_O" ]; then
 		for d in $DELAYS; do
 			echo "| $w | $d ms | $(col profile-old $w $d 5) s [$(awk -F'\t' -v w=$w -v d=$d '$1 == "profile-old" && $2 == w && $3 == d { printf "%s ", $5 }' "$WORK/samples.tsv")] | $(col profile-old $w $d 6) |" \
 				"$(col profile $w $d 5) s [$(awk -F'\t' -v w=$w -v d=$d '$1 == "profile" && $2 == w && $3 == d { printf "%s ", $5 }' "$WORK/samples.tsv")] | $(col profile $w $d 6) | $(col native $w 0 5) s |"
+		done
+	done
+fi
+if [ -n "$PLAIN_OLD" ]; then
+	echo
+	echo "| workload | added RTT | no profile, $PLAIN_OLD | requests | fetched | no profile, $O | requests | fetched | native cold |"
+	echo "|---|---|---|---|---|---|---|---|---|"
+	for w in java python; do
+		for d in $DELAYS; do
+			echo "| $w | $d ms | $(col nixoci-old $w $d 5) s [$(awk -F'\t' -v w=$w -v d=$d '$1 == "nixoci-old" && $2 == w && $3 == d { printf "%s ", $5 }' "$WORK/samples.tsv")] | $(col nixoci-old $w $d 6) | $(mib "$(col nixoci-old $w $d 7)") |" \
+				"$(col nixoci $w $d 5) s [$(awk -F'\t' -v w=$w -v d=$d '$1 == "nixoci" && $2 == w && $3 == d { printf "%s ", $5 }' "$WORK/samples.tsv")] | $(col nixoci $w $d 6) | $(mib "$(col nixoci $w $d 7)") | $(col native $w 0 5) s |"
 		done
 	done
 fi

@@ -552,8 +552,8 @@ void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath
  * ELF object (executable, or named *.so / *.so.*) queues the rest of the
  * file (at most NX_PRED_ELF_BYTES compressed); the second small file of
  * one directory to miss with the same name ending as an earlier one
- * (".cpython-311.pyc") queues the frames of that directory's small files
- * with that ending (at most NX_DIR_MAX_BYTES compressed, around the miss,
+ * (".cpython-311.pyc"; not a library's ".so" or ".so.6") queues the frames
+ * of that directory's small files with that ending (at most NX_DIR_MAX_BYTES compressed, around the miss,
  * and all such predictions of a mount at most NX_PRED_FREE plus the bytes
  * fetched otherwise). The read's own frames are never part of a job, so
  * it never waits for one. */

@@ -379,6 +379,20 @@ static int same_ending(const struct nx_toc *toc, uint32_t a, uint32_t b)
 	return la == lb && memcmp(ea, eb, la) == 0;
 }
 
+/* A shared library's ending: ".so", or ".so." and a version. A loader opens
+ * the libraries its ELF files name, one by one: which others of their
+ * directory it opens the directory does not tell (an interpreter's
+ * extension modules, ".cpython-311-x86_64-linux-gnu.so", are modules). */
+static int library_ending(const char *end, size_t len)
+{
+	if (len < 3 || memcmp(end, ".so", 3) != 0)
+		return 0;
+	for (size_t i = 3; i < len; i++)
+		if (end[i] != '.' && (end[i] < '0' || end[i] > '9'))
+			return 0;
+	return 1;
+}
+
 /* 1 when @file is the second file of directory @dir of @p to miss with the
  * ending of one of the last files that missed there: the first miss of a
  * kind is remembered, the second one predicts (once per directory). */
@@ -387,8 +401,13 @@ static int dir_second_miss(struct nx_store *st, const struct nx_spath *p, uint32
 {
 	const struct nx_toc *toc = p->toc;
 	struct nx_dirmiss *d = NULL;
+	const char *end;
+	size_t len;
 	int go = 0;
 
+	end = name_ending(toc, file, &len);
+	if (library_ending(end, len))
+		return 0;
 	pthread_mutex_lock(&st->lock);
 	for (unsigned i = 0; i < NX_DIRMISS_SLOTS && !d; i++)
 		if (st->dirmiss[i].p == p && st->dirmiss[i].dir == dir)

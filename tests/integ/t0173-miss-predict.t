@@ -3,9 +3,9 @@ test_description='predicted misses: the rest of a library, the small files of on
 
 A read of the start of a file named like a shared library (or executable)
 queues the rest of the file in the background, in parallel with the read.
-The second small file of one name ending (".cpython-311.pyc") to miss in a
-directory queues the frames of that directory'"'"'s small files with that
-ending, at most NX_DIR_MAX_BYTES (3 MiB) compressed around the miss; files
+The second small file of one name ending (".cpython-311.pyc", not a
+library'"'"'s ".so.1") to miss in a directory queues the frames of that
+directory'"'"'s small files with that ending, at most NX_DIR_MAX_BYTES (3 MiB) compressed around the miss; files
 of another ending are left alone, and so is a directory with one miss.
 Predicted frames are claimed like a read'"'"'s, so no frame is fetched twice,
 and an unmount during prediction leaves no request behind. Everything is
@@ -45,7 +45,7 @@ same_files() {
 
 test_expect_success 'setup: modules, data files, a library, a wide directory; pushed, proxy' '
 	start_registry &&
-	src=$TRASH/nixoci-predict-data && mkdir -p "$src/mods" "$src/wide" "$src/one" &&
+	src=$TRASH/nixoci-predict-data && mkdir -p "$src/mods" "$src/wide" "$src/one" "$src/libs" &&
 	/usr/bin/python3 - "$src" <<-EOF &&
 	import random, sys
 	d = sys.argv[1]
@@ -60,6 +60,8 @@ test_expect_success 'setup: modules, data files, a library, a wide directory; pu
 	    put("wide/w%03d.pyc" % i, 16 * 1024)
 	for i in range(2):
 	    put("one/o%d.pyc" % i, 16 * 1024)
+	for i in range(40):
+	    put("libs/l%02d.so.1" % i, 16 * 1024)
 	put("lib.so", 3 * 1024 * 1024)
 	EOF
 	DATA=$(nix-store --add "$src") &&
@@ -100,6 +102,15 @@ test_expect_success 'one miss in a directory, then another of a different kind: 
 	read_heads "$DATA/mods/m20.cpython-311.pyc" "$DATA/mods/x20.dat" "$DATA/one/o0.pyc" >want &&
 	cmp out want &&
 	test $(($(blob_gets) - n0)) = 3 &&
+	test "$(stats_field "$MNT" readahead_frames)" = "$r0"
+'
+
+test_expect_success 'two libraries of one directory: nothing predicted (a loader names its own)' '
+	r0=$(stats_field "$MNT" readahead_frames) &&
+	n0=$(blob_gets) &&
+	read_heads "$MNT/${DATA##*/}/libs/l20.so.1" "$MNT/${DATA##*/}/libs/l35.so.1" >out &&
+	read_heads "$DATA/libs/l20.so.1" "$DATA/libs/l35.so.1" >want && cmp out want &&
+	test $(($(blob_gets) - n0)) = 2 &&
 	test "$(stats_field "$MNT" readahead_frames)" = "$r0"
 '
 

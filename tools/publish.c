@@ -17,9 +17,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "tools/tools_i.h"
+
+/* A packed member's NAR layer is a read-only mapping of its temporary
+ * file: the pack copies it once, from the page cache. */
+static void member_nar_free(struct nx_pub_path *pp)
+{
+	if (pp->pk_nar)
+		munmap(pp->pk_nar, pp->pk_nar_len);
+	pp->pk_nar = NULL;
+}
 
 int nx_pub_init(struct nx_pub *p, const char *verb)
 {
@@ -51,7 +61,7 @@ void nx_pub_release(struct nx_pub *p)
 		nx_pathinfo_release(&p->paths[i].info);
 		free(p->paths[i].man);
 		free(p->paths[i].toc);
-		free(p->paths[i].pk_nar);
+		member_nar_free(&p->paths[i]);
 		free(p->paths[i].pk_toc);
 	}
 	free(p->paths);
@@ -541,23 +551,18 @@ static void plan_packs(struct nx_pub *p)
 static int pack_member(struct nx_pub_path *pp, int fd, uint64_t blob_size, uint8_t **tocz,
 		       size_t tocz_len)
 {
-	uint64_t got = 0;
-	ssize_t n;
+	void *m;
 
-	pp->pk_nar = malloc(blob_size);
-	if (!pp->pk_nar)
-		return -ENOMEM;
-	while (got < blob_size) {
-		n = pread(fd, pp->pk_nar + got, blob_size - got, (off_t)got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			nx_log(NX_LOG_ERR, "%s: cannot read back its packed NAR layer: %s",
-			       pp->info.store_path, n < 0 ? strerror(errno) : "short file");
-			return -EIO;
-		}
-		got += (uint64_t)n;
+	/* the mapping outlives the file's descriptor, which the caller closes */
+	m = mmap(NULL, blob_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (m == MAP_FAILED) {
+		int r = -errno;
+
+		nx_log(NX_LOG_ERR, "%s: cannot map its packed NAR layer: %s", pp->info.store_path,
+		       strerror(errno));
+		return r;
 	}
+	pp->pk_nar = m;
 	pp->pk_nar_len = blob_size;
 	pp->pk_toc = *tocz;
 	pp->pk_toc_len = tocz_len;
@@ -594,8 +599,7 @@ static int flush_pack(struct nx_pub *p, struct nx_pub_group *g)
 		pp->pk_toc_off = pos;
 		memcpy(buf + pos, pp->pk_toc, pp->pk_toc_len);
 		pos += pp->pk_toc_len;
-		free(pp->pk_nar);
-		pp->pk_nar = NULL;
+		member_nar_free(pp);
 	}
 	nx_sha256(buf, size, digest);
 	r = nx_pub_upload_blob(p, digest, -1, buf, size, p->tags_known ? -1 : 0);

@@ -147,7 +147,8 @@ struct nx_pub_path {
 	 * path without a request when the tag list has its tag */
 	int adopt;
 	/* --pack: the pack this path goes into (NULL: blobs of its own), and
-	 * until the pack is written, its NAR layer and compressed TOC (owned) */
+	 * until the pack is written, its NAR layer (a mapping of its temporary
+	 * file) and its compressed TOC (owned) */
 	struct nx_pub_group *group;
 	uint8_t *pk_nar, *pk_toc;
 	uint64_t pk_nar_len, pk_nar_off, pk_toc_off;

@@ -464,6 +464,8 @@ static int pf_add_runs(struct nx_pfetch *pf, const struct nx_pf_run *rv, size_t 
 	struct nx_store *st = pf->st;
 	int rc = 0;
 
+	if (n == 0) /* a group with no frame of this closure: nothing to queue */
+		return 0;
 	pthread_mutex_lock(&st->lock);
 	if (pf->nruns + n > pf->runcap) {
 		size_t nc = pf->runcap ? 2 * pf->runcap : 64;

@@ -163,6 +163,19 @@ out:
 	return rc;
 }
 
+/* A GET of a blob (whole or in ranges): followed through redirects, and
+ * with no overall deadline, since a big blob may take longer than it;
+ * stalls still end it. */
+static void blob_get_init(struct nx_req *q, const char *url, const char *what)
+{
+	q->method = "GET";
+	q->url = url;
+	q->what = what;
+	q->flags = NX_REQ_FOLLOW | NX_REQ_NO_DEADLINE;
+	q->ok[0] = 200;
+	q->ok[1] = 206;
+}
+
 static int get_blob_one(struct nx_registry *r, const uint8_t digest[NX_SHA256_LEN], uint64_t off,
 			uint64_t len, nx_blob_cb cb, void *ctx)
 {
@@ -179,13 +192,7 @@ static int get_blob_one(struct nx_registry *r, const uint8_t digest[NX_SHA256_LE
 	url = repo_url(r, "blobs/", d);
 	if (!url)
 		return -ENOMEM;
-	q.method = "GET";
-	q.url = url;
-	q.what = what;
-	/* a big blob may take longer than the deadline; stalls still end it */
-	q.flags = NX_REQ_FOLLOW | NX_REQ_NO_DEADLINE;
-	q.ok[0] = 200;
-	q.ok[1] = 206;
+	blob_get_init(&q, url, what);
 	q.cb = cb;
 	q.cbctx = ctx;
 	q.off = off;
@@ -908,12 +915,7 @@ static int get_ranges_one(struct nx_registry *r, const uint8_t digest[NX_SHA256_
 			rc = -ENOMEM;
 			goto out;
 		}
-		q.method = "GET";
-		q.url = url;
-		q.what = what;
-		q.flags = NX_REQ_FOLLOW | NX_REQ_NO_DEADLINE;
-		q.ok[0] = 200;
-		q.ok[1] = 206;
+		blob_get_init(&q, url, what);
 		q.ok[2] = 416; /* some servers refuse several ranges so */
 		q.rset = &s;
 		rc = nx_http_do(r, &q);

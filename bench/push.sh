@@ -16,6 +16,8 @@
 # before forwarding it (a link with that much added round-trip time and no
 # bandwidth limit). The page cache is left warm for both methods (the NARs
 # and the image both fit in RAM): the figures are of the network path.
+# The CPU seconds of the pusher and of the registry are recorded with each
+# push (on 2 cores the two share the CPU, which bounds the 0 ms figure).
 # Samples in bench/results/push.tsv, medians and ratios as Markdown on stdout
 # and in bench/results/push.md.
 set -euo pipefail
@@ -58,8 +60,16 @@ mkdir -p "$RUN" "$RESULTS"
 [ -n "${BENCH_KEEP:-}" ] || CLEANUP+=("rm -rf '$RUN'")
 TSV=$RUN/push.tsv
 : >"$TSV"
-# sample METHOD RTT RUN SECONDS NOTE
-sample() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"; }
+# sample METHOD RTT RUN SECONDS NOTE [CLIENT-CPU REGISTRY-CPU]
+sample() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}" "${7:-}" >>"$TSV"; }
+# CPU seconds (user + system) so far: of this shell's waited-for children
+# (the pusher: timed runs it as a direct child) and of a live process (the
+# registry). On 2 cores a push at 0 ms is bound by the CPU of pusher and
+# registry together, so the report shows both next to the wall time.
+TCK=$(getconf CLK_TCK)
+children_cpu() { awk -v t="$TCK" '{ printf "%.2f", ($16 + $17) / t }' "/proc/$$/stat"; }
+proc_cpu() { awk -v t="$TCK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 timed() {
 	local t0 t1
 	t0=$(date +%s%N)
@@ -163,8 +173,10 @@ for rtt in $RTTS; do
 		for m in $order; do
 			fresh_registry "$rtt"
 			if [ "$m" = nixoci ]; then
+				c0=$(children_cpu) r0=$(proc_cpu "$REG_PID")
 				timed nixoci push --timeout "$TIMEOUT" ${PUSH_FLAGS[@]+"${PUSH_FLAGS[@]}"} --tag bench "$DEST/bench/store" "$ROOT"
-				sample nixoci "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
+				sample nixoci "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)" \
+					"$(cpu_delta "$c0" "$(children_cpu)")" "$(cpu_delta "$r0" "$(proc_cpu "$REG_PID")")"
 				say "rtt $rtt ms, run $run: nixoci push ${SECS}s: $(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
 				timed nixoci push --timeout "$TIMEOUT" ${PUSH_FLAGS[@]+"${PUSH_FLAGS[@]}"} --tag bench "$DEST/bench/store" "$ROOT"
 				grep -q '^pushed .*(0 uploaded.* 0 bytes uploaded' <(grep '^pushed' "$RUN/cmd.log" | tail -n 1) ||
@@ -172,9 +184,11 @@ for rtt in $RTTS; do
 				sample repush "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
 				say "rtt $rtt ms, run $run: re-push ${SECS}s"
 			else
+				c0=$(children_cpu) r0=$(proc_cpu "$REG_PID")
 				timed skopeo copy --quiet --dest-tls-verify=false "oci:$WORK/oci:latest" \
 					"docker://$DEST/bench/layered:latest"
-				sample skopeo "$rtt" "$run" "$SECS" ""
+				sample skopeo "$rtt" "$run" "$SECS" "" \
+					"$(cpu_delta "$c0" "$(children_cpu)")" "$(cpu_delta "$r0" "$(proc_cpu "$REG_PID")")"
 				say "rtt $rtt ms, run $run: skopeo copy ${SECS}s"
 			fi
 		done
@@ -190,9 +204,12 @@ cp "$TSV" "$RESULTS/push.tsv"
 import statistics, sys, time, os
 tsv, npaths, narbytes, imgbytes, runs, root = sys.argv[1:]
 s = {}
+cpu = {}
 for line in open(tsv):
-    m, rtt, run, secs, note = line.rstrip("\n").split("\t")
+    m, rtt, run, secs, note, ccpu, rcpu = (line.rstrip("\n").split("\t") + ["", ""])[:7]
     s.setdefault((m, int(rtt)), []).append(float(secs))
+    if ccpu and rcpu:
+        cpu.setdefault((m, int(rtt)), []).append((float(ccpu), float(rcpu)))
 med = {k: statistics.median(v) for k, v in s.items()}
 rtts = sorted({k[1] for k in s})
 print(f"Run of {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {runs} runs per "
@@ -212,5 +229,20 @@ for r in rtts:
     all_ = lambda m: ", ".join(f"{x:.1f}" for x in s.get((m, r), []))
     print(f"| {r} ms | {n:.1f} s ({all_('nixoci')}) | {k:.1f} s ({all_('skopeo')}) | {ratio} "
           f"| {rp:.2f} s ({', '.join(f'{x:.2f}' for x in s.get(('repush', r), []))}) |")
+print()
+print("CPU seconds (user + system, medians) of each push: the pusher, the registry, and "
+      f"their sum over the {os.cpu_count()} CPUs (a wall time no push can go below on this "
+      "machine):")
+print()
+print("| added RTT | method | pusher CPU-s | registry CPU-s | (pusher + registry) / CPUs |")
+print("|---|---|---|---|---|")
+for r in rtts:
+    for m, name in (("nixoci", "nixoci push"), ("skopeo", "skopeo copy")):
+        v = cpu.get((m, r))
+        if not v:
+            continue
+        c = statistics.median(x[0] for x in v)
+        g = statistics.median(x[1] for x in v)
+        print(f"| {r} ms | {name} | {c:.1f} | {g:.1f} | {(c + g) / os.cpu_count():.1f} s |")
 EOF
 say "done: bench/results/push.tsv, bench/results/push.md"

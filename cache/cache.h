@@ -326,6 +326,11 @@ struct nx_store_stats {
 	uint64_t warm_files;       /* files opened whose cached chunk files
 				    * were read ahead from disk (warm.c) */
 	uint64_t warm_frames, warm_bytes; /* those chunk files, and bytes */
+	uint64_t complete_files;   /* mostly read files whose missing frames
+				    * were fetched in the background, for a
+				    * passthrough copy (complete.c) */
+	uint64_t complete_bytes;   /* compressed bytes those fetches took
+				    * (also in bytes_fetched) */
 	int offline;               /* the source was found gone (refused,
 				    * unreachable, silent) and has not
 				    * answered since */

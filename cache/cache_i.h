@@ -156,11 +156,28 @@ struct nx_flight {
 	int rc;
 };
 
-/* A readahead job: fetch the missing frames of [first, last] of @p. */
+/* A readahead job: fetch the missing frames of [first, last] of @p; or,
+ * with @complete, complete regular file @entry of @p (complete.c). */
 struct nx_ra_job {
 	struct nx_ra_job *next;
 	struct nx_spath *p;
 	uint32_t first, last;
+	uint32_t entry;
+	int complete;
+};
+
+/* A file considered for completion (complete.c), in a ring of
+ * NX_CPL_SLOTS under st->lock: once it is queued or done it is not
+ * considered again; one found short of the rule is considered again at a
+ * later release only when frames were fetched since (its share can only
+ * have grown then). Forgetting a file costs at most one more count. */
+#define NX_CPL_SLOTS 256
+enum { NX_CPL_IDLE, NX_CPL_QUEUED, NX_CPL_DONE };
+struct nx_cpl_seen {
+	uint8_t man[NX_SHA256_LEN];
+	uint32_t entry;
+	int state;
+	uint64_t fetched; /* st->frames_fetched when last counted */
 };
 
 /* A directory in which a read missed (readahead.c, nx_ra_on_miss): @p is
@@ -320,6 +337,15 @@ struct nx_store {
 	struct nx_dirmiss dirmiss[NX_DIRMISS_SLOTS];
 	unsigned dirmiss_next;
 	uint64_t pred_bytes;
+	/* completion (complete.c; under st->lock): its jobs wait on a list of
+	 * their own, which a worker takes only when no other job waits, and
+	 * one at a time, so a completion never holds up readahead */
+	struct nx_ra_job *ra_low_head, *ra_low_tail;
+	unsigned ra_low_queued;
+	int ra_low_running;
+	struct nx_cpl_seen cpl_seen[NX_CPL_SLOTS];
+	unsigned cpl_next;
+	uint64_t cpl_bytes; /* compressed bytes of the completions let through */
 
 	/* reference prefetch (refs.c; under st->lock, workers wait on rp_cond) */
 	pthread_cond_t rp_cond;
@@ -350,6 +376,7 @@ struct nx_store {
 	uint64_t paths_unloaded, paths_reloaded, paths_in_memory;
 	uint64_t saves;
 	uint64_t warm_files, warm_frames, warm_bytes; /* warm.c */
+	uint64_t complete_files, complete_bytes;      /* complete.c */
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)
@@ -562,6 +589,26 @@ void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 #define NX_PRED_FREE (UINT64_C(8) << 20)
 void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
 		   uint32_t first, uint32_t ext);
+/* Queues a completion job (complete.c) on the low-priority list; -EAGAIN
+ * when the queue is full or the workers are stopping. */
+int nx_ra_queue_complete(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+
+/*
+ * complete.c: background completion of mostly read files, so that their
+ * next open is passthrough. nx_complete_want (a reader released a regular
+ * file that has no copy and is not wholly cached) queues the file once;
+ * nx_complete_run (a readahead worker) counts its cached frames and, when
+ * the rule holds (docs/architecture.md, "Mostly read files completed in
+ * the background"), fetches the missing ones and asks files.c for a copy.
+ */
+#define NX_CPL_MIN_SIZE NX_SMALL_FILE
+#define NX_CPL_SHARE_NUM 3
+#define NX_CPL_SHARE_DEN 4
+#define NX_CPL_MAX_MISSING (UINT64_C(2) << 20)
+#define NX_CPL_FREE (UINT64_C(16) << 20)
+void nx_complete_want(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+void nx_complete_run(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+
 /* The file range [*lo, *hi) covered by the PT_LOAD segments of the ELF file
  * of @size bytes whose first @len bytes are @b; -EINVAL if it is not one. */
 int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi);

@@ -678,8 +678,13 @@ void nx_store_file_want(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 	pthread_mutex_lock(&f->lock);
 	known = find(f, p->man_digest, entry) != NULL;
 	pthread_mutex_unlock(&f->lock);
-	if (known || !all_cached(st, p->toc, e))
+	if (known)
 		return;
+	if (!all_cached(st, p->toc, e)) {
+		/* read mostly? its missing frames in the background (complete.c) */
+		nx_complete_want(st, p, entry);
+		return;
+	}
 	pthread_mutex_lock(&f->lock);
 	if (!find(f, p->man_digest, entry))
 		want_locked(st, f, p, entry);

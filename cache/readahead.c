@@ -20,6 +20,10 @@
  * transfers. A full queue drops the job: the reader then fetches those
  * frames itself, which is slower but correct. nx_ra_stop drops queued jobs,
  * makes running ones give up at the next frame or buffer, and joins.
+ *
+ * Completions of mostly read files (complete.c) are jobs too, on a list of
+ * their own: a worker takes one only when no other job waits, and only one
+ * runs at a time, so they never hold up a reader's readahead.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -81,6 +85,10 @@ static void ra_run(struct nx_store *st, const struct nx_ra_job *j)
 	const struct nx_walk_ops ops = { .background = 1 };
 	int rc;
 
+	if (j->complete) {
+		nx_complete_run(st, j->p, j->entry);
+		return;
+	}
 	rc = nx_frames_walk(st, j->p, j->first, j->last, NX_BATCH_BYTES, &ops, NULL);
 	if (rc < 0 && rc != -ECANCELED)
 		nx_log(NX_LOG_DEBUG, "readahead of %s/%s frames %u-%u: %s", NX_STORE_DIR,
@@ -94,23 +102,51 @@ static void *ra_main(void *arg)
 
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
-		while (!st->ra_head && !st->ra_stop)
+		int low = 0;
+
+		/* a completion only when no other job waits, one at a time */
+		while (!st->ra_head && !(st->ra_low_head && !st->ra_low_running) && !st->ra_stop)
 			pthread_cond_wait(&st->ra_cond, &st->lock);
 		if (st->ra_stop)
 			break;
-		j = st->ra_head;
-		st->ra_head = j->next;
-		if (!st->ra_head)
-			st->ra_tail = NULL;
-		st->ra_queued--;
+		if (st->ra_head) {
+			j = st->ra_head;
+			st->ra_head = j->next;
+			if (!st->ra_head)
+				st->ra_tail = NULL;
+			st->ra_queued--;
+		} else {
+			j = st->ra_low_head;
+			st->ra_low_head = j->next;
+			if (!st->ra_low_head)
+				st->ra_low_tail = NULL;
+			st->ra_low_queued--;
+			st->ra_low_running = low = 1;
+		}
 		pthread_mutex_unlock(&st->lock);
 		ra_run(st, j);
 		nx_spath_put(j->p);
 		free(j);
 		pthread_mutex_lock(&st->lock);
+		if (low) {
+			st->ra_low_running = 0;
+			if (st->ra_low_head)
+				pthread_cond_signal(&st->ra_cond);
+		}
 	}
 	pthread_mutex_unlock(&st->lock);
 	return NULL;
+}
+
+/* Starts the workers (st->lock held); 0 if there are none. */
+static unsigned ra_start_locked(struct nx_store *st)
+{
+	while (st->ra_nthreads < NX_RA_THREADS) {
+		if (pthread_create(&st->ra_threads[st->ra_nthreads], NULL, ra_main, st) != 0)
+			break;
+		st->ra_nthreads++;
+	}
+	return st->ra_nthreads;
 }
 
 static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last)
@@ -132,12 +168,7 @@ static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	}
 	/* Threads inherit the caller's signal mask; libfuse's workers block
 	 * the signals the session handles, which is what a helper wants. */
-	while (st->ra_nthreads < NX_RA_THREADS) {
-		if (pthread_create(&st->ra_threads[st->ra_nthreads], NULL, ra_main, st) != 0)
-			break;
-		st->ra_nthreads++;
-	}
-	if (!st->ra_nthreads) {
+	if (!ra_start_locked(st)) {
 		pthread_mutex_unlock(&st->lock);
 		nx_spath_put(p);
 		free(j);
@@ -161,9 +192,15 @@ void nx_ra_stop(struct nx_store *st)
 	pthread_mutex_lock(&st->lock);
 	__atomic_store_n(&st->ra_stop, 1, __ATOMIC_RELAXED);
 	dropped = st->ra_head;
+	if (st->ra_tail)
+		st->ra_tail->next = st->ra_low_head;
+	else
+		dropped = st->ra_low_head;
 	st->ra_head = NULL;
 	st->ra_tail = NULL;
 	st->ra_queued = 0;
+	st->ra_low_head = st->ra_low_tail = NULL;
+	st->ra_low_queued = 0;
 	n = st->ra_nthreads;
 	st->ra_nthreads = 0;
 	pthread_cond_broadcast(&st->ra_cond);
@@ -175,6 +212,34 @@ void nx_ra_stop(struct nx_store *st)
 	}
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(st->ra_threads[i], NULL);
+}
+
+int nx_ra_queue_complete(struct nx_store *st, struct nx_spath *p, uint32_t entry)
+{
+	struct nx_ra_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return -ENOMEM;
+	j->p = p;
+	j->entry = entry;
+	j->complete = 1;
+	nx_spath_get(p);
+	pthread_mutex_lock(&st->lock);
+	if (st->ra_stop || st->ra_low_queued >= NX_RA_QUEUE || !ra_start_locked(st)) {
+		pthread_mutex_unlock(&st->lock);
+		nx_spath_put(p);
+		free(j);
+		return -EAGAIN;
+	}
+	if (st->ra_low_tail)
+		st->ra_low_tail->next = j;
+	else
+		st->ra_low_head = j;
+	st->ra_low_tail = j;
+	st->ra_low_queued++;
+	pthread_cond_signal(&st->ra_cond);
+	pthread_mutex_unlock(&st->lock);
+	return 0;
 }
 
 void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,

@@ -1631,6 +1631,8 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->warm_files = nx_stat_get(&st->warm_files);
 	out->warm_frames = nx_stat_get(&st->warm_frames);
 	out->warm_bytes = nx_stat_get(&st->warm_bytes);
+	out->complete_files = nx_stat_get(&st->complete_files);
+	out->complete_bytes = nx_stat_get(&st->complete_bytes);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
 	out->paths_in_memory = st->paths_in_memory;

@@ -185,6 +185,8 @@ int nx_fs_metrics_text(struct nx_fs *fs, char *buf, size_t cap)
 		{ "nixoci_meta_budget_bytes", "gauge", "the metadata budget (meta_budget)", ss.meta_budget },
 		{ "nixoci_readahead_frames_total", "counter", "frames fetched by readahead", ss.readahead_frames },
 		{ "nixoci_warm_bytes_total", "counter", "bytes of cached chunk files read ahead from disk when a file was opened", ss.warm_bytes },
+		{ "nixoci_complete_files_total", "counter", "mostly read files completed in the background for passthrough", ss.complete_files },
+		{ "nixoci_complete_bytes_total", "counter", "compressed bytes fetched to complete mostly read files", ss.complete_bytes },
 		{ "nixoci_offline", "gauge", "1 while the registry is unreachable", (uint64_t)ss.offline },
 		{ "nixoci_registry_requests_total", "counter", "HTTP requests to the registry and mirrors", fst.requests },
 		{ "nixoci_registry_bytes_total", "counter", "HTTP body bytes received", fst.bytes },

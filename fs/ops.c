@@ -1191,12 +1191,15 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "h2_requests %" PRIu64 "\n"
 		     "warm_files %" PRIu64 "\n"
 		     "warm_frames %" PRIu64 "\n"
-		     "warm_bytes %" PRIu64 "\n",
+		     "warm_bytes %" PRIu64 "\n"
+		     "complete_files %" PRIu64 "\n"
+		     "complete_bytes %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.copy_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
 		     ss.paths_loaded, ss.paths_in_memory, ss.paths_unloaded, ss.paths_reloaded,
 		     ss.meta_bytes, ss.meta_budget, fst.requests, ss.readahead_frames, ss.offline,
-		     fst.connections, fst.h2_requests, ss.warm_files, ss.warm_frames, ss.warm_bytes);
+		     fst.connections, fst.h2_requests, ss.warm_files, ss.warm_frames, ss.warm_bytes,
+		     ss.complete_files, ss.complete_bytes);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;
 	n += session_stats(fs, buf + n, cap - (size_t)n);

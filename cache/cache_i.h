@@ -52,6 +52,16 @@
  * still counts as sequential (the kernel sends its readahead requests in
  * parallel, so they arrive slightly out of order). */
 #define NX_RA_SLACK (UINT64_C(4) << 20)
+/* Library prediction (elf.c): files a mount predicts from (slots: twice
+ * that, an open-addressing table), how far from the file read, and the
+ * compressed bytes it may queue. The bytes are the same the loader's own
+ * reads would fetch (what it certainly reads of a library it must load),
+ * earlier; the bound only caps a program whose libraries the rule
+ * resolves differently from the loader (LD_LIBRARY_PATH, LD_PRELOAD). */
+#define NX_ELF_PRED_FILES 256
+#define NX_ELF_SEEN_SLOTS 512
+#define NX_ELF_DEPTH_MAX 8
+#define NX_ELF_PRED_BYTES (UINT64_C(16) << 20)
 /* Directories remembered by the miss predictor (the oldest is forgotten). */
 #define NX_DIRMISS_SLOTS 64
 /* How long a reader's failed file fails at once (the kernel's retry). */
@@ -164,6 +174,10 @@ struct nx_ra_job {
 	uint32_t first, last;
 	uint32_t entry;
 	int complete;
+	/* or (with @entry): predict the libraries of file @entry (elf.c),
+	 * @depth links away from the file that was read */
+	int elf;
+	unsigned depth;
 };
 
 /* A file considered for completion (complete.c), in a ring of
@@ -346,6 +360,11 @@ struct nx_store {
 	struct nx_cpl_seen cpl_seen[NX_CPL_SLOTS];
 	unsigned cpl_next;
 	uint64_t cpl_bytes; /* compressed bytes of the completions let through */
+	/* library prediction (elf.c, under st->lock): the files offered
+	 * (id << 24 ^ entry, plus one; 0 is free), compressed bytes queued */
+	uint64_t elf_seen[NX_ELF_SEEN_SLOTS];
+	unsigned elf_nseen;
+	uint64_t elf_bytes;
 
 	/* reference prefetch (refs.c; under st->lock, workers wait on rp_cond) */
 	pthread_cond_t rp_cond;
@@ -377,6 +396,7 @@ struct nx_store {
 	uint64_t saves;
 	uint64_t warm_files, warm_frames, warm_bytes; /* warm.c */
 	uint64_t complete_files, complete_bytes;      /* complete.c */
+	uint64_t elf_parsed, elf_libs; /* elf.c */
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)
@@ -523,8 +543,10 @@ void nx_cmeta_release(struct nx_store *st);
 /* refs.c: queue @p's references for background loading; stop and join. */
 void nx_rp_after_load(struct nx_store *st, const struct nx_spath *p);
 void nx_rp_stop(struct nx_store *st);
-/* 1 in a reference prefetch worker. */
+/* 1 in a reference prefetch worker, or in a thread that marked itself as
+ * loading on a guess (elf.c): such a load never verifies a whole NAR. */
 int nx_rp_in_worker(void);
+void nx_rp_mark_worker(int on);
 /* store.c, with st->lock held: the loaded path @base, or NULL; 1 if the
  * closure index lists @base. */
 struct nx_spath *nx_spath_find_locked(struct nx_store *st, const char *base, size_t len);
@@ -609,6 +631,42 @@ int nx_ra_queue_complete(struct nx_store *st, struct nx_spath *p, uint32_t entry
 void nx_complete_want(struct nx_store *st, struct nx_spath *p, uint32_t entry);
 void nx_complete_run(struct nx_store *st, struct nx_spath *p, uint32_t entry);
 
+/* The rule for the start of a loadable file (nx_ra_on_miss), for a read
+ * at offset 0 of @entry that fetches frames up to @ext itself: the rest of
+ * the file, if at most NX_PRED_ELF_BYTES compressed. */
+void nx_ra_pred_elf_start(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t ext);
+/* Background jobs: frames [first, last] of @p; the libraries of @entry
+ * (nx_elf_job). Dropped when the queue is full or readahead stops. */
+void nx_ra_queue_frames(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last);
+void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth);
+
+/* elf.c: predicting the libraries the loader will open (docs/architecture.md,
+ * "Predicted misses"). The dynamic section of a 64-bit little-endian ELF
+ * file of @size bytes, read through @rd (0, or a negative errno that ends
+ * the parse): at most NX_ELF_NEEDED_MAX DT_NEEDED names (each at most
+ * NX_ELF_NAME_MAX bytes, without a slash), its DT_RUNPATH (or DT_RPATH
+ * without one; "" when neither). 0; -EINVAL when it is not such a file or
+ * is malformed; -ENOENT when it names no library; @rd's error. */
+#define NX_ELF_NEEDED_MAX 64
+#define NX_ELF_NAME_MAX 255
+#define NX_ELF_RUNPATH_MAX 4095
+#define NX_ELF_DYN_MAX 1024
+/* bytes of a predicted library read for its header (its first frame) */
+#define NX_ELF_HDR_BYTES 4096
+struct nx_elf_dyn {
+	unsigned nneeded;
+	char needed[NX_ELF_NEEDED_MAX][NX_ELF_NAME_MAX + 1];
+	char runpath[NX_ELF_RUNPATH_MAX + 1];
+};
+typedef int (*nx_elf_read_fn)(void *ctx, uint64_t off, void *buf, size_t len);
+int nx_elf_dyn_parse(nx_elf_read_fn rd, void *ctx, uint64_t size, struct nx_elf_dyn *out);
+/* A read at offset 0 of @entry of @p got its first @len bytes @buf,
+ * verified: an ELF file seen the first time in this mount has its
+ * libraries predicted by a background job. */
+void nx_elf_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,
+		 size_t len);
+/* The job: for @depth > 0 (a predicted library) fetch its start first. */
+void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth);
 /* The file range [*lo, *hi) covered by the PT_LOAD segments of the ELF file
  * of @size bytes whose first @len bytes are @b; -EINVAL if it is not one. */
 int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi);

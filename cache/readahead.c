@@ -89,6 +89,10 @@ static void ra_run(struct nx_store *st, const struct nx_ra_job *j)
 		nx_complete_run(st, j->p, j->entry);
 		return;
 	}
+	if (j->elf) {
+		nx_elf_job(st, j->p, j->entry, j->depth);
+		return;
+	}
 	rc = nx_frames_walk(st, j->p, j->first, j->last, NX_BATCH_BYTES, &ops, NULL);
 	if (rc < 0 && rc != -ECANCELED)
 		nx_log(NX_LOG_DEBUG, "readahead of %s/%s frames %u-%u: %s", NX_STORE_DIR,
@@ -149,19 +153,16 @@ static unsigned ra_start_locked(struct nx_store *st)
 	return st->ra_nthreads;
 }
 
-static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last)
+static void ra_push(struct nx_store *st, struct nx_ra_job *j)
 {
-	struct nx_ra_job *j = calloc(1, sizeof(*j));
+	struct nx_spath *p = j->p;
 
-	if (!j)
-		return;
-	j->p = p;
-	j->first = first;
-	j->last = last;
 	nx_spath_get(p); /* the job uses its TOC: the reader's reference covers only the read */
 	pthread_mutex_lock(&st->lock);
 	if (st->ra_stop || st->ra_queued >= NX_RA_QUEUE) {
 		pthread_mutex_unlock(&st->lock);
+		nx_log(NX_LOG_DEBUG, "readahead: queue full, a job for %s/%s dropped", NX_STORE_DIR,
+		       p->base);
 		nx_spath_put(p);
 		free(j);
 		return;
@@ -182,6 +183,36 @@ static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	st->ra_queued++;
 	pthread_cond_signal(&st->ra_cond);
 	pthread_mutex_unlock(&st->lock);
+}
+
+static void ra_queue(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last)
+{
+	struct nx_ra_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return;
+	j->p = p;
+	j->first = first;
+	j->last = last;
+	ra_push(st, j);
+}
+
+void nx_ra_queue_frames(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last)
+{
+	ra_queue(st, p, first, last);
+}
+
+void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth)
+{
+	struct nx_ra_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return;
+	j->p = p;
+	j->elf = 1;
+	j->entry = entry;
+	j->depth = depth;
+	ra_push(st, j);
 }
 
 void nx_ra_stop(struct nx_store *st)
@@ -584,13 +615,29 @@ out:
 	free(fr);
 }
 
-void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
-		   uint32_t first, uint32_t ext)
+void nx_ra_pred_elf_start(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t ext)
 {
 	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *e = &toc->entries[entry];
 	uint64_t bytes = 0;
 	uint32_t a, b;
+
+	if (nx_toc_frames_for(toc, e->off, e->size, &a, &b) < 0 || b <= ext)
+		return;
+	for (uint32_t i = ext + 1; i <= b && bytes <= NX_PRED_ELF_BYTES; i++)
+		bytes += toc->frames[i].clen;
+	if (bytes > NX_PRED_ELF_BYTES)
+		return;
+	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: start of a loadable file, frames %u-%u",
+	       NX_STORE_DIR, p->base, entry, ext + 1, b);
+	ra_queue(st, p, ext + 1, b);
+}
+
+void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		   uint32_t first, uint32_t ext)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *e = &toc->entries[entry];
 
 	if (!st->ra_max || nx_bg_stopped(st))
 		return;
@@ -599,16 +646,8 @@ void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint
 	 * more (it is answered first); the rest of the file goes in parallel
 	 * now instead of one round trip later, when nx_ra_after_data has seen
 	 * the header (whose exact segments are then in flight or cached). */
-	if (off == 0 && looks_elf(toc, entry) &&
-	    nx_toc_frames_for(toc, e->off, e->size, &a, &b) == 0 && b > ext) {
-		for (uint32_t i = ext + 1; i <= b && bytes <= NX_PRED_ELF_BYTES; i++)
-			bytes += toc->frames[i].clen;
-		if (bytes <= NX_PRED_ELF_BYTES) {
-			nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: start of a loadable file, frames %u-%u",
-			       NX_STORE_DIR, p->base, entry, ext + 1, b);
-			ra_queue(st, p, ext + 1, b);
-		}
-	}
+	if (off == 0 && looks_elf(toc, entry))
+		nx_ra_pred_elf_start(st, p, entry, ext);
 	/* A program that read two files of one kind in a directory reads
 	 * more of them (an interpreter's modules): the directory's small
 	 * files of that kind, which share frames and would each cost one

@@ -35,6 +35,11 @@ int nx_rp_in_worker(void)
 	return rp_worker_thread;
 }
 
+void nx_rp_mark_worker(int on)
+{
+	rp_worker_thread = on;
+}
+
 static int rp_loaded_or_queued(struct nx_store *st, const char *base)
 {
 	for (struct nx_rp_job *j = st->rp_head; j; j = j->next)

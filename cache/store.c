@@ -1512,6 +1512,14 @@ int nx_store_read_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, ui
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	nx_prec_note(st, p, first, last);
 	nx_stat_add(&st->cache_hits, 1);
+	if (rd && off == 0 && n >= 64) {
+		/* a program or library whose start was cached already: its
+		 * libraries may not be (elf.c looks once per file and mount) */
+		uint8_t h[64];
+
+		if (nx_pread_all(*fd, h, sizeof(h), (off_t)(a - f->uoff)) == 0)
+			nx_elf_seen(st, p, entry, h, sizeof(h));
+	}
 	*fdoff = a - f->uoff;
 	*got = (size_t)n;
 	*frame = first;
@@ -1575,6 +1583,8 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 		return rc == -ENOMEM ? rc : -EIO;
 	if (rd)
 		nx_ra_after_data(st, rd, p, entry, off, buf, (size_t)n);
+	if (rd && off == 0)
+		nx_elf_seen(st, p, entry, buf, (size_t)n);
 	*got = (size_t)n;
 	return 0;
 }
@@ -1633,6 +1643,8 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->warm_bytes = nx_stat_get(&st->warm_bytes);
 	out->complete_files = nx_stat_get(&st->complete_files);
 	out->complete_bytes = nx_stat_get(&st->complete_bytes);
+	out->predict_elf_files = nx_stat_get(&st->elf_parsed);
+	out->predict_libs = nx_stat_get(&st->elf_libs);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
 	out->paths_in_memory = st->paths_in_memory;

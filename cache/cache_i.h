@@ -112,12 +112,16 @@ struct nx_spath {
 	uint8_t toc_digest[NX_SHA256_LEN]; /* man.toc.digest, kept when unloaded */
 };
 
-/* A manifest or TOC blob of the closure metadata blob (closure.c), by the
- * SHA-256 of its bytes. */
+/* A path's item of the closure metadata blob (closure.c), by the SHA-256
+ * of its manifest: the manifest's bytes and the TOC blob stored beside it,
+ * which is checked against the manifest's TOC digest at its first use. */
 struct nx_cm_ent {
 	uint8_t digest[NX_SHA256_LEN];
-	const uint8_t *buf; /* inside nx_store.cm_raw */
+	const uint8_t *buf; /* the manifest, inside nx_store.cm_raw */
 	size_t len;
+	const uint8_t *toc; /* its TOC blob, inside nx_store.cm_raw */
+	size_t toc_len;
+	int toc_bad; /* 1 once the TOC was found not to be the manifest's */
 };
 
 /* A reference whose metadata is to be loaded in the background (refs.c). */
@@ -535,10 +539,13 @@ int nx_cmeta_load(struct nx_store *st, const char *closure);
  * metadata blob has it; -ENOENT otherwise. */
 int nx_cmeta_get(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap, uint8_t **out,
 		 size_t *len);
-/* The same without a copy: *buf points into the metadata blob, valid until
- * nx_store_close. */
-int nx_cmeta_find(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], size_t cap,
-		  const uint8_t **buf, size_t *len);
+/* The TOC blob @toc of the path whose manifest has digest @man, without a
+ * copy: *buf points into the metadata blob, valid until nx_store_close.
+ * Checked here, at its first use, against @toc (size and SHA-256): -ENOENT
+ * when the blob has no such item, -EBADMSG when its TOC is not @toc (one
+ * log line naming @sp per mount; the caller loads the TOC on its own). */
+int nx_cmeta_toc(struct nx_store *st, const uint8_t man[NX_SHA256_LEN], const struct nx_desc *toc,
+		 const char *sp, const uint8_t **buf, size_t *len);
 void nx_cmeta_release(struct nx_store *st);
 /* refs.c: queue @p's references for background loading; stop and join. */
 void nx_rp_after_load(struct nx_store *st, const struct nx_spath *p);

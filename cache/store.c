@@ -534,9 +534,9 @@ static int load_toc(struct nx_store *st, struct nx_spath *p, const char *sp,
 		       (unsigned long long)d->size);
 		return -EIO;
 	}
-	/* verified by its digest, as part of the whole closure blob */
-	if (nx_cmeta_find(st, d->digest, NX_TOC_MAX_BYTES, &cm, &cmlen) == 0 &&
-	    cmlen == d->size) {
+	/* from the closure's metadata blob, checked there against @d (a TOC
+	 * that is not its manifest's is loaded below as if the blob had none) */
+	if (nx_cmeta_toc(st, p->man_digest, d, sp, &cm, &cmlen) == 0) {
 		rc = nx_toc_reader_new(&k.r, what, d->size, NULL, NX_TOC_MAX_BYTES);
 		if (rc == 0)
 			rc = toc_feed(&k, cm, cmlen);

@@ -109,6 +109,44 @@ test_expect_success 'a re-push of the unchanged closure keeps the same index' '
 	test "$before" = "$((NPATHS + 1))"
 '
 
+# publish_meta RAW TAG: RAW (an inflated closure metadata blob) compressed
+# and uploaded with its own valid digest, a metadata manifest naming it, and
+# a copy of the index "hello" that lists that manifest, under TAG.
+publish_meta() {
+	local raw=$1 tag=$2 bd bm loc sep
+	zstd -q -f "$raw" -o "$raw.zst" &&
+	bd=sha256:$(sha256sum <"$raw.zst" | cut -d" " -f1) &&
+	loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/store/blobs/uploads/" |
+		sed -n "s/^[Ll]ocation: *//p" | tr -d "\r") &&
+	case $loc in http*) ;; *) loc=http://$REG$loc ;; esac &&
+	case $loc in *\?*) sep="&" ;; *) sep="?" ;; esac &&
+	curl -fsS -X PUT -H "Content-Type: application/octet-stream" --data-binary @"$raw.zst" \
+		"$loc${sep}digest=$bd" &&
+	curl -fsS -H "Accept: $MAN_MT" "http://$REG/v2/store/manifests/$META" >meta.json &&
+	/usr/bin/python3 -c "
+import json, sys
+m = json.load(open(\"meta.json\"))
+m[\"layers\"][0][\"digest\"] = sys.argv[1]
+m[\"layers\"][0][\"size\"] = int(sys.argv[2])
+open(\"badmeta.json\", \"w\").write(json.dumps(m, separators=(\",\", \":\"), sort_keys=True))
+" "$bd" "$(stat -c %s "$raw.zst")" &&
+	bm=sha256:$(sha256sum <badmeta.json | cut -d" " -f1) &&
+	curl -fsS -X PUT -H "Content-Type: $MAN_MT" --data-binary @badmeta.json \
+		"http://$REG/v2/store/manifests/$bm" &&
+	curl -fsS -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" >idx.json &&
+	/usr/bin/python3 -c "
+import json, sys
+x = json.load(open(\"idx.json\"))
+for d in x[\"manifests\"]:
+    if \"dev.nixoci.closure-meta\" in d.get(\"annotations\", {}):
+        d[\"digest\"] = sys.argv[1]
+        d[\"size\"] = int(sys.argv[2])
+open(\"badidx.json\", \"w\").write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))
+" "$bm" "$(stat -c %s badmeta.json)" &&
+	curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @badidx.json \
+		"http://$REG/v2/store/manifests/$tag"
+}
+
 # A blob with a valid digest whose items disagree with the index: the last
 # path's item is dropped, the blob re-uploaded and a new metadata manifest
 # and index (tag hello-bad) point at it.
@@ -128,37 +166,7 @@ test_expect_success 'a blob that disagrees with the index: fallback, right bytes
 	    data += raw[o:o + ml + tl]
 	open(sys.argv[2], "wb").write(bytes(out) + data)
 	EOF
-	zstd -q -f bad.raw -o bad.zst &&
-	bd=sha256:$(sha256sum <bad.zst | cut -d" " -f1) &&
-	loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/store/blobs/uploads/" |
-		sed -n "s/^[Ll]ocation: *//p" | tr -d "\r") &&
-	case $loc in http*) ;; *) loc=http://$REG$loc ;; esac &&
-	case $loc in *\?*) sep="&" ;; *) sep="?" ;; esac &&
-	curl -fsS -X PUT -H "Content-Type: application/octet-stream" --data-binary @bad.zst \
-		"$loc${sep}digest=$bd" &&
-	curl -fsS -H "Accept: $MAN_MT" "http://$REG/v2/store/manifests/$META" >meta.json &&
-	/usr/bin/python3 -c "
-import json, sys
-m = json.load(open(\"meta.json\"))
-m[\"layers\"][0][\"digest\"] = sys.argv[1]
-m[\"layers\"][0][\"size\"] = int(sys.argv[2])
-open(\"badmeta.json\", \"w\").write(json.dumps(m, separators=(\",\", \":\"), sort_keys=True))
-" "$bd" "$(stat -c %s bad.zst)" &&
-	bm=sha256:$(sha256sum <badmeta.json | cut -d" " -f1) &&
-	curl -fsS -X PUT -H "Content-Type: $MAN_MT" --data-binary @badmeta.json \
-		"http://$REG/v2/store/manifests/$bm" &&
-	curl -fsS -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" >idx.json &&
-	/usr/bin/python3 -c "
-import json, sys
-x = json.load(open(\"idx.json\"))
-for d in x[\"manifests\"]:
-    if \"dev.nixoci.closure-meta\" in d.get(\"annotations\", {}):
-        d[\"digest\"] = sys.argv[1]
-        d[\"size\"] = int(sys.argv[2])
-open(\"badidx.json\", \"w\").write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))
-" "$bm" "$(stat -c %s badmeta.json)" &&
-	curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @badidx.json \
-		"http://$REG/v2/store/manifests/hello-bad" &&
+	publish_meta bad.raw hello-bad &&
 	MOUNT_LOG_ALLOW="not using its metadata blob \(the blob disagrees with the closure index\)" &&
 	mount_store "$REG/store" "$TRASH/m2" closure=hello-bad &&
 	walk "$TRASH/m2" &&
@@ -166,6 +174,34 @@ open(\"badidx.json\", \"w\").write(json.dumps(x, separators=(\",\", \":\"), sort
 	grep -q "not using its metadata blob (the blob disagrees with the closure index)" \
 		"${MOUNT_LOG[$TRASH/m2]}" &&
 	unmount_store "$TRASH/m2"
+'
+
+# The TOCs are checked at each path's first load, not at mount: a blob
+# (valid digest, the index's manifests) in which one path's TOC is not its
+# manifest's is used for every other path; that path's TOC is loaded on its
+# own, with one log line, and every byte is right.
+test_expect_success 'a blob with a wrong TOC: that path loads on its own, right bytes' '
+	/usr/bin/python3 - meta.raw badtoc.raw <<-\EOF &&
+	import struct, sys
+	raw = bytearray(open(sys.argv[1], "rb").read())
+	o, ml, tl = struct.unpack_from("<QII", raw, 32)
+	raw[o + ml + tl // 2] ^= 0x55
+	open(sys.argv[2], "wb").write(bytes(raw))
+	EOF
+	publish_meta badtoc.raw hello-badtoc &&
+	MOUNT_LOG_ALLOW="the TOC of /nix/store/[^ ]* is not its manifest.s; loading it on its own" &&
+	mount_store "$REG/store" "$TRASH/m6" closure=hello-badtoc &&
+	before=$(reg_requests) &&
+	walk "$TRASH/m6" &&
+	after=$(reg_requests) &&
+	say "requests during the walk: $((after - before)) (the one TOC)" &&
+	test "$((after - before))" = 1 &&
+	check_mount_hashes "$TRASH/m6" $SMALL_CLOSURE &&
+	log=${MOUNT_LOG[$TRASH/m6]} &&
+	! grep -q "not using its metadata blob" "$log" &&
+	test "$(grep -c "is not its manifest.s; loading it on its own" "$log")" = 1 &&
+	test "$(nixoci stats "$TRASH/m6" | awk "\$1 == \"verify_failures\" { print \$2 }")" = 1 &&
+	unmount_store "$TRASH/m6"
 '
 
 test_expect_success 'a tampered blob (one byte flipped in the registry): fallback, right bytes' '

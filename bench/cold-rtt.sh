@@ -42,7 +42,9 @@
 # the code before a change: its nixoci-fs runs the same profile starts,
 # alternating start by start with this one, as method "profile-old", and a
 # second table compares the two). BENCH_PLAIN_OLD=DIR: the same for the
-# starts without a profile (method "nixoci-old"), with requests and bytes.
+# starts without a profile (method "nixoci-old"), with requests and bytes,
+# and a table of the mount time and the CPU-seconds of mount + start of
+# nixoci-fs, the registry and the proxy (/proc/PID/stat).
 set -euo pipefail
 export LC_ALL=C
 
@@ -139,12 +141,14 @@ http:
 EOF
 docker-registry serve "$WORK/reg/config.yml" >"$WORK/reg/log" 2>&1 &
 PIDS+=($!)
+REG_PID=$!
 REG=127.0.0.1:$port
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" 2>/dev/null && break; sleep 0.1; done
 echo "mode=pass" >"$WORK/ctl"
 /usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$REG" --control "$WORK/ctl" \
 	--port-file "$WORK/pport" --log "$WORK/plog" >"$WORK/pstderr" 2>&1 &
 PIDS+=($!)
+PROXY_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/pport" ] && break; sleep 0.1; done
 PROXY=127.0.0.1:$(cat "$WORK/pport")
 say "pushing the closure of ${PUSH_ROOTS[*]} ($(nix-store -qR "${PUSH_ROOTS[@]}" | wc -l) paths)"
@@ -186,10 +190,13 @@ requests() { grep -c -- ' -> ' "$WORK/plog" 2>/dev/null || true; }
 
 printf 'method\tworkload\tdelay_ms\trun\tseconds\trequests\tbytes\n' >"$WORK/samples.tsv"
 : >"$WORK/mount.tsv"
+: >"$WORK/cpu.tsv"
+# cpu_s PID: user + system CPU-seconds of PID so far
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 : >"$WORK/esgz.tsv"
 # one_start METHOD W DELAY RUN [OPTS]
 one_start() {
-	local m=$1 w=$2 d=$3 r=$4 t0 t1 q0 q1 b=0
+	local m=$1 w=$2 d=$3 r=$4 t0 t1 q0 q1 b=0 c0 c1
 	if [ "$m" = native ]; then
 		drop
 		t0=$(now_ns)
@@ -203,6 +210,7 @@ one_start() {
 		# profile" measured an already fetched store. A fresh mount has
 		# nothing in the page cache either way.
 		drop
+		c0="$(cpu_s "$REG_PID") $(cpu_s "$PROXY_PID")"
 		fs_mount "${5:-}"
 		q0=$(requests)
 		t0=$(now_ns)
@@ -210,7 +218,15 @@ one_start() {
 		t1=$(now_ns)
 		q1=$(requests)
 		b=$(fs_stat bytes_fetched)
+		# CPU-seconds of the mount and the start: daemon (its whole
+		# life so far), registry and proxy (since before the mount)
+		c1="$(cpu_s "$FS_PID") $(cpu_s "$REG_PID") $(cpu_s "$PROXY_PID")"
 		fs_umount
+		local c
+		read -r -a c <<<"$c0 $c1"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$w" "$d" "$r" "${c[2]}" \
+			"$(awk -v a="${c[0]}" -v b="${c[3]}" 'BEGIN { printf "%.2f", b - a }')" \
+			"$(awk -v a="${c[1]}" -v b="${c[4]}" 'BEGIN { printf "%.2f", b - a }')" >>"$WORK/cpu.tsv"
 		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$w" "$d" "$r" "$MOUNT_S" \
 			"$MOUNT_Q" "$(awk -v a="$MOUNT_S" -v b="$(secs "$t0" "$t1")" 'BEGIN { printf "%.3f", a + b }')" \
 			>>"$WORK/mount.tsv"
@@ -305,6 +321,20 @@ if [ -n "$OLD_O" ]; then
 	done
 fi
 if [ -n "$PLAIN_OLD" ]; then
+	# mount (launch until mountpoint: the closure's metadata is read by
+	# then) and CPU-seconds of mount + start, medians
+	echo
+	echo "| workload | added RTT | build | mount | CPU-s nixoci-fs | CPU-s registry | CPU-s proxy |"
+	echo "|---|---|---|---|---|---|---|"
+	for w in java python; do
+		for d in $DELAYS; do
+			for m in nixoci-old nixoci; do
+				echo "| $w | $d ms | $([ $m = nixoci ] && echo "$O" || echo "$PLAIN_OLD") |" \
+					"$(col $m $w $d 5 "$WORK/mount.tsv") s | $(col $m $w $d 5 "$WORK/cpu.tsv") |" \
+					"$(col $m $w $d 6 "$WORK/cpu.tsv") | $(col $m $w $d 7 "$WORK/cpu.tsv") |"
+			done
+		done
+	done
 	echo
 	echo "| workload | added RTT | no profile, $PLAIN_OLD | requests | fetched | no profile, $O | requests | fetched | native cold |"
 	echo "|---|---|---|---|---|---|---|---|---|"

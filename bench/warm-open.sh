@@ -6,6 +6,10 @@
 # from elsewhere hits all alike. The workload and the drop are
 # bench/session.sh's (its "warm" part measures one build only).
 #
+# Each build fills its own cache with two cold runs first and waits until
+# its background work (completions, copies) settles, as a user's second
+# start comes after the first finished.
+#
 # Per sample: the wall time, and from the mount's metrics the daemon's
 # total time in READ requests and the warm_* counters (cache/warm.c).
 # Samples: bench/results/warm-open.tsv; medians: bench/results/warm-open.md.
@@ -98,14 +102,33 @@ read_secs() {
 		awk '/^nixoci_fuse_request_duration_seconds_sum/ && /op="read"/ { print $2 }'
 }
 
-say "cold runs fill the cache (twice, so passthrough copies are made), then it is copied per build"
-mount_fs "$O" "$W/cache"
-java_in "$MNT"
-java_in "$MNT"
-sleep 5
-umount_fs
+# cold_fill BUILD CACHE: cold runs fill the cache, each build its own (what
+# a build leaves in the cache, e.g. completed files, is part of what it
+# gives the warm run): twice, so passthrough copies are made; then, as a
+# user's next start comes after the first finished, wait until background
+# work (completions, cache/complete.c; the copies) has settled (at most
+# 60 s, then 5 s more)
+cold_fill() {
+	local last= cur
+	mount_fs "$1" "$2"
+	java_in "$MNT"
+	java_in "$MNT"
+	for _ in $(seq 60); do
+		cur="$(stat_of complete_files) $(stat_of cache_copy_bytes) $(stat_of bytes_fetched)"
+		[ "$cur" = "$last" ] && break
+		last=$cur
+		sleep 1
+	done
+	sleep 5
+	say "after the cold runs of $1: complete_files $(stat_of complete_files)," \
+		"complete_bytes $(stat_of complete_bytes), bytes_fetched $(stat_of bytes_fetched)," \
+		"copies $(stat_of cache_copy_bytes) bytes"
+	umount_fs
+}
+say "cold runs fill each build's cache"
+cold_fill "$O" "$W/cache"
 builds=this
-[ -n "$BEFORE" ] && { cp -a "$W/cache" "$W/cache-before"; builds="this before"; }
+[ -n "$BEFORE" ] && { cold_fill "$BEFORE" "$W/cache-before"; builds="this before"; }
 
 for r in $(seq "$RUNS"); do
 	order="$builds native"

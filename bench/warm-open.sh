@@ -97,10 +97,11 @@ java_in() {
 		"$JAVA" -version 2>/dev/null
 }
 stat_of() { getfattr -n user.nixoci.stats --only-values "$MNT" 2>/dev/null | awk -v k="$1" '$1 == k { print $2 }'; }
-read_secs() {
+op_secs() { # OP: the daemon's total time in requests of kind OP
 	getfattr -n user.nixoci.metrics --only-values "$MNT" 2>/dev/null |
-		awk '/^nixoci_fuse_request_duration_seconds_sum/ && /op="read"/ { print $2 }'
+		awk -v op="op=\"$1\"" '/^nixoci_fuse_request_duration_seconds_sum/ && index($0, op) { print $2 }'
 }
+read_secs() { op_secs read; }
 
 # cold_fill BUILD CACHE: cold runs fill the cache, each build its own (what
 # a build leaves in the cache, e.g. completed files, is part of what it
@@ -151,6 +152,8 @@ for r in $(seq "$RUNS"); do
 		sample "$b" time "$(secs "$t0" "$(now)")"
 		sample "$b" read_secs "$(read_secs)"
 		sample "$b" fuse_read "$(stat_of fuse_read)"
+		for op in lookup open getattr readlink; do sample "$b" "${op}_secs" "$(op_secs $op)"; done
+		sample "$b" fuse_lookup "$(stat_of fuse_lookup)"
 		sample "$b" warm_frames "$(stat_of warm_frames)"
 		sample "$b" warm_bytes "$(stat_of warm_bytes)"
 		sample "$b" bytes_fetched "$(stat_of bytes_fetched)"

@@ -113,6 +113,9 @@ $(O)/tests/fuzz/replay-%: $(O)/tests/fuzz/fuzz-%.o $(O)/tests/fuzz/replay.o \
 $(O)/tests/fuzz/replay-wwwauth: $(O)/tests/fuzz/fuzz-wwwauth.o $(O)/tests/fuzz/replay.o \
 			  $(O)/tests/fuzz/fuzz-common.o $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
+$(O)/tests/fuzz/replay-elf: $(O)/tests/fuzz/fuzz-elf.o $(O)/tests/fuzz/replay.o \
+			  $(O)/tests/fuzz/fuzz-common.o $(CACHE_A) $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 $(O)/tests/fuzz/replay-multipart: $(O)/tests/fuzz/fuzz-multipart.o $(O)/tests/fuzz/replay.o \
 			  $(O)/tests/fuzz/fuzz-common.o $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)

@@ -34,6 +34,12 @@ for t in "$@"; do
 			SANITIZE=fuzzer-no-link,address,undefined "$O/libfetch.a" || { rc=1; continue; }
 		fetch=$O/libfetch.a
 	fi
+	if [ "$t" = elf ]; then
+		# cache/'s private parser (it links the cache library)
+		CFLAGS="-O1 -g" make --no-print-directory -s CC="$FCC" O=$O \
+			SANITIZE=fuzzer-no-link,address,undefined "$O/libcache.a" || { rc=1; continue; }
+		fetch=$O/libcache.a
+	fi
 	# shellcheck disable=SC2086
 	"$FCC" -fsanitize=fuzzer,address,undefined -o "$bin" "$O/tests/fuzz/fuzz-$t.o" \
 		"$O/tests/fuzz/fuzz-common.o" $fetch "$O/libcommon.a" $LIBS || exit 1

@@ -182,6 +182,7 @@ struct nx_ra_job {
 	 * @depth links away from the file that was read */
 	int elf;
 	unsigned depth;
+	unsigned hint; /* library path of a wrapper (elf.c): slot + 1, or 0 */
 };
 
 /* A file considered for completion (complete.c), in a ring of
@@ -369,6 +370,11 @@ struct nx_store {
 	uint64_t elf_seen[NX_ELF_SEEN_SLOTS];
 	unsigned elf_nseen;
 	uint64_t elf_bytes;
+	/* library paths that wrapper scripts hand to ld.so with the program
+	 * they run (allocated on first use, never overwritten: jobs keep
+	 * their index) */
+	struct nx_elf_hint *elf_hints;
+	unsigned elf_nhints;
 
 	/* reference prefetch (refs.c; under st->lock, workers wait on rp_cond) */
 	pthread_cond_t rp_cond;
@@ -645,7 +651,8 @@ void nx_ra_pred_elf_start(struct nx_store *st, struct nx_spath *p, uint32_t entr
 /* Background jobs: frames [first, last] of @p; the libraries of @entry
  * (nx_elf_job). Dropped when the queue is full or readahead stops. */
 void nx_ra_queue_frames(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last);
-void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth);
+void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		     unsigned hint);
 
 /* elf.c: predicting the libraries the loader will open (docs/architecture.md,
  * "Predicted misses"). The dynamic section of a 64-bit little-endian ELF
@@ -664,6 +671,15 @@ struct nx_elf_dyn {
 	unsigned nneeded;
 	char needed[NX_ELF_NEEDED_MAX][NX_ELF_NAME_MAX + 1];
 	char runpath[NX_ELF_RUNPATH_MAX + 1];
+	int rpath; /* it is a DT_RPATH (searched before a library path) */
+};
+/* A wrapper script's "ld.so --library-path DIRS PROGRAM": the loader
+ * searches DIRS (before a DT_RUNPATH) for PROGRAM and all it loads. */
+#define NX_ELF_HINTS 8
+#define NX_ELF_SCRIPT_MAX (UINT64_C(64) << 10)
+struct nx_elf_hint {
+	char prog[NX_ELF_NAME_MAX + 1];
+	char dirs[NX_ELF_RUNPATH_MAX + 1];
 };
 typedef int (*nx_elf_read_fn)(void *ctx, uint64_t off, void *buf, size_t len);
 int nx_elf_dyn_parse(nx_elf_read_fn rd, void *ctx, uint64_t size, struct nx_elf_dyn *out);
@@ -672,8 +688,14 @@ int nx_elf_dyn_parse(nx_elf_read_fn rd, void *ctx, uint64_t size, struct nx_elf_
  * libraries predicted by a background job. */
 void nx_elf_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,
 		 size_t len);
-/* The job: for @depth > 0 (a predicted library) fetch its start first. */
-void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth);
+/* The same for a read answered from a cached chunk file: @len bytes of the
+ * file's start at @off of @fd. */
+void nx_elf_seen_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, int fd, uint64_t off,
+		    size_t len);
+/* The job: for @depth > 0 (a predicted library) fetch its start first;
+ * @hint: the library path it was loaded with (slot + 1), or 0. */
+void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		unsigned hint);
 /* The file range [*lo, *hi) covered by the PT_LOAD segments of the ELF file
  * of @size bytes whose first @len bytes are @b; -EINVAL if it is not one. */
 int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi);

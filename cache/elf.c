@@ -188,8 +188,10 @@ int nx_elf_dyn_parse(nx_elf_read_fn rd, void *ctx, uint64_t size, struct nx_elf_
 	if (strsz > size - tab)
 		strsz = size - tab;
 	/* DT_RUNPATH wins over DT_RPATH, as in ld.so */
-	if (runpath == UINT64_MAX)
+	if (runpath == UINT64_MAX) {
 		runpath = rpath;
+		out->rpath = runpath != UINT64_MAX;
+	}
 	if (runpath != UINT64_MAX) {
 		rc = read_str(rd, ctx, size, tab, strsz, runpath, out->runpath,
 			      sizeof(out->runpath));
@@ -600,12 +602,65 @@ static int elf_start(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 	return 0;
 }
 
-void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth)
+/* The wrapper's library path for a file of @p at @path, as slot + 1; 0.
+ * The program itself, else another file of its store path: the loader
+ * searches the library path for everything the process loads, and what
+ * it opens of the program's own path (an interpreter's extension modules)
+ * is loaded by that program. */
+static unsigned hint_find(struct nx_store *st, const struct nx_spath *p, const char *path)
+{
+	size_t n = sizeof(NX_STORE_DIR) + p->base_len;
+	unsigned h = 0;
+
+	pthread_mutex_lock(&st->lock);
+	for (unsigned i = 0; i < st->elf_nhints; i++) {
+		const char *prog = st->elf_hints[i].prog;
+
+		if (strcmp(prog, path) == 0) {
+			h = i + 1;
+			break;
+		}
+		if (!h && strncmp(prog, path, n) == 0 && prog[n] == '/')
+			h = i + 1;
+	}
+	pthread_mutex_unlock(&st->lock);
+	return h;
+}
+
+/* The directories ld.so searches for the libraries of a file with dynamic
+ * section @dyn, loaded with library path @hint: a DT_RPATH comes before
+ * the library path, a DT_RUNPATH after it. */
+static char *search_path(struct nx_store *st, const struct nx_elf_dyn *dyn, unsigned hint)
+{
+	size_t n = NX_ELF_RUNPATH_MAX + 1 + strlen(dyn->runpath) + 2;
+	char *s = malloc(n), *lp = malloc(NX_ELF_RUNPATH_MAX + 1);
+
+	if (!s || !lp) {
+		free(s);
+		free(lp);
+		return NULL;
+	}
+	lp[0] = 0;
+	pthread_mutex_lock(&st->lock);
+	if (hint && hint <= st->elf_nhints)
+		memcpy(lp, st->elf_hints[hint - 1].dirs, NX_ELF_RUNPATH_MAX + 1);
+	pthread_mutex_unlock(&st->lock);
+	if (dyn->rpath)
+		snprintf(s, n, "%s:%s", dyn->runpath, lp);
+	else
+		snprintf(s, n, "%s:%s", lp, dyn->runpath);
+	free(lp);
+	return s;
+}
+
+void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		unsigned hint)
 {
 	const struct nx_toc_entry *e = &p->toc->entries[entry];
 	struct fread_ctx r = { .st = st, .p = p, .base = e->off };
 	struct nx_elf_dyn *dyn = NULL;
 	uint8_t *hdr = NULL;
+	char *search = NULL;
 	int rc;
 
 	if (nx_bg_stopped(st))
@@ -635,11 +690,22 @@ void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigne
 	}
 	if (depth >= NX_ELF_DEPTH_MAX)
 		goto out;
+	if (depth == 0) {
+		char path[NX_ELF_PATH_MAX], rel[NX_ELF_PATH_MAX];
+
+		if (nx_toc_path(p->toc, entry, rel, sizeof(rel)) == 0 &&
+		    snprintf(path, sizeof(path), "%s/%s/%s", NX_STORE_DIR, p->base, rel) <
+			    (int)sizeof(path))
+			hint = hint_find(st, p, path);
+	}
+	search = search_path(st, dyn, hint);
+	if (!search)
+		goto out;
 	for (unsigned i = 0; i < dyn->nneeded && !nx_bg_stopped(st); i++) {
 		struct nx_spath *q = NULL;
 		uint32_t lib = 0;
 
-		rc = resolve_lib(st, p, entry, dyn->runpath, dyn->needed[i], &q, &lib);
+		rc = resolve_lib(st, p, entry, search, dyn->needed[i], &q, &lib);
 		if (rc < 0) {
 			nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: %s not in its runpath (%s)",
 			       NX_STORE_DIR, p->base, entry, dyn->needed[i], strerror(-rc));
@@ -649,21 +715,114 @@ void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigne
 			nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u needs %s: %s/%s entry %u",
 			       NX_STORE_DIR, p->base, entry, dyn->needed[i], NX_STORE_DIR, q->base,
 			       lib);
-			nx_ra_queue_elf(st, q, lib, depth + 1);
+			nx_ra_queue_elf(st, q, lib, depth + 1, hint);
 		}
 		nx_spath_put(q);
 	}
 out:
+	free(search);
 	free(dyn);
 	free(hdr);
+}
+
+/* The next word of [*s, end) (blanks and quotes around it dropped) into
+ * @out (@cap bytes with its NUL); 0 when there is none or it is too long. */
+static size_t next_word(const char **s, const char *end, char *out, size_t cap)
+{
+	const char *a = *s, *b;
+	size_t n;
+
+	while (a < end && (*a == ' ' || *a == '\t' || *a == '\\' || *a == '\n'))
+		a++;
+	b = a;
+	while (b < end && *b != ' ' && *b != '\t' && *b != '\n')
+		b++;
+	*s = b;
+	if (b > a && (*a == '"' || *a == '\''))
+		a++;
+	if (b > a && (b[-1] == '"' || b[-1] == '\''))
+		b--;
+	n = (size_t)(b - a);
+	if (!n || n >= cap)
+		return 0;
+	memcpy(out, a, n);
+	out[n] = 0;
+	return n;
+}
+
+/*
+ * A wrapper script that runs a program through the loader with a library
+ * path ("exec .../ld-linux-x86-64.so.2 --library-path DIRS PROGRAM"): the
+ * loader searches DIRS first for PROGRAM's libraries and theirs. Noted
+ * for the program (at most NX_ELF_HINTS per mount, directories in the
+ * store only), so its job searches them as the loader will.
+ */
+static void script_seen(struct nx_store *st, const uint8_t *buf, size_t len)
+{
+	static const char opt[] = "--library-path";
+	const char *s = memmem(buf, len, opt, sizeof(opt) - 1), *end = (const char *)buf + len;
+	struct nx_elf_hint h;
+
+	if (!s)
+		return;
+	s += sizeof(opt) - 1;
+	if (!next_word(&s, end, h.dirs, sizeof(h.dirs)) || h.dirs[0] != '/' || strchr(h.dirs, '$'))
+		return;
+	/* the program: the next word in the store (options and their
+	 * values, such as --argv0 NAME, come before it) */
+	for (int k = 0; k < 8; k++) {
+		if (!next_word(&s, end, h.prog, sizeof(h.prog)))
+			return;
+		if (strncmp(h.prog, NX_STORE_DIR "/", sizeof(NX_STORE_DIR)) == 0)
+			break;
+		if (k == 7)
+			return;
+	}
+	pthread_mutex_lock(&st->lock);
+	if (!st->elf_hints)
+		st->elf_hints = calloc(NX_ELF_HINTS, sizeof(*st->elf_hints));
+	for (unsigned i = 0; st->elf_hints && i < st->elf_nhints; i++)
+		if (strcmp(st->elf_hints[i].prog, h.prog) == 0)
+			goto out;
+	if (st->elf_hints && st->elf_nhints < NX_ELF_HINTS) {
+		st->elf_hints[st->elf_nhints++] = h;
+		nx_log(NX_LOG_DEBUG, "predict: %s runs with library path %s", h.prog, h.dirs);
+	}
+out:
+	pthread_mutex_unlock(&st->lock);
 }
 
 void nx_elf_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,
 		 size_t len)
 {
-	if (!st->ra_max || nx_bg_stopped(st) || len < 64 || memcmp(buf, "\177ELF\2\1\1", 7) != 0)
+	if (!st->ra_max || nx_bg_stopped(st) || len < 64)
+		return;
+	if (buf[0] == '#' && buf[1] == '!') {
+		script_seen(st, buf, len < NX_ELF_SCRIPT_MAX ? len : NX_ELF_SCRIPT_MAX);
+		return;
+	}
+	if (memcmp(buf, "\177ELF\2\1\1", 7) != 0)
 		return;
 	if (p->toc->entries[entry].size < 64 || !elf_first_time(st, p, entry))
 		return;
-	nx_ra_queue_elf(st, p, entry, 0);
+	nx_ra_queue_elf(st, p, entry, 0, 0);
+}
+
+void nx_elf_seen_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, int fd, uint64_t off,
+		    size_t len)
+{
+	uint8_t h[64], *buf;
+
+	if (!st->ra_max || len < sizeof(h) || nx_pread_all(fd, h, sizeof(h), (off_t)off) < 0)
+		return;
+	if (h[0] != '#' || h[1] != '!') {
+		nx_elf_seen(st, p, entry, h, sizeof(h));
+		return;
+	}
+	if (len > NX_ELF_SCRIPT_MAX)
+		len = NX_ELF_SCRIPT_MAX;
+	buf = malloc(len);
+	if (buf && nx_pread_all(fd, buf, len, (off_t)off) == 0)
+		nx_elf_seen(st, p, entry, buf, len);
+	free(buf);
 }

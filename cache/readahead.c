@@ -90,7 +90,7 @@ static void ra_run(struct nx_store *st, const struct nx_ra_job *j)
 		return;
 	}
 	if (j->elf) {
-		nx_elf_job(st, j->p, j->entry, j->depth);
+		nx_elf_job(st, j->p, j->entry, j->depth, j->hint);
 		return;
 	}
 	rc = nx_frames_walk(st, j->p, j->first, j->last, NX_BATCH_BYTES, &ops, NULL);
@@ -202,7 +202,8 @@ void nx_ra_queue_frames(struct nx_store *st, struct nx_spath *p, uint32_t first,
 	ra_queue(st, p, first, last);
 }
 
-void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth)
+void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		     unsigned hint)
 {
 	struct nx_ra_job *j = calloc(1, sizeof(*j));
 
@@ -212,6 +213,7 @@ void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, un
 	j->elf = 1;
 	j->entry = entry;
 	j->depth = depth;
+	j->hint = hint;
 	ra_push(st, j);
 }
 

@@ -273,6 +273,8 @@ void nx_store_close(struct nx_store *st)
 	nx_profile_stop(st); /* its workers look paths up and walk frames */
 	nx_rp_stop(st);
 	nx_ra_stop(st);
+	free(st->elf_hints); /* the readahead jobs used them */
+	st->elf_hints = NULL;
 	nx_files_close(st); /* its worker uses paths too */
 	nx_warm_close(st);  /* so do its threads */
 	for (p = st->all; p; p = pn) {
@@ -1512,14 +1514,10 @@ int nx_store_read_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, ui
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	nx_prec_note(st, p, first, last);
 	nx_stat_add(&st->cache_hits, 1);
-	if (rd && off == 0 && n >= 64) {
-		/* a program or library whose start was cached already: its
-		 * libraries may not be (elf.c looks once per file and mount) */
-		uint8_t h[64];
-
-		if (nx_pread_all(*fd, h, sizeof(h), (off_t)(a - f->uoff)) == 0)
-			nx_elf_seen(st, p, entry, h, sizeof(h));
-	}
+	/* a program or library whose start was cached already: its
+	 * libraries may not be (elf.c looks once per file and mount) */
+	if (rd && off == 0)
+		nx_elf_seen_fd(st, p, entry, *fd, a - f->uoff, (size_t)n);
 	*fdoff = a - f->uoff;
 	*got = (size_t)n;
 	*frame = first;

@@ -7,7 +7,8 @@ resolves it for a Nix binary (RUNPATH directories in order, $ORIGIN,
 symlinks inside the store, also into another store path) and its start
 fetched, then its own libraries, each file once per mount. A library no
 one names is never fetched, a name that resolves nowhere is skipped,
-readahead=0 turns it off, malformed ELF files predict nothing and read as
+a wrapper script'"'"'s "ld.so --library-path DIRS PROGRAM" has DIRS searched
+for PROGRAM, readahead=0 turns it off, malformed ELF files predict nothing and read as
 always, and an unmount while predicted transfers are stalled exits 0.
 Asserted from the registry'"'"'s side (the proxy log) and the counters.'
 . "$(dirname "$0")/../lib/lib.sh"
@@ -43,11 +44,13 @@ test_expect_success 'setup: a program and its libraries in five store paths, mal
 	LIBBR=$(echo "$closure" | grep -- "-elf-libb-real$") &&
 	BASE=$(echo "$closure" | grep -- "-elf-libbase$") &&
 	UNUSED=$(echo "$closure" | grep -- "-elf-libunused$") &&
+	WRAP=$(echo "$closure" | grep -- "-elf-wrapped$") &&
+	HINT=$(echo "$closure" | grep -- "-elf-libhint$") &&
 	/usr/bin/python3 "$TEST_LIB_DIR/mkelf.py" --malformed "$TRASH/nixoci-elf-malformed" &&
 	BAD=$(nix-store --add "$TRASH/nixoci-elf-malformed") &&
 	nixoci push "$REG/elf" "$PROG" "$BAD" &&
 	N_PROG=$(nar_of "$PROG") && N_LIBA=$(nar_of "$LIBA") && N_LIBBR=$(nar_of "$LIBBR") &&
-	N_BASE=$(nar_of "$BASE") && N_UNUSED=$(nar_of "$UNUSED") &&
+	N_BASE=$(nar_of "$BASE") && N_UNUSED=$(nar_of "$UNUSED") && N_HINT=$(nar_of "$HINT") &&
 	test ${#N_LIBA} = 64 && test ${#N_UNUSED} = 64 &&
 	start_faultproxy "$REG" &&
 	fault_set "mode=pass delay=50"
@@ -83,15 +86,26 @@ test_expect_success 'the predicted libraries are cached: reading them costs no r
 	test "$(stats_field "$MNT" predict_elf_files)" = 4
 '
 
+test_expect_success 'a wrapper runs the program with ld.so --library-path: searched there' '
+	l0=$(stats_field "$MNT" predict_libs) &&
+	test "$(gets "$N_HINT")" = 0 &&
+	cat "$MNT/${WRAP##*/}/bin/run" >/dev/null &&
+	head -c 64 "$MNT/${WRAP##*/}/bin/wprog" >/dev/null &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT predict_libs) -ge $((l0 + 1)) ]" &&
+	test "$(gets "$N_HINT")" -ge 1 &&
+	cmp "$MNT/${HINT##*/}/lib/libhint.so.1" "$HINT/lib/libhint.so.1"
+'
+
 test_expect_success 'malformed ELF files: no prediction, read as always, no error' '
 	f0=$(stats_field "$MNT" predict_elf_files) &&
+	l0=$(stats_field "$MNT" predict_libs) &&
 	for f in "$BAD"/*; do
 		cmp "$MNT/${BAD##*/}/${f##*/}" "$f" || return 1
 	done &&
 	# "no-dynamic" is a well-formed ELF file that names no library (a
 	# static program): looked at, nothing predicted
 	test_wait_for 30 eval "[ \$(stats_field $MNT predict_elf_files) -ge $((f0 + 1)) ]" &&
-	test "$(stats_field "$MNT" predict_libs)" = 3 &&
+	test "$(stats_field "$MNT" predict_libs)" = "$l0" &&
 	test "$(stats_field "$MNT" errors)" = 0 &&
 	unmount_store "$MNT" &&
 	test "$(gets "$N_UNUSED")" = 0

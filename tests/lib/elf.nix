@@ -11,9 +11,13 @@
 # liba.so.1 is a symlink (liba.so.1.0.0); libb.so an absolute symlink into
 # elf-libb-real. Both need libbase.so.1 (elf-libbase), which needs nothing.
 # libunused.so.1 (elf-libunused) is in prog's RUNPATH but named by nothing.
+# elf-wrapped/bin/run runs its bin/wprog (no RUNPATH, needs libhint.so.1)
+# through the loader with --library-path elf-libhint's lib, as a wrapper
+# script does; the root elf-prog references it.
 let
-  mk = name: files: links: derivation {
-    inherit name files links;
+  mk = name: files: links: mkS name files links "";
+  mkS = name: files: links: scripts: derivation {
+    inherit name files links scripts;
     system = "x86_64-linux";
     builder = "/usr/bin/python3";
     args = [ ./mkelf.py ];
@@ -36,7 +40,17 @@ let
   unused = mk "elf-libunused" ''
     lib/libunused.so.1 - - 200000
   '' "";
+  hint = mk "elf-libhint" ''
+    lib/libhint.so.1 - - 200000
+  '' "";
+  wrapped = mkS "elf-wrapped" ''
+    bin/wprog libhint.so.1 - 100000
+  '' "" ''
+    bin/run exec ${base}/lib/ld-linux-x86-64.so.2 --library-path ${hint}/lib:${base}/lib @out@/bin/wprog "$@"
+  '';
 in
-mk "elf-prog" ''
+mkS "elf-prog" ''
   bin/prog liba.so.1,libb.so,libmissing.so.9 $ORIGIN/../lib:${liba}/lib:${libb}/lib:${unused}/lib 100000
-'' ""
+'' "" ''
+  bin/other ${wrapped}/bin/run
+''

@@ -101,6 +101,15 @@ def main():
             with open(p, "wb") as f:
                 f.write(elf(needed, runpath, int(pad), exe, seed=path))
             os.chmod(p, 0o755 if exe else 0o555)
+        # "ld.so --library-path DIRS PROGRAM" wrappers: "PATH TEXT", @out@
+        # standing for $out
+        for line in os.environ.get("scripts", "").strip().splitlines():
+            path, text = line.split(" ", 1)
+            p = os.path.join(out, path)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "w") as f:
+                f.write("#!/bin/sh\n" + text.replace("@out@", out) + "\n")
+            os.chmod(p, 0o755)
         for line in os.environ.get("links", "").strip().splitlines():
             link, target = line.split()
             p = os.path.join(out, link)

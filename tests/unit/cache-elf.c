@@ -127,10 +127,10 @@ int main(void)
 
 	build(&m, two, 2, "/run", "/rp");
 	is_int(nx_elf_dyn_parse(rd, &m, m.len, &dyn), 0, "RUNPATH and RPATH");
-	ok(strcmp(dyn.runpath, "/run") == 0, "RUNPATH wins, as in ld.so");
+	ok(strcmp(dyn.runpath, "/run") == 0 && !dyn.rpath, "RUNPATH wins, as in ld.so");
 	build(&m, two, 2, NULL, "/rp");
 	is_int(nx_elf_dyn_parse(rd, &m, m.len, &dyn), 0, "RPATH alone");
-	ok(strcmp(dyn.runpath, "/rp") == 0, "RPATH is used without RUNPATH");
+	ok(strcmp(dyn.runpath, "/rp") == 0 && dyn.rpath, "RPATH is used without RUNPATH (marked)");
 	build(&m, two, 2, NULL, NULL);
 	is_int(nx_elf_dyn_parse(rd, &m, m.len, &dyn), 0, "no search path");
 	ok(dyn.runpath[0] == 0, "an empty one");

@@ -210,6 +210,17 @@ struct nx_dirmiss {
 	int done;          /* its files were queued (once per mount) */
 };
 
+/* A name ending whose files the directory rule predicted in store path @p
+ * (compared, never followed): a first miss of that ending in another
+ * directory of @p predicts at once. */
+#define NX_PRED_ENDINGS 8
+#define NX_PRED_ENDING_MAX 48
+struct nx_pred_ending {
+	const struct nx_spath *p;
+	size_t len;
+	char end[NX_PRED_ENDING_MAX];
+};
+
 /* Per-open sequential-read state (cache.h), guarded by its own lock. */
 struct nx_reader {
 	pthread_mutex_t lock;
@@ -355,6 +366,8 @@ struct nx_store {
 	 * miss, and the compressed bytes queued by the directory rule */
 	struct nx_dirmiss dirmiss[NX_DIRMISS_SLOTS];
 	unsigned dirmiss_next;
+	struct nx_pred_ending pred_end[NX_PRED_ENDINGS];
+	unsigned pred_end_next;
 	uint64_t pred_bytes;
 	/* completion (complete.c; under st->lock): its jobs wait on a list of
 	 * their own, which a worker takes only when no other job waits, and

@@ -522,6 +522,31 @@ static int dir_second_miss(struct nx_store *st, const struct nx_spath *p, uint32
 		if (same_ending(toc, d->file[i], file))
 			go = d->done = 1;
 	}
+	/* A directory's first miss of an ending predicts when files of that ending
+	 * predicted in another directory of the same store path already: a
+	 * program that imports by groups (an interpreter's packages) reads
+	 * more than one file of each package it enters. */
+	for (unsigned i = 0; i < NX_PRED_ENDINGS && !d->done; i++) {
+		const struct nx_pred_ending *pe = &st->pred_end[i];
+
+		if (pe->p == p && pe->len == len && memcmp(pe->end, end, len) == 0)
+			go = d->done = 1;
+	}
+	if (go && len <= NX_PRED_ENDING_MAX) {
+		unsigned i;
+
+		for (i = 0; i < NX_PRED_ENDINGS; i++)
+			if (st->pred_end[i].p == p && st->pred_end[i].len == len &&
+			    memcmp(st->pred_end[i].end, end, len) == 0)
+				break;
+		if (i == NX_PRED_ENDINGS) {
+			struct nx_pred_ending *pe = &st->pred_end[st->pred_end_next++ % NX_PRED_ENDINGS];
+
+			pe->p = p;
+			pe->len = len;
+			memcpy(pe->end, end, len);
+		}
+	}
 	if (!d->done)
 		d->file[d->nfile++ % 4] = file;
 	pthread_mutex_unlock(&st->lock);

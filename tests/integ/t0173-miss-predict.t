@@ -6,7 +6,9 @@ queues the rest of the file in the background, in parallel with the read.
 The second small file of one name ending (".cpython-311.pyc", not a
 library'"'"'s ".so.1") to miss in a directory queues the frames of that
 directory'"'"'s small files with that ending, at most NX_DIR_MAX_BYTES (3 MiB) compressed around the miss; files
-of another ending are left alone, and so is a directory with one miss.
+of another ending are left alone, and so is a directory with one miss,
+unless its ending predicted in another directory of the store path
+already: then the first miss predicts.
 Predicted frames are claimed like a read'"'"'s, so no frame is fetched twice,
 and an unmount during prediction leaves no request behind. Everything is
 asserted from the registry'"'"'s side: the requests the proxy saw and the
@@ -45,7 +47,7 @@ same_files() {
 
 test_expect_success 'setup: modules, data files, a library, a wide directory; pushed, proxy' '
 	start_registry &&
-	src=$TRASH/nixoci-predict-data && mkdir -p "$src/mods" "$src/wide" "$src/one" "$src/libs" &&
+	src=$TRASH/nixoci-predict-data && mkdir -p "$src/mods" "$src/wide" "$src/one" "$src/libs" "$src/pkga" &&
 	/usr/bin/python3 - "$src" <<-EOF &&
 	import random, sys
 	d = sys.argv[1]
@@ -60,6 +62,10 @@ test_expect_success 'setup: modules, data files, a library, a wide directory; pu
 	    put("wide/w%03d.pyc" % i, 16 * 1024)
 	for i in range(2):
 	    put("one/o%d.pyc" % i, 16 * 1024)
+	for i in range(40):
+	    put("pkga/p%02d.cpython-311.pyc" % i, 16 * 1024)
+	for i in range(20):
+	    put("pkga/q%02d.dat" % i, 16 * 1024)
 	for i in range(40):
 	    put("libs/l%02d.so.1" % i, 16 * 1024)
 	put("lib.so", 3 * 1024 * 1024)
@@ -128,6 +134,23 @@ test_expect_success 'the second module to miss: the directory'"'"'s modules come
 	same_files mods "mods/x*.dat" &&
 	echo "requests for the data files: $(($(blob_gets) - n1))" &&
 	test "$(blob_gets)" -gt "$n1"
+'
+
+test_expect_success 'a first miss elsewhere in the path, of an ending that predicted: at once' '
+	r0=$(stats_field "$MNT" readahead_frames) &&
+	n0=$(blob_gets) &&
+	# .dat never predicted: its first miss in pkga stays one miss
+	read_heads "$MNT/${DATA##*/}/pkga/q10.dat" >out &&
+	read_heads "$DATA/pkga/q10.dat" >want && cmp out want &&
+	test "$(stats_field "$MNT" readahead_frames)" = "$r0" &&
+	# .cpython-311.pyc predicted in mods/: pkga'"'"'s modules come with its first
+	read_heads "$MNT/${DATA##*/}/pkga/p20.cpython-311.pyc" >out &&
+	read_heads "$DATA/pkga/p20.cpython-311.pyc" >want && cmp out want &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT readahead_frames) -gt $r0 ]" &&
+	same_files pkga "pkga/p*.pyc" &&
+	n1=$(blob_gets) &&
+	echo "requests: two misses and the prediction $((n1 - n0))" &&
+	test $((n1 - n0)) -le 4
 '
 
 test_expect_success 'a wide directory: at most 3 MiB around the miss, not all of it' '

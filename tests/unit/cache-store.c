@@ -1717,6 +1717,76 @@ static void test_warm(void)
 	}
 }
 
+/* complete.c: a file read to 3/4 gets its missing frames fetched in the
+ * background, then a passthrough copy; a close right after queueing
+ * returns (the TSan pass runs this). */
+static void test_complete(void)
+{
+	struct nx_store_stats s;
+	struct nx_store *st;
+	struct nx_spath *p;
+	uint8_t *buf = malloc(4u << 20);
+	uint32_t first = 0, last = 0;
+	size_t got;
+	int64_t big;
+	int rc, i, fd = -1;
+
+	rc = buf ? open_store(&st, "cpl1", 64u << 20, NULL, NULL, 0) : -ENOMEM;
+	is_int(rc, 0, "complete: open cpl1");
+	if (rc) {
+		free(buf);
+		return;
+	}
+	rc = nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p);
+	is_int(rc, 0, "complete: lookup");
+	if (rc) {
+		nx_store_close(st);
+		free(buf);
+		return;
+	}
+	big = find_entry(p->toc, "big.bin");
+	ok(big > 0 && nx_toc_frames_for(p->toc, p->toc->entries[big].off, p->toc->entries[big].size,
+					&first, &last) == 0, "complete: big.bin and its frames");
+	is_int(nx_store_read(st, p, (uint32_t)big, 0, 2700000, buf, &got), 0, "read 2.7 MB");
+	src_reset_counters();
+	nx_store_file_want(st, p, (uint32_t)big);
+	for (i = 0; i < 1000; i++) {
+		nx_store_stats(st, &s);
+		if (s.complete_files >= 1 && nx_store_file_pin(st, p, (uint32_t)big, &fd) == 0)
+			break;
+		usleep(10000);
+	}
+	nx_store_stats(st, &s);
+	is_int(s.complete_files, 1, "big.bin completed");
+	ok(s.complete_bytes > 0 && s.complete_bytes < 1000000, "its missing frames fetched (%llu bytes)",
+	   (unsigned long long)s.complete_bytes);
+	ok(fd >= 0, "and copied for passthrough");
+	if (fd >= 0) {
+		struct stat sb;
+
+		ok(fstat(fd, &sb) == 0 && sb.st_size == 3300000, "the copy holds the whole file");
+		close(fd);
+		nx_store_file_unpin(st, p, (uint32_t)big);
+	}
+	nx_spath_put(p);
+	nx_store_close(st);
+
+	/* a close right after queueing: dropped or cancelled, joined */
+	rc = open_store(&st, "cpl2", 64u << 20, NULL, NULL, 0);
+	if (rc == 0 && nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p) == 0) {
+		if (big > 0 && nx_store_read(st, p, (uint32_t)big, 0, 2700000, buf, &got) == 0)
+			nx_store_file_want(st, p, (uint32_t)big);
+		nx_spath_put(p);
+		nx_store_close(st);
+		ok(1, "close while completing returns");
+	} else {
+		ok(0, "open cpl2");
+		if (rc == 0)
+			nx_store_close(st);
+	}
+	free(buf);
+}
+
 /* Metadata blobs and tag records are saved off the lookup path (db.c):
  * found at once, durable after close. */
 static void test_meta_later(void)
@@ -1797,6 +1867,7 @@ int main(void)
 	test_crash_before_commit();
 	test_files();
 	test_warm();
+	test_complete();
 	test_meta_later();
 
 	nx_toc_free(tp_main.toc);

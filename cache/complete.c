@@ -179,7 +179,18 @@ void nx_complete_run(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 		goto out;
 	}
 	if (!c.nruns) {
-		nx_store_file_want(st, p, entry); /* complete already: copy it */
+		/* complete already (its last frames came after the release):
+		 * copy it, but as the fetch below, only with room to spare.
+		 * Under cache pressure a copy made here (one files.c would not
+		 * have made at the release) pushes the cache past cache_size
+		 * while readers pin what eviction would remove. */
+		after = nx_stat_get(&st->total_bytes) + nx_stat_get(&st->reserved) + e->size;
+		if (after > st->limit - st->limit / 10) {
+			nx_log(NX_LOG_DEBUG, "complete: %s/%s entry %u: complete, cache near its bound: no copy",
+			       NX_STORE_DIR, p->base, entry);
+			goto out;
+		}
+		nx_store_file_want(st, p, entry);
 		goto out;
 	}
 	if (c.miss_c > NX_CPL_MAX_MISSING) {

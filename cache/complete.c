@@ -160,12 +160,23 @@ static int count(struct nx_store *st, const struct nx_toc *toc, uint32_t first, 
 	return 0;
 }
 
+/* 1 when the cache, after @bytes more plus the copy of @e, stays below
+ * where files.c's eviction stops (90% of cache_size): a completion, and the
+ * copy it leads to, must never make room by evicting what readers pin. */
+static int cache_has_room(struct nx_store *st, const struct nx_toc_entry *e, uint64_t bytes)
+{
+	uint64_t after = nx_stat_get(&st->total_bytes) + nx_stat_get(&st->reserved) + bytes +
+			 e->size;
+
+	return after <= st->limit - st->limit / 10;
+}
+
 void nx_complete_run(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 {
 	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *e = &toc->entries[entry];
 	struct census c = { 0 };
-	uint64_t fetched, room, after, bound;
+	uint64_t fetched, room;
 	uint32_t first, last;
 	const char *why = NULL;
 	int rc, state = NX_CPL_DONE;
@@ -184,8 +195,7 @@ void nx_complete_run(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 		 * Under cache pressure a copy made here (one files.c would not
 		 * have made at the release) pushes the cache past cache_size
 		 * while readers pin what eviction would remove. */
-		after = nx_stat_get(&st->total_bytes) + nx_stat_get(&st->reserved) + e->size;
-		if (after > st->limit - st->limit / 10) {
+		if (!cache_has_room(st, e, 0)) {
 			nx_log(NX_LOG_DEBUG, "complete: %s/%s entry %u: complete, cache near its bound: no copy",
 			       NX_STORE_DIR, p->base, entry);
 			goto out;
@@ -213,12 +223,10 @@ void nx_complete_run(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 	}
 	/* the cache after the frames and the copy, against where files.c's
 	 * eviction stops: a completion must not make room by evicting */
-	after = nx_stat_get(&st->total_bytes) + nx_stat_get(&st->reserved) + c.miss_u + e->size;
-	bound = st->limit - st->limit / 10;
 	pthread_mutex_lock(&st->lock);
 	room = nx_stat_get(&st->bytes_fetched);
 	room = NX_CPL_FREE + (room > st->cpl_bytes ? room - st->cpl_bytes : 0) / 4;
-	if (after > bound)
+	if (!cache_has_room(st, e, c.miss_u))
 		why = "cache near its bound";
 	else if (st->cpl_bytes + c.miss_c > room)
 		why = "over the completion budget";

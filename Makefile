@@ -49,6 +49,8 @@ FS_A      := $(O)/libfs.a
 HEADERS   := $(wildcard */*.h)
 
 BINS      := $(O)/bin/nixoci $(O)/bin/nixoci-fs
+# the benchmarks' delay link (bench/cold-rtt.sh, tests/integ/t0315-delay-link.t)
+DELAYPROXY := $(O)/bench/delayproxy
 UNIT_BINS := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(UNIT_SRC))
 # Fuzz targets (tests/fuzz/fuzz-<t>.c): libFuzzer builds for make fuzz, and
 # plain replay drivers that make check runs over the corpus and crashers.
@@ -61,7 +63,7 @@ FAULT_SO     := $(O)/tests/lib/faultinject.so
 
 .SECONDARY:
 .PHONY: all tests deps check unit integ demo install uninstall clean bench bench-import bench-cold bench-push bench-session bench-walk bench-warm-open fuzz analyze
-all: $(BINS)
+all: $(BINS) $(DELAYPROXY)
 	@ln -sfn $(O)/bin bin
 
 tests: all $(UNIT_BINS) $(FUZZ_REPLAY) $(FAULT_SO)
@@ -83,6 +85,11 @@ $(FAULT_SO): tests/lib/faultinject.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	@$(CC) -O2 -g -std=gnu11 -D_GNU_SOURCE $(WARN) -fPIC -shared -o $@ $< -ldl
+
+$(DELAYPROXY): bench/delayproxy.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) $(filter-out $(PKG_CFLAGS),$(CFLAGS)) $(LDFLAGS) -o $@ $<
 
 # Link order: dependants first (tools/fs -> cache, fetch -> common).
 $(O)/bin/nixoci: $(call obj,$(TOOLS_SRC)) $(CACHE_A) $(FETCH_A) $(COMMON_A)
@@ -127,7 +134,7 @@ $(O)/tests/fuzz/replay-multipart: $(O)/tests/fuzz/fuzz-multipart.o $(O)/tests/fu
 # where it is silenced (NX_ANALYZER_ARRAY_STORE_BEGIN in common/common.h).
 ANALYZE_CC  ?= gcc
 ANALYZE_SRC := $(COMMON_SRC) $(FETCH_SRC) $(CACHE_SRC) $(FS_SRC) $(TOOLS_SRC) \
-	       $(wildcard tests/fuzz/*.c)
+	       $(wildcard tests/fuzz/*.c) bench/delayproxy.c
 ANALYZE_OK  := $(patsubst %.c,$(O)/analyze/%.ok,$(ANALYZE_SRC))
 analyze: $(ANALYZE_OK)
 	@echo "  ANALYZE ok ($(words $(ANALYZE_SRC)) files)"

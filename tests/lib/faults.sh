@@ -6,6 +6,9 @@
 #
 # start_faultproxy UPSTREAM       fault proxy in front of UPSTREAM (HOST:PORT);
 #                                 exports PROXY (HOST:PORT), PROXY_CTL, PROXY_LOG
+# start_delayproxy UPSTREAM       the benchmarks' delay link (bench/delayproxy.c) in
+#                                 its place: same PROXY, PROXY_CTL, PROXY_LOG (only
+#                                 delay=MS works); needs the build's bench/delayproxy
 # fault_set 'mode=... [k=v ...]'  change the fault now (atomic); fault_set pass heals
 # fault_hits MODE                 how many requests got fault MODE so far
 # timed CMD...                    run CMD, ELAPSED_MS = its wall time, keeps its status
@@ -31,6 +34,33 @@ start_faultproxy() {
 	test_atexit "stop_faultproxy $pid"
 	if ! test_wait_for 10 test -s "$dir/port" || ! pid_alive "$pid"; then
 		echo "fault proxy did not start:" >&2
+		cat "$dir/stderr" "$dir/log" >&2 2>/dev/null
+		return 1
+	fi
+	PROXY=127.0.0.1:$(cat "$dir/port")
+	PROXY_CTL=$dir/control
+	PROXY_LOG=$dir/log
+	PROXY_PID=$pid
+	export PROXY PROXY_CTL PROXY_LOG PROXY_PID
+	test_wait_for 10 curl -fsS -o /dev/null --max-time 2 "http://$PROXY/v2/"
+}
+
+# start_delayproxy UPSTREAM [NAME]: bench/delayproxy from the build that
+# holds nixoci-fs on PATH
+start_delayproxy() {
+	local up=$1 name=${2:-proxy} dir pid bin
+	bin=$(cd "$(dirname "$(command -v nixoci-fs)")/.." && pwd)/bench/delayproxy
+	[ -x "$bin" ] || { echo "no $bin (run make)" >&2; return 1; }
+	dir=$TRASH/$name
+	mkdir -p "$dir"
+	echo "mode=pass" >"$dir/control"
+	rm -f "$dir/port"
+	"$bin" --upstream "$up" --control "$dir/control" --port-file "$dir/port" \
+		--log "$dir/log" >"$dir/stderr" 2>&1 &
+	pid=$!
+	test_atexit "stop_faultproxy $pid"
+	if ! test_wait_for 10 test -s "$dir/port" || ! pid_alive "$pid"; then
+		echo "delay proxy did not start:" >&2
 		cat "$dir/stderr" "$dir/log" >&2 2>/dev/null
 		return 1
 	fi

@@ -10,9 +10,10 @@
 # and eStargz gets the whole closure too, as the 100-layer image bench/run.sh
 # pulls (bench/estargz.sh). BENCH_COLD_CLOSURE=jdk-python pushes only the
 # closures of its JDK 17 and CPython paths (63 paths, 63 layers), as before.
-# The delay comes from tests/lib/faultproxy.py (delay=MS holds every request
-# MS milliseconds before forwarding it: that much round-trip time per
-# request, no bandwidth limit).
+# The delay comes from the bench's link, bench/delayproxy (bench/link.sh:
+# delay=MS holds every request MS milliseconds before forwarding it: that
+# much round-trip time per request, no bandwidth limit, almost no CPU;
+# BENCH_PROXY=py uses tests/lib/faultproxy.py instead, as before session 8).
 #
 # One cold start = page cache dropped, a fresh `-o closure=cold` mount over
 # an empty cache (mounting is not timed, as in bench/run.sh), then at once
@@ -44,7 +45,10 @@
 # second table compares the two). BENCH_PLAIN_OLD=DIR: the same for the
 # starts without a profile (method "nixoci-old"), with requests and bytes,
 # and a table of the mount time and the CPU-seconds of mount + start of
-# nixoci-fs, the registry and the proxy (/proc/PID/stat).
+# nixoci-fs, the registry and the proxy (/proc/PID/stat). BENCH_LINK_OLD=c|py:
+# the "nixoci-old" starts go through a second link of that kind (bench/link.sh)
+# beside the first (BENCH_PROXY, default c), with BENCH_PLAIN_OLD's nixoci-fs
+# or, without it, this build's: old and new proxy compared start by start.
 set -euo pipefail
 export LC_ALL=C
 
@@ -66,6 +70,15 @@ PLAIN_OLD=${BENCH_PLAIN_OLD:-}
 if [ -n "$PLAIN_OLD" ]; then
 	PLAIN_OLD=$(cd "$PLAIN_OLD" && pwd) || exit 1
 	[ -x "$PLAIN_OLD/bin/nixoci-fs" ] || { echo "BENCH_PLAIN_OLD=$PLAIN_OLD: no bin/nixoci-fs" >&2; exit 1; }
+fi
+LINK_OLD=${BENCH_LINK_OLD:-}
+case $LINK_OLD in '' | c | py) ;; *) echo "BENCH_LINK_OLD=$LINK_OLD: say c or py" >&2; exit 1 ;; esac
+OLD_FS=${PLAIN_OLD:+$PLAIN_OLD/bin/nixoci-fs}
+OLD_FS=${OLD_FS:-nixoci-fs}
+# the labels of the two columns of the BENCH_PLAIN_OLD tables
+NEW_LABEL=$O OLD_LABEL=${PLAIN_OLD:-$O}
+if [ -n "$LINK_OLD" ]; then
+	NEW_LABEL="$O, ${BENCH_PROXY:-c} link" OLD_LABEL="$OLD_LABEL, $LINK_OLD link"
 fi
 FS_BIN=nixoci-fs
 SCOPE=${BENCH_COLD_CLOSURE:-full}
@@ -101,6 +114,8 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 # shellcheck source=bench/estargz.sh
 . "$SRC/bench/estargz.sh"
+# shellcheck source=bench/link.sh
+. "$SRC/bench/link.sh"
 
 if [ ! -e "$BWORK/closure" ]; then
 	say "building bench/closure (as bench/run.sh does; long the first time)"
@@ -145,12 +160,22 @@ REG_PID=$!
 REG=127.0.0.1:$port
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" 2>/dev/null && break; sleep 0.1; done
 echo "mode=pass" >"$WORK/ctl"
-/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$REG" --control "$WORK/ctl" \
+bench_link --upstream "$REG" --control "$WORK/ctl" \
 	--port-file "$WORK/pport" --log "$WORK/plog" >"$WORK/pstderr" 2>&1 &
 PIDS+=($!)
 PROXY_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/pport" ] && break; sleep 0.1; done
 PROXY=127.0.0.1:$(cat "$WORK/pport")
+# the link the next start goes through
+CUR_PROXY=$PROXY CUR_PID=$PROXY_PID CUR_LOG=$WORK/plog
+if [ -n "$LINK_OLD" ]; then
+	(BENCH_PROXY=$LINK_OLD bench_link --upstream "$REG" --control "$WORK/ctl" \
+		--port-file "$WORK/pport2" --log "$WORK/plog2") >"$WORK/pstderr2" 2>&1 &
+	PIDS+=($!)
+	PROXY2_PID=$!
+	for _ in $(seq 100); do [ -s "$WORK/pport2" ] && break; sleep 0.1; done
+	PROXY2=127.0.0.1:$(cat "$WORK/pport2")
+fi
 say "pushing the closure of ${PUSH_ROOTS[*]} ($(nix-store -qR "${PUSH_ROOTS[@]}" | wc -l) paths)"
 nixoci push --jobs 4 --tag cold "$REG/store" "${PUSH_ROOTS[@]}" >&2
 estargz_prepare
@@ -170,7 +195,7 @@ fs_mount() { # EXTRA_OPTS; sets MOUNT_S (seconds) and MOUNT_Q (requests)
 	rm -rf "$WORK/cache"
 	q0=$(requests)
 	t0=$(now_ns)
-	"$FS_BIN" -f -o "cache=$WORK/cache,closure=cold${1:+,$1}" "$PROXY/store" "$MNT" \
+	"$FS_BIN" -f -o "cache=$WORK/cache,closure=cold${1:+,$1}" "$CUR_PROXY/store" "$MNT" \
 		>>"$WORK/fs.log" 2>&1 &
 	FS_PID=$!
 	until mountpoint -q "$MNT"; do
@@ -186,7 +211,7 @@ fs_umount() {
 	FS_PID=
 }
 fs_stat() { nixoci stats "$MNT" | awk -v k="$1" '$1 == k { print $2 }'; }
-requests() { grep -c -- ' -> ' "$WORK/plog" 2>/dev/null || true; }
+requests() { grep -c -- ' -> ' "$CUR_LOG" 2>/dev/null || true; }
 
 printf 'method\tworkload\tdelay_ms\trun\tseconds\trequests\tbytes\n' >"$WORK/samples.tsv"
 : >"$WORK/mount.tsv"
@@ -210,7 +235,7 @@ one_start() {
 		# profile" measured an already fetched store. A fresh mount has
 		# nothing in the page cache either way.
 		drop
-		c0="$(cpu_s "$REG_PID") $(cpu_s "$PROXY_PID")"
+		c0="$(cpu_s "$REG_PID") $(cpu_s "$CUR_PID")"
 		fs_mount "${5:-}"
 		q0=$(requests)
 		t0=$(now_ns)
@@ -220,7 +245,7 @@ one_start() {
 		b=$(fs_stat bytes_fetched)
 		# CPU-seconds of the mount and the start: daemon (its whole
 		# life so far), registry and proxy (since before the mount)
-		c1="$(cpu_s "$FS_PID") $(cpu_s "$REG_PID") $(cpu_s "$PROXY_PID")"
+		c1="$(cpu_s "$FS_PID") $(cpu_s "$REG_PID") $(cpu_s "$CUR_PID")"
 		fs_umount
 		local c
 		read -r -a c <<<"$c0 $c1"
@@ -251,10 +276,11 @@ for d in $DELAYS; do
 	for r in $(seq "$RUNS"); do
 		for w in java python; do
 			[ "$PLAIN" = 1 ] && one_start nixoci "$w" "$d" "$r"
-			if [ "$PLAIN" = 1 ] && [ -n "$PLAIN_OLD" ]; then
-				FS_BIN=$PLAIN_OLD/bin/nixoci-fs
+			if [ "$PLAIN" = 1 ] && [ -n "$PLAIN_OLD$LINK_OLD" ]; then
+				FS_BIN=$OLD_FS
+				[ -z "$LINK_OLD" ] || CUR_PROXY=$PROXY2 CUR_PID=$PROXY2_PID CUR_LOG=$WORK/plog2
 				one_start nixoci-old "$w" "$d" "$r"
-				FS_BIN=nixoci-fs
+				FS_BIN=nixoci-fs CUR_PROXY=$PROXY CUR_PID=$PROXY_PID CUR_LOG=$WORK/plog
 			fi
 			[ "$PROFILE" = 1 ] && one_start profile "$w" "$d" "$r" "profile=$w"
 			if [ "$PROFILE" = 1 ] && [ -n "$OLD_O" ]; then
@@ -320,7 +346,7 @@ if [ -n "$OLD_O" ]; then
 		done
 	done
 fi
-if [ -n "$PLAIN_OLD" ]; then
+if [ -n "$PLAIN_OLD$LINK_OLD" ]; then
 	# mount (launch until mountpoint: the closure's metadata is read by
 	# then) and CPU-seconds of mount + start, medians
 	echo
@@ -329,14 +355,14 @@ if [ -n "$PLAIN_OLD" ]; then
 	for w in java python; do
 		for d in $DELAYS; do
 			for m in nixoci-old nixoci; do
-				echo "| $w | $d ms | $([ $m = nixoci ] && echo "$O" || echo "$PLAIN_OLD") |" \
+				echo "| $w | $d ms | $([ $m = nixoci ] && echo "$NEW_LABEL" || echo "$OLD_LABEL") |" \
 					"$(col $m $w $d 5 "$WORK/mount.tsv") s | $(col $m $w $d 5 "$WORK/cpu.tsv") |" \
 					"$(col $m $w $d 6 "$WORK/cpu.tsv") | $(col $m $w $d 7 "$WORK/cpu.tsv") |"
 			done
 		done
 	done
 	echo
-	echo "| workload | added RTT | no profile, $PLAIN_OLD | requests | fetched | no profile, $O | requests | fetched | native cold |"
+	echo "| workload | added RTT | no profile, $OLD_LABEL | requests | fetched | no profile, $NEW_LABEL | requests | fetched | native cold |"
 	echo "|---|---|---|---|---|---|---|---|---|"
 	for w in java python; do
 		for d in $DELAYS; do

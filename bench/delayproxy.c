@@ -21,8 +21,8 @@
  * body is streamed, never stored first. Connection set-up is not delayed
  * (faultproxy does not delay it either). DELAY comes from --delay or from
  * the control file's "delay=MS" word (faultproxy's format; "mode=pass" is
- * accepted, any other fault is refused in the log: this proxy only
- * delays). The control file is looked at (stat) at every request head and
+ * accepted, any other word is ignored with a line on stderr: this proxy
+ * only delays). The control file is looked at (stat) at every request head and
  * read again when it changed, so the bench changes the delay between rows
  * by rewriting it.
  *
@@ -161,29 +161,48 @@ static int64_t mono_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* one log line, one write(2): lines of concurrent requests never mix */
-__attribute__((format(printf, 1, 2)))
-static void logf_(const char *fmt, ...)
+/* one line to FD, one write(2): lines of concurrent requests never mix */
+static void vline(int fd, const char *fmt, va_list ap)
 {
 	char buf[TARGET_MAX + 1024];
 	struct timespec ts;
-	va_list ap;
 	int n, m;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	n = snprintf(buf, sizeof(buf), "%lld.%03ld ", (long long)ts.tv_sec, ts.tv_nsec / 1000000);
-	va_start(ap, fmt);
 	m = vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
-	va_end(ap);
 	if (m < 0)
 		return;
 	n += m;
 	if ((size_t)n > sizeof(buf) - 2)
 		n = (int)sizeof(buf) - 2;
 	buf[n++] = '\n';
-	if (write(logfd, buf, (size_t)n) < 0) {
+	if (write(fd, buf, (size_t)n) < 0) {
 		/* nowhere left to say it */
 	}
+}
+
+/* a line of the request log */
+__attribute__((format(printf, 1, 2)))
+static void logf_(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vline(logfd, fmt, ap);
+	va_end(ap);
+}
+
+/* a line on stderr: what the scripts that count log lines must not see
+ * (faultproxy logs nothing when its control file changes) */
+__attribute__((format(printf, 1, 2)))
+static void note(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vline(2, fmt, ap);
+	va_end(ap);
 }
 
 /* ------------------------------------------------------------ control */
@@ -199,15 +218,15 @@ static void ctl_apply(char *text)
 			long v = strtol(w + 6, &end, 10);
 
 			if (*end || v < 0 || v > 600000)
-				logf_("control: ignoring %s (say delay=MS)", w);
+				note("control: ignoring %s (say delay=MS)", w);
 			else
 				d = (int64_t)v * 1000;
 		} else if (strcmp(w, "mode=pass") != 0) {
-			logf_("control: ignoring %s (delayproxy only delays; faults need tests/lib/faultproxy.py)", w);
+			note("control: ignoring %s (delayproxy only delays; faults need tests/lib/faultproxy.py)", w);
 		}
 	}
 	if (d != delay_us)
-		logf_("delay %lld ms", (long long)(d / 1000));
+		note("delay %lld ms", (long long)(d / 1000));
 	delay_us = d;
 }
 

@@ -6,9 +6,10 @@
 # TOC), and through a plain mount (no closure=: lookups by tag), at 0 ms
 # and at 40 ms added per request.
 #
-# The delay comes from tests/lib/faultproxy.py (delay=MS holds every request
+# The delay comes from the bench's link, bench/delayproxy (bench/link.sh;
+# BENCH_PROXY=py: tests/lib/faultproxy.py): delay=MS holds every request
 # MS milliseconds before forwarding it: a link with that much round-trip
-# time per request, no bandwidth limit). The closure is the CPython one of
+# time per request, no bandwidth limit. The closure is the CPython one of
 # tests/lib/big.nix (118 paths) unless NIXFILE names another expression
 # (build it first; bench/closure/closure.nix is the 1,544-path one, built
 # with bench/closure/spec.py's spec; a directory, such as the out link
@@ -88,7 +89,8 @@ REG=127.0.0.1:$port
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" 2>/dev/null && break; sleep 0.1; done
 
 echo "mode=pass" >"$WORK/ctl"
-/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$REG" --control "$WORK/ctl" \
+. "$SRC/bench/link.sh"
+bench_link --upstream "$REG" --control "$WORK/ctl" \
 	--port-file "$WORK/pport" --log "$WORK/plog" >"$WORK/pstderr" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/pport" ] && break; sleep 0.1; done

@@ -4,8 +4,9 @@
 # "Round trips of a cold start without a profile").
 #
 # The CPython closure of the tests (tests/lib: build_big_closure) is pushed
-# under the tag `c` to a fresh registry behind tests/lib/faultproxy.py with
-# delay=BENCH_DELAY (40) ms. Each run: an empty cache, `nixoci-fs -o
+# under the tag `c` to a fresh registry behind the bench's delay link
+# (bench/delayproxy of AFTER's build; BENCH_PROXY=py: tests/lib/faultproxy.py)
+# with delay=BENCH_DELAY (40) ms. Each run: an empty cache, `nixoci-fs -o
 # closure=c` in daemon mode (it returns when the store is open), then the
 # first stat of a store path; prints both times and the requests the proxy
 # logged. BENCH_RUNS (5) runs per build, the builds taking turns.
@@ -19,7 +20,8 @@ export PATH=$AFTER:$PATH
 test_expect_success 'cold closure mounts, builds alternating' '
 	start_registry && build_big_closure &&
 	nixoci push --tag c "$REG/store" "$BIG" >/dev/null 2>&1 &&
-	start_faultproxy "$REG" && fault_set "mode=pass delay=${BENCH_DELAY:-40}" &&
+	if [ "${BENCH_PROXY:-c}" = py ]; then start_faultproxy "$REG"; else start_delayproxy "$REG"; fi &&
+	fault_set "mode=pass delay=${BENCH_DELAY:-40}" &&
 	first=$(echo "$BIG_CLOSURE" | head -1) && first=${first#/nix/store/} &&
 	mkdir -p "$TRASH/m" &&
 	for i in $(seq "${BENCH_RUNS:-5}"); do

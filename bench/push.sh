@@ -12,7 +12,8 @@
 #            into an empty registry (fresh storage)
 #
 # 0 ms talks to the registry directly; other RTTs go through
-# tests/lib/faultproxy.py with delay=MS, which holds every request that long
+# the bench's link, bench/delayproxy (bench/link.sh; BENCH_PROXY=py:
+# tests/lib/faultproxy.py) with delay=MS, which holds every request that long
 # before forwarding it (a link with that much added round-trip time and no
 # bandwidth limit). The page cache is left warm for both methods (the NARs
 # and the image both fit in RAM): the figures are of the network path.
@@ -40,6 +41,8 @@ RESULTS=$SRC/bench/results
 export PATH=$O/bin:$PATH:/usr/sbin:/sbin
 export NIX_CONFIG="extra-experimental-features = nix-command"
 NIXB=(--option substituters "" --option sandbox false --option fsync-metadata false)
+# shellcheck source=bench/link.sh
+. "$SRC/bench/link.sh"
 
 T_START=$(date +%s)
 say() { printf '[bench-push %4ds] %s\n' $(($(date +%s) - T_START)) "$*" >&2; }
@@ -154,7 +157,7 @@ fresh_registry() {
 	[ "$1" -gt 0 ] || return 0
 	echo "delay=$1" >"$RUN/proxy.control"
 	rm -f "$RUN/proxy.port"
-	/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$DEST" \
+	bench_link --upstream "$DEST" \
 		--control "$RUN/proxy.control" --port-file "$RUN/proxy.port" \
 		>"$RUN/proxy.stderr" 2>&1 &
 	PROXY_PID=$!

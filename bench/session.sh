@@ -354,7 +354,8 @@ say "lookups: 8 concurrent first lookups vs the same 8 one at a time, 150 ms add
 PX=$W/proxy
 mkdir -p "$PX"
 echo "mode=pass delay=150" >"$PX/control"
-/usr/bin/python3 "$SRC/tests/lib/faultproxy.py" --upstream "$REG" --control "$PX/control" \
+. "$SRC/bench/link.sh"
+bench_link --upstream "$REG" --control "$PX/control" \
 	--port-file "$PX/port" --log "$PX/log" >"$PX/err" 2>&1 &
 CLEANUP+=("kill $!; wait $! 2>/dev/null")
 wait_for 10 test -s "$PX/port" || die "proxy did not start"

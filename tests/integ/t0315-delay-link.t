@@ -142,11 +142,11 @@ test_expect_success 'delay=MS: a request takes at least MS ms, its start is logg
 	echo "mode=pass" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL"
 '
 
-test_expect_success 'a fault word is refused in the log (faults need faultproxy)' '
+test_expect_success 'a fault word is refused on stderr (faults need faultproxy)' '
 	echo "mode=reset" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL" &&
 	curl -fsS -o got.bin "http://$PROXY/v2/link/blobs/$D_SMALL" &&
 	cmp small.bin got.bin &&
-	grep "control: ignoring mode=reset" "$PROXY_LOG" &&
+	grep "control: ignoring mode=reset" "${PROXY_LOG%/log}/stderr" &&
 	echo "mode=pass" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL"
 '
 

@@ -335,6 +335,8 @@ struct nx_store_stats {
 				     * for (their dynamic section parsed) */
 	uint64_t predict_libs;      /* libraries whose start was fetched
 				     * before the loader opened them */
+	uint64_t predict_whole;     /* files whose rest was fetched when a
+				     * read jumped in them (mapped files) */
 	int offline;               /* the source was found gone (refused,
 				    * unreachable, silent) and has not
 				    * answered since */

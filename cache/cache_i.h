@@ -240,6 +240,11 @@ struct nx_reader {
 	int elf_done;
 	struct nx_spath *elf_p;
 	uint32_t elf_entry;
+	/* reads of this file that jumped away from the one before (a mapped
+	 * file's page faults), and whether that predicted the file whole
+	 * (nx_ra_on_miss); both start over when another file is read */
+	uint32_t seeks;
+	int whole_done;
 };
 
 /* A chunk file in place but not yet synced and recorded in LMDB. */
@@ -420,6 +425,7 @@ struct nx_store {
 	uint64_t warm_files, warm_frames, warm_bytes; /* warm.c */
 	uint64_t complete_files, complete_bytes;      /* complete.c */
 	uint64_t elf_parsed, elf_libs; /* elf.c */
+	uint64_t pred_whole;           /* readahead.c: files predicted whole at a jump */
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)
@@ -616,7 +622,9 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 uint32_t nx_ra_extend(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t last);
 /* After a read of @len bytes at @off served to @rd: when they are the
  * start of an ELF file, the frames of its PT_LOAD segments (at most
- * NX_ELF_MAX_BYTES compressed) are queued for background fetching. */
+ * NX_ELF_MAX_BYTES compressed) are queued for background fetching, with
+ * NX_FAULT_AROUND bytes past their end (nx_elf_load_range). */
+#define NX_FAULT_AROUND (UINT64_C(1) << 20)
 #define NX_ELF_MAX_BYTES (UINT64_C(8) << 20)
 #define NX_ELF_PHNUM_MAX 64
 void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
@@ -635,8 +643,14 @@ void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 #define NX_PRED_ELF_BYTES (UINT64_C(4) << 20)
 #define NX_DIR_MAX_BYTES (UINT64_C(3) << 20)
 #define NX_PRED_FREE (UINT64_C(8) << 20)
-void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
-		   uint32_t first, uint32_t ext);
+/* A read through @rd (may be NULL) that jumped away from the one before
+ * in a file of more than NX_SMALL_FILE bytes and at most NX_PRED_ELF_BYTES
+ * compressed (a mapped file's page faults: a JVM's class data archive)
+ * queues the rest of the file, once per open, in jobs of at most
+ * NX_PRED_JOB_BYTES compressed, within the NX_PRED_FREE budget. */
+#define NX_PRED_JOB_BYTES (UINT64_C(1) << 20)
+void nx_ra_on_miss(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
+		   uint64_t off, uint32_t first, uint32_t ext);
 /* Queues a completion job (complete.c) on the low-priority list; -EAGAIN
  * when the queue is full or the workers are stopping. */
 int nx_ra_queue_complete(struct nx_store *st, struct nx_spath *p, uint32_t entry);

@@ -292,6 +292,8 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 		rd->entry = entry;
 		rd->end = rd->seq = 0;
 		rd->win = rd->ra_next = 0;
+		rd->seeks = 0;
+		rd->whole_done = 0;
 	}
 	if (off + NX_RA_SLACK >= rd->end && off <= rd->end + NX_FRAME_MAX) {
 		if (end > rd->end) {
@@ -299,7 +301,10 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 			rd->end = end;
 		}
 	} else {
-		/* a seek: start over */
+		/* a seek: start over (a jump counts only after a read: a
+		 * first read anywhere is not one) */
+		if (rd->end)
+			rd->seeks++;
 		rd->end = end;
 		rd->seq = len;
 		rd->win = rd->ra_next = 0;
@@ -356,8 +361,8 @@ static uint64_t le(const uint8_t *b, unsigned n)
 }
 
 /*
- * The file range [*lo, *hi) that an ELF's PT_LOAD segments cover, from the
- * first @len bytes of the file. Untrusted input: every offset and count is
+ * The file range [*lo, *hi) that an ELF's PT_LOAD segments cover, and up
+ * to NX_FAULT_AROUND bytes past them, from the first @len bytes of the file. Untrusted input: every offset and count is
  * checked against @len and @size, and anything unexpected is "not an ELF"
  * (-EINVAL); it is only a hint for what to fetch, never used to serve.
  */
@@ -398,6 +403,11 @@ int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo,
 	}
 	if (l >= h)
 		return -EINVAL;
+	/* A page fault near the end of the last segment has the kernel read
+	 * around it, up to its largest read past the segment (libjvm.so's
+	 * last 1 MiB read went past it: one more round trip after the 7 MB
+	 * of segments). */
+	h = size - h > NX_FAULT_AROUND ? h + NX_FAULT_AROUND : size;
 	*lo = l;
 	*hi = h;
 	return 0;
@@ -660,14 +670,81 @@ void nx_ra_pred_elf_start(struct nx_store *st, struct nx_spath *p, uint32_t entr
 	ra_queue(st, p, ext + 1, b);
 }
 
-void nx_ra_on_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
-		   uint32_t first, uint32_t ext)
+/*
+ * A read that jumped away from the one before in a file of at most
+ * NX_PRED_ELF_BYTES compressed: a mapped file (a JVM's class data archive,
+ * 13 MB read at a dozen places by page faults, each one round trip when
+ * the sequential readahead starts over at every jump). Its rest goes now,
+ * after the read's own frames [first, ext] and then from the start, in
+ * jobs the workers send in parallel, so the faults after this one find
+ * their frames on the way. Once per open file, within the budget of
+ * predictions.
+ */
+static void predict_whole(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p,
+			  uint32_t entry, uint32_t first, uint32_t ext)
+{
+	const struct nx_toc *toc = p->toc;
+	const struct nx_toc_entry *e = &toc->entries[entry];
+	uint64_t bytes = 0, fetched, room;
+	uint32_t a, b;
+	int go;
+
+	if (e->size <= NX_SMALL_FILE || nx_toc_frames_for(toc, e->off, e->size, &a, &b) < 0 ||
+	    first < a || ext > b)
+		return;
+	pthread_mutex_lock(&rd->lock);
+	go = rd->p == p && rd->entry == entry && rd->seeks && !rd->whole_done;
+	if (go)
+		rd->whole_done = 1;
+	pthread_mutex_unlock(&rd->lock);
+	if (!go)
+		return;
+	for (uint32_t i = a; i <= b && bytes <= NX_PRED_ELF_BYTES; i++)
+		if (i < first || i > ext)
+			bytes += toc->frames[i].clen;
+	if (bytes > NX_PRED_ELF_BYTES || !bytes)
+		return;
+	fetched = nx_stat_get(&st->bytes_fetched);
+	pthread_mutex_lock(&st->lock);
+	room = NX_PRED_FREE + (fetched > st->pred_bytes ? fetched - st->pred_bytes : 0);
+	if (st->pred_bytes + bytes > room) {
+		pthread_mutex_unlock(&st->lock);
+		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: over the prediction budget",
+		       NX_STORE_DIR, p->base, entry);
+		return;
+	}
+	st->pred_bytes += bytes;
+	pthread_mutex_unlock(&st->lock);
+	nx_stat_add(&st->pred_whole, 1);
+	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: a read jumped, the rest of the file, frames %u-%u",
+	       NX_STORE_DIR, p->base, entry, a, b);
+	/* after the read first (faults walk on from where they land), then
+	 * the part before it; a frame cached or in flight is skipped */
+	for (int part = 0; part < 2; part++) {
+		uint32_t lo = part ? a : ext + 1, hi = part ? first : b + 1;
+
+		while (lo < hi) {
+			uint32_t j = lo;
+			uint64_t n = toc->frames[j++].clen;
+
+			while (j < hi && n + toc->frames[j].clen <= NX_PRED_JOB_BYTES)
+				n += toc->frames[j++].clen;
+			ra_queue(st, p, lo, j - 1);
+			lo = j;
+		}
+	}
+}
+
+void nx_ra_on_miss(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
+		   uint64_t off, uint32_t first, uint32_t ext)
 {
 	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *e = &toc->entries[entry];
 
 	if (!st->ra_max || nx_bg_stopped(st))
 		return;
+	if (rd)
+		predict_whole(st, rd, p, entry, first, ext);
 	/* The start of a library or program: the loader's page faults will
 	 * walk its segments next. The header's own request brings nothing
 	 * more (it is answered first); the rest of the file goes in parallel

@@ -1573,7 +1573,7 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	ext = nx_ra_extend(st, p, entry, last);
 	if (rd && !nx_chunk_known(st, toc->frames[first].sha256))
-		nx_ra_on_miss(st, p, entry, off, first, ext);
+		nx_ra_on_miss(st, rd, p, entry, off, first, ext);
 	rc = nx_frames_walk_ext(st, p, first, last, ext, NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0 && rd)
 		nx_reader_fail(st, rd, p, entry);
@@ -1643,6 +1643,7 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->complete_bytes = nx_stat_get(&st->complete_bytes);
 	out->predict_elf_files = nx_stat_get(&st->elf_parsed);
 	out->predict_libs = nx_stat_get(&st->elf_libs);
+	out->predict_whole = nx_stat_get(&st->pred_whole);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
 	out->paths_in_memory = st->paths_in_memory;

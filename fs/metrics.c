@@ -186,6 +186,7 @@ int nx_fs_metrics_text(struct nx_fs *fs, char *buf, size_t cap)
 		{ "nixoci_readahead_frames_total", "counter", "frames fetched by readahead", ss.readahead_frames },
 		{ "nixoci_predict_elf_files_total", "counter", "ELF files whose shared libraries were predicted from their dynamic section", ss.predict_elf_files },
 		{ "nixoci_predict_libs_total", "counter", "shared libraries whose start was fetched before the loader opened them", ss.predict_libs },
+		{ "nixoci_predict_whole_total", "counter", "files fetched whole in the background when a read jumped in them (mapped files)", ss.predict_whole },
 		{ "nixoci_warm_bytes_total", "counter", "bytes of cached chunk files read ahead from disk when a file was opened", ss.warm_bytes },
 		{ "nixoci_complete_files_total", "counter", "mostly read files completed in the background for passthrough", ss.complete_files },
 		{ "nixoci_complete_bytes_total", "counter", "compressed bytes fetched to complete mostly read files", ss.complete_bytes },

@@ -640,14 +640,15 @@ void nx_ra_after_data(struct nx_store *st, struct nx_reader *rd, struct nx_spath
  * and all such predictions of a mount at most NX_PRED_FREE plus the bytes
  * fetched otherwise). The read's own frames are never part of a job, so
  * it never waits for one. */
-#define NX_PRED_ELF_BYTES (UINT64_C(4) << 20)
+#define NX_PRED_ELF_BYTES NX_ELF_MAX_BYTES
 #define NX_DIR_MAX_BYTES (UINT64_C(3) << 20)
 #define NX_PRED_FREE (UINT64_C(8) << 20)
 /* A read through @rd (may be NULL) that jumped away from the one before
- * in a file of more than NX_SMALL_FILE bytes and at most NX_PRED_ELF_BYTES
+ * in a file of more than NX_SMALL_FILE bytes and at most NX_PRED_WHOLE_BYTES
  * compressed (a mapped file's page faults: a JVM's class data archive)
  * queues the rest of the file, once per open, in jobs of at most
  * NX_PRED_JOB_BYTES compressed, within the NX_PRED_FREE budget. */
+#define NX_PRED_WHOLE_BYTES (UINT64_C(4) << 20)
 #define NX_PRED_JOB_BYTES (UINT64_C(1) << 20)
 void nx_ra_on_miss(struct nx_store *st, struct nx_reader *rd, struct nx_spath *p, uint32_t entry,
 		   uint64_t off, uint32_t first, uint32_t ext);

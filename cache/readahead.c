@@ -672,7 +672,7 @@ void nx_ra_pred_elf_start(struct nx_store *st, struct nx_spath *p, uint32_t entr
 
 /*
  * A read that jumped away from the one before in a file of at most
- * NX_PRED_ELF_BYTES compressed: a mapped file (a JVM's class data archive,
+ * NX_PRED_WHOLE_BYTES compressed: a mapped file (a JVM's class data archive,
  * 13 MB read at a dozen places by page faults, each one round trip when
  * the sequential readahead starts over at every jump). Its rest goes now,
  * after the read's own frames [first, ext] and then from the start, in
@@ -699,10 +699,10 @@ static void predict_whole(struct nx_store *st, struct nx_reader *rd, struct nx_s
 	pthread_mutex_unlock(&rd->lock);
 	if (!go)
 		return;
-	for (uint32_t i = a; i <= b && bytes <= NX_PRED_ELF_BYTES; i++)
+	for (uint32_t i = a; i <= b && bytes <= NX_PRED_WHOLE_BYTES; i++)
 		if (i < first || i > ext)
 			bytes += toc->frames[i].clen;
-	if (bytes > NX_PRED_ELF_BYTES || !bytes)
+	if (bytes > NX_PRED_WHOLE_BYTES || !bytes)
 		return;
 	fetched = nx_stat_get(&st->bytes_fetched);
 	pthread_mutex_lock(&st->lock);

@@ -1,5 +1,5 @@
 #!/bin/bash
-test_description='predicted misses: a mapped file read at a jump, the kernel'"'"'s read-around past an ELF'"'"'s segments
+test_description='predicted misses: a mapped file read at a jump, the kernel'"'"'s read-around past an ELF'"'"'s segments, a large library'"'"'s start
 
 A read that jumps away from the one before in a file of more than 1 MiB and
 at most 4 MiB compressed (a mapped file'"'"'s page faults: a JVM'"'"'s class
@@ -9,7 +9,8 @@ The loadable segments an ELF header names are fetched with 1 MiB past
 their end (a page fault near the end of the last segment has the kernel
 read around it). Asserted from the registry'"'"'s side (the requests the
 proxy saw) and the daemon'"'"'s counters; every byte read is compared with
-the store. Reads use POSIX_FADV_RANDOM, so the kernel asks for exactly the
+the store. A library of up to 8 MiB compressed gets its rest with the
+read of its header. Reads use POSIX_FADV_RANDOM, so the kernel asks for exactly the
 bytes read.'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
@@ -51,14 +52,14 @@ test_expect_success 'setup: data files of 3 and 5 MiB, an ELF file with one shor
 	def data(name, size):
 	    return random.Random(name).randbytes(size)
 	# random bytes: incompressible, one frame per 256 KiB of file
-	for name, size in (("a.jsa", 3), ("b.jsa", 3), ("c.jsa", 3), ("big.dat", 5)):
+	for name, size in (("a.jsa", 3), ("b.jsa", 3), ("c.jsa", 3), ("big.dat", 5), ("lib6.so", 6)):
 	    open(d + "/" + name, "wb").write(data(name, size << 20))
-	# a 64-bit ELF header with one PT_LOAD over the first MiB of 5 MiB
+	# a 64-bit ELF header with one PT_LOAD over the first MiB of 9 MiB
 	# (too large for the whole-file rule of a library start)
 	ehdr = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HHIQQQIHHHHHH",
 	    3, 62, 1, 0, 64, 0, 0, 64, 56, 1, 64, 0, 0)
 	phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, 1 << 20, 1 << 20, 4096)
-	body = data("seg.so", 5 << 20)
+	body = data("seg.so", 9 << 20)
 	open(d + "/seg.so", "wb").write(ehdr + phdr + body[len(ehdr) + len(phdr):])
 	EOF
 	DATA=$(nix-store --add "$src") &&
@@ -115,6 +116,19 @@ test_expect_success 'an ELF header: its segment and 1 MiB past it come, not more
 	test "$(blob_gets)" = "$n1" &&
 	same seg.so $((3 * MiB)) &&
 	test "$(blob_gets)" = $((n1 + 1)) &&
+	unmount_store "$MNT"
+'
+
+test_expect_success 'the start of a 6 MiB library: the rest comes with it, nothing after' '
+	mount_store "$PROXY/jump" "$MNT" "cache=$TRASH/cache-2" &&
+	n0=$(blob_gets) &&
+	same lib6.so 0 &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT readahead_frames) -ge 22 ]" &&
+	n1=$(blob_gets) &&
+	echo "requests: the header and the rest $((n1 - n0))" &&
+	test $((n1 - n0)) -le 3 &&
+	cmp "$MNT/${DATA##*/}/lib6.so" "$DATA/lib6.so" &&
+	test "$(blob_gets)" = "$n1" &&
 	unmount_store "$MNT"
 '
 

@@ -998,15 +998,17 @@ int main(int argc, char **argv)
 		struct conn *c, *cn;
 		int n;
 
-		/* the earliest held piece decides how long to sleep */
+		/* the earliest held piece decides how long to sleep (one that
+		 * came due since the last flush: not at all) */
 		for (c = conns; c; c = c->next) {
 			struct seg *s = c->c2u.head;
 
-			if (s && !c->c2u.blocked && !c->connecting && s->due_us > now &&
-			    (next < 0 || s->due_us < next))
+			if (s && !c->c2u.blocked && !c->connecting && (next < 0 || s->due_us < next))
 				next = s->due_us;
 		}
 		if (next >= 0) {
+			if (next < now)
+				next = now;
 			ts.tv_sec = (next - now) / 1000000;
 			ts.tv_nsec = (long)((next - now) % 1000000) * 1000;
 			tp = &ts;

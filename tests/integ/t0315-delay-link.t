@@ -28,11 +28,11 @@ lines() { wc -l <"$PROXY_LOG"; }
 upload() {
 	local d loc
 	d=sha256:$(sha256sum "$1" | cut -d" " -f1)
-	loc=$(curl -fsS -X POST -D - -o /dev/null "http://$PROXY/v2/$2/blobs/uploads/" |
+	loc=$(curl -fsS --max-time 60 -X POST -D - -o /dev/null "http://$PROXY/v2/$2/blobs/uploads/" |
 		tr -d '\r' | awk -F': ' 'tolower($1) == "location" { print $2 }') &&
 	case $loc in http*) ;; *) loc=http://$PROXY$loc ;; esac &&
 	case $loc in *\?*) loc="$loc&digest=$d" ;; *) loc="$loc?digest=$d" ;; esac &&
-	curl -fsS -X PUT -H "Content-Type: application/octet-stream" \
+	curl -fsS --max-time 60 -X PUT -H "Content-Type: application/octet-stream" \
 		--data-binary @"$1" -o /dev/null "$loc" &&
 	echo "$d"
 }
@@ -139,6 +139,11 @@ test_expect_success 'delay=MS: a request takes at least MS ms, its start is logg
 	log_since $n >l.out && cat l.out &&
 	test "$(grep -c " begin GET " l.out)" = 4 &&
 	test "$(grep -c -- " -> 200 pass bytes=300000" l.out)" = 4 &&
+	: a body of many pieces, each held: all of it goes on &&
+	head -c $((12 << 20)) /dev/urandom >mid.bin &&
+	d=$(upload mid.bin link) &&
+	curl -fsS --max-time 60 -o got.bin "http://$PROXY/v2/link/blobs/$d" &&
+	cmp mid.bin got.bin &&
 	echo "mode=pass" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL"
 '
 
@@ -164,6 +169,35 @@ s.close()" "${PROXY#*:}" &&
 	grep -E " GET /v2/link/blobs/$D_BIG range=- -> 200 cut bytes=[0-9]+$" l.out &&
 	pid_alive "$PROXY_PID" &&
 	curl -fsS -o got.bin "http://$PROXY/v2/link/blobs/$D_SMALL" && cmp small.bin got.bin
+'
+
+test_expect_success 'the registry goes away mid-answer and comes back: the link stays up' '
+	n=$(lines) &&
+	/usr/bin/python3 -c "
+import os, socket, sys, time
+s = socket.create_connection((\"127.0.0.1\", int(sys.argv[1])))
+s.sendall(b\"GET /v2/link/blobs/$D_BIG HTTP/1.1\r\nHost: x\r\n\r\n\")
+s.recv(1000)
+open(\"started\", \"w\").close()
+# not reading: the answer cannot be complete when the registry goes away
+while not os.path.exists(\"gone\"):
+    time.sleep(0.05)
+s.settimeout(30)
+while s.recv(65536):
+    pass
+print(\"the link closed the connection\")" "${PROXY#*:}" &
+	reader=$! &&
+	test_wait_for 10 test -e started &&
+	stop_registry "$REG_PID_reg" &&
+	touch gone &&
+	wait_pid_status "$reader" 30 st && test "$st" = 0 &&
+	test_wait_for 10 fds_at_most "$FD0" &&
+	! curl -fsS -o /dev/null --max-time 5 "http://$PROXY/v2/" &&
+	pid_alive "$PROXY_PID" &&
+	restart_registry &&
+	curl -fsS -o got.bin "http://$PROXY/v2/link/blobs/$D_SMALL" && cmp small.bin got.bin &&
+	log_since $n >l.out && cat l.out &&
+	grep -E " GET /v2/link/blobs/$D_BIG range=- -> 200 cut bytes=[0-9]+$" l.out
 '
 
 test_expect_success 'SIGTERM with a kept-alive connection open: exit status 0' '

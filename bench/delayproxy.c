@@ -83,7 +83,8 @@ struct seg {
 	struct seg *next;
 	int64_t due_us;		/* CLOCK_MONOTONIC: when it may be written */
 	size_t off, len;
-	char data[SEG_SIZE];
+	size_t cap;		/* SEG_SIZE, or len once shrunk to it */
+	char data[];
 };
 
 /* one request: from its head to the end of its response */
@@ -579,9 +580,10 @@ static struct seg *seg_get(void)
 	if (s) {
 		spare = s->next;
 		nspare--;
-	} else if (!(s = malloc(sizeof(*s)))) {
+	} else if (!(s = malloc(sizeof(*s) + SEG_SIZE))) {
 		return NULL;
 	}
+	s->cap = SEG_SIZE;
 	s->next = NULL;
 	s->off = s->len = 0;
 	return s;
@@ -589,7 +591,7 @@ static struct seg *seg_get(void)
 
 static void seg_put(struct seg *s)
 {
-	if (nspare < SPARE_MAX) {
+	if (nspare < SPARE_MAX && s->cap == SEG_SIZE) {
 		s->next = spare;
 		spare = s;
 		nspare++;
@@ -698,7 +700,7 @@ static int dir_read(struct conn *c, struct dir *d, int64_t now)
 	if (!s)
 		return -ENOMEM;
 	do
-		n = recv(d->from->fd, s->data, sizeof(s->data), 0);
+		n = recv(d->from->fd, s->data, s->cap, 0);
 	while (n < 0 && errno == EINTR);
 	if (n <= 0) {
 		int e = n < 0 ? errno : 0;
@@ -715,6 +717,17 @@ static int dir_read(struct conn *c, struct dir *d, int64_t now)
 	/* parsed before it is stamped: a request head may change the delay */
 	parse(c, &d->p, response, s->data, s->len);
 	s->due_us = response ? now : now + delay_us;
+	if (s->due_us > now && s->len < SEG_SIZE / 2) {
+		/* held with little in it (a client that sends 16-64 KiB at a
+		 * time): keep only what it holds, so that memory follows the
+		 * bytes on the link, not the number of reads */
+		struct seg *t = realloc(s, sizeof(*s) + s->len);
+
+		if (t) {
+			s = t;
+			s->cap = s->len;
+		}
+	}
 	if (d->tail && d->tail->due_us > s->due_us)
 		s->due_us = d->tail->due_us;	/* the delay shrank: keep the order */
 	if (d->tail)

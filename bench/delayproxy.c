@@ -48,6 +48,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -718,14 +719,17 @@ static int dir_read(struct conn *c, struct dir *d, int64_t now)
 	parse(c, &d->p, response, s->data, s->len);
 	s->due_us = response ? now : now + delay_us;
 	if (s->due_us > now && s->len < SEG_SIZE / 2) {
-		/* held with little in it (a client that sends 16-64 KiB at a
-		 * time): keep only what it holds, so that memory follows the
-		 * bytes on the link, not the number of reads */
-		struct seg *t = realloc(s, sizeof(*s) + s->len);
+		/* held with little in it (a request head; a client that
+		 * sends 16-64 KiB at a time): a copy of just its bytes is
+		 * held, so that memory follows the bytes on the link, not the
+		 * number of reads, and the full piece goes back to the spares */
+		struct seg *t = malloc(sizeof(*s) + s->len);
 
 		if (t) {
+			memcpy(t, s, sizeof(*s) + s->len);
+			t->cap = t->len;
+			seg_put(s);
 			s = t;
-			s->cap = s->len;
 		}
 	}
 	if (d->tail && d->tail->due_us > s->due_us)
@@ -958,6 +962,8 @@ int main(int argc, char **argv)
 	}
 	if (!upstream || !port_file)
 		usage();
+	/* pieces (256 KiB) from the heap, not one mmap and munmap each */
+	mallopt(M_MMAP_THRESHOLD, 4 * SEG_SIZE);
 	if (resolve(upstream) < 0)
 		return 1;
 	if (log_path && (logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0) {

@@ -21,7 +21,8 @@
 #           one alone
 #   lookups 8 concurrent first lookups of 8 store paths against the same 8
 #           one at a time (each on a fresh mount), with the registry behind
-#           a 150 ms delay proxy (tests/lib/faultproxy.py)
+#           a 150 ms delay link (bench/delayproxy via bench/link.sh;
+#           BENCH_PROXY=py: tests/lib/faultproxy.py)
 #   requests FUSE requests the kernel sent (the stats xattr) for a cold and
 #           a warm python start and an `ls -l` of the largest directory
 # Samples: bench/results/session.tsv; medians and ratios:

@@ -331,6 +331,8 @@ struct nx_store_stats {
 				    * passthrough copy (complete.c) */
 	uint64_t complete_bytes;   /* compressed bytes those fetches took
 				    * (also in bytes_fetched) */
+	uint64_t runs_shared;      /* runs of claimed frames handed to another
+				    * walker's request instead of sent alone */
 	uint64_t predict_elf_files; /* ELF files whose libraries were looked
 				     * for (their dynamic section parsed) */
 	uint64_t predict_libs;      /* libraries whose start was fetched

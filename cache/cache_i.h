@@ -36,6 +36,10 @@
 #define NX_BATCH_BYTES (16u << 20)
 /* ...and at most this many frames. */
 #define NX_RUN_FRAMES 4096
+/* How long a walk that no reader waits on (readahead, a predicted miss)
+ * holds its request for other walkers' adjacent runs to join (a reader
+ * that wants one of its frames has it sent at once). */
+#define NX_SEND_HOLD_NS (UINT64_C(3) * 1000000)
 /* A compressed frame larger than this is malformed (1 MiB of input never
  * compresses to more than about 1 MiB + 4 KiB). */
 #define NX_CLEN_MAX (2u * NX_FRAME_MAX)
@@ -168,7 +172,25 @@ struct nx_flight {
 	unsigned waiters;
 	int done;
 	int rc;
+	struct nx_sendq *q; /* the held request it is part of, if any */
 };
+
+/* A request for a run of adjacent claimed frames of one path that no
+ * reader waits on yet, held up to NX_SEND_HOLD_NS so that the runs other
+ * walkers claim next to it go out in the same request (frames.c). Under
+ * st->lock; the walker that made it sends it and frees it. */
+struct nx_sendq {
+	struct nx_sendq *next;
+	struct nx_spath *p;
+	uint32_t first, last;
+	uint8_t *flags; /* flags[i - first]: NX_FR_* */
+	int sent;       /* off the list: nothing joins any more */
+	int go;         /* a reader waits on one of its frames: send now */
+	pthread_cond_t cond;
+};
+#define NX_FR_OWNED 1 /* claimed by this request: saved and released by it */
+#define NX_FR_MINE 2  /* the sending walker's own: delivered to its consumer */
+#define NX_FR_BG 4    /* claimed by a background walk: counted as readahead */
 
 /* A readahead job: fetch the missing frames of [first, last] of @p; or,
  * with @complete, complete regular file @entry of @p (complete.c). */
@@ -339,6 +361,7 @@ struct nx_store {
 	uint64_t lk_tat;
 	int lk_warned;
 	struct nx_flight *flights;
+	struct nx_sendq *sendq; /* held requests (frames.c) */
 	struct nx_pin *pins;
 	int evicting;
 	struct nx_files *files; /* files.c: passthrough copies; NULL = none */
@@ -424,6 +447,7 @@ struct nx_store {
 	uint64_t saves;
 	uint64_t warm_files, warm_frames, warm_bytes; /* warm.c */
 	uint64_t complete_files, complete_bytes;      /* complete.c */
+	uint64_t runs_shared; /* frames.c: runs handed to another walker's request */
 	uint64_t elf_parsed, elf_libs; /* elf.c */
 	uint64_t pred_whole;           /* readahead.c: files predicted whole at a jump */
 };
@@ -759,6 +783,9 @@ struct nx_walk_ops {
 	 * reading or waiting for them, deliver nothing, give up on stop */
 	int background;
 };
+/* Set in readahead workers: their walks block no reader, so they may hold
+ * their requests for adjacent runs (frames.c). */
+extern __thread int nx_walk_deferrable;
 /* Delivers frames [first, last] of @p in order, from the cache or fetched
  * in merged runs of at most @batch compressed bytes. */
 int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,

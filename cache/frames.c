@@ -21,6 +21,8 @@
 
 #include "cache/cache_i.h"
 
+#define NX_SEND_POLL_NS (UINT64_C(20) * 1000000)
+
 /* Returned by the assembler to stop a whole-blob answer early. */
 #define NX_STOP (-ECANCELED)
 
@@ -115,7 +117,7 @@ struct run {
 	uint32_t first;
 	uint32_t need;      /* frames after this one only ride along (walk_ext) */
 	uint32_t rel;       /* claims of frames before this one are released */
-	const uint8_t *owned; /* owned[i - first]: this run claimed frame i */
+	const uint8_t *flags; /* flags[i - first]: NX_FR_* */
 	uint64_t pos;       /* absolute blob offset of the next byte needed */
 	uint8_t *cbuf;
 	size_t cfill;
@@ -125,12 +127,28 @@ struct run {
 	int err;  /* our own failure (verification, consumer), already logged */
 	int done;
 	int quiet; /* a failed frame nobody asked for yet: debug level */
+	int shared; /* other walkers' runs were handed to this request */
 };
+
+/* A failed frame is logged by the walk that asked for it: a frame nobody
+ * asked for yet by the read that does (it fetches it again, and fails
+ * again), another walker's frame of a shared request by that walker (it
+ * fetches it again on its own). In a shared request a background walk's
+ * frame counts as not asked for, whichever walker sends it, so the log
+ * does not depend on which walker came first. */
+static int quiet_frame(const struct run *r)
+{
+	uint8_t fl = r->flags[r->cur - r->first];
+
+	return r->quiet || r->cur > r->need || !(fl & NX_FR_MINE) ||
+	       (r->shared && (fl & NX_FR_BG));
+}
 
 static int frame_complete(struct run *r)
 {
 	struct nx_store *st = r->st;
 	const struct nx_toc_frame *f = &r->p->toc->frames[r->cur];
+	uint8_t fl = r->flags[r->cur - r->first];
 	uint8_t got[NX_SHA256_LEN];
 	int rc;
 
@@ -141,32 +159,32 @@ static int frame_complete(struct run *r)
 		nx_digest_format(f->sha256, want);
 		nx_digest_format(got, have);
 		nx_stat_add(&st->verify_failures, 1);
-		/* a frame nobody asked for yet is logged by the read that
-		 * does ask for it (it fetches it again, and fails again) */
-		nx_log(r->quiet || r->cur > r->need ? NX_LOG_DEBUG : NX_LOG_ERR,
+		nx_log(quiet_frame(r) ? NX_LOG_DEBUG : NX_LOG_ERR,
 		       "verify frame %u of %s/%.*s: digest mismatch (got %s, want %s)", r->cur, NX_STORE_DIR, (int)r->p->base_len, r->p->base, have, want);
 		return -EBADMSG;
 	}
 	rc = nx_frame_decompress(r->cbuf, f->clen, r->ubuf, f->ulen);
 	if (rc < 0) {
 		nx_stat_add(&st->verify_failures, 1);
-		nx_log(r->quiet || r->cur > r->need ? NX_LOG_DEBUG : NX_LOG_ERR,
+		nx_log(quiet_frame(r) ? NX_LOG_DEBUG : NX_LOG_ERR,
 		       "frame %u of %s/%.*s: does not decompress to %u bytes", r->cur,
 		       NX_STORE_DIR, (int)r->p->base_len, r->p->base, f->ulen);
 		return -EBADMSG;
 	}
 	nx_stat_add(&st->frames_fetched, 1);
-	if (r->ops->background)
+	if (fl & NX_FR_BG)
 		nx_stat_add(&st->ra_frames, 1);
 	/* a repeated digest was saved by its first occurrence */
-	if (r->owned[r->cur - r->first]) {
+	if (fl & NX_FR_OWNED) {
 		nx_chunk_save(st, f->sha256, r->ubuf, f->ulen);
 		flight_release(st, f->sha256, 0);
-		if (r->ops->saved)
+		if (r->ops->saved && (fl & NX_FR_MINE))
 			r->ops->saved(r->ctx, r->cur);
 	}
 	r->rel = r->cur + 1;
-	if (r->ops->data) {
+	/* another walker's frame in a shared request: it reads it from the
+	 * cache once its claim is released */
+	if (r->ops->data && (fl & NX_FR_MINE)) {
 		rc = r->ops->data(r->ctx, r->cur, r->ubuf, f->ulen);
 		if (rc < 0)
 			return rc;
@@ -225,24 +243,28 @@ static int run_cb(void *ctx, uint64_t off, const void *buf, size_t len)
 	return (r->done && len) ? NX_STOP : 0;
 }
 
-/* Fetches frames [first, last]; @owned says which ones the caller claimed
- * (a digest repeated inside the run is claimed once). Releases every claim
+/* Fetches frames [first, last]; @flags says which ones the caller claimed
+ * (a digest repeated inside the run is claimed once) and which are its own
+ * (the rest were handed to it by other walkers). Releases every claim
  * whatever happens. */
 static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
-		     uint32_t need, const uint8_t *owned, const struct nx_walk_ops *ops, void *ctx,
+		     uint32_t need, const uint8_t *flags, const struct nx_walk_ops *ops, void *ctx,
 		     uint32_t *failed)
 {
 	const struct nx_toc *toc = p->toc;
 	struct run r = { .st = st, .p = p, .cur = first, .last = last, .first = first,
-			 .need = need, .rel = first, .owned = owned, .ops = ops, .ctx = ctx };
+			 .need = need, .rel = first, .flags = flags, .ops = ops, .ctx = ctx };
 	struct nx_window w = { .cb = run_cb, .ctx = &r };
 	uint32_t cmax = 0;
 	uint64_t end;
 	int rc, probe, frc;
 
-	for (uint32_t i = first; i <= last; i++)
+	for (uint32_t i = first; i <= last; i++) {
 		if (toc->frames[i].clen > cmax)
 			cmax = toc->frames[i].clen;
+		if (!(flags[i - first] & NX_FR_MINE))
+			r.shared = 1;
+	}
 	nx_stat_add(&st->cache_misses, last - first + 1);
 	if (cmax > NX_CLEN_MAX) {
 		nx_log(NX_LOG_ERR, "toc of %s/%.*s: frame of %u compressed bytes is too large",
@@ -275,7 +297,9 @@ static int fetch_run(struct nx_store *st, struct nx_spath *p, uint32_t first, ui
 	} else if (rc == NX_STOP || rc == 0) {
 		rc = 0;
 		if (!r.done) {
-			nx_log(NX_LOG_ERR, "fetch %s/%.*s: short answer for frames %u-%u",
+			/* shutting down, the transfer was cut: nothing to report */
+			nx_log(nx_bg_stopped(st) ? NX_LOG_DEBUG : NX_LOG_ERR,
+			       "fetch %s/%.*s: short answer for frames %u-%u",
 			       NX_STORE_DIR, (int)p->base_len, p->base, first, last);
 			rc = -EIO;
 		}
@@ -292,7 +316,7 @@ out:
 	 * sharing our failure (a hostile path must not fail a good one). */
 	frc = r.err == -EBADMSG ? -EBADMSG : rc < 0 ? rc : -EIO;
 	for (uint32_t i = r.rel; i <= last; i++)
-		if (owned[i - first])
+		if (flags[i - first] & NX_FR_OWNED)
 			flight_release(st, toc->frames[i].sha256, frc);
 	free(r.cbuf);
 	free(r.ubuf);
@@ -300,6 +324,174 @@ out:
 	if (rc < 0 && r.rel <= need)
 		nx_stat_add(&st->errors, 1);
 	return rc;
+}
+
+/* ------------------------------------------------ shared requests
+ *
+ * Walkers that claim adjacent runs of one path at the same moment (a
+ * read's, the readahead workers', the predicted misses') would each send a
+ * request, and the registry's cost is per request, not per byte. So a walk
+ * that no reader waits on (readahead, a predicted miss: deferrable) holds
+ * its claimed run as a request for NX_SEND_HOLD_NS before sending it, and
+ * a walker that claims a run next to a held request hands the run to it
+ * (one contiguous range) instead of sending its own. The request's walker
+ * fetches the whole range, verifies and saves every frame, delivers its
+ * own to its consumer and releases each claim as its frame completes; the
+ * other walkers wait on their frames' claims as on anyone's and read them
+ * from the cache. A reader never waits for the hold: its run goes only in
+ * front of a held request (its bytes come first) and has it sent at once,
+ * and a reader that finds one of its frames in a held request has it sent.
+ */
+
+__thread int nx_walk_deferrable;
+
+static uint64_t span_bytes(const struct nx_toc_frame *fr, uint32_t a, uint32_t b)
+{
+	return fr[b].coff + fr[b].clen - fr[a].coff;
+}
+
+/* Points the claims of run [a, b] at @q (st->lock held). */
+static void flights_mark(struct nx_store *st, const struct nx_toc_frame *fr, uint32_t a,
+			 uint32_t b, const uint8_t *flags, struct nx_sendq *q)
+{
+	for (uint32_t i = a; i <= b; i++) {
+		struct nx_flight *f;
+
+		if (!(flags[i - a] & NX_FR_OWNED))
+			continue;
+		f = flight_find(st, fr[i].sha256);
+		if (f)
+			f->q = q;
+	}
+}
+
+/* NX_SEND_HOLD_NS, or NIXOCI_TEST_SEND_HOLD_MS for the tests: a hold long
+ * enough that walkers that start together always meet in one request. */
+static uint64_t hold_ns(void)
+{
+	static uint64_t ns; /* 0: not read yet */
+	uint64_t v = __atomic_load_n(&ns, __ATOMIC_RELAXED);
+	const char *e;
+
+	if (v)
+		return v - 1;
+	e = getenv("NIXOCI_TEST_SEND_HOLD_MS");
+	v = e && *e ? strtoull(e, NULL, 10) * 1000000 : NX_SEND_HOLD_NS;
+	__atomic_store_n(&ns, v + 1, __ATOMIC_RELAXED);
+	return v;
+}
+
+static void sendq_kick(struct nx_sendq *q)
+{
+	q->go = 1;
+	pthread_cond_signal(&q->cond);
+}
+
+/* Hands claimed run [a, b] of @p to a held request it adjoins (st->lock
+ * held): 1 if it did (the request's walker fetches and releases it), 0 if
+ * there is none. A walk a reader waits on goes only in front (its bytes
+ * first) and has the request sent now; a deferrable one joins either end. */
+static int sendq_join(struct nx_store *st, struct nx_spath *p, uint32_t a, uint32_t b,
+		      const uint8_t *flags, int deferrable)
+{
+	const struct nx_toc_frame *fr = p->toc->frames;
+	uint32_t n = b - a + 1;
+
+	for (struct nx_sendq *q = st->sendq; q; q = q->next) {
+		uint32_t qn = q->last - q->first + 1;
+		int front = q->first == b + 1, back = !front && deferrable && q->last + 1 == a;
+		uint8_t *nf, *seg;
+
+		if (q->p != p || q->sent || !(front || back) || qn + n > NX_RUN_FRAMES ||
+		    span_bytes(fr, front ? a : q->first, front ? q->last : b) > NX_BATCH_BYTES)
+			continue;
+		nf = realloc(q->flags, qn + n);
+		if (!nf)
+			return 0;
+		q->flags = nf;
+		if (front) {
+			memmove(nf + n, nf, qn);
+			seg = nf;
+			q->first = a;
+		} else {
+			seg = nf + qn;
+			q->last = b;
+		}
+		for (uint32_t k = 0; k < n; k++)
+			seg[k] = flags[k] & (uint8_t)~NX_FR_MINE;
+		flights_mark(st, fr, a, b, flags, q);
+		if (!deferrable)
+			sendq_kick(q);
+		nx_stat_add(&st->runs_shared, 1);
+		nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u join the request for %u-%u",
+		       NX_STORE_DIR, (int)p->base_len, p->base, a, b, q->first, q->last);
+		return 1;
+	}
+	return 0;
+}
+
+/* Holds claimed run [a, b] of @p (its @flags are the request's now) as a
+ * request others may join, until a reader wants one of its frames or the
+ * hold is over (st->lock held, released while waiting). NULL without
+ * memory: the caller sends the run alone and still owns @flags. */
+static struct nx_sendq *sendq_hold(struct nx_store *st, struct nx_spath *p, uint32_t a,
+				   uint32_t b, uint8_t *flags)
+{
+	struct nx_sendq *q = calloc(1, sizeof(*q)), **pp;
+	pthread_condattr_t ca;
+	uint64_t due = nx_now_ns() + hold_ns();
+
+	if (!q)
+		return NULL;
+	/* a timed wait must not jump with the wall clock */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (pthread_cond_init(&q->cond, &ca) != 0) {
+		pthread_condattr_destroy(&ca);
+		free(q);
+		return NULL;
+	}
+	pthread_condattr_destroy(&ca);
+	q->p = p;
+	q->first = a;
+	q->last = b;
+	q->flags = flags;
+	q->next = st->sendq;
+	st->sendq = q;
+	flights_mark(st, p->toc->frames, a, b, flags, q);
+	nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u held for adjacent runs", NX_STORE_DIR,
+	       (int)p->base_len, p->base, a, b);
+	while (!q->go && !nx_bg_stopped(st)) {
+		uint64_t now = nx_now_ns(), until = due;
+		struct timespec ts;
+
+		if (now >= due)
+			break;
+		/* an unmount does not signal us: look again every 20 ms */
+		if (until - now > NX_SEND_POLL_NS)
+			until = now + NX_SEND_POLL_NS;
+		ts.tv_sec = (time_t)(until / 1000000000u);
+		ts.tv_nsec = (long)(until % 1000000000u);
+		pthread_cond_timedwait(&q->cond, &st->lock, &ts);
+	}
+	if (q->first != a || q->last != b)
+		nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u in one request", NX_STORE_DIR,
+		       (int)p->base_len, p->base, q->first, q->last);
+	q->sent = 1;
+	for (pp = &st->sendq; *pp; pp = &(*pp)->next) {
+		if (*pp == q) {
+			*pp = q->next;
+			break;
+		}
+	}
+	return q;
+}
+
+static void sendq_free(struct nx_sendq *q)
+{
+	pthread_cond_destroy(&q->cond);
+	free(q->flags);
+	free(q);
 }
 
 int nx_frames_walk(struct nx_store *st, struct nx_spath *p, uint32_t first, uint32_t last,
@@ -312,6 +504,9 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 		       uint32_t ext, uint64_t batch, const struct nx_walk_ops *ops, void *ctx)
 {
 	const struct nx_toc_frame *fr = p->toc->frames;
+	int deferrable = ops->background || nx_walk_deferrable;
+	/* joined frames reach their walkers through the cache */
+	int share = !st->readonly;
 	uint32_t i = first;
 	int rc;
 
@@ -320,6 +515,7 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 		uint64_t bytes;
 		uint8_t *owned;
 		struct nx_flight *fl;
+		struct nx_sendq *q = NULL;
 
 		if (ops->background) {
 			if (nx_bg_stopped(st))
@@ -361,7 +557,10 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 			continue;
 		}
 		if (fl) {
-			/* Someone fetches it: wait, then look in the cache again. */
+			/* Someone fetches it: wait, then look in the cache again;
+			 * a held request is sent now that a reader waits on it. */
+			if (!deferrable && fl->q && !fl->q->sent)
+				sendq_kick(fl->q);
 			fl->waiters++;
 			while (!fl->done)
 				pthread_cond_wait(&st->cond, &st->lock);
@@ -369,8 +568,10 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 			if (--fl->waiters == 0)
 				free(fl);
 			pthread_mutex_unlock(&st->lock);
-			if (rc == -EBADMSG)
+			if (rc == -EBADMSG) {
+				share = 0; /* fetch it alone: a shared request failed */
 				continue; /* the owner's TOC was wrong: try ours */
+			}
 			if (rc < 0)
 				return rc == -ENOMEM ? rc : -EIO; /* the owner logged it */
 			continue;
@@ -403,18 +604,55 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 				break;
 			rc = flight_claim(st, fr[k].sha256);
 			if (rc == 0)
-				owned[k - i] = 1;
+				owned[k - i] = NX_FR_OWNED;
+		}
+		if (rc == 0) {
+			for (uint32_t m = i; m < k; m++)
+				owned[m - i] |= NX_FR_MINE | (ops->background ? NX_FR_BG : 0);
+			if (share && sendq_join(st, p, i, k - 1, owned, deferrable)) {
+				pthread_mutex_unlock(&st->lock);
+				free(owned);
+				if (ops->background) {
+					i = k;
+					continue;
+				}
+				/* wait for our frames as for anyone's; if they
+				 * do not reach the cache, fetch them alone */
+				share = 0;
+				continue;
+			}
+			if (share && deferrable)
+				q = sendq_hold(st, p, i, k - 1, owned);
 		}
 		pthread_mutex_unlock(&st->lock);
 		if (rc < 0) {
 			for (uint32_t m = i; owned && m < k; m++)
-				if (owned[m - i])
+				if (owned[m - i] & NX_FR_OWNED)
 					flight_release(st, fr[m].sha256, rc);
 			free(owned);
 			return rc;
 		}
-		rc = fetch_run(st, p, i, k - 1, last, owned, ops, ctx, &failed);
-		free(owned);
+		if (q) {
+			/* our run with the ones handed to us, as one request */
+			rc = fetch_run(st, p, q->first, q->last, last, q->flags, ops, ctx, &failed);
+			sendq_free(q);
+			if (rc < 0 && failed < i && rc != -ENOMEM && rc != -ECANCELED) {
+				/* a frame handed to us, in front of ours, failed
+				 * (and was logged by the walker that waits for it);
+				 * ours were released undelivered: readahead leaves
+				 * them to the read that wants them, a walk that
+				 * needs them fetches them alone */
+				if (ops->background) {
+					i = k;
+					continue;
+				}
+				share = 0;
+				continue;
+			}
+		} else {
+			rc = fetch_run(st, p, i, k - 1, last, owned, ops, ctx, &failed);
+			free(owned);
+		}
 		/* a frame that only rode along failing fails nobody: every
 		 * frame asked for was delivered before it */
 		if (rc < 0 && (failed <= last || rc == -ENOMEM))
@@ -570,12 +808,12 @@ int nx_frames_fetch_runs(struct nx_store *st, struct nx_spath *p, const struct n
 		/* a multi-range request wants its ranges in blob order; within a
 		 * group of the profile they are already */
 		qsort(m.r, m.n, sizeof(*m.r), cmp_run_off);
-		memset(ones, 1, NX_RUN_FRAMES);
+		memset(ones, NX_FR_OWNED | NX_FR_MINE | NX_FR_BG, NX_RUN_FRAMES);
 		m.base = p->man.nar_off;
 		for (size_t k = 0; k < m.n; k++) {
 			struct run *r = &m.r[k];
 
-			r->owned = ones; /* every frame of a run was claimed by it */
+			r->flags = ones; /* every frame of a run was claimed by it */
 			r->ubuf = m.ubuf;
 			r->pos = fr[r->first].coff;
 			v[k].off = m.base + r->pos;

@@ -104,6 +104,7 @@ static void *ra_main(void *arg)
 	struct nx_store *st = arg;
 	struct nx_ra_job *j;
 
+	nx_walk_deferrable = 1; /* no reader waits on a worker's walk */
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		int low = 0;

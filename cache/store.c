@@ -1641,6 +1641,7 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->warm_bytes = nx_stat_get(&st->warm_bytes);
 	out->complete_files = nx_stat_get(&st->complete_files);
 	out->complete_bytes = nx_stat_get(&st->complete_bytes);
+	out->runs_shared = nx_stat_get(&st->runs_shared);
 	out->predict_elf_files = nx_stat_get(&st->elf_parsed);
 	out->predict_libs = nx_stat_get(&st->elf_libs);
 	out->predict_whole = nx_stat_get(&st->pred_whole);

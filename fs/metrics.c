@@ -185,6 +185,7 @@ int nx_fs_metrics_text(struct nx_fs *fs, char *buf, size_t cap)
 		{ "nixoci_meta_budget_bytes", "gauge", "the metadata budget (meta_budget)", ss.meta_budget },
 		{ "nixoci_readahead_frames_total", "counter", "frames fetched by readahead", ss.readahead_frames },
 		{ "nixoci_predict_elf_files_total", "counter", "ELF files whose shared libraries were predicted from their dynamic section", ss.predict_elf_files },
+		{ "nixoci_runs_shared_total", "counter", "runs of missing frames handed to another walker's request instead of sent alone", ss.runs_shared },
 		{ "nixoci_predict_libs_total", "counter", "shared libraries whose start was fetched before the loader opened them", ss.predict_libs },
 		{ "nixoci_predict_whole_total", "counter", "files fetched whole in the background when a read jumped in them (mapped files)", ss.predict_whole },
 		{ "nixoci_warm_bytes_total", "counter", "bytes of cached chunk files read ahead from disk when a file was opened", ss.warm_bytes },

@@ -1196,14 +1196,15 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "complete_bytes %" PRIu64 "\n"
 		     "predict_elf_files %" PRIu64 "\n"
 		     "predict_libs %" PRIu64 "\n"
-		     "predict_whole %" PRIu64 "\n",
+		     "predict_whole %" PRIu64 "\n"
+		     "runs_shared %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.copy_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
 		     ss.paths_loaded, ss.paths_in_memory, ss.paths_unloaded, ss.paths_reloaded,
 		     ss.meta_bytes, ss.meta_budget, fst.requests, ss.readahead_frames, ss.offline,
 		     fst.connections, fst.h2_requests, ss.warm_files, ss.warm_frames, ss.warm_bytes,
 		     ss.complete_files, ss.complete_bytes,
-		     ss.predict_elf_files, ss.predict_libs, ss.predict_whole);
+		     ss.predict_elf_files, ss.predict_libs, ss.predict_whole, ss.runs_shared);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;
 	n += session_stats(fs, buf + n, cap - (size_t)n);

@@ -186,6 +186,7 @@ struct nx_sendq {
 	uint8_t *flags; /* flags[i - first]: NX_FR_* */
 	int sent;       /* off the list: nothing joins any more */
 	int go;         /* a reader waits on one of its frames: send now */
+	int merged;     /* handed whole to an adjacent held request */
 	pthread_cond_t cond;
 };
 #define NX_FR_OWNED 1 /* claimed by this request: saved and released by it */

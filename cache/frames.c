@@ -387,47 +387,84 @@ static void sendq_kick(struct nx_sendq *q)
 	pthread_cond_signal(&q->cond);
 }
 
+/* Adds claimed run [a, b] of q's path, adjacent to held request @q, to it
+ * (st->lock held): 0, or -ENOMEM (nothing changed). Its frames are no
+ * longer their walker's own. */
+static int sendq_add(struct nx_store *st, struct nx_sendq *q, uint32_t a, uint32_t b,
+		     const uint8_t *flags)
+{
+	const struct nx_toc_frame *fr = q->p->toc->frames;
+	uint32_t n = b - a + 1, qn = q->last - q->first + 1;
+	int front = q->first == b + 1;
+	uint8_t *nf, *seg;
+
+	nf = realloc(q->flags, qn + n);
+	if (!nf)
+		return -ENOMEM;
+	q->flags = nf;
+	if (front) {
+		memmove(nf + n, nf, qn);
+		seg = nf;
+		q->first = a;
+	} else {
+		seg = nf + qn;
+		q->last = b;
+	}
+	for (uint32_t k = 0; k < n; k++)
+		seg[k] = flags[k] & (uint8_t)~NX_FR_MINE;
+	flights_mark(st, fr, a, b, flags, q);
+	return 0;
+}
+
+/* 1 if run [a, b] of @p may join held request @q at one end: adjacent
+ * (in front only while no reader waits on it: its bytes come first), and
+ * the sum within the bounds of one request. */
+static int sendq_fits(const struct nx_sendq *q, const struct nx_spath *p, uint32_t a, uint32_t b,
+		      int back_too)
+{
+	const struct nx_toc_frame *fr = p->toc->frames;
+	int front = !q->go && q->first == b + 1, back = !front && back_too && q->last + 1 == a;
+
+	return q->p == p && !q->sent && !q->merged && (front || back) &&
+	       (q->last - q->first + 1) + (b - a + 1) <= NX_RUN_FRAMES &&
+	       span_bytes(fr, front ? a : q->first, front ? q->last : b) <= NX_BATCH_BYTES;
+}
+
 /* Hands claimed run [a, b] of @p to a held request it adjoins (st->lock
  * held): 1 if it did (the request's walker fetches and releases it), 0 if
  * there is none. A walk a reader waits on goes only in front (its bytes
- * first) and has the request sent now; a deferrable one joins either end. */
+ * first) and has the request sent now; a deferrable one joins either end.
+ * A run that fills the gap between two held requests makes them one: the
+ * second one's walker then leaves its frames to the first's. */
 static int sendq_join(struct nx_store *st, struct nx_spath *p, uint32_t a, uint32_t b,
 		      const uint8_t *flags, int deferrable)
 {
-	const struct nx_toc_frame *fr = p->toc->frames;
-	uint32_t n = b - a + 1;
+	struct nx_sendq *q, *o;
 
-	for (struct nx_sendq *q = st->sendq; q; q = q->next) {
-		uint32_t qn = q->last - q->first + 1;
-		int front = q->first == b + 1, back = !front && deferrable && q->last + 1 == a;
-		uint8_t *nf, *seg;
-
-		if (q->p != p || q->sent || !(front || back) || qn + n > NX_RUN_FRAMES ||
-		    span_bytes(fr, front ? a : q->first, front ? q->last : b) > NX_BATCH_BYTES)
+	for (q = st->sendq; q; q = q->next)
+		if (sendq_fits(q, p, a, b, deferrable))
+			break;
+	if (!q || sendq_add(st, q, a, b, flags) < 0)
+		return 0;
+	nx_stat_add(&st->runs_shared, 1);
+	nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u join the request for %u-%u",
+	       NX_STORE_DIR, (int)p->base_len, p->base, a, b, q->first, q->last);
+	for (o = st->sendq; deferrable && o; o = o->next) {
+		if (o == q || !sendq_fits(q, p, o->first, o->last, 1))
 			continue;
-		nf = realloc(q->flags, qn + n);
-		if (!nf)
-			return 0;
-		q->flags = nf;
-		if (front) {
-			memmove(nf + n, nf, qn);
-			seg = nf;
-			q->first = a;
-		} else {
-			seg = nf + qn;
-			q->last = b;
+		if (sendq_add(st, q, o->first, o->last, o->flags) == 0) {
+			o->merged = 1;
+			pthread_cond_signal(&o->cond);
+			nx_stat_add(&st->runs_shared, 1);
+			nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u join the request for %u-%u",
+			       NX_STORE_DIR, (int)p->base_len, p->base, o->first, o->last,
+			       q->first, q->last);
 		}
-		for (uint32_t k = 0; k < n; k++)
-			seg[k] = flags[k] & (uint8_t)~NX_FR_MINE;
-		flights_mark(st, fr, a, b, flags, q);
-		if (!deferrable)
-			sendq_kick(q);
-		nx_stat_add(&st->runs_shared, 1);
-		nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u join the request for %u-%u",
-		       NX_STORE_DIR, (int)p->base_len, p->base, a, b, q->first, q->last);
-		return 1;
+		break;
 	}
-	return 0;
+	if (!deferrable)
+		sendq_kick(q);
+	return 1;
 }
 
 /* Holds claimed run [a, b] of @p (its @flags are the request's now) as a
@@ -461,7 +498,7 @@ static struct nx_sendq *sendq_hold(struct nx_store *st, struct nx_spath *p, uint
 	flights_mark(st, p->toc->frames, a, b, flags, q);
 	nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u held for adjacent runs", NX_STORE_DIR,
 	       (int)p->base_len, p->base, a, b);
-	while (!q->go && !nx_bg_stopped(st)) {
+	while (!q->go && !q->merged && !nx_bg_stopped(st)) {
 		uint64_t now = nx_now_ns(), until = due;
 		struct timespec ts;
 
@@ -474,7 +511,7 @@ static struct nx_sendq *sendq_hold(struct nx_store *st, struct nx_spath *p, uint
 		ts.tv_nsec = (long)(until % 1000000000u);
 		pthread_cond_timedwait(&q->cond, &st->lock, &ts);
 	}
-	if (q->first != a || q->last != b)
+	if (!q->merged && (q->first != a || q->last != b))
 		nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u in one request", NX_STORE_DIR,
 		       (int)p->base_len, p->base, q->first, q->last);
 	q->sent = 1;
@@ -632,6 +669,16 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 			free(owned);
 			return rc;
 		}
+		if (q && q->merged) {
+			/* handed whole to the held request next to ours */
+			sendq_free(q);
+			if (ops->background) {
+				i = k;
+				continue;
+			}
+			share = 0;
+			continue;
+		}
 		if (q) {
 			/* our run with the ones handed to us, as one request */
 			rc = fetch_run(st, p, q->first, q->last, last, q->flags, ops, ctx, &failed);
@@ -649,6 +696,10 @@ int nx_frames_walk_ext(struct nx_store *st, struct nx_spath *p, uint32_t first, 
 				share = 0;
 				continue;
 			}
+			/* ours were delivered and one handed to us, after
+			 * them, failed: the walk meets it again if it needs it */
+			if (rc < 0 && failed >= k && rc != -ENOMEM && rc != -ECANCELED)
+				rc = 0;
 		} else {
 			rc = fetch_run(st, p, i, k - 1, last, owned, ops, ctx, &failed);
 			free(owned);

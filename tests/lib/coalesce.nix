@@ -1,5 +1,5 @@
 # A program and one large shared library it names, in store paths of their
-# own (t0175, shared requests). Built like elf.nix: the host's
+# own (t0176, shared requests). Built like elf.nix: the host's
 # /usr/bin/python3 runs tests/lib/mkelf.py (the tests build with sandbox
 # false). libbig.so.1 is 1.5 MB of filler after its dynamic section, so
 # its start (one frame) and its rest (several) are two runs of one blob

@@ -369,16 +369,9 @@ static void flights_mark(struct nx_store *st, const struct nx_toc_frame *fr, uin
  * enough that walkers that start together always meet in one request. */
 static uint64_t hold_ns(void)
 {
-	static uint64_t ns; /* 0: not read yet */
-	uint64_t v = __atomic_load_n(&ns, __ATOMIC_RELAXED);
-	const char *e;
+	const char *e = getenv("NIXOCI_TEST_SEND_HOLD_MS");
 
-	if (v)
-		return v - 1;
-	e = getenv("NIXOCI_TEST_SEND_HOLD_MS");
-	v = e && *e ? strtoull(e, NULL, 10) * 1000000 : NX_SEND_HOLD_NS;
-	__atomic_store_n(&ns, v + 1, __ATOMIC_RELAXED);
-	return v;
+	return e && *e ? strtoull(e, NULL, 10) * 1000000 : NX_SEND_HOLD_NS;
 }
 
 static void sendq_kick(struct nx_sendq *q)

@@ -1826,6 +1826,152 @@ static void test_meta_later(void)
 	nx_store_close(st);
 }
 
+/* ------------------------------------------- shared requests (frames.c) */
+
+struct bgwalk {
+	struct nx_store *st;
+	struct nx_spath *p;
+	uint32_t first, last;
+	int rc;
+};
+
+/* A readahead worker's walk: background, and its requests may be held. */
+static void *bgwalk_main(void *arg)
+{
+	struct bgwalk *b = arg;
+	const struct nx_walk_ops ops = { .background = 1 };
+
+	nx_walk_deferrable = 1;
+	b->rc = nx_frames_walk(b->st, b->p, b->first, b->last, NX_BATCH_BYTES, &ops, NULL);
+	return NULL;
+}
+
+struct grab {
+	const struct nx_toc *toc;
+	uint32_t first;
+	uint8_t *buf;
+};
+
+static int grab_data(void *ctx, uint32_t i, const uint8_t *buf, size_t len)
+{
+	struct grab *g = ctx;
+
+	memcpy(g->buf + (g->toc->frames[i].uoff - g->toc->frames[g->first].uoff), buf, len);
+	return 0;
+}
+
+static int grab_file(void *ctx, uint32_t i, int fd)
+{
+	struct grab *g = ctx;
+	const struct nx_toc_frame *f = &g->toc->frames[i];
+
+	return nx_pread_all(fd, g->buf + (f->uoff - g->toc->frames[g->first].uoff), f->ulen, 0);
+}
+
+/* 1 once a walk holds a request (polled: the hold is 5 s here) */
+static int wait_held(struct nx_store *st)
+{
+	for (int n = 0; n < 10000; n++) {
+		int held;
+
+		pthread_mutex_lock(&st->lock);
+		held = st->sendq != NULL;
+		pthread_mutex_unlock(&st->lock);
+		if (held)
+			return 1;
+		usleep(1000);
+	}
+	return 0;
+}
+
+/* A background walk holds its claimed frames [first + 1, last] of big.bin
+ * as a request; a read of frame first (a run that ends where the held one
+ * begins) joins it in front and has it sent at once: one request for both
+ * runs, every frame fetched once, the read's bytes right. With the read's
+ * frame corrupted: the read gets EIO (its own retry fails too), the
+ * background walk gives up its frames, nothing is cached. */
+static void test_shared(int corrupt)
+{
+	struct nx_store *st;
+	struct nx_spath *p;
+	const struct nx_toc *toc = tp_main.toc;
+	int64_t big = find_entry(toc, "big.bin");
+	const struct nx_walk_ops ops = { .data = grab_data, .file = grab_file };
+	struct bgwalk b;
+	struct grab g;
+	struct nx_store_stats s;
+	pthread_t th;
+	uint32_t first, last;
+	uint64_t req0;
+	char full[PATH_MAX * 2], sub[8];
+	uint8_t *want;
+	size_t wlen;
+	int rc, cached = 0, once = 1;
+
+	nx_toc_frames_for(toc, toc->entries[big].off, toc->entries[big].size, &first, &last);
+	if (last < first + 2) {
+		ok(0, "big.bin has at least three frames");
+		return;
+	}
+	snprintf(sub, sizeof(sub), "c1%d", corrupt);
+	setenv("NIXOCI_TEST_SEND_HOLD_MS", "5000", 1);
+	if (corrupt) {
+		src.corrupt = 1;
+		memcpy(src.corrupt_digest, tp_main.nar_digest, NX_SHA256_LEN);
+		src.corrupt_off = toc->frames[first].coff + 10;
+	}
+	src.frame_counts = calloc(toc->nframes, sizeof(unsigned));
+	src.watch_toc = toc;
+	memcpy(src.watch_digest, tp_main.nar_digest, NX_SHA256_LEN);
+	if (open_store(&st, sub, 0, NULL, NULL, 0) ||
+	    nx_store_lookup(st, tp_main.base, strlen(tp_main.base), &p)) {
+		ok(0, "open %s", sub);
+		return;
+	}
+	req0 = src.requests;
+	b = (struct bgwalk){ .st = st, .p = p, .first = first + 1, .last = last };
+	pthread_create(&th, NULL, bgwalk_main, &b);
+	ok(wait_held(st), "%s: the background walk holds its run", sub);
+	g = (struct grab){ .toc = toc, .first = first, .buf = malloc(toc->frames[first].ulen) };
+	rc = nx_frames_walk(st, p, first, first, NX_BATCH_BYTES, &ops, &g);
+	pthread_join(th, NULL);
+	nx_store_stats(st, &s);
+	snprintf(full, sizeof(full), "%s/big.bin", tree);
+	want = slurp(full, &wlen);
+	if (!corrupt) {
+		uint64_t skip = toc->entries[big].off - toc->frames[first].uoff;
+
+		is_int(rc, 0, "%s: the read joins the held request", sub);
+		ok(rc == 0 && memcmp(g.buf + skip, want, toc->frames[first].ulen - skip) == 0,
+		   "%s: its bytes are right", sub);
+		is_int(b.rc, 0, "%s: the background walk succeeds", sub);
+		is_int((int)(src.requests - req0), 1, "%s: two runs, one request", sub);
+		is_int((int)s.runs_shared, 1, "%s: one run handed to another's request", sub);
+		for (uint32_t i = first; i <= last; i++) {
+			if (src.frame_counts[i] != 1) {
+				diag("frame %u fetched %u times", i, src.frame_counts[i]);
+				once = 0;
+			}
+		}
+		ok(once, "%s: each of frames %u-%u fetched exactly once", sub, first, last);
+	} else {
+		is_int(rc, -EIO, "%s: the read of the corrupted frame gets EIO", sub);
+		for (uint32_t i = first; i <= last; i++)
+			cached += chunk_exists(sub, toc->frames[i].sha256);
+		is_int(cached, 0, "%s: nothing cached from the failed request", sub);
+		is_int((int)s.verify_failures, 2, "%s: the shared request and the read's retry failed",
+		       sub);
+	}
+	free(want);
+	free(g.buf);
+	nx_spath_put(p);
+	nx_store_close(st);
+	free(src.frame_counts);
+	src.frame_counts = NULL;
+	src.corrupt = 0;
+	unsetenv("NIXOCI_TEST_SEND_HOLD_MS");
+}
+
 int main(void)
 {
 	char cmd[PATH_MAX + 16];
@@ -1857,6 +2003,8 @@ int main(void)
 	test_evict();
 	test_threads();
 	test_threads_corrupt();
+	test_shared(0);
+	test_shared(1);
 	test_concurrent_lookup();
 	test_budget();
 	test_budget_threads();

@@ -95,7 +95,7 @@ test_expect_success 'the start of a library: the rest of the file comes in paral
 	cmp "$MNT/${DATA##*/}/lib.so" "$DATA/lib.so" &&
 	echo "requests: header read and rest $((n1 - n0)), whole file after $(($(blob_gets) - n1))" &&
 	# two requests, or one when the rest'"'"'s job claimed its frames first
-	# and the header'"'"'s read joined that request in front (t0175)
+	# and the header'"'"'s read joined that request in front (t0176)
 	test $((n1 - n0)) -ge 1 && test $((n1 - n0)) -le 2 &&
 	test "$(blob_gets)" = "$n1"
 '

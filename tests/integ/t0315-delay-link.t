@@ -36,16 +36,19 @@ upload() {
 		--data-binary @"$1" -o /dev/null "$loc" &&
 	echo "$d"
 }
-fd_count() { ls "/proc/$PROXY_PID/fd" | wc -l; }
-fds_at_most() { [ "$(fd_count)" -le "$1" ]; }
-fds_over() { [ "$(fd_count)" -gt "$1" ]; }
+# the proxy's sockets: at rest only the listening one (each connection
+# adds two: the client's and the registry's)
+sock_count() { ls -l "/proc/$PROXY_PID/fd" | grep -c "socket:" || true; }
+fds_at_most() { [ "$(sock_count)" -le "$1" ]; }
+fds_over() { [ "$(sock_count)" -gt "$1" ]; }
 
 test_expect_success 'setup: registry, the delay link in front of it' '
 	start_registry &&
 	start_delayproxy "$REG" &&
 	grep -q "listening on 127.0.0.1:${PROXY#*:}" "$PROXY_LOG" &&
-	FD0=$(fd_count) &&
-	echo "descriptors at rest: $FD0"
+	FD0=1 &&
+	test_wait_for 10 fds_at_most $FD0 &&
+	echo "sockets at rest: $(sock_count)"
 '
 
 test_expect_success 'a monolithic upload and a blob GET: the same bytes, one line each' '

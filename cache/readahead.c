@@ -33,6 +33,9 @@
 
 /* Bytes a run must hold before it counts as sequential. */
 #define NX_RA_TRIGGER (2 * (uint64_t)NX_FRAME_MAX)
+/* A read this large right after the last one is the kernel's readahead
+ * window (a program's own reads are rarely this large). */
+#define NX_RA_WINDOW_MIN (UINT64_C(512) << 10)
 
 int nx_reader_new(struct nx_reader **out)
 {
@@ -283,7 +286,7 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 	const struct nx_toc_entry *e = &toc->entries[entry];
 	uint64_t end = off + len, bytes = 0;
 	uint32_t ffirst, flast, start = 0, stop = 0, win;
-	int go = 0;
+	int go = 0, kernel = 0;
 
 	if (!st->ra_max || nx_toc_frames_for(toc, e->off, e->size, &ffirst, &flast) < 0)
 		return;
@@ -296,6 +299,12 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 		rd->seeks = 0;
 		rd->whole_done = 0;
 	}
+	/* The kernel's own read-around of a mapping or a sequential read:
+	 * a large read that starts exactly where the last one ended. The
+	 * next window it asks for follows at once (java's jimage index: two
+	 * such reads of 1 MiB, each one request, before 2 MiB were read). */
+	if (rd->end && off == rd->end && len >= NX_RA_WINDOW_MIN)
+		kernel = 1;
 	if (off + NX_RA_SLACK >= rd->end && off <= rd->end + NX_FRAME_MAX) {
 		if (end > rd->end) {
 			rd->seq += end - (off > rd->end ? off : rd->end);
@@ -310,7 +319,7 @@ void nx_ra_after_read(struct nx_store *st, struct nx_reader *rd, struct nx_spath
 		rd->seq = len;
 		rd->win = rd->ra_next = 0;
 	}
-	if (rd->seq >= NX_RA_TRIGGER && last < flast) {
+	if ((rd->seq >= NX_RA_TRIGGER || kernel) && last < flast) {
 		uint32_t ahead = rd->ra_next > last ? rd->ra_next - last - 1 : 0;
 
 		if (!rd->win || ahead <= rd->win / 2) {

@@ -10,7 +10,9 @@ their end (a page fault near the end of the last segment has the kernel
 read around it). Asserted from the registry'"'"'s side (the requests the
 proxy saw) and the daemon'"'"'s counters; every byte read is compared with
 the store. A library of up to 8 MiB compressed gets its rest with the
-read of its header. Reads use POSIX_FADV_RANDOM, so the kernel asks for exactly the
+read of its header. A read of at least 512 KiB right where the last one
+ended (the kernel'"'"'s own readahead window) starts the sequential
+readahead at once. Reads use POSIX_FADV_RANDOM, so the kernel asks for exactly the
 bytes read.'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
@@ -33,6 +35,18 @@ read_at() {
 	os.close(fd)
 	EOF
 }
+# read_len FILE OFF:LEN...: LEN bytes of FILE at each OFF, through one open
+read_len() {
+	/usr/bin/python3 - "$@" <<-'EOF'
+	import os, sys
+	fd = os.open(sys.argv[1], os.O_RDONLY)
+	os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+	for a in sys.argv[2:]:
+	    off, n = a.split(":")
+	    sys.stdout.buffer.write(os.pread(fd, int(n), int(off)))
+	os.close(fd)
+	EOF
+}
 # same FILE OFF...: the mount's bytes at OFF... are the store's
 same() {
 	local f=$1
@@ -52,7 +66,8 @@ test_expect_success 'setup: data files of 3 and 5 MiB, an ELF file with one shor
 	def data(name, size):
 	    return random.Random(name).randbytes(size)
 	# random bytes: incompressible, one frame per 256 KiB of file
-	for name, size in (("a.jsa", 3), ("b.jsa", 3), ("c.jsa", 3), ("big.dat", 5), ("lib6.so", 6)):
+	for name, size in (("a.jsa", 3), ("b.jsa", 3), ("c.jsa", 3), ("big.dat", 5), ("lib6.so", 6),
+	                   ("seq.dat", 6)):
 	    open(d + "/" + name, "wb").write(data(name, size << 20))
 	# a 64-bit ELF header with one PT_LOAD over the first MiB of 9 MiB
 	# (too large for the whole-file rule of a library start)
@@ -116,6 +131,22 @@ test_expect_success 'an ELF header: its segment and 1 MiB past it come, not more
 	test "$(blob_gets)" = "$n1" &&
 	same seg.so $((3 * MiB)) &&
 	test "$(blob_gets)" = $((n1 + 1)) &&
+	unmount_store "$MNT"
+'
+
+test_expect_success 'a large read right after the last one: readahead at once' '
+	mount_store "$PROXY/jump" "$MNT" "cache=$TRASH/cache-3" &&
+	r0=$(stats_field "$MNT" readahead_frames) &&
+	# 4 KiB, then 768 KiB where it ended: 772 KiB read, below the 2 MiB
+	# a run needs otherwise, and no frame of it was asked for twice
+	read_len "$MNT/${DATA##*/}/seq.dat" 0:4096 4096:786432 >out &&
+	read_len "$DATA/seq.dat" 0:4096 4096:786432 >want && cmp out want &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT readahead_frames) -ge $((r0 + 4)) ]" &&
+	n1=$(blob_gets) &&
+	# the window: the next 4 frames (1 MiB of file), fetched already
+	read_len "$MNT/${DATA##*/}/seq.dat" 1048576:786432 >out &&
+	read_len "$DATA/seq.dat" 1048576:786432 >want && cmp out want &&
+	test "$(blob_gets)" = "$n1" &&
 	unmount_store "$MNT"
 '
 

@@ -595,12 +595,35 @@ static void queue_frames(struct nx_store *st, struct nx_spath *p, const uint32_t
 	}
 }
 
+/* Takes @bytes of the mount's prediction budget for entry @entry of @p: 0,
+ * or -ENOSPC (logged at debug level) when they do not fit. A program that
+ * reads one or two files of many directories (a scan) must not fetch every
+ * directory: predictions of a mount stay within NX_PRED_FREE plus the bytes
+ * that were fetched otherwise. */
+static int pred_budget_take(struct nx_store *st, const struct nx_spath *p, uint32_t entry,
+			    uint64_t bytes)
+{
+	uint64_t fetched = nx_stat_get(&st->bytes_fetched), room;
+
+	pthread_mutex_lock(&st->lock);
+	room = NX_PRED_FREE + (fetched > st->pred_bytes ? fetched - st->pred_bytes : 0);
+	if (st->pred_bytes + bytes > room) {
+		pthread_mutex_unlock(&st->lock);
+		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: over the prediction budget",
+		       NX_STORE_DIR, p->base, entry);
+		return -ENOSPC;
+	}
+	st->pred_bytes += bytes;
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
 static void predict_dir(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint32_t first,
 			uint32_t ext)
 {
 	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *d = &toc->entries[toc->entries[entry].parent];
-	uint64_t bytes, fetched, room;
+	uint64_t bytes;
 	size_t n = 0, m, lo, hi;
 	uint32_t *fr, a, b;
 	int grew;
@@ -641,20 +664,8 @@ static void predict_dir(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 			grew = 1;
 		}
 	} while (grew);
-	/* A program that reads one or two files of many directories (a
-	 * scan) must not fetch every directory: predictions of a mount stay
-	 * within NX_PRED_FREE plus the bytes that were fetched otherwise. */
-	fetched = nx_stat_get(&st->bytes_fetched);
-	pthread_mutex_lock(&st->lock);
-	room = NX_PRED_FREE + (fetched > st->pred_bytes ? fetched - st->pred_bytes : 0);
-	if (st->pred_bytes + bytes > room) {
-		pthread_mutex_unlock(&st->lock);
-		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: over the prediction budget",
-		       NX_STORE_DIR, p->base, entry);
+	if (pred_budget_take(st, p, entry, bytes) < 0)
 		goto out;
-	}
-	st->pred_bytes += bytes;
-	pthread_mutex_unlock(&st->lock);
 	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: second miss of a kind in its directory, frames %u-%u",
 	       NX_STORE_DIR, p->base, entry, fr[lo], fr[hi]);
 	queue_frames(st, p, fr, lo, hi, first, ext);
@@ -695,7 +706,7 @@ static void predict_whole(struct nx_store *st, struct nx_reader *rd, struct nx_s
 {
 	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *e = &toc->entries[entry];
-	uint64_t bytes = 0, fetched, room;
+	uint64_t bytes = 0;
 	uint32_t a, b;
 	int go;
 
@@ -714,17 +725,8 @@ static void predict_whole(struct nx_store *st, struct nx_reader *rd, struct nx_s
 			bytes += toc->frames[i].clen;
 	if (bytes > NX_PRED_WHOLE_BYTES || !bytes)
 		return;
-	fetched = nx_stat_get(&st->bytes_fetched);
-	pthread_mutex_lock(&st->lock);
-	room = NX_PRED_FREE + (fetched > st->pred_bytes ? fetched - st->pred_bytes : 0);
-	if (st->pred_bytes + bytes > room) {
-		pthread_mutex_unlock(&st->lock);
-		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: over the prediction budget",
-		       NX_STORE_DIR, p->base, entry);
+	if (pred_budget_take(st, p, entry, bytes) < 0)
 		return;
-	}
-	st->pred_bytes += bytes;
-	pthread_mutex_unlock(&st->lock);
 	nx_stat_add(&st->pred_whole, 1);
 	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: a read jumped, the rest of the file, frames %u-%u",
 	       NX_STORE_DIR, p->base, entry, a, b);

@@ -20,20 +20,22 @@
 #                                 read F through the mount: its bytes equal WANT, or
 #                                 it fails with EIO; either way within SECS
 
-# start_faultproxy UPSTREAM [NAME]
-start_faultproxy() {
-	local up=$1 name=${2:-proxy} dir pid
+# start_proxy_with LABEL UPSTREAM NAME CMD...: runs CMD (a proxy taking
+# faultproxy's --upstream/--control/--port-file/--log) in front of UPSTREAM,
+# its files in $TRASH/NAME, and exports PROXY, PROXY_CTL, PROXY_LOG, PROXY_PID
+start_proxy_with() {
+	local label=$1 up=$2 name=$3 dir pid
+	shift 3
 	dir=$TRASH/$name
 	mkdir -p "$dir"
 	echo "mode=pass" >"$dir/control"
 	rm -f "$dir/port"
-	/usr/bin/python3 "$TEST_LIB_DIR/faultproxy.py" --upstream "$up" \
-		--control "$dir/control" --port-file "$dir/port" --log "$dir/log" \
-		>"$dir/stderr" 2>&1 &
+	"$@" --upstream "$up" --control "$dir/control" --port-file "$dir/port" \
+		--log "$dir/log" >"$dir/stderr" 2>&1 &
 	pid=$!
 	test_atexit "stop_faultproxy $pid"
 	if ! test_wait_for 10 test -s "$dir/port" || ! pid_alive "$pid"; then
-		echo "fault proxy did not start:" >&2
+		echo "$label did not start:" >&2
 		cat "$dir/stderr" "$dir/log" >&2 2>/dev/null
 		return 1
 	fi
@@ -45,31 +47,19 @@ start_faultproxy() {
 	test_wait_for 10 curl -fsS -o /dev/null --max-time 2 "http://$PROXY/v2/"
 }
 
+# start_faultproxy UPSTREAM [NAME]
+start_faultproxy() {
+	start_proxy_with "fault proxy" "$1" "${2:-proxy}" \
+		/usr/bin/python3 "$TEST_LIB_DIR/faultproxy.py"
+}
+
 # start_delayproxy UPSTREAM [NAME]: bench/delayproxy from the build that
 # holds nixoci-fs on PATH
 start_delayproxy() {
-	local up=$1 name=${2:-proxy} dir pid bin
+	local bin
 	bin=$(cd "$(dirname "$(command -v nixoci-fs)")/.." && pwd)/bench/delayproxy
 	[ -x "$bin" ] || { echo "no $bin (run make)" >&2; return 1; }
-	dir=$TRASH/$name
-	mkdir -p "$dir"
-	echo "mode=pass" >"$dir/control"
-	rm -f "$dir/port"
-	"$bin" --upstream "$up" --control "$dir/control" --port-file "$dir/port" \
-		--log "$dir/log" >"$dir/stderr" 2>&1 &
-	pid=$!
-	test_atexit "stop_faultproxy $pid"
-	if ! test_wait_for 10 test -s "$dir/port" || ! pid_alive "$pid"; then
-		echo "delay proxy did not start:" >&2
-		cat "$dir/stderr" "$dir/log" >&2 2>/dev/null
-		return 1
-	fi
-	PROXY=127.0.0.1:$(cat "$dir/port")
-	PROXY_CTL=$dir/control
-	PROXY_LOG=$dir/log
-	PROXY_PID=$pid
-	export PROXY PROXY_CTL PROXY_LOG PROXY_PID
-	test_wait_for 10 curl -fsS -o /dev/null --max-time 2 "http://$PROXY/v2/"
+	start_proxy_with "delay proxy" "$1" "${2:-proxy}" "$bin"
 }
 
 stop_faultproxy() {

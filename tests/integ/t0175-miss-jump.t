@@ -79,11 +79,7 @@ test_expect_success 'setup: data files of 3 and 5 MiB, an ELF file with one shor
 	EOF
 	DATA=$(nix-store --add "$src") &&
 	nixoci push "$REG/jump" "$DATA" &&
-	h=${DATA##*/} && h=${h%%-*} &&
-	NAR=$(curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/jump/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])") &&
+	NAR=$(nar_digest jump "$DATA") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG" &&
 	mount_store "$PROXY/jump" "$MNT" "cache=$TRASH/cache-1"

@@ -23,14 +23,6 @@ test_require_binaries
 MNT=$TRASH/mnt
 export NIXOCI_TEST_SEND_HOLD_MS=2000
 
-nar_of() {
-	local h=${1##*/}
-	h=${h%%-*}
-	curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/coal/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])"
-}
 # gets: requests for the library's NAR blob the proxy answered so far
 gets() { grep -c "GET /v2/coal/blobs/sha256:$N_BIG[^ ]* range=.* -> " "$PROXY_LOG" || true; }
 # same_dump: the library's path through the mount is the original, byte for byte
@@ -45,7 +37,7 @@ test_expect_success 'setup: a program and a large library, pushed, proxy' '
 	PROG=$(nix-build "$TEST_LIB_DIR/coalesce.nix" "${NIX_BUILD_OPTS[@]}") &&
 	BIG=$(nix-store -qR "$PROG" | grep -- "-coal-libbig$") &&
 	nixoci push "$REG/coal" "$PROG" &&
-	N_BIG=$(nar_of "$BIG") &&
+	N_BIG=$(nar_digest coal "$BIG") &&
 	test ${#N_BIG} = 64 &&
 	start_faultproxy "$REG"
 '

@@ -62,6 +62,17 @@ start_delayproxy() {
 	start_proxy_with "delay proxy" "$1" "${2:-proxy}" "$bin"
 }
 
+# nar_digest REPO STOREPATH: the digest (hex) of the path's NAR layer in
+# repository REPO of $REG
+nar_digest() {
+	local h=${2##*/}
+	h=${h%%-*}
+	curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
+		"http://$REG/v2/$1/manifests/$h" | /usr/bin/python3 -c "import json, sys
+m = json.load(sys.stdin)
+print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])"
+}
+
 stop_faultproxy() {
 	local st
 	pid_alive "$1" || { wait "$1" 2>/dev/null; return 0; }

@@ -46,11 +46,7 @@ for n in (\"s1\", \"s2\", \"s3\"):
 	if [ -n "$LIB" ]; then cp "$LIB" "$src/lib.so"; fi &&
 	DATA=$(nix-store --add "$src") &&
 	nixoci push "$REG/miss" "$DATA" &&
-	h=${DATA##*/} && h=${h%%-*} &&
-	NAR=$(curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/miss/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])") &&
+	NAR=$(nar_digest miss "$DATA") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG"
 '

@@ -39,11 +39,7 @@ test_expect_success 'setup: two closures, pushed; proxy' '
 	D2=$(make_data nixoci-profile-two two) &&
 	nixoci push --tag c1 "$REG/pr" "$D1" &&
 	nixoci push --tag c2 "$REG/pr" "$D2" &&
-	h=${D1##*/} && h=${h%%-*} &&
-	NAR=$(curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/pr/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])") &&
+	NAR=$(nar_digest pr "$D1") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG"
 '

@@ -36,11 +36,7 @@ for i in range(16):
 " "$src" &&
 	D=$(nix-store --add "$src") &&
 	nixoci push --tag c1 "$REG/mr" "$D" &&
-	h=${D##*/} && h=${h%%-*} &&
-	NAR=$(curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/mr/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])") &&
+	NAR=$(nar_digest mr "$D") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG" &&
 	mount_store "$PROXY/mr" "$MNT" "closure=c1,profile_record=$TRASH/prof,cache=$TRASH/c-rec" &&

@@ -72,11 +72,7 @@ test_expect_success 'setup: modules, data files, a library, a wide directory; pu
 	EOF
 	DATA=$(nix-store --add "$src") &&
 	nixoci push "$REG/pred" "$DATA" &&
-	h=${DATA##*/} && h=${h%%-*} &&
-	NAR=$(curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/pred/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])") &&
+	NAR=$(nar_digest pred "$DATA") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG" &&
 	# every request held 300 ms: a predicted job is claimed long before

@@ -22,14 +22,7 @@ test_require_binaries
 MNT=$TRASH/mnt
 
 # nar_of STOREPATH: the digest (hex) of its NAR layer in repository elf
-nar_of() {
-	local h=${1##*/}
-	h=${h%%-*}
-	curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
-		"http://$REG/v2/elf/manifests/$h" | /usr/bin/python3 -c "import json, sys
-m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])"
-}
+nar_of() { nar_digest elf "$1"; }
 # gets DIGEST: NAR blob requests for DIGEST the proxy answered so far
 gets() { grep -c "GET /v2/elf/blobs/sha256:$1[^ ]* range=.* -> " "$PROXY_LOG" || true; }
 # first_get DIGEST: line number of the first such request (0: none)

@@ -123,6 +123,9 @@ $(O)/tests/fuzz/replay-wwwauth: $(O)/tests/fuzz/fuzz-wwwauth.o $(O)/tests/fuzz/r
 $(O)/tests/fuzz/replay-elf: $(O)/tests/fuzz/fuzz-elf.o $(O)/tests/fuzz/replay.o \
 			  $(O)/tests/fuzz/fuzz-common.o $(CACHE_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
+$(O)/tests/fuzz/replay-pyc: $(O)/tests/fuzz/fuzz-pyc.o $(O)/tests/fuzz/replay.o \
+			  $(O)/tests/fuzz/fuzz-common.o $(CACHE_A) $(COMMON_A)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)
 $(O)/tests/fuzz/replay-multipart: $(O)/tests/fuzz/fuzz-multipart.o $(O)/tests/fuzz/replay.o \
 			  $(O)/tests/fuzz/fuzz-common.o $(FETCH_A) $(COMMON_A)
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS) $(PKG_LIBS)

@@ -339,6 +339,8 @@ struct nx_store_stats {
 				     * before the loader opened them */
 	uint64_t predict_whole;     /* files whose rest was fetched when a
 				     * read jumped in them (mapped files) */
+	uint64_t predict_import;    /* Python modules (.pyc, extension)
+				     * fetched before their import */
 	int offline;               /* the source was found gone (refused,
 				    * unreachable, silent) and has not
 				    * answered since */

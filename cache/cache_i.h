@@ -66,6 +66,15 @@
 #define NX_ELF_SEEN_SLOTS 512
 #define NX_ELF_DEPTH_MAX 8
 #define NX_ELF_PRED_BYTES (UINT64_C(16) << 20)
+/* Import prediction (pyc.c): .pyc files a mount parses or predicts
+ * (slots: twice that), waves (import depths) followed from a file read,
+ * files of one wave, and the largest .pyc parsed. Its bytes count against
+ * the prediction budget (NX_PRED_FREE). */
+#define NX_PYC_FILES 1024
+#define NX_PYC_SEEN_SLOTS 2048
+#define NX_PYC_DEPTH_MAX 16
+#define NX_PYC_WAVE_MAX 256
+#define NX_PYC_MAX_BYTES (UINT64_C(4) << 20)
 /* Directories remembered by the miss predictor (the oldest is forgotten). */
 #define NX_DIRMISS_SLOTS 64
 /* How long a reader's failed file fails at once (the kernel's retry). */
@@ -206,6 +215,8 @@ struct nx_ra_job {
 	int elf;
 	unsigned depth;
 	unsigned hint; /* library path of a wrapper (elf.c): slot + 1, or 0 */
+	/* or (with @entry): predict the imports of .pyc @entry (pyc.c) */
+	int pyc;
 };
 
 /* A file considered for completion (complete.c), in a ring of
@@ -417,6 +428,10 @@ struct nx_store {
 	 * their index) */
 	struct nx_elf_hint *elf_hints;
 	unsigned elf_nhints;
+	/* import prediction (pyc.c, under st->lock): the .pyc files parsed
+	 * or predicted (as elf_seen) */
+	uint64_t pyc_seen[NX_PYC_SEEN_SLOTS];
+	unsigned pyc_nseen;
 
 	/* reference prefetch (refs.c; under st->lock, workers wait on rp_cond) */
 	pthread_cond_t rp_cond;
@@ -451,6 +466,7 @@ struct nx_store {
 	uint64_t runs_shared; /* frames.c: runs handed to another walker's request */
 	uint64_t elf_parsed, elf_libs; /* elf.c */
 	uint64_t pred_whole;           /* readahead.c: files predicted whole at a jump */
+	uint64_t pred_import;          /* pyc.c: modules fetched before their import */
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)
@@ -749,6 +765,55 @@ void nx_elf_seen_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, int
  * @hint: the library path it was loaded with (slot + 1), or 0. */
 void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
 		unsigned hint);
+/* The first time (@p, @entry) is offered to a rule whose table is @slots
+ * (@nslots, open addressing, under st->lock; *@nseen of @max used): 1,
+ * and it is noted; 0 when it was offered before or the table is full. */
+int nx_pred_first_time(struct nx_store *st, uint64_t *slots, unsigned nslots, unsigned *nseen,
+		       unsigned max, const struct nx_spath *p, uint32_t entry);
+/* @len bytes at @off of regular file @entry of @p: verified, from the
+ * cache or fetched like a read's. 0, -ECANCELED at unmount, or an error. */
+int nx_file_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		 void *buf, size_t len);
+/* A library the process will load (an interpreter's extension module):
+ * its start and libraries are predicted, once per mount. */
+void nx_elf_predict(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+/* Takes @bytes of the mount's prediction budget (readahead.c): 0, or
+ * -ENOSPC when they do not fit. */
+int nx_pred_budget_take(struct nx_store *st, const struct nx_spath *p, uint32_t entry,
+			uint64_t bytes);
+
+/* pyc.c: predicting the modules a CPython program imports
+ * (docs/architecture.md, "Predicted misses"). nx_pyc_parse reads a .pyc
+ * file (3.11, 3.12 or 3.13, by its magic number) and lists the imports of
+ * its module-level code, at most NX_PYC_ITEMS_MAX: `import a.b` is
+ * (level 0, "a.b"); `from .x import y, z` is (1, "x"), (1, "x", sub "y"),
+ * (1, "x", sub "z"); names are [off, off+len) of @buf, ASCII identifiers
+ * (dotted for a name, not for a sub; a name may be empty with a level).
+ * 0; -ENOTSUP for another version; -EINVAL when malformed; -ENOMEM. */
+#define NX_PYC_ITEMS_MAX 256
+#define NX_PYC_NAME_MAX 255
+#define NX_PYC_LEVEL_MAX 32
+struct nx_pyc_item {
+	unsigned level;
+	uint32_t name_off, name_len;
+	uint32_t sub_off, sub_len; /* sub_len 0: none */
+};
+struct nx_pyc_imports {
+	unsigned n;
+	struct nx_pyc_item item[NX_PYC_ITEMS_MAX];
+};
+int nx_pyc_parse(const uint8_t *buf, size_t len, struct nx_pyc_imports *out);
+/* A read at offset 0 of @entry of @p got its first @len bytes @buf,
+ * verified (or, _fd, from a cached chunk file at @off of @fd): a .pyc seen
+ * the first time in this mount has its imports predicted by a job. */
+void nx_pyc_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,
+		 size_t len);
+void nx_pyc_seen_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, int fd, uint64_t off,
+		    size_t len);
+/* The job: parse @entry, fetch the files it imports, parse those, ... */
+void nx_pyc_job(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+void nx_ra_queue_pyc(struct nx_store *st, struct nx_spath *p, uint32_t entry);
+
 /* The file range [*lo, *hi) covered by the PT_LOAD segments of the ELF file
  * of @size bytes whose first @len bytes are @b; -EINVAL if it is not one. */
 int nx_elf_load_range(const uint8_t *b, size_t len, uint64_t size, uint64_t *lo, uint64_t *hi);

@@ -279,26 +279,32 @@ static int fr_read(void *ctx, uint64_t off, void *buf, size_t len)
 	return nx_frames_walk(r->st, r->p, first, last, NX_BATCH_BYTES, &ops, r);
 }
 
+int nx_file_read(struct nx_store *st, struct nx_spath *p, uint32_t entry, uint64_t off,
+		 void *buf, size_t len)
+{
+	struct fread_ctx r = { .st = st, .p = p, .base = p->toc->entries[entry].off };
+
+	return fr_read(&r, off, buf, len);
+}
+
 /* ------------------------------------------------- the files seen, bounds */
 
-/* 1 the first time (@p, @entry) is offered in this mount (and the rule's
- * file bound is not reached), 0 after. Keyed by the path's id, which does
- * not change when its metadata is unloaded and loaded again. */
-static int elf_first_time(struct nx_store *st, const struct nx_spath *p, uint32_t entry)
+int nx_pred_first_time(struct nx_store *st, uint64_t *slots, unsigned nslots, unsigned *nseen,
+		       unsigned max, const struct nx_spath *p, uint32_t entry)
 {
 	uint64_t key = (p->id << 24) ^ entry, h = key * UINT64_C(0x9e3779b97f4a7c15);
 	int go = 0;
 
 	pthread_mutex_lock(&st->lock);
-	for (unsigned k = 0; k < NX_ELF_SEEN_SLOTS; k++) {
-		unsigned i = (unsigned)((h >> 40) + k) % NX_ELF_SEEN_SLOTS;
+	for (unsigned k = 0; k < nslots; k++) {
+		unsigned i = (unsigned)((h >> 40) + k) % nslots;
 
-		if (st->elf_seen[i] == key + 1)
+		if (slots[i] == key + 1)
 			break;
-		if (!st->elf_seen[i]) {
-			if (st->elf_nseen < NX_ELF_PRED_FILES) {
-				st->elf_seen[i] = key + 1;
-				st->elf_nseen++;
+		if (!slots[i]) {
+			if (*nseen < max) {
+				slots[i] = key + 1;
+				(*nseen)++;
 				go = 1;
 			}
 			break;
@@ -306,6 +312,14 @@ static int elf_first_time(struct nx_store *st, const struct nx_spath *p, uint32_
 	}
 	pthread_mutex_unlock(&st->lock);
 	return go;
+}
+
+/* 1 the first time (@p, @entry) is offered to the library rule in this
+ * mount (and its file bound is not reached), 0 after. */
+static int elf_first_time(struct nx_store *st, const struct nx_spath *p, uint32_t entry)
+{
+	return nx_pred_first_time(st, st->elf_seen, NX_ELF_SEEN_SLOTS, &st->elf_nseen,
+				  NX_ELF_PRED_FILES, p, entry);
 }
 
 /* Takes @bytes of the rule's per-mount budget; 0 when it is spent. */
@@ -790,6 +804,12 @@ static void script_seen(struct nx_store *st, const uint8_t *buf, size_t len)
 	}
 out:
 	pthread_mutex_unlock(&st->lock);
+}
+
+void nx_elf_predict(struct nx_store *st, struct nx_spath *p, uint32_t entry)
+{
+	if (st->ra_max && !nx_bg_stopped(st) && elf_first_time(st, p, entry))
+		nx_ra_queue_elf(st, p, entry, 1, 0);
 }
 
 void nx_elf_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,

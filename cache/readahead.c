@@ -96,6 +96,10 @@ static void ra_run(struct nx_store *st, const struct nx_ra_job *j)
 		nx_elf_job(st, j->p, j->entry, j->depth, j->hint);
 		return;
 	}
+	if (j->pyc) {
+		nx_pyc_job(st, j->p, j->entry);
+		return;
+	}
 	rc = nx_frames_walk(st, j->p, j->first, j->last, NX_BATCH_BYTES, &ops, NULL);
 	if (rc < 0 && rc != -ECANCELED)
 		nx_log(NX_LOG_DEBUG, "readahead of %s/%s frames %u-%u: %s", NX_STORE_DIR,
@@ -218,6 +222,18 @@ void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, un
 	j->entry = entry;
 	j->depth = depth;
 	j->hint = hint;
+	ra_push(st, j);
+}
+
+void nx_ra_queue_pyc(struct nx_store *st, struct nx_spath *p, uint32_t entry)
+{
+	struct nx_ra_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return;
+	j->p = p;
+	j->pyc = 1;
+	j->entry = entry;
 	ra_push(st, j);
 }
 
@@ -600,8 +616,8 @@ static void queue_frames(struct nx_store *st, struct nx_spath *p, const uint32_t
  * reads one or two files of many directories (a scan) must not fetch every
  * directory: predictions of a mount stay within NX_PRED_FREE plus the bytes
  * that were fetched otherwise. */
-static int pred_budget_take(struct nx_store *st, const struct nx_spath *p, uint32_t entry,
-			    uint64_t bytes)
+int nx_pred_budget_take(struct nx_store *st, const struct nx_spath *p, uint32_t entry,
+			uint64_t bytes)
 {
 	uint64_t fetched = nx_stat_get(&st->bytes_fetched), room;
 
@@ -664,7 +680,7 @@ static void predict_dir(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 			grew = 1;
 		}
 	} while (grew);
-	if (pred_budget_take(st, p, entry, bytes) < 0)
+	if (nx_pred_budget_take(st, p, entry, bytes) < 0)
 		goto out;
 	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: second miss of a kind in its directory, frames %u-%u",
 	       NX_STORE_DIR, p->base, entry, fr[lo], fr[hi]);
@@ -725,7 +741,7 @@ static void predict_whole(struct nx_store *st, struct nx_reader *rd, struct nx_s
 			bytes += toc->frames[i].clen;
 	if (bytes > NX_PRED_WHOLE_BYTES || !bytes)
 		return;
-	if (pred_budget_take(st, p, entry, bytes) < 0)
+	if (nx_pred_budget_take(st, p, entry, bytes) < 0)
 		return;
 	nx_stat_add(&st->pred_whole, 1);
 	nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: a read jumped, the rest of the file, frames %u-%u",

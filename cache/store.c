@@ -1516,8 +1516,10 @@ int nx_store_read_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, ui
 	nx_stat_add(&st->cache_hits, 1);
 	/* a program or library whose start was cached already: its
 	 * libraries may not be (elf.c looks once per file and mount) */
-	if (rd && off == 0)
+	if (rd && off == 0) {
 		nx_elf_seen_fd(st, p, entry, *fd, a - f->uoff, (size_t)n);
+		nx_pyc_seen_fd(st, p, entry, *fd, a - f->uoff, (size_t)n);
+	}
 	*fdoff = a - f->uoff;
 	*got = (size_t)n;
 	*frame = first;
@@ -1581,8 +1583,10 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 		return rc == -ENOMEM ? rc : -EIO;
 	if (rd)
 		nx_ra_after_data(st, rd, p, entry, off, buf, (size_t)n);
-	if (rd && off == 0)
+	if (rd && off == 0) {
 		nx_elf_seen(st, p, entry, buf, (size_t)n);
+		nx_pyc_seen(st, p, entry, buf, (size_t)n);
+	}
 	*got = (size_t)n;
 	return 0;
 }
@@ -1645,6 +1649,7 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->predict_elf_files = nx_stat_get(&st->elf_parsed);
 	out->predict_libs = nx_stat_get(&st->elf_libs);
 	out->predict_whole = nx_stat_get(&st->pred_whole);
+	out->predict_import = nx_stat_get(&st->pred_import);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
 	out->paths_in_memory = st->paths_in_memory;

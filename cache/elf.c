@@ -641,6 +641,17 @@ static unsigned hint_find(struct nx_store *st, const struct nx_spath *p, const c
 	return h;
 }
 
+/* The wrapper's library path for file @entry of @p (hint_find). */
+static unsigned file_hint(struct nx_store *st, const struct nx_spath *p, uint32_t entry)
+{
+	char path[NX_ELF_PATH_MAX], rel[NX_ELF_PATH_MAX];
+
+	if (nx_toc_path(p->toc, entry, rel, sizeof(rel)) == 0 &&
+	    snprintf(path, sizeof(path), "%s/%s/%s", NX_STORE_DIR, p->base, rel) < (int)sizeof(path))
+		return hint_find(st, p, path);
+	return 0;
+}
+
 /* The directories ld.so searches for the libraries of a file with dynamic
  * section @dyn, loaded with library path @hint: a DT_RPATH comes before
  * the library path, a DT_RUNPATH after it. */
@@ -704,14 +715,8 @@ void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigne
 	}
 	if (depth >= NX_ELF_DEPTH_MAX)
 		goto out;
-	if (depth == 0) {
-		char path[NX_ELF_PATH_MAX], rel[NX_ELF_PATH_MAX];
-
-		if (nx_toc_path(p->toc, entry, rel, sizeof(rel)) == 0 &&
-		    snprintf(path, sizeof(path), "%s/%s/%s", NX_STORE_DIR, p->base, rel) <
-			    (int)sizeof(path))
-			hint = hint_find(st, p, path);
-	}
+	if (depth == 0)
+		hint = file_hint(st, p, entry);
 	search = search_path(st, dyn, hint);
 	if (!search)
 		goto out;
@@ -808,8 +813,10 @@ out:
 
 void nx_elf_predict(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 {
+	/* loaded by the program of its store path: with its library path,
+	 * as a library the loader opened for it would be */
 	if (st->ra_max && !nx_bg_stopped(st) && elf_first_time(st, p, entry))
-		nx_ra_queue_elf(st, p, entry, 1, 0);
+		nx_ra_queue_elf(st, p, entry, 1, file_hint(st, p, entry));
 }
 
 void nx_elf_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,

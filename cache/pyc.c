@@ -42,12 +42,24 @@
 struct pyver {
 	uint8_t magic[2];
 	uint8_t import_name, load_const, load_name, extended_arg;
+	/* COMPARE_OP (its comparison is oparg >> cmp_shift, 2 for ==) and the
+	 * forward POP_JUMP_IF_FALSE (relative, in code units, from after its
+	 * jif_caches inline cache entries) */
+	uint8_t compare_op, cmp_shift, jump_if_false, jif_caches;
 };
 
 static const struct pyver pyvers[] = {
-	{ { 0xa7, 0x0d }, 108, 100, 101, 144 }, /* 3.11: 3495 */
-	{ { 0xcb, 0x0d }, 108, 100, 101, 144 }, /* 3.12: 3531 */
-	{ { 0xf3, 0x0d }, 75, 83, 92, 71 },     /* 3.13: 3571 */
+	{ { 0xa7, 0x0d }, 108, 100, 101, 144, 107, 0, 114, 0 }, /* 3.11: 3495 */
+	{ { 0xcb, 0x0d }, 108, 100, 101, 144, 107, 4, 114, 0 }, /* 3.12: 3531 */
+	{ { 0xf3, 0x0d }, 75, 83, 92, 71, 58, 5, 97, 1 },       /* 3.13: 3571 */
+};
+
+/* `if sys.platform == "win32":` and the like: the values of sys.platform
+ * and os.name of other systems than the one a FUSE store serves (Linux).
+ * Imports in such a block are not run (asyncio's windows_events, which
+ * would bring tempfile, shutil, bz2, lzma). */
+static const char *const other_platforms[] = {
+	"win32", "cygwin", "msys", "nt", "darwin", "ios", "android", "emscripten", "wasi", "java",
 };
 
 #define PYC_HEADER 16
@@ -436,6 +448,8 @@ int nx_pyc_parse(const uint8_t *buf, size_t len, struct nx_pyc_imports *out)
 	uint32_t *cel = NULL, *nel = NULL;
 	struct { uint8_t op; uint32_t arg; } prev[2] = { { 0, 0 }, { 0, 0 } };
 	uint32_t ext = 0;
+	uint64_t skip_until = 0; /* code units of a block for another platform */
+	int plat = 0;            /* steps of `LOAD_CONST "win32"; COMPARE_OP ==` seen */
 	int rc;
 
 	out->n = 0;
@@ -478,7 +492,7 @@ int nx_pyc_parse(const uint8_t *buf, size_t len, struct nx_pyc_imports *out)
 		struct mval a, b, c;
 
 		if (op == OP_CACHE)
-			continue;
+			continue; /* not an instruction: the platform test goes on */
 		if (op == ver->extended_arg) {
 			if (arg > (UINT32_C(1) << 23))
 				break; /* no real code has 2^31 constants */
@@ -486,11 +500,18 @@ int nx_pyc_parse(const uint8_t *buf, size_t len, struct nx_pyc_imports *out)
 			continue;
 		}
 		ext = 0;
+		if (plat == 2 && op == ver->jump_if_false)
+			skip_until = u + 1 + ver->jif_caches + (uint64_t)arg;
+		plat = plat == 1 && op == ver->compare_op && (arg >> ver->cmp_shift) == 2 ? 2 : 0;
+		if (op == ver->load_const && elem(&m, cel, consts.len, arg, &a) == 0 && a.kind == MV_STR)
+			for (size_t k = 0; k < sizeof(other_platforms) / sizeof(other_platforms[0]); k++)
+				if (str_is(&m, &a, other_platforms[k]))
+					plat = 1;
 		if (op == ver->load_const && prev[0].op == ver->load_name &&
 		    elem(&m, cel, consts.len, arg, &a) == 0 && str_is(&m, &a, "__main__") &&
 		    elem(&m, nel, names.len, prev[0].arg, &b) == 0 && str_is(&m, &b, "__name__"))
 			break; /* `if __name__ == "__main__":` and what follows */
-		if (op == ver->import_name && prev[0].op == ver->load_const &&
+		if (op == ver->import_name && u >= skip_until && prev[0].op == ver->load_const &&
 		    prev[1].op == ver->load_const && !in_handler(buf + etab.off, etab.len, u) &&
 		    elem(&m, nel, names.len, arg, &a) == 0 && a.kind == MV_STR &&
 		    elem(&m, cel, consts.len, prev[0].arg, &b) == 0 &&
@@ -690,6 +711,11 @@ static void predict_file(struct pyres *c, int kind, uint32_t dir, const char *na
 	if (file == NOFILE || is_frozen(c, dir, name, n))
 		return;
 	if (kind == R_EXT) {
+		/* counted once: many imports name one extension (from _json
+		 * import a, b) */
+		if (!nx_pred_first_time(c->st, c->st->pyc_seen, NX_PYC_SEEN_SLOTS, &c->st->pyc_nseen,
+					NX_PYC_FILES, c->p, file))
+			return;
 		nx_log(NX_LOG_DEBUG, "predict: %s/%s: import of extension %.*s, entry %u",
 		       NX_STORE_DIR, c->p->base, (int)n, name, file);
 		nx_stat_add(&c->st->pred_import, 1);

@@ -15,8 +15,10 @@
 # the bench's link, bench/delayproxy (bench/link.sh; BENCH_PROXY=py:
 # tests/lib/faultproxy.py) with delay=MS, which holds every request that long
 # before forwarding it (a link with that much added round-trip time and no
-# bandwidth limit). The page cache is left warm for both methods (the NARs
-# and the image both fit in RAM): the figures are of the network path.
+# bandwidth limit). The page cache is warm for both methods (the NARs and
+# the image both fit in RAM; both are read once before every timed push, as
+# another bench's drop_caches would otherwise add up to 8 CPU-s of disk
+# reads to the next push): the figures are of the network path.
 # The CPU seconds of the pusher and of the registry are recorded with each
 # push (on 2 cores the two share the CPU, which bounds the 0 ms figure).
 # Samples in bench/results/push.tsv, medians and ratios as Markdown on stdout
@@ -114,6 +116,15 @@ say "closure: $ROOT: $NPATHS paths, $(awk -v b="$NARBYTES" 'BEGIN { printf "%.2f
 say "image: the layered OCI image of the closure (kept in $WORK/oci)"
 timed /usr/bin/python3 "$SRC/bench/oci-layered.py" "$ROOT" "$WORK/oci"
 IMGBYTES=$(du -sb "$WORK/oci/blobs" | cut -f1)
+mapfile -t CLOSURE_PATHS < <(nix-store -qR "$ROOT")
+# warm_cache METHOD: what the push reads, into the page cache
+warm_cache() {
+	if [ "$1" = nixoci ]; then
+		find "${CLOSURE_PATHS[@]}" -type f -print0 | xargs -0 cat >/dev/null
+	else
+		find "$WORK/oci" -type f -print0 | xargs -0 cat >/dev/null
+	fi
+}
 
 # ------------------------------------------------------ registry and proxy
 
@@ -175,6 +186,7 @@ for rtt in $RTTS; do
 		if [ $((run % 2)) = 1 ]; then order="nixoci skopeo"; else order="skopeo nixoci"; fi
 		for m in $order; do
 			fresh_registry "$rtt"
+			warm_cache "$m"
 			if [ "$m" = nixoci ]; then
 				c0=$(children_cpu) r0=$(proc_cpu "$REG_PID")
 				timed nixoci push --timeout "$TIMEOUT" ${PUSH_FLAGS[@]+"${PUSH_FLAGS[@]}"} --tag bench "$DEST/bench/store" "$ROOT"

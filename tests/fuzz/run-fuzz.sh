@@ -34,8 +34,8 @@ for t in "$@"; do
 			SANITIZE=fuzzer-no-link,address,undefined "$O/libfetch.a" || { rc=1; continue; }
 		fetch=$O/libfetch.a
 	fi
-	if [ "$t" = elf ]; then
-		# cache/'s private parser (it links the cache library)
+	if [ "$t" = elf ] || [ "$t" = pyc ]; then
+		# cache/'s private parsers (they link the cache library)
 		CFLAGS="-O1 -g" make --no-print-directory -s CC="$FCC" O=$O \
 			SANITIZE=fuzzer-no-link,address,undefined "$O/libcache.a" || { rc=1; continue; }
 		fetch=$O/libcache.a

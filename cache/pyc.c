@@ -906,13 +906,11 @@ void nx_pyc_job(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 	uint32_t *wave = malloc(NX_PYC_WAVE_MAX * sizeof(*wave));
 	uint32_t *next = malloc(NX_PYC_WAVE_MAX * sizeof(*next));
 	uint8_t *buf = NULL;
+	size_t cap = 0;
 	unsigned nwave = 1;
 	int rc;
 
 	if (!imp || !c || !wave || !next)
-		goto out;
-	buf = malloc(NX_PYC_MAX_BYTES);
-	if (!buf)
 		goto out;
 	wave[0] = entry;
 	c->st = st;
@@ -926,7 +924,17 @@ void nx_pyc_job(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 		for (unsigned i = 0; i < nwave && !nx_bg_stopped(st); i++) {
 			uint64_t size = c->toc->entries[wave[i]].size;
 
-			if (size > NX_PYC_MAX_BYTES || pyres_init(c, wave[i]) < 0)
+			if (size <= PYC_HEADER || size > NX_PYC_MAX_BYTES || pyres_init(c, wave[i]) < 0)
+				continue;
+			if (size > cap) {
+				uint8_t *nb = realloc(buf, (size_t)size);
+
+				if (!nb)
+					goto out;
+				buf = nb;
+				cap = (size_t)size;
+			}
+			if (!buf)
 				continue;
 			rc = nx_file_read(st, p, wave[i], 0, buf, (size_t)size);
 			if (rc == 0)

@@ -36,6 +36,7 @@ static const char usage_import[] =
 	"options:\n"
 	"  -j, --jobs N          parallel NAR downloads and uploads (default 4)\n"
 	"  --pack                small store paths share pack blobs (manifest format 2)\n"
+	"  --no-pack             every path its own NAR layer and TOC (format 1; the default)\n"
 	"  -t, --tag NAME        also write a closure index under tag NAME (only when\n"
 	"                        every path was imported)\n"
 	"  -k, --sign-key FILE   also sign with a nix-store --generate-binary-cache-key key\n"

@@ -1177,6 +1177,7 @@ int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int ar
 		{ "sign-key", required_argument, NULL, 'k' },
 		{ "mount-from", required_argument, NULL, 'M' },
 		{ "pack", no_argument, NULL, 'P' },
+		{ "no-pack", no_argument, NULL, 'N' },
 		NX_CLI_LONGOPTS,
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1207,6 +1208,9 @@ int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int ar
 			break;
 		case 'P':
 			o->pack = 1;
+			break;
+		case 'N': /* the last of --pack and --no-pack counts */
+			o->pack = 0;
 			break;
 		case '?':
 			return nx_cli_usage_error(usage, "%s: unknown option '%s'", cmd,

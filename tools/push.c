@@ -60,6 +60,8 @@ static const char usage_push[] =
 	"                        are mounted from it instead of uploaded\n"
 	"  --pack                small store paths share pack blobs (manifest format 2\n"
 	"                        of docs/format.md): far fewer upload requests\n"
+	"  --no-pack             every path its own NAR layer and TOC (format 1, read\n"
+	"                        by every nixoci; the default for now)\n"
 	"  -k, --sign-key FILE   sign with a nix-store --generate-binary-cache-key secret key\n"
 	"  --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
 

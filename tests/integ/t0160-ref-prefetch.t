@@ -14,7 +14,7 @@ begun() { grep -c "begin GET /v2/store/manifests/" "$PROXY_LOG" 2>/dev/null || t
 test_expect_success 'setup: registry, slow proxy, the CPython closure pushed' '
 	start_registry &&
 	build_big_closure &&
-	nixoci push --jobs 4 "$REG/store" "$BIG" &&
+	nixoci push --no-pack --jobs 4 "$REG/store" "$BIG" &&
 	start_faultproxy "$REG" &&
 	NREFS=$(nix-store --query --references "$BIG" | wc -l) &&
 	test "$NREFS" -ge 3

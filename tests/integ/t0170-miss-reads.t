@@ -45,7 +45,7 @@ for n in (\"s1\", \"s2\", \"s3\"):
 " "$src" &&
 	if [ -n "$LIB" ]; then cp "$LIB" "$src/lib.so"; fi &&
 	DATA=$(nix-store --add "$src") &&
-	nixoci push "$REG/miss" "$DATA" &&
+	nixoci push --no-pack "$REG/miss" "$DATA" &&
 	NAR=$(nar_digest miss "$DATA") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG"

@@ -37,8 +37,8 @@ test_expect_success 'setup: two closures, pushed; proxy' '
 	start_registry &&
 	D1=$(make_data nixoci-profile-one one) &&
 	D2=$(make_data nixoci-profile-two two) &&
-	nixoci push --tag c1 "$REG/pr" "$D1" &&
-	nixoci push --tag c2 "$REG/pr" "$D2" &&
+	nixoci push --no-pack --tag c1 "$REG/pr" "$D1" &&
+	nixoci push --no-pack --tag c2 "$REG/pr" "$D2" &&
 	NAR=$(nar_digest pr "$D1") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG"

@@ -51,7 +51,7 @@ test_expect_success 'setup: registry, the CPython closure, proxy in front' '
 
 test_expect_success 'a parallel push asks for the tag list, not for each path' '
 	n=$(log_lines) &&
-	nixoci push --jobs 16 --tag c "$PROXY/par" "$BIG" >par.out 2>&1 &&
+	nixoci push --no-pack --jobs 16 --tag c "$PROXY/par" "$BIG" >par.out 2>&1 &&
 	cat par.out &&
 	test "$(push_summary_field "$(cat par.out)" uploaded)" = "$NPATHS" &&
 	log_since $n >par.log &&
@@ -62,7 +62,7 @@ test_expect_success 'a parallel push asks for the tag list, not for each path' '
 '
 
 test_expect_success 'a serial push (-j1) writes the same manifests and index' '
-	nixoci push --jobs 1 --tag c "$PROXY/ser" "$BIG" >ser.out 2>&1 &&
+	nixoci push --no-pack --jobs 1 --tag c "$PROXY/ser" "$BIG" >ser.out 2>&1 &&
 	test "$(push_summary_field "$(cat ser.out)" uploaded)" = "$NPATHS" &&
 	digests par >par.digests &&
 	digests ser >ser.digests &&
@@ -79,7 +79,7 @@ test_expect_success 'single-request upload: tried once, then POST + PUT (Debian 
 
 test_expect_success 're-push of the unchanged closure: three reads, nothing uploaded' '
 	n=$(log_lines) &&
-	nixoci push --tag c "$PROXY/par" "$BIG" >re.out 2>&1 &&
+	nixoci push --no-pack --tag c "$PROXY/par" "$BIG" >re.out 2>&1 &&
 	cat re.out &&
 	grep -q "closure index c unchanged" re.out &&
 	test "$(push_summary_field "$(cat re.out)" uploaded)" = 0 &&
@@ -93,7 +93,7 @@ test_expect_success 're-push of the unchanged closure: three reads, nothing uplo
 
 test_expect_success 're-push with another root set writes a new index, uploads no blob' '
 	n=$(log_lines) &&
-	nixoci push --tag c "$PROXY/par" "$BIG" "$(echo "$BIG_CLOSURE" | head -n 1)" >re2.out 2>&1 &&
+	nixoci push --no-pack --tag c "$PROXY/par" "$BIG" "$(echo "$BIG_CLOSURE" | head -n 1)" >re2.out 2>&1 &&
 	cat re2.out &&
 	! grep -q "unchanged" re2.out &&
 	test "$(push_summary_field "$(cat re2.out)" uploaded)" = 0 &&
@@ -114,7 +114,7 @@ test_expect_success 'one path whose upload fails: a clear error, no closure inde
 		"http://$REG/v2/par/manifests/$tag" |
 		/usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)[\"layers\"][0][\"digest\"].split(\":\")[1])") &&
 	fault_set mode=status code=400 match=$layer &&
-	! nixoci push --tag c "$PROXY/fail" "$BIG" >fail.out 2>&1 &&
+	! nixoci push --no-pack --tag c "$PROXY/fail" "$BIG" >fail.out 2>&1 &&
 	fault_set pass &&
 	cat fail.out &&
 	test "$(fault_hits status)" -ge 1 &&
@@ -125,7 +125,7 @@ test_expect_success 'one path whose upload fails: a clear error, no closure inde
 '
 
 test_expect_success 'the failed push, run again, completes (and skips what it wrote)' '
-	nixoci push --tag c "$PROXY/fail" "$BIG" >fail2.out 2>&1 &&
+	nixoci push --no-pack --tag c "$PROXY/fail" "$BIG" >fail2.out 2>&1 &&
 	cat fail2.out &&
 	test "$(push_summary_field "$(cat fail2.out)" skipped)" -ge 1 &&
 	test "$(manifest_digest fail c)" = "$(awk "\$1 == \"index\" { print \$2 }" par.digests)"
@@ -133,7 +133,7 @@ test_expect_success 'the failed push, run again, completes (and skips what it wr
 
 test_expect_success '--mount-from: blobs are mounted from the other repository' '
 	n=$(log_lines) &&
-	nixoci push --mount-from par --tag c "$PROXY/mnt" "$BIG" >mnt.out 2>&1 &&
+	nixoci push --no-pack --mount-from par --tag c "$PROXY/mnt" "$BIG" >mnt.out 2>&1 &&
 	cat mnt.out &&
 	log_since $n >mnt.log &&
 	grep "POST /v2/mnt/blobs/uploads/?mount=sha256" mnt.log | grep -c -- "-> 201" >mounted.n &&
@@ -146,14 +146,14 @@ test_expect_success '--mount-from: blobs are mounted from the other repository' 
 '
 
 test_expect_success '--mount-from a repository that lacks the blobs: uploads them' '
-	nixoci push --mount-from nothere --jobs 4 "$PROXY/mnt2" "$BIG" >mnt2.out 2>&1 &&
+	nixoci push --no-pack --mount-from nothere --jobs 4 "$PROXY/mnt2" "$BIG" >mnt2.out 2>&1 &&
 	cat mnt2.out &&
 	test "$(push_summary_field "$(cat mnt2.out)" uploaded)" = "$NPATHS" &&
 	test "$(push_summary_field "$(cat mnt2.out)" bytes)" -gt 0
 '
 
 test_expect_success '--mount-from with a bad repository name: a clear error' '
-	! nixoci push --mount-from "Bad Name" "$PROXY/mnt3" "$BIG" >bad.out 2>&1 &&
+	! nixoci push --no-pack --mount-from "Bad Name" "$PROXY/mnt3" "$BIG" >bad.out 2>&1 &&
 	cat bad.out &&
 	grep -q "not a repository name" bad.out
 '

@@ -175,8 +175,8 @@ test_expect_success 'nixoci serve streams a packed path as a binary cache NAR' '
 	test_cmp want got
 '
 
-test_expect_success 'format 1 (no --pack) into another repository still mounts' '
-	nixoci push "$REG/plain1" "$SMALL" &&
+test_expect_success 'format 1 (--no-pack, which overrides an earlier --pack) into another repository still mounts' '
+	nixoci push --pack --no-pack "$REG/plain1" "$SMALL" &&
 	pack_field plain1 "$DATA" "m[\"artifactType\"], len(m[\"layers\"])" >f1 &&
 	grep -qx "application/vnd.nixoci.store-path.v1 2" f1 &&
 	mount_store "$REG/plain1" "$TRASH/v1" &&

@@ -58,7 +58,7 @@ for i in range(1, 17):
     open(\"%s/g%02d\" % (sys.argv[1], i), \"wb\").write(r.randbytes(640 * 1024))
 " "$src" &&
 	DATA2=$(nix-store --add "$src") &&
-	nixoci push "$REG/one" "$FDATA" "$DATA2" &&
+	nixoci push --no-pack "$REG/one" "$FDATA" "$DATA2" &&
 	BAD=$(nar_digest one "$FDATA") &&
 	test ${#BAD} = 64 &&
 	start_faultproxy "$REG" &&

@@ -347,4 +347,15 @@ struct nx_store_stats {
 };
 void nx_store_stats(struct nx_store *st, struct nx_store_stats *out);
 
+/*
+ * The import graph's edges from one .pyc (pyc.c), for the pusher's
+ * dev.nixoci.imports: the entries of @toc (.pyc files, extension modules)
+ * that .pyc @entry (its @len bytes at @buf) imports at module level,
+ * resolved as a mount resolves them; at most @cap, sorted, into @out,
+ * *@n of them. -ENOENT when @entry is not a .pyc the mount would parse,
+ * -EINVAL when it does not parse. No mount needed.
+ */
+int nx_pyc_edges(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len,
+		 uint32_t *out, unsigned cap, unsigned *n);
+
 #endif

@@ -27,6 +27,12 @@
  * prediction). The bytes are verified frames, parsed as hostile all the
  * same: every length and index is bounded by the buffer, recursion is
  * limited, and anything unexpected means "no prediction".
+ *
+ * That is the run-time rule, one wave per level of the import graph. The
+ * pusher runs the same parse and resolution (nx_pyc_edges, no mount) and
+ * records the graph in the manifest (dev.nixoci.imports); a path that
+ * carries it gets the whole closure of a module in one wave (graph_job)
+ * and no parse at all.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -565,7 +571,16 @@ static const char *const frozen[] = {
 
 #define NOFILE UINT32_MAX
 
-/* What a job knows of the .pyc it parses: where its imports resolve. */
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* What a job knows of the .pyc it parses: where its imports resolve.
+ * Without @st (nx_pyc_edges, at push time) every resolved file goes to
+ * next[], extension modules included. */
 struct pyres {
 	struct nx_store *st;
 	struct nx_spath *p;
@@ -710,6 +725,14 @@ static void predict_file(struct pyres *c, int kind, uint32_t dir, const char *na
 {
 	if (file == NOFILE || is_frozen(c, dir, name, n))
 		return;
+	if (!c->st) {
+		for (unsigned i = 0; i < c->nnext; i++)
+			if (c->next[i] == file)
+				return;
+		if (c->nnext < NX_PYC_WAVE_MAX)
+			c->next[c->nnext++] = file;
+		return;
+	}
 	if (kind == R_EXT) {
 		/* counted once: many imports name one extension (from _json
 		 * import a, b) */
@@ -822,14 +845,40 @@ static int pyres_init(struct pyres *c, uint32_t entry)
 	return 0;
 }
 
-/* ------------------------------------------------------------ prediction */
+static int looks_pyc(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len);
 
-static int cmp_u32(const void *a, const void *b)
+int nx_pyc_edges(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len,
+		 uint32_t *out, unsigned cap, unsigned *n)
 {
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	struct nx_pyc_imports *imp;
+	struct pyres c = { 0 };
+	int rc;
 
-	return x < y ? -1 : x > y;
+	*n = 0;
+	if (entry >= toc->nentries || toc->entries[entry].type != NX_NODE_REGULAR ||
+	    len != toc->entries[entry].size || len <= PYC_HEADER ||
+	    !looks_pyc(toc, entry, buf, len))
+		return -ENOENT;
+	c.toc = toc;
+	if (pyres_init(&c, entry) < 0)
+		return -ENOENT;
+	c.next = malloc(NX_PYC_WAVE_MAX * sizeof(*c.next));
+	imp = malloc(sizeof(*imp));
+	rc = c.next && imp ? nx_pyc_parse(buf, len, imp) : -ENOMEM;
+	if (rc == 0) {
+		for (unsigned k = 0; k < imp->n; k++)
+			resolve_item(&c, buf, &imp->item[k]);
+		qsort(c.next, c.nnext, sizeof(*c.next), cmp_u32);
+		for (unsigned k = 0; k < c.nnext && *n < cap; k++)
+			if (c.next[k] != entry)
+				out[(*n)++] = c.next[k];
+	}
+	free(imp);
+	free(c.next);
+	return rc;
 }
+
+/* ------------------------------------------------------------ prediction */
 
 /* The frames of the wave's files that are not cached, in few requests:
  * runs of adjacent frames, NX_MULTI_RUNS runs per request. -ENOSPC when
@@ -899,6 +948,72 @@ out:
 	return rc;
 }
 
+/* The first edge from @from in the sorted edge list @e (@n edges). */
+static size_t first_edge(const uint32_t *e, size_t n, uint32_t from)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (e[2 * mid] < from)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * With the import graph the pusher recorded (dev.nixoci.imports): every
+ * file @entry imports, directly or not, in one wave, instead of one wave
+ * per level of the graph. The files of the closure are marked as seen,
+ * so their own reads start nothing; a file seen before was the start or
+ * part of a closure already, so the walk stops there. The graph only
+ * names entries of this path (checked against its TOC on load), so a
+ * wrong one fetches verified frames of this path, within the budget.
+ */
+static void graph_job(struct nx_store *st, struct nx_spath *p, uint32_t entry)
+{
+	const struct nx_toc *toc = p->toc;
+	const uint32_t *e = p->man.imports;
+	size_t ne = p->man.nimports;
+	uint32_t *q = malloc(NX_PYC_FILES * sizeof(*q));
+	unsigned nq = 0, nwave = 0;
+
+	if (!q)
+		return;
+	q[nq++] = entry;
+	for (unsigned head = 0; head < nq && !nx_bg_stopped(st); head++) {
+		for (size_t k = first_edge(e, ne, q[head]); k < ne && e[2 * k] == q[head]; k++) {
+			uint32_t to = e[2 * k + 1];
+			const struct nx_toc_entry *te = &toc->entries[to];
+			size_t n = 0;
+			const char *name = nx_toc_name(toc, to, &n);
+			int ext = name && n > 3 && memcmp(name + n - 3, ".so", 3) == 0;
+
+			if (te->type != NX_NODE_REGULAR || (!ext && te->size > NX_PYC_MAX_BYTES) || !name ||
+			    nq >= NX_PYC_FILES ||
+			    !nx_pred_first_time(st, st->pyc_seen, NX_PYC_SEEN_SLOTS, &st->pyc_nseen,
+						NX_PYC_FILES, p, to))
+				continue;
+			if (ext) {
+				nx_log(NX_LOG_DEBUG, "predict: %s/%s: import of extension %.*s, entry %u",
+				       NX_STORE_DIR, p->base, (int)n, name, to);
+				nx_stat_add(&st->pred_import, 1);
+				nx_elf_predict(st, p, to);
+				continue;
+			}
+			q[nq++] = to;
+			nwave++;
+		}
+	}
+	/* q[1..]: the .pyc files of the closure, in walk order */
+	if (nwave && !nx_bg_stopped(st) && fetch_wave(st, p, q + 1, nwave) == 0)
+		nx_stat_add(&st->pred_import, nwave);
+	free(q);
+}
+
 void nx_pyc_job(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 {
 	struct nx_pyc_imports *imp = malloc(sizeof(*imp));
@@ -910,6 +1025,10 @@ void nx_pyc_job(struct nx_store *st, struct nx_spath *p, uint32_t entry)
 	unsigned nwave = 1;
 	int rc;
 
+	if (p->man.nimports) {
+		graph_job(st, p, entry);
+		goto out;
+	}
 	if (!imp || !c || !wave || !next)
 		goto out;
 	wave[0] = entry;
@@ -965,9 +1084,8 @@ out:
 }
 
 /* A .pyc of a known version in a __pycache__ directory. */
-static int looks_pyc(const struct nx_spath *p, uint32_t entry, const uint8_t *buf, size_t len)
+static int looks_pyc(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len)
 {
-	const struct nx_toc *toc = p->toc;
 	const struct nx_toc_entry *e = &toc->entries[entry];
 	const char *name, *dir;
 	size_t n = 0, dn = 0;
@@ -988,7 +1106,7 @@ void nx_pyc_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const 
 		 size_t len)
 {
 	/* a read-only cache keeps nothing a prediction would fetch */
-	if (!st->ra_max || st->readonly || nx_bg_stopped(st) || !looks_pyc(p, entry, buf, len))
+	if (!st->ra_max || st->readonly || nx_bg_stopped(st) || !looks_pyc(p->toc, entry, buf, len))
 		return;
 	if (nx_pred_first_time(st, st->pyc_seen, NX_PYC_SEEN_SLOTS, &st->pyc_nseen, NX_PYC_FILES, p,
 			       entry))

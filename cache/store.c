@@ -585,6 +585,21 @@ static int load_toc(struct nx_store *st, struct nx_spath *p, const char *sp,
 finish:
 	if (rc == 0)
 		rc = nx_toc_reader_finish(k.r, &p->toc);
+	if (rc == 0 && p->man.nimports) {
+		uint32_t top = 0;
+
+		for (size_t i = 0; i < 2 * p->man.nimports; i++)
+			top = p->man.imports[i] > top ? p->man.imports[i] : top;
+		if (top >= p->toc->nentries) {
+			/* a hint only: the path serves, its imports predicted at run time */
+			nx_log(NX_LOG_WARNING, "%s: ignoring its dev.nixoci.imports (entry %u of "
+					       "%u); its Python imports are predicted at run time",
+			       sp, top, p->toc->nentries);
+			free(p->man.imports);
+			p->man.imports = NULL;
+			p->man.nimports = 0;
+		}
+	}
 	if (rc == -EBADMSG) {
 		nx_stat_add(&st->verify_failures, 1);
 		nx_log(NX_LOG_ERR, "toc of %s: digest mismatch", sp);

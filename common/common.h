@@ -434,8 +434,20 @@ struct nx_manifest {
 	char **toc_sigs;    /* "name:base64" over nx_toc_fingerprint */
 	size_t ntoc_sigs;
 	char *zstd_params;  /* nx_packer_params() at push time */
+	/* dev.nixoci.imports (format.md 2): the import graph of the path's
+	 * .pyc files, nimports edges (importing entry, imported entry) at
+	 * imports[2i], imports[2i+1], sorted, unique; 0: none (or ignored) */
+	uint32_t *imports;
+	size_t nimports;
 };
 void nx_manifest_release(struct nx_manifest *m);
+/* The dev.nixoci.imports encoding: "v1;E:T,T;E:T" (format.md 2), at most
+ * NX_IMPORTS_MAX bytes. _format: *out caller frees, -E2BIG over the cap.
+ * _parse: strict (-EINVAL: bad syntax, unsorted, duplicate; -E2BIG), no
+ * log; *edges caller frees. */
+#define NX_IMPORTS_MAX (256u << 10)
+int nx_imports_format(const uint32_t *edges, size_t n, char **out);
+int nx_imports_parse(const char *s, uint32_t **edges, size_t *n);
 /* Deterministic serialization: same struct, same bytes. *json caller frees. */
 int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len);
 /* Strict parse of untrusted bytes (≤ NX_MANIFEST_MAX): media types, artifact

@@ -50,6 +50,7 @@ void nx_manifest_release(struct nx_manifest *m)
 	nx_pathinfo_release(&m->info);
 	free_list(m->toc_sigs, m->ntoc_sigs);
 	free(m->zstd_params);
+	free(m->imports);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -353,6 +354,109 @@ static int dup_opt(const char *s, char **out)
 	return *out ? 0 : -ENOMEM;
 }
 
+/* ---------------------------------------------------------- import graph */
+
+int nx_imports_format(const uint32_t *edges, size_t n, char **out)
+{
+	size_t cap = 3 + n * 22, len = 0;
+	char *s;
+
+	*out = NULL;
+	if (n > NX_IMPORTS_MAX)
+		return -E2BIG;
+	s = malloc(cap);
+	if (!s)
+		return -ENOMEM;
+	len = (size_t)snprintf(s, cap, "v1");
+	for (size_t i = 0; i < n; i++) {
+		int w;
+
+		if (i && edges[2 * i] == edges[2 * i - 2])
+			w = snprintf(s + len, cap - len, ",%u", edges[2 * i + 1]);
+		else
+			w = snprintf(s + len, cap - len, ";%u:%u", edges[2 * i], edges[2 * i + 1]);
+		if (w < 0 || (size_t)w >= cap - len) {
+			free(s);
+			return -EINVAL;
+		}
+		len += (size_t)w;
+	}
+	if (len > NX_IMPORTS_MAX) {
+		free(s);
+		return -E2BIG;
+	}
+	*out = s;
+	return 0;
+}
+
+/* A decimal entry index without a sign or leading zeros; *p moves past it. */
+static int imp_num(const char **p, uint32_t *v)
+{
+	const char *s = *p;
+	uint64_t x = 0;
+
+	if (*s < '0' || *s > '9' || (*s == '0' && s[1] >= '0' && s[1] <= '9'))
+		return -EINVAL;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		x = x * 10 + (uint64_t)(*s - '0');
+		if (x >= UINT32_MAX)
+			return -EINVAL;
+	}
+	*v = (uint32_t)x;
+	*p = s;
+	return 0;
+}
+
+int nx_imports_parse(const char *s, uint32_t **edges, size_t *n)
+{
+	size_t len = strlen(s), k = 0, cap = 0;
+	uint32_t *e = NULL, from = 0, to;
+	const char *p = s + 2;
+	int have = 0;
+
+	*edges = NULL;
+	*n = 0;
+	if (len > NX_IMPORTS_MAX)
+		return -E2BIG;
+	if (strncmp(s, "v1", 2) != 0)
+		return -EINVAL;
+	/* every edge takes at least 2 bytes ("a:b" or ",b") */
+	cap = len / 2 + 1;
+	e = malloc(cap * 2 * sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	while (*p) {
+		uint32_t prev_from = from;
+
+		if (*p++ != ';' || imp_num(&p, &from) < 0 || *p++ != ':' ||
+		    (have && from <= prev_from))
+			goto bad;
+		have = 1;
+		for (int first = 1;; first = 0) {
+			if (!first && *p++ != ',')
+				goto bad;
+			if (imp_num(&p, &to) < 0 || to == from ||
+			    (!first && to <= e[2 * k - 1]) || k >= cap)
+				goto bad;
+			e[2 * k] = from;
+			e[2 * k + 1] = to;
+			k++;
+			if (*p != ',')
+				break;
+		}
+	}
+	if (!k) {
+		free(e);
+		return -EINVAL;
+	}
+	*edges = e;
+	*n = k;
+	return 0;
+bad:
+	free(e);
+	return -EINVAL;
+}
+
 /* -------------------------------------------------------------- manifest */
 
 static int manifest_annotations(const struct nx_manifest *m, json_t *a)
@@ -393,6 +497,15 @@ static int manifest_annotations(const struct nx_manifest *m, json_t *a)
 		if (!s)
 			return -ENOMEM;
 		r = set_str(a, A_PREFIX "toc-sigs", s);
+		free(s);
+		if (r < 0)
+			return r;
+	}
+	if (m->nimports) {
+		r = nx_imports_format(m->imports, m->nimports, &s);
+		if (r < 0)
+			return r;
+		r = set_str(a, A_PREFIX "imports", s);
 		free(s);
 		if (r < 0)
 			return r;
@@ -624,6 +737,17 @@ static int manifest_parse_annotations(json_t *a, struct nx_manifest *m)
 			       &m->ntoc_sigs);
 		if (r < 0)
 			return r;
+	}
+	s = get_str(what, a, A_PREFIX "imports", 0);
+	if (s) {
+		/* a hint: a bad one is ignored, the path serves all the same */
+		r = nx_imports_parse(s, &m->imports, &m->nimports);
+		if (r == -ENOMEM)
+			return r;
+		if (r < 0)
+			nx_log(NX_LOG_WARNING, "manifest of %s: ignoring its dev.nixoci.imports (%s); "
+					    "its Python imports are predicted at run time",
+			       pi->store_path, r == -E2BIG ? "over 256 KiB" : "malformed");
 	}
 	s = get_str(what, a, A_PREFIX "zstd", 1);
 	if (!s)

@@ -63,6 +63,7 @@ void nx_pub_release(struct nx_pub *p)
 		free(p->paths[i].toc);
 		member_nar_free(&p->paths[i]);
 		free(p->paths[i].pk_toc);
+		free(p->paths[i].imports);
 	}
 	free(p->paths);
 	free(p->tags);
@@ -650,6 +651,8 @@ static int pack_manifest(struct nx_pub *p, struct nx_pub_path *pp)
 	m.toc.size = pp->pk_toc_len;
 	m.toc_off = pp->pk_toc_off;
 	m.zstd_params = (char *)nx_packer_params();
+	m.imports = pp->imports; /* shallow */
+	m.nimports = pp->nimports;
 	r = sign_manifest(p, &m, &s, &changed);
 	if (r == 0)
 		r = put_manifest(p, pp, tag, &m);
@@ -661,6 +664,122 @@ static int pack_manifest(struct nx_pub *p, struct nx_pub_path *pp)
 	}
 	sigset_release(&s);
 	return r;
+}
+
+/* The largest .pyc a mount parses (cache/pyc.c, NX_PYC_MAX_BYTES); the
+ * pusher reads no bigger one (nx_pyc_edges would refuse it). */
+#define PYC_MAX (4u << 20)
+
+/* Bytes [off, off + len) of the NAR, from the NAR layer @fd that the
+ * TOC @t describes; *fr, *frlen: the last frame decompressed, kept for the
+ * next file (a frame holds many small .pyc files). */
+static int nar_bytes(const struct nx_toc *t, int fd, uint64_t off, uint64_t len, uint8_t *out,
+		     uint32_t *frno, uint8_t **fr, size_t *frlen)
+{
+	uint32_t a, b;
+	int r = nx_toc_frames_for(t, off, len, &a, &b);
+
+	for (uint32_t k = a; r == 0 && k <= b; k++) {
+		const struct nx_toc_frame *f = &t->frames[k];
+		uint64_t s = off > f->uoff ? off : f->uoff;
+		uint64_t e = off + len < f->uoff + f->ulen ? off + len : f->uoff + f->ulen;
+
+		if (*frno != k) {
+			uint8_t *z = malloc(f->clen ? f->clen : 1);
+
+			free(*fr);
+			*fr = NULL;
+			*frno = UINT32_MAX;
+			r = z ? nx_pread_all(fd, z, f->clen, (off_t)f->coff) : -ENOMEM;
+			if (r == 0)
+				r = nx_zstd_decompress(z, f->clen, f->ulen, fr, frlen);
+			free(z);
+			if (r == 0 && *frlen != f->ulen)
+				r = -EBADMSG;
+			if (r < 0)
+				break;
+			*frno = k;
+		}
+		memcpy(out + (s - off), *fr + (s - f->uoff), e - s);
+	}
+	return r;
+}
+
+/*
+ * The import graph of @pp's .pyc files (format.md 2, dev.nixoci.imports):
+ * each parsed and resolved against the path's own TOC with the code a
+ * mount uses (nx_pyc_edges), from the NAR layer just written to @fd. A
+ * mount then fetches a module's whole import closure at once. Best
+ * effort: without it a mount parses the .pyc files as they arrive.
+ */
+static void import_graph(struct nx_pub_path *pp, int fd, const uint8_t *toc, size_t toclen)
+{
+	struct nx_toc *t = NULL;
+	uint32_t *e = NULL, out[256], frno = UINT32_MAX;
+	uint8_t *buf = NULL, *fr = NULL;
+	size_t n = 0, cap = 0, frlen = 0;
+	char *s = NULL;
+	int r;
+
+	if (nx_toc_decode(toc, toclen, &t) < 0)
+		return;
+	for (uint32_t i = 1; i < t->nentries; i++) {
+		const struct nx_toc_entry *en = &t->entries[i];
+		size_t nl = 0, pl = 0;
+		const char *name = nx_toc_name(t, i, &nl), *pn = nx_toc_name(t, en->parent, &pl);
+		unsigned k = 0;
+
+		/* the mount's predicate (pyc.c looks_pyc) is checked again there */
+		if (en->type != NX_NODE_REGULAR || en->size <= 16 || en->size > PYC_MAX ||
+		    !name || nl < 5 || memcmp(name + nl - 4, ".pyc", 4) != 0 || !pn || pl != 11 ||
+		    memcmp(pn, "__pycache__", 11) != 0)
+			continue;
+		if (!buf)
+			buf = malloc(PYC_MAX);
+		if (!buf)
+			goto out;
+		if (nar_bytes(t, fd, en->off, en->size, buf, &frno, &fr, &frlen) < 0)
+			goto out;
+		if (nx_pyc_edges(t, i, buf, (size_t)en->size, out, 256, &k) < 0 || !k)
+			continue;
+		if (!e || n + k > cap) {
+			size_t nc = 2 * cap + 1024 + k;
+			uint32_t *ne = malloc(nc * 2 * sizeof(*ne));
+
+			if (!ne)
+				goto out;
+			if (e)
+				memcpy(ne, e, n * 2 * sizeof(*ne));
+			free(e);
+			e = ne;
+			cap = nc;
+		}
+		for (unsigned j = 0; j < k && j < 256; j++) {
+			e[2 * n] = i;
+			e[2 * n + 1] = out[j];
+			n++;
+		}
+	}
+	if (!n)
+		goto out;
+	r = nx_imports_format(e, n, &s);
+	if (r < 0) {
+		nx_log(NX_LOG_DEBUG, "%s: its import graph (%zu edges) is over %u bytes: not recorded",
+		       pp->info.store_path, n, NX_IMPORTS_MAX);
+		goto out;
+	}
+	nx_log(NX_LOG_DEBUG, "%s: import graph of %zu edges, %zu bytes", pp->info.store_path, n,
+	       strlen(s));
+	free(pp->imports);
+	pp->imports = e;
+	pp->nimports = n;
+	e = NULL;
+out:
+	free(s);
+	free(e);
+	free(fr);
+	free(buf);
+	nx_toc_free(t);
 }
 
 int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,
@@ -681,6 +800,7 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	r = nx_zstd_compress(toc, toclen, &tocz, &tocz_len);
 	if (r < 0)
 		goto out;
+	import_graph(pp, fd, toc, toclen);
 
 	if (pp->group) {
 		r = pack_member(pp, fd, blob_size, &tocz, tocz_len);
@@ -693,6 +813,8 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	nx_sha256(tocz, tocz_len, m.toc.digest);
 	m.toc.size = tocz_len;
 	m.zstd_params = (char *)nx_packer_params();
+	m.imports = pp->imports; /* shallow */
+	m.nimports = pp->nimports;
 
 	/* A path whose tag the tag list lacks was never written here, so its
 	 * blobs are sent without asking: what that costs is sending again

@@ -156,6 +156,9 @@ struct nx_pub_path {
 	int pk_ready;
 	uint8_t pk_digest[NX_SHA256_LEN]; /* the pack's, once written */
 	uint64_t pk_size;
+	/* its .pyc files' import graph (dev.nixoci.imports), owned */
+	uint32_t *imports;
+	size_t nimports;
 };
 
 /* A planned pack (format.md 2.1): paths first..last of nx_pub.paths whose

@@ -87,6 +87,18 @@ test_expect_success 'setup: a package tree compiled by CPython, pushed, proxy' '
 	nixoci push "$REG/pyimp" "$P" &&
 	NAR=$(nar_digest pyimp "$P") &&
 	test ${#NAR} = 64 &&
+	# the run-time rule: the manifest as a pusher without the import
+	# graph wrote it (t0178 tests the graph)
+	h=${P##*/} && h=${h%%-*} &&
+	mt=application/vnd.oci.image.manifest.v1+json &&
+	curl -fsS -H "Accept: $mt" "http://$REG/v2/pyimp/manifests/$h" >man.json &&
+	grep -q "dev.nixoci.imports" man.json &&
+	/usr/bin/python3 -c "import json, sys
+m = json.load(open(sys.argv[1]))
+del m[\"annotations\"][\"dev.nixoci.imports\"]
+sys.stdout.write(json.dumps(m, separators=(\",\", \":\"), sort_keys=True))" man.json >man-old.json &&
+	curl -fsS -X PUT -H "Content-Type: $mt" --data-binary @man-old.json \
+		"http://$REG/v2/pyimp/manifests/$h" &&
 	start_faultproxy "$REG"
 '
 

@@ -162,6 +162,19 @@ def check_path(reg, repo, work, info):
     if info.get("deriver") and "dev.nixoci.deriver" in a:
         check(a["dev.nixoci.deriver"] == os.path.basename(info["deriver"]), "deriver annotation")
     check("dev.nixoci.zstd" in a, "no dev.nixoci.zstd annotation")
+    if "dev.nixoci.imports" in a:
+        # format.md 2: "v1;E:T,T;E:T", importers ascending, each one's targets ascending
+        g = a["dev.nixoci.imports"].split(";")
+        check(g[0] == "v1" and len(g) > 1, "imports annotation version")
+        last = -1
+        for x in g[1:]:
+            e, _, ts = x.partition(":")
+            t = ts.split(",")
+            check(all(v.isdigit() and str(int(v)) == v for v in [e] + t),
+                  "imports annotation %r" % x)
+            check(int(e) > last and [int(v) for v in t] == sorted(set(int(v) for v in t))
+                  and int(e) not in [int(v) for v in t], "imports annotation order %r" % x)
+            last = int(e)
     get_blob(reg, repo, c)
     nar = get_blob(reg, repo, ls[0])
     nframes = check_seek_table(nar, info["narSize"])

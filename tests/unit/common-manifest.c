@@ -462,6 +462,68 @@ static void test_window(void)
 	ok(k.got == 6 && memcmp(k.buf, "56789a", 6) == 0, "window: exactly the range, rebased");
 }
 
+/* dev.nixoci.imports (format.md 2): the encoding, strict parse, the cap,
+ * and a manifest that carries it (a bad one is ignored, the rest parses). */
+static void test_imports(void)
+{
+	static const uint32_t e[] = { 3, 7, 3, 9, 10, 3, 4294967294u, 0 };
+	static const char *const bad[] = {
+		"", "v", "v2", "v2;1:2", "v1;", "v1;1", "v1;1:", "v1;1:2,", "v1;1:2;",
+		"v1;1:2,2", "v1;1:3,2", "v1;2:1;1:3", "v1;2:1;2:3", "v1;01:2", "v1;1:02",
+		"v1;1:1", "v1;-1:2", "v1;+1:2", "v1;1:2 ", "v1; 1:2", "v1;1:4294967295",
+		"v1;1:99999999999999999999", "v1;1:2;3:4,x", "v1:1:2", "v11;1:2",
+	};
+	struct nx_manifest m, p;
+	uint32_t *got = NULL;
+	size_t n = 0, l = 0, big_n;
+	char *s = NULL, *j = NULL, *big;
+
+	ok(nx_imports_format(e, 4, &s) == 0 && s && strcmp(s, "v1;3:7,9;10:3;4294967294:0") == 0,
+	   "imports: format groups edges by importer");
+	ok(s && nx_imports_parse(s, &got, &n) == 0 && n == 4 && memcmp(got, e, sizeof(e)) == 0,
+	   "imports: parse(format(x)) == x");
+	free(got);
+	free(s);
+	ok(nx_imports_parse("v1", &got, &n) == -EINVAL && !got && n == 0, "imports: no edges");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ok(nx_imports_parse(bad[i], &got, &n) == -EINVAL && !got && n == 0,
+		   "imports: reject '%s'", bad[i]);
+		free(got);
+	}
+	/* over the cap: 256 KiB of edges "v1;1:2,3,4,..." */
+	big = malloc(NX_IMPORTS_MAX + 64);
+	l = (size_t)sprintf(big, "v1;1:2");
+	for (big_n = 3; l < NX_IMPORTS_MAX; big_n++)
+		l += (size_t)sprintf(big + l, ",%zu", big_n);
+	ok(nx_imports_parse(big, &got, &n) == -E2BIG && !got, "imports: reject over 256 KiB");
+	big[NX_IMPORTS_MAX - 8] = 0;
+	big[strrchr(big, ',') - big] = 0;
+	ok(nx_imports_parse(big, &got, &n) == 0 && n > 30000, "imports: just under the cap");
+	free(got);
+	free(big);
+
+	make_manifest(&m);
+	m.imports = malloc(sizeof(e));
+	memcpy(m.imports, e, sizeof(e));
+	m.nimports = 4;
+	ok(nx_manifest_build(&m, &j, &l) == 0 && j &&
+	   strstr(j, "\"dev.nixoci.imports\":\"v1;3:7,9;10:3;4294967294:0\""),
+	   "imports: built into the manifest");
+	ok(j && nx_manifest_parse(j, l, &p) == 0 && p.nimports == 4 &&
+	   memcmp(p.imports, e, sizeof(e)) == 0, "imports: parsed from the manifest");
+	nx_manifest_release(&p);
+	if (j) {
+		char *at = strstr(j, "v1;3:7");
+
+		at[1] = '9'; /* "v9;...": not this version */
+		ok(nx_manifest_parse(j, l, &p) == 0 && p.nimports == 0 && !p.imports &&
+		   p.info.store_path, "imports: a bad one is ignored, the manifest parses");
+		nx_manifest_release(&p);
+	}
+	free(j);
+	nx_manifest_release(&m);
+}
+
 int main(void)
 {
 	nx_log_set_level(NX_LOG_ERR - 1); /* the rejection cases log by design */
@@ -470,5 +532,6 @@ int main(void)
 	test_index();
 	test_packed();
 	test_window();
+	test_imports();
 	return done_testing();
 }

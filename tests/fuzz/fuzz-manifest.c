@@ -1,6 +1,7 @@
 /*
  * tests/fuzz/fuzz-manifest.c: the store-path manifest parser; an accepted
- * manifest must serialize again and parse to the same store path.
+ * manifest must serialize again and parse to the same store path and
+ * import graph.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			memset(&m2, 0, sizeof(m2));
 			if (nx_manifest_parse(again, len, &m2) != 0 ||
 			    strcmp(m.info.store_path, m2.info.store_path) != 0 ||
-			    memcmp(m.nar.digest, m2.nar.digest, NX_SHA256_LEN) != 0)
+			    memcmp(m.nar.digest, m2.nar.digest, NX_SHA256_LEN) != 0 ||
+			    m.nimports != m2.nimports ||
+			    (m.nimports && memcmp(m.imports, m2.imports,
+						  m.nimports * 2 * sizeof(*m.imports)) != 0))
 				__builtin_trap();
 			nx_manifest_release(&m2);
 			free(again);

@@ -810,6 +810,10 @@ void nx_pyc_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const 
 		 size_t len);
 void nx_pyc_seen_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, int fd, uint64_t off,
 		    size_t len);
+/* A read at offset 0 of @entry of @p misses: with the push-time import
+ * graph the job needs no bytes, so it starts now and the closure's wave
+ * travels with the file's own read instead of one round trip after it. */
+void nx_pyc_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry);
 /* The job: parse @entry, fetch the files it imports, parse those, ... */
 void nx_pyc_job(struct nx_store *st, struct nx_spath *p, uint32_t entry);
 void nx_ra_queue_pyc(struct nx_store *st, struct nx_spath *p, uint32_t entry);

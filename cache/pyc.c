@@ -1113,6 +1113,20 @@ void nx_pyc_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const 
 		nx_ra_queue_pyc(st, p, entry);
 }
 
+void nx_pyc_miss(struct nx_store *st, struct nx_spath *p, uint32_t entry)
+{
+	size_t k;
+
+	/* only a file the graph has edges from: the graph's .pyc files */
+	if (!p->man.nimports || !st->ra_max || st->readonly || nx_bg_stopped(st))
+		return;
+	k = first_edge(p->man.imports, p->man.nimports, entry);
+	if (k < p->man.nimports && p->man.imports[2 * k] == entry &&
+	    nx_pred_first_time(st, st->pyc_seen, NX_PYC_SEEN_SLOTS, &st->pyc_nseen, NX_PYC_FILES, p,
+			       entry))
+		nx_ra_queue_pyc(st, p, entry);
+}
+
 void nx_pyc_seen_fd(struct nx_store *st, struct nx_spath *p, uint32_t entry, int fd, uint64_t off,
 		    size_t len)
 {

@@ -1589,8 +1589,11 @@ int nx_store_read_ahead(struct nx_store *st, struct nx_spath *p, uint32_t entry,
 	if (rd)
 		nx_ra_after_read(st, rd, p, entry, off, n, last);
 	ext = nx_ra_extend(st, p, entry, last);
-	if (rd && !nx_chunk_known(st, toc->frames[first].sha256))
+	if (rd && !nx_chunk_known(st, toc->frames[first].sha256)) {
 		nx_ra_on_miss(st, rd, p, entry, off, first, ext);
+		if (off == 0)
+			nx_pyc_miss(st, p, entry);
+	}
 	rc = nx_frames_walk_ext(st, p, first, last, ext, NX_BATCH_BYTES, &ops, &w);
 	if (rc < 0 && rd)
 		nx_reader_fail(st, rd, p, entry);

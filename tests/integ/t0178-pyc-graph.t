@@ -9,7 +9,8 @@ the transitive closure of a 3-level import chain in one wave: fewer
 requests than the run-time rule, which learns each level when its bytes
 arrive (checked on the same artifact with the annotation removed). A
 function-level import is not fetched; bytes equal `nix-store --dump`. A
-malformed annotation, or one naming an entry the TOC does not have, is
+packed push (format 2) carries the same annotation and a closure mount
+uses it. A malformed annotation, or one naming an entry the TOC does not have, is
 ignored with one log line: the path serves and the run-time rule runs.'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
@@ -191,6 +192,25 @@ test_expect_success 'an artifact without the annotation: the run-time rule, one 
 	imports_all "$MNT" &&
 	unmount_store "$MNT" &&
 	! grep -q "dev.nixoci.imports" "$TRASH/fs-g2.log"
+'
+
+test_expect_success 'a packed push (format 2) carries the same graph, and a closure mount uses it (from the closure metadata)' '
+	o=$TRASH/other && mkdir -p "$o" && echo hi >"$o/f" && O=$(nix-store --add "$o") &&
+	nixoci push --pack --tag gp "$REG/pygp" "$P" "$O" &&
+	curl -fsS -H "Accept: $MT" "http://$REG/v2/pygp/manifests/$H" >man-p.json &&
+	/usr/bin/python3 -c "import json, sys
+a = json.load(open(sys.argv[1])); b = json.load(open(sys.argv[2]))
+assert a[\"annotations\"][\"dev.nixoci.format\"] == \"2\", a[\"annotations\"]
+assert a[\"annotations\"][\"dev.nixoci.imports\"] == b[\"annotations\"][\"dev.nixoci.imports\"]" \
+		man-p.json "$TRASH/man-orig.json" &&
+	MNT=$TRASH/g4 &&
+	mount_store "$REG/pygp" "$MNT" "cache=$TRASH/cg4,closure=gp" &&
+	head -c 16 "$MNT/${P##*/}/$(pyc)" >/dev/null &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT predict_import) -ge 5 ]" &&
+	sleep 1 &&
+	test "$(stats_field "$MNT" predict_import)" = 5 &&
+	same_dump "$MNT" &&
+	unmount_store "$MNT"
 '
 
 for bad in "v2;1:2" "v1;3:2,2" "v1;03:4" "v1;9:4;3:5" "v1;3:" "v1;1:4294967296" "v1;1:99999"; do

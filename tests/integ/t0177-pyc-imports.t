@@ -41,16 +41,14 @@ same_dump() {
 test_expect_success 'setup: a package tree compiled by CPython, pushed, proxy' '
 	src=$TRASH/pyapp &&
 	mkdir -p "$src/lib" &&
-	/usr/bin/python3 - "$src/lib" <<-\EOF &&
-	import os, random, sys
+	/usr/bin/python3 - "$src/lib" "$TEST_LIB_DIR" <<-\EOF &&
+	import os, sys
+	sys.dont_write_bytecode = True
+	sys.path.insert(0, sys.argv[2])
+	from pytree import Tree
 	root = sys.argv[1]
-	rnd = random.Random(177)
-	def mod(path, body):
-	    os.makedirs(os.path.dirname(path), exist_ok=True)
-	    data = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(200000))
-	    with open(path, "w") as f:
-	        f.write(body + "\nDATA = %r\n" % data)
-	mod(root + "/app/__init__.py", """
+	mod = Tree(root, 177).mod
+	mod("app/__init__.py", """
 	from . import a
 	import app.b
 	from app.c import d
@@ -65,13 +63,13 @@ test_expect_success 'setup: a package tree compiled by CPython, pushed, proxy' '
 	def later():
 	    from . import lazy
 	""")
-	mod(root + "/app/a/__init__.py", "from .. import e\n")
-	mod(root + "/app/b/__init__.py", "")
-	mod(root + "/app/c/__init__.py", "")
-	mod(root + "/app/c/d.py", "")
-	mod(root + "/app/e/__init__.py", "import json\n")
-	mod(root + "/app/fallback/__init__.py", "")
-	mod(root + "/app/lazy/__init__.py", "")
+	mod("app/a/__init__.py", "from .. import e\n")
+	mod("app/b/__init__.py", "")
+	mod("app/c/__init__.py", "")
+	mod("app/c/d.py", "")
+	mod("app/e/__init__.py", "import json\n")
+	mod("app/fallback/__init__.py", "")
+	mod("app/lazy/__init__.py", "")
 	# a .pyc of a known version whose code object does not parse
 	os.makedirs(root + "/bad/__pycache__")
 	open(root + "/bad/__init__.py", "w").close()

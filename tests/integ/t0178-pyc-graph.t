@@ -78,22 +78,20 @@ imports_all() {
 test_expect_success 'setup: a 3-level import chain compiled by CPython, pushed, proxy' '
 	src=$TRASH/pyapp &&
 	mkdir -p "$src/lib" &&
-	/usr/bin/python3 - "$src/lib" <<-\EOF &&
-	import os, random, sys
+	/usr/bin/python3 - "$src/lib" "$TEST_LIB_DIR" <<-\EOF &&
+	import sys
+	sys.dont_write_bytecode = True
+	sys.path.insert(0, sys.argv[2])
+	from pytree import Tree
 	root = sys.argv[1]
-	rnd = random.Random(178)
-	def mod(path, body):
-	    os.makedirs(os.path.dirname(path), exist_ok=True)
-	    data = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(200000))
-	    with open(path, "w") as f:
-	        f.write(body + "\nDATA = %r\n" % data)
-	mod(root + "/app/__init__.py", "import app.x\nfrom app import w\ndef later():\n    from . import lazy\n")
-	mod(root + "/app/x/__init__.py", "import app.y\n")
-	mod(root + "/app/y/__init__.py", "from app.z import q\n")
-	mod(root + "/app/z/__init__.py", "")
-	mod(root + "/app/z/q.py", "import json\n")
-	mod(root + "/app/w/__init__.py", "")
-	mod(root + "/app/lazy/__init__.py", "")
+	mod = Tree(root, 178).mod
+	mod("app/__init__.py", "import app.x\nfrom app import w\ndef later():\n    from . import lazy\n")
+	mod("app/x/__init__.py", "import app.y\n")
+	mod("app/y/__init__.py", "from app.z import q\n")
+	mod("app/z/__init__.py", "")
+	mod("app/z/q.py", "import json\n")
+	mod("app/w/__init__.py", "")
+	mod("app/lazy/__init__.py", "")
 	EOF
 	/usr/bin/python3 -m compileall -q --invalidation-mode unchecked-hash "$src/lib/app" &&
 	P=$(nix-store --add "$src") &&

@@ -358,4 +358,12 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out);
 int nx_pyc_edges(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len,
 		 uint32_t *out, unsigned cap, unsigned *n);
 
+/* The largest .pyc the import rule parses, at a mount or a push. */
+#define NX_PYC_MAX_BYTES (UINT64_C(4) << 20)
+
+/* 1 when entry @entry of @toc is named as a .pyc the import rule parses (a
+ * regular file NAME.pyc of 17 bytes to NX_PYC_MAX_BYTES in a __pycache__
+ * directory), before its magic number is known: what the pusher reads. */
+int nx_pyc_named(const struct nx_toc *toc, uint32_t entry);
+
 #endif

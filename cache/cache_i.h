@@ -74,7 +74,6 @@
 #define NX_PYC_SEEN_SLOTS 2048
 #define NX_PYC_DEPTH_MAX 16
 #define NX_PYC_WAVE_MAX 256
-#define NX_PYC_MAX_BYTES (UINT64_C(4) << 20)
 /* Directories remembered by the miss predictor (the oldest is forgotten). */
 #define NX_DIRMISS_SLOTS 64
 /* How long a reader's failed file fails at once (the kernel's retry). */

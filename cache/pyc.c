@@ -1083,23 +1083,31 @@ out:
 	free(imp);
 }
 
-/* A .pyc of a known version in a __pycache__ directory. */
-static int looks_pyc(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len)
+int nx_pyc_named(const struct nx_toc *toc, uint32_t entry)
 {
 	const struct nx_toc_entry *e = &toc->entries[entry];
 	const char *name, *dir;
 	size_t n = 0, dn = 0;
+
+	if (entry == 0 || e->type != NX_NODE_REGULAR || e->size <= PYC_HEADER ||
+	    e->size > NX_PYC_MAX_BYTES)
+		return 0;
+	name = nx_toc_name(toc, entry, &n);
+	dir = e->parent ? nx_toc_name(toc, e->parent, &dn) : NULL;
+	return name && n > 4 && memcmp(name + n - 4, ".pyc", 4) == 0 && dir && dn == 11 &&
+	       memcmp(dir, "__pycache__", 11) == 0;
+}
+
+/* A .pyc of a known version in a __pycache__ directory. */
+static int looks_pyc(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len)
+{
 	int known = 0;
 
-	if (len < PYC_HEADER || buf[2] != '\r' || buf[3] != '\n' || e->size > NX_PYC_MAX_BYTES ||
-	    entry == 0)
+	if (len < PYC_HEADER || buf[2] != '\r' || buf[3] != '\n')
 		return 0;
 	for (size_t i = 0; i < sizeof(pyvers) / sizeof(pyvers[0]); i++)
 		known |= buf[0] == pyvers[i].magic[0] && buf[1] == pyvers[i].magic[1];
-	name = nx_toc_name(toc, entry, &n);
-	dir = e->parent ? nx_toc_name(toc, e->parent, &dn) : NULL;
-	return known && name && n > 4 && memcmp(name + n - 4, ".pyc", 4) == 0 && dir && dn == 11 &&
-	       memcmp(dir, "__pycache__", 11) == 0;
+	return known && nx_pyc_named(toc, entry);
 }
 
 void nx_pyc_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const uint8_t *buf,

@@ -666,15 +666,12 @@ static int pack_manifest(struct nx_pub *p, struct nx_pub_path *pp)
 	return r;
 }
 
-/* The largest .pyc a mount parses (cache/pyc.c, NX_PYC_MAX_BYTES); the
- * pusher reads no bigger one (nx_pyc_edges would refuse it). */
-#define PYC_MAX (4u << 20)
-
 /* Bytes [off, off + len) of the NAR, from the NAR layer @fd that the
- * TOC @t describes; *fr, *frlen: the last frame decompressed, kept for the
- * next file (a frame holds many small .pyc files). */
+ * TOC @t describes; @fr (NX_FRAME_MAX bytes) keeps the last frame
+ * decompressed, frame *frno, for the next file (a frame holds many small
+ * .pyc files). */
 static int nar_bytes(const struct nx_toc *t, int fd, uint64_t off, uint64_t len, uint8_t *out,
-		     uint32_t *frno, uint8_t **fr, size_t *frlen)
+		     uint32_t *frno, uint8_t *fr)
 {
 	uint32_t a, b;
 	int r = nx_toc_frames_for(t, off, len, &a, &b);
@@ -685,22 +682,18 @@ static int nar_bytes(const struct nx_toc *t, int fd, uint64_t off, uint64_t len,
 		uint64_t e = off + len < f->uoff + f->ulen ? off + len : f->uoff + f->ulen;
 
 		if (*frno != k) {
-			uint8_t *z = malloc(f->clen ? f->clen : 1);
+			uint8_t *z = malloc(f->clen);
 
-			free(*fr);
-			*fr = NULL;
 			*frno = UINT32_MAX;
 			r = z ? nx_pread_all(fd, z, f->clen, (off_t)f->coff) : -ENOMEM;
 			if (r == 0)
-				r = nx_zstd_decompress(z, f->clen, f->ulen, fr, frlen);
+				r = nx_frame_decompress(z, f->clen, fr, f->ulen);
 			free(z);
-			if (r == 0 && *frlen != f->ulen)
-				r = -EBADMSG;
 			if (r < 0)
 				break;
 			*frno = k;
 		}
-		memcpy(out + (s - off), *fr + (s - f->uoff), e - s);
+		memcpy(out + (s - off), fr + (s - f->uoff), e - s);
 	}
 	return r;
 }
@@ -717,7 +710,7 @@ static void import_graph(struct nx_pub_path *pp, int fd, const uint8_t *toc, siz
 	struct nx_toc *t = NULL;
 	uint32_t *e = NULL, out[256], frno = UINT32_MAX;
 	uint8_t *buf = NULL, *fr = NULL;
-	size_t n = 0, cap = 0, frlen = 0;
+	size_t n = 0, cap = 0;
 	char *s = NULL;
 	int r;
 
@@ -725,20 +718,18 @@ static void import_graph(struct nx_pub_path *pp, int fd, const uint8_t *toc, siz
 		return;
 	for (uint32_t i = 1; i < t->nentries; i++) {
 		const struct nx_toc_entry *en = &t->entries[i];
-		size_t nl = 0, pl = 0;
-		const char *name = nx_toc_name(t, i, &nl), *pn = nx_toc_name(t, en->parent, &pl);
 		unsigned k = 0;
 
-		/* the mount's predicate (pyc.c looks_pyc) is checked again there */
-		if (en->type != NX_NODE_REGULAR || en->size <= 16 || en->size > PYC_MAX ||
-		    !name || nl < 5 || memcmp(name + nl - 4, ".pyc", 4) != 0 || !pn || pl != 11 ||
-		    memcmp(pn, "__pycache__", 11) != 0)
+		/* named as the mount's rule reads it; nx_pyc_edges checks the magic */
+		if (!nx_pyc_named(t, i))
 			continue;
-		if (!buf)
-			buf = malloc(PYC_MAX);
-		if (!buf)
+		if (!buf) {
+			buf = malloc(NX_PYC_MAX_BYTES);
+			fr = malloc(NX_FRAME_MAX);
+		}
+		if (!buf || !fr)
 			goto out;
-		if (nar_bytes(t, fd, en->off, en->size, buf, &frno, &fr, &frlen) < 0)
+		if (nar_bytes(t, fd, en->off, en->size, buf, &frno, fr) < 0)
 			goto out;
 		if (nx_pyc_edges(t, i, buf, (size_t)en->size, out, 256, &k) < 0 || !k)
 			continue;

@@ -341,6 +341,8 @@ struct nx_store_stats {
 				     * read jumped in them (mapped files) */
 	uint64_t predict_import;    /* Python modules (.pyc, extension)
 				     * fetched before their import */
+	uint64_t predict_exec;      /* programs a script runs (#! and
+				     * exec), fetched before it runs them */
 	int offline;               /* the source was found gone (refused,
 				    * unreachable, silent) and has not
 				    * answered since */

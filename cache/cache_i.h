@@ -466,6 +466,7 @@ struct nx_store {
 	uint64_t elf_parsed, elf_libs; /* elf.c */
 	uint64_t pred_whole;           /* readahead.c: files predicted whole at a jump */
 	uint64_t pred_import;          /* pyc.c: modules fetched before their import */
+	uint64_t pred_exec;            /* elf.c: programs a script runs, fetched before */
 };
 
 static inline void nx_stat_add(uint64_t *v, uint64_t n)

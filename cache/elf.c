@@ -678,6 +678,112 @@ static char *search_path(struct nx_store *st, const struct nx_elf_dyn *dyn, unsi
 	return s;
 }
 
+static void script_seen(struct nx_store *st, const uint8_t *buf, size_t len);
+static size_t next_word(const char **s, const char *end, char *out, size_t cap);
+
+/* At most this many programs a script runs are predicted (its #!
+ * interpreter, the store files its exec commands name). */
+#define NX_SCRIPT_PROGS 8
+
+/* Program @word of script @p (an absolute path in the store, no
+ * variable, not a colon list) resolved as the kernel's exec resolves it
+ * and queued as a library would be: its start, its loadable segments,
+ * then its own libraries. 1 when it was queued. */
+static int script_prog(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		       const char *word)
+{
+	struct nx_spath *q = NULL;
+	uint32_t prog = 0;
+	int rc, go = 0;
+
+	if (strncmp(word, NX_STORE_DIR "/", sizeof(NX_STORE_DIR)) != 0 || strpbrk(word, "$:`"))
+		return 0;
+	rc = resolve_path(st, p, word, &q, &prog);
+	if (rc < 0) {
+		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u runs %s: not in the store (%s)",
+		       NX_STORE_DIR, p->base, entry, word, strerror(-rc));
+		return 0;
+	}
+	if (elf_first_time(st, q, prog)) {
+		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u runs %s: %s/%s entry %u", NX_STORE_DIR,
+		       p->base, entry, word, NX_STORE_DIR, q->base, prog);
+		nx_stat_add(&st->pred_exec, 1);
+		nx_ra_queue_elf(st, q, prog, depth + 1, file_hint(st, q, prog));
+		go = 1;
+	}
+	nx_spath_put(q);
+	return go;
+}
+
+/* 1 when [@a, @a+4) is the shell word "exec" at @s..@end. */
+static int exec_word(const char *s, const char *a, const char *end)
+{
+	return end - a > 4 && memcmp(a, "exec", 4) == 0 && (a[4] == ' ' || a[4] == '\t') &&
+	       (a == s || strchr(" \t;&|({", a[-1]));
+}
+
+/*
+ * A script the kernel or a shell runs (#!): what runs next is named in
+ * it, and every such name is a round trip the program would otherwise
+ * wait for in turn (the interpreter, then the program a wrapper execs,
+ * then the loader's libraries for it). Its #! interpreter and the store
+ * files on its exec lines (a wrapper's "exec -a "$0" /nix/store/...",
+ * "exec .../ld-linux-x86-64.so.2 --library-path DIRS PROGRAM") are
+ * resolved through the TOCs and fetched as a loaded library is, each
+ * then predicting its own libraries, or, a script itself, what it runs.
+ * A word that names nothing in the store is skipped; a script's store
+ * path references whatever it names, so nothing outside the closure is
+ * entered. Bounded by NX_SCRIPT_PROGS per script and the rule's per-mount
+ * file and byte budget.
+ */
+static void script_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth)
+{
+	uint64_t size = p->toc->entries[entry].size;
+	size_t len = size < NX_ELF_SCRIPT_MAX ? (size_t)size : (size_t)NX_ELF_SCRIPT_MAX;
+	/* zeroed: the analyzer cannot see the read's callbacks fill it */
+	char *buf = calloc(1, len + 1), *word = malloc(NX_ELF_PATH_MAX);
+	const char *s, *end, *line;
+	unsigned n = 0;
+
+	if (!buf || !word || len < 3 || depth >= NX_ELF_DEPTH_MAX ||
+	    nx_file_read(st, p, entry, 0, buf, len) < 0)
+		goto out;
+	buf[len] = 0;
+	/* a wrapper predicted from another script: its library path, for
+	 * the program it runs (a script read by a reader noted it already) */
+	if (depth > 0)
+		script_seen(st, (const uint8_t *)buf, len);
+	end = buf + len;
+	line = memchr(buf, '\n', len);
+	s = buf + 2;
+	if (line && next_word(&s, line, word, NX_ELF_PATH_MAX))
+		n += (unsigned)script_prog(st, p, entry, depth, word);
+	for (const char *l = line ? line + 1 : end; l < end && n < NX_SCRIPT_PROGS &&
+						       !nx_bg_stopped(st);) {
+		const char *le = memchr(l, '\n', (size_t)(end - l)), *a;
+
+		if (!le)
+			le = end;
+		for (a = l; a < le && (*a == ' ' || *a == '\t'); a++)
+			;
+		/* comments name nothing that runs */
+		if (a < le && *a != '#') {
+			for (const char *x = a; x + 4 < le; x++) {
+				if (!exec_word(l, x, le))
+					continue;
+				s = x + 4;
+				while (n < NX_SCRIPT_PROGS && next_word(&s, le, word, NX_ELF_PATH_MAX))
+					n += (unsigned)script_prog(st, p, entry, depth, word);
+				break;
+			}
+		}
+		l = le + 1;
+	}
+out:
+	free(word);
+	free(buf);
+}
+
 void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
 		unsigned hint)
 {
@@ -700,7 +806,18 @@ void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigne
 			       NX_STORE_DIR, p->base, entry, strerror(-rc));
 			goto out;
 		}
+		if (hdr[0] == '#' && hdr[1] == '!') {
+			script_job(st, p, entry, depth);
+			goto out;
+		}
 		nx_stat_add(&st->elf_libs, 1);
+	} else {
+		uint8_t h[2];
+
+		if (fr_read(&r, 0, h, sizeof(h)) == 0 && h[0] == '#' && h[1] == '!') {
+			script_job(st, p, entry, 0);
+			goto out;
+		}
 	}
 	dyn = malloc(sizeof(*dyn));
 	if (!dyn)
@@ -826,6 +943,9 @@ void nx_elf_seen(struct nx_store *st, struct nx_spath *p, uint32_t entry, const 
 		return;
 	if (buf[0] == '#' && buf[1] == '!') {
 		script_seen(st, buf, len < NX_ELF_SCRIPT_MAX ? len : NX_ELF_SCRIPT_MAX);
+		/* what it runs, in the background (resolving may load paths) */
+		if (elf_first_time(st, p, entry))
+			nx_ra_queue_elf(st, p, entry, 0, 0);
 		return;
 	}
 	if (memcmp(buf, "\177ELF\2\1\1", 7) != 0)

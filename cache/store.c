@@ -1668,6 +1668,7 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out)
 	out->predict_libs = nx_stat_get(&st->elf_libs);
 	out->predict_whole = nx_stat_get(&st->pred_whole);
 	out->predict_import = nx_stat_get(&st->pred_import);
+	out->predict_exec = nx_stat_get(&st->pred_exec);
 	pthread_mutex_lock(&st->lock);
 	out->offline = st->offline;
 	out->paths_in_memory = st->paths_in_memory;

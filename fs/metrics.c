@@ -189,6 +189,7 @@ int nx_fs_metrics_text(struct nx_fs *fs, char *buf, size_t cap)
 		{ "nixoci_predict_libs_total", "counter", "shared libraries whose start was fetched before the loader opened them", ss.predict_libs },
 		{ "nixoci_predict_whole_total", "counter", "files fetched whole in the background when a read jumped in them (mapped files)", ss.predict_whole },
 		{ "nixoci_predict_import_total", "counter", "Python modules (.pyc files, extension modules) fetched before their import, from the imports of the modules already read", ss.predict_import },
+		{ "nixoci_predict_exec_total", "counter", "programs a script runs (its #! interpreter, the store files of its exec lines) fetched before it runs them", ss.predict_exec },
 		{ "nixoci_warm_bytes_total", "counter", "bytes of cached chunk files read ahead from disk when a file was opened", ss.warm_bytes },
 		{ "nixoci_complete_files_total", "counter", "mostly read files completed in the background for passthrough", ss.complete_files },
 		{ "nixoci_complete_bytes_total", "counter", "compressed bytes fetched to complete mostly read files", ss.complete_bytes },

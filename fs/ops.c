@@ -1198,6 +1198,7 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     "predict_libs %" PRIu64 "\n"
 		     "predict_whole %" PRIu64 "\n"
 		     "predict_import %" PRIu64 "\n"
+		     "predict_exec %" PRIu64 "\n"
 		     "runs_shared %" PRIu64 "\n",
 		     ss.frames_fetched, ss.bytes_fetched, ss.cache_hits, ss.cache_misses,
 		     ss.cache_bytes, ss.copy_bytes, ss.cache_limit, ss.evictions, ss.verify_failures, ss.errors,
@@ -1205,7 +1206,8 @@ static int stats_text(struct nx_fs *fs, char *buf, size_t cap)
 		     ss.meta_bytes, ss.meta_budget, fst.requests, ss.readahead_frames, ss.offline,
 		     fst.connections, fst.h2_requests, ss.warm_files, ss.warm_frames, ss.warm_bytes,
 		     ss.complete_files, ss.complete_bytes,
-		     ss.predict_elf_files, ss.predict_libs, ss.predict_whole, ss.predict_import, ss.runs_shared);
+		     ss.predict_elf_files, ss.predict_libs, ss.predict_whole, ss.predict_import, ss.predict_exec,
+		     ss.runs_shared);
 	if (n < 0 || (size_t)n >= cap)
 		return -EIO;
 	n += session_stats(fs, buf + n, cap - (size_t)n);

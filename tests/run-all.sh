@@ -49,7 +49,7 @@ prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${tests[@]}
 # cleanup check fails on both). NIXOCI_NO_SAN=1 skips this pass;
 # NIXOCI_SAN_TESTS lists the integration tests (names without .t) to run.
 SAN_TESTS=${NIXOCI_SAN_TESTS:-t0010-push-mount t0030-errors t0050-format t0060-trust
-	t0150-closure-meta t0151-closure-mount-chain t0160-ref-prefetch t0170-miss-reads t0171-profile t0172-multirange t0173-miss-predict t0174-elf-needed t0175-miss-jump t0176-shared-requests t0177-pyc-imports t0178-pyc-graph t0180-push-round-trips t0190-pack
+	t0150-closure-meta t0151-closure-mount-chain t0160-ref-prefetch t0170-miss-reads t0171-profile t0172-multirange t0173-miss-predict t0174-elf-needed t0175-miss-jump t0176-shared-requests t0177-pyc-imports t0178-pyc-graph t0179-script-exec t0180-push-round-trips t0190-pack
 	t0142-session-loop t0143-warm-open t0144-complete t0400-hostile t0430-security t0540-meta-budget t0500-cache-faults t0545-privileges t0700-safe-mount
 	t0750-json-metrics t0600-import t0610-serve t0620-register}
 if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-san/bin/nixoci-fs" ]; then

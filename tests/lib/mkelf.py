@@ -102,13 +102,17 @@ def main():
                 f.write(elf(needed, runpath, int(pad), exe, seed=path))
             os.chmod(p, 0o755 if exe else 0o555)
         # "ld.so --library-path DIRS PROGRAM" wrappers: "PATH TEXT", @out@
-        # standing for $out
+        # standing for $out, a literal \n for a new line; "#!/bin/sh" first
+        # unless TEXT starts with its own "#!"
         for line in os.environ.get("scripts", "").strip().splitlines():
             path, text = line.split(" ", 1)
             p = os.path.join(out, path)
             os.makedirs(os.path.dirname(p), exist_ok=True)
+            text = text.replace("@out@", out).replace("\\n", "\n")
+            if not text.startswith("#!"):
+                text = "#!/bin/sh\n" + text
             with open(p, "w") as f:
-                f.write("#!/bin/sh\n" + text.replace("@out@", out) + "\n")
+                f.write(text + "\n")
             os.chmod(p, 0o755)
         for line in os.environ.get("links", "").strip().splitlines():
             link, target = line.split()

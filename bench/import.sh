@@ -112,6 +112,8 @@ CACHE=http://127.0.0.1:$HTTP_PORT
 REG_DIR=$RUN/registry
 mkdir -p "$REG_DIR/storage"
 REG_PORT=$(free_port)
+# blob descriptors cached in memory, as in the config.yml Debian ships with
+# docker-registry (distribution's default): the same for every method compared
 cat >"$REG_DIR/config.yml" <<EOT
 version: 0.1
 log:
@@ -119,6 +121,8 @@ log:
   accesslog:
     disabled: true
 storage:
+  cache:
+    blobdescriptor: inmemory
   filesystem:
     rootdirectory: $REG_DIR/storage
 http:

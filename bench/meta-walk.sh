@@ -71,6 +71,8 @@ say "closure of $ROOT: $NPATHS paths"
 
 port=$(free_port)
 mkdir -p "$WORK/reg"
+# blob descriptors cached in memory, as in the config.yml Debian ships with
+# docker-registry (distribution's default): the same for every method compared
 cat >"$WORK/reg/config.yml" <<EOF
 version: 0.1
 log:
@@ -78,6 +80,8 @@ log:
   accesslog:
     disabled: true
 storage:
+  cache:
+    blobdescriptor: inmemory
   filesystem:
     rootdirectory: $WORK/reg/storage
 http:

@@ -162,6 +162,8 @@ say "closure: $ROOT: $(awk -F'\t' '$1=="paths"{p=$2} $1=="nar_bytes"{b=$2} END {
 REG_DIR=$RUN/registry
 mkdir -p "$REG_DIR/storage"
 REG_PORT=$(free_port)
+# blob descriptors cached in memory, as in the config.yml Debian ships with
+# docker-registry (distribution's default): the same for every method compared
 cat >"$REG_DIR/config.yml" <<EOF
 version: 0.1
 log:
@@ -169,6 +171,8 @@ log:
   accesslog:
     disabled: true
 storage:
+  cache:
+    blobdescriptor: inmemory
   filesystem:
     rootdirectory: $REG_DIR/storage
 http:

@@ -58,6 +58,8 @@ JAVA=$(readlink "$CROOT/bin/java")
 mkdir -p "$W/reg/storage"
 port=$(/usr/bin/python3 -c 'import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# blob descriptors cached in memory, as in the config.yml Debian ships with
+# docker-registry (distribution's default): the same for every method compared
 cat >"$W/reg/config.yml" <<EOF
 version: 0.1
 log:
@@ -65,6 +67,8 @@ log:
   accesslog:
     disabled: true
 storage:
+  cache:
+    blobdescriptor: inmemory
   filesystem:
     rootdirectory: $W/reg/storage
 http:

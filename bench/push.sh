@@ -2,21 +2,40 @@
 # bench/push.sh [O]: pushing a closure, nixoci against skopeo (make bench runs
 # it; alone: make bench-push). Same closure as run.sh (bench/closure, its
 # nix-build kept in $BENCH_WORK/closure) and the same layered OCI image of
-# it (bench/oci-layered.py, kept in $BENCH_WORK/oci). For each added round
-# trip time (BENCH_PUSH_RTTS, default "0 40" ms) and each of BENCH_RUNS runs:
+# it (bench/oci-layered.py: gzip layers in $BENCH_WORK/oci, the same layers
+# uncompressed in $BENCH_WORK/oci-raw; both made once and reused). For each
+# added round trip time (BENCH_PUSH_RTTS, default "0 40" ms), each of
+# BENCH_RUNS runs (default 3) and each method of BENCH_PUSH_METHODS (default
+# "nixoci skopeo skopeo-raw"):
 #
-#   nixoci   nixoci push --tag bench of the closure from the local store
-#            into an empty registry (fresh storage)
-#   repush   the same push again, unchanged closure: nothing to upload
-#   skopeo   skopeo copy of the layered image (oci:DIR, made beforehand)
-#            into an empty registry (fresh storage)
+#   nixoci      nixoci push --tag bench of the closure from the local store
+#               into an empty registry (fresh storage)
+#   repush      (with nixoci) the same push again, unchanged closure:
+#               nothing to upload
+#   skopeo      skopeo copy of the layered image with its layers gzipped
+#               beforehand (oci:$BENCH_WORK/oci) into an empty registry:
+#               skopeo compresses nothing while it is timed
+#   skopeo-raw  skopeo copy of the same image with uncompressed layers
+#               (oci:$BENCH_WORK/oci-raw) into an empty registry: skopeo
+#               compresses each layer on the way, which is how Nix users
+#               push (dockerTools.streamLayeredImage, buildLayeredImage's
+#               layers, nix2container all hand skopeo uncompressed tars);
+#               gzip by default, BENCH_PUSH_RAW_FORMAT=zstd for
+#               --dest-compress-format zstd. The pushed manifest's layer
+#               media types are checked after each push.
+#
+# BENCH_CLOSURE=PATH pushes that closure (a store path or a link to one, e.g.
+# an earlier $BENCH_WORK/closure) instead of nix-building bench/closure:
+# spec.py describes the host's Debian packages, so installing packages
+# changes the closure that a new nix-build makes. The images follow the
+# closure ($BENCH_WORK/oci*/root records which one they hold).
 #
 # 0 ms talks to the registry directly; other RTTs go through
 # the bench's link, bench/delayproxy (bench/link.sh; BENCH_PROXY=py:
 # tests/lib/faultproxy.py) with delay=MS, which holds every request that long
 # before forwarding it (a link with that much added round-trip time and no
-# bandwidth limit). The page cache is warm for both methods (the NARs and
-# the image both fit in RAM; both are read once before every timed push, as
+# bandwidth limit). The page cache is warm for every method (the NARs and
+# the images fit in RAM; what a push reads is read once before it, as
 # another bench's drop_caches would otherwise add up to 8 CPU-s of disk
 # reads to the next push): the figures are of the network path.
 # The CPU seconds of the pusher and of the registry are recorded with each
@@ -41,6 +60,12 @@ RTTS=${BENCH_PUSH_RTTS:-0 40}
 # (which stores each request whole before forwarding it) and the registry
 # answer the PUT of a large blob late; skopeo waits without a limit
 TIMEOUT=${BENCH_PUSH_TIMEOUT:-300}
+METHODS=${BENCH_PUSH_METHODS:-nixoci skopeo skopeo-raw}
+RAW_FORMAT=${BENCH_PUSH_RAW_FORMAT:-gzip}
+case $RAW_FORMAT in gzip | zstd) ;; *) echo "BENCH_PUSH_RAW_FORMAT: gzip or zstd, not $RAW_FORMAT" >&2; exit 2 ;; esac
+for m in $METHODS; do
+	case $m in nixoci | skopeo | skopeo-raw) ;; *) echo "BENCH_PUSH_METHODS: unknown method $m" >&2; exit 2 ;; esac
+done
 # extra options of both nixoci pushes, e.g. BENCH_PUSH_FLAGS=--pack (format 2)
 read -r -a PUSH_FLAGS <<<"${BENCH_PUSH_FLAGS:-}"
 RUN=$WORK/push-run
@@ -108,11 +133,17 @@ wait_for() {
 
 # ------------------------------------------------------- closure and image
 
-say "closure: nix-build (cached after the first run of make bench)"
-/usr/bin/python3 "$SRC/bench/closure/spec.py" >"$RUN/spec.json" 2>>"$RUN/cmd.log"
-timed nix-build "$SRC/bench/closure/closure.nix" --arg spec "$RUN/spec.json" \
-	"${NIXB[@]}" --max-jobs 8 --out-link "$WORK/closure"
-ROOT=$(readlink -f "$WORK/closure")
+if [ -n "${BENCH_CLOSURE:-}" ]; then
+	ROOT=$(readlink -f "$BENCH_CLOSURE")
+	nix-store -q --hash "$ROOT" >/dev/null 2>&1 || die "BENCH_CLOSURE=$BENCH_CLOSURE is not a valid store path"
+	say "closure: $ROOT (BENCH_CLOSURE, not built)"
+else
+	say "closure: nix-build (cached after the first run of make bench)"
+	/usr/bin/python3 "$SRC/bench/closure/spec.py" >"$RUN/spec.json" 2>>"$RUN/cmd.log"
+	timed nix-build "$SRC/bench/closure/closure.nix" --arg spec "$RUN/spec.json" \
+		"${NIXB[@]}" --max-jobs 8 --out-link "$WORK/closure"
+	ROOT=$(readlink -f "$WORK/closure")
+fi
 read -r NPATHS NARBYTES < <(nix path-info --json -r "$ROOT" | /usr/bin/python3 -c '
 import json, sys
 i = json.load(sys.stdin)
@@ -121,14 +152,30 @@ say "closure: $ROOT: $NPATHS paths, $(awk -v b="$NARBYTES" 'BEGIN { printf "%.2f
 say "image: the layered OCI image of the closure (kept in $WORK/oci)"
 timed /usr/bin/python3 "$SRC/bench/oci-layered.py" "$ROOT" "$WORK/oci"
 IMGBYTES=$(du -sb "$WORK/oci/blobs" | cut -f1)
+RAWBYTES=0
+if [[ " $METHODS " = *" skopeo-raw "* ]]; then
+	say "image: the same with uncompressed layers (kept in $WORK/oci-raw)"
+	timed /usr/bin/python3 "$SRC/bench/oci-layered.py" --uncompressed "$WORK/oci" "$WORK/oci-raw"
+	RAWBYTES=$(du -sb "$WORK/oci-raw/blobs" | cut -f1)
+fi
 mapfile -t CLOSURE_PATHS < <(nix-store -qR "$ROOT")
 # warm_cache METHOD: what the push reads, into the page cache
 warm_cache() {
-	if [ "$1" = nixoci ]; then
-		find "${CLOSURE_PATHS[@]}" -type f -print0 | xargs -0 cat >/dev/null
-	else
-		find "$WORK/oci" -type f -print0 | xargs -0 cat >/dev/null
-	fi
+	case $1 in
+	nixoci) find "${CLOSURE_PATHS[@]}" -type f -print0 | xargs -0 cat >/dev/null ;;
+	skopeo) find "$WORK/oci" -type f -print0 | xargs -0 cat >/dev/null ;;
+	skopeo-raw) find "$WORK/oci-raw" -type f -print0 | xargs -0 cat >/dev/null ;;
+	esac
+}
+# check_layers REPO WANT: the media type of every layer of REPO:latest as
+# pushed ends in +WANT, i.e. skopeo compressed what it was given
+check_layers() {
+	curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+		"http://$DEST/v2/$1/manifests/latest" | /usr/bin/python3 -c '
+import json, sys
+want = "application/vnd.oci.image.layer.v1.tar+" + sys.argv[1]
+got = {l["mediaType"] for l in json.load(sys.stdin)["layers"]}
+sys.exit(0 if got == {want} else f"pushed layers are {sorted(got)}, not {want}")' "$2"
 }
 
 # ------------------------------------------------------ registry and proxy
@@ -188,10 +235,12 @@ fresh_registry() {
 
 for rtt in $RTTS; do
 	for run in $(seq 1 "$RUNS"); do
-		# the order alternates per run, so that load from elsewhere
-		# hits both alike
-		if [ $((run % 2)) = 1 ]; then order="nixoci skopeo"; else order="skopeo nixoci"; fi
-		for m in $order; do
+		# the order rotates per run, so that load from elsewhere
+		# hits every method alike
+		read -r -a order <<<"$METHODS"
+		k=$(((run - 1) % ${#order[@]}))
+		order=("${order[@]:k}" "${order[@]:0:k}")
+		for m in "${order[@]}"; do
 			fresh_registry "$rtt"
 			warm_cache "$m"
 			if [ "$m" = nixoci ]; then
@@ -205,13 +254,23 @@ for rtt in $RTTS; do
 					die "the re-push uploaded something: $(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
 				sample repush "$rtt" "$run" "$SECS" "$(grep '^pushed' "$RUN/cmd.log" | tail -n 1)"
 				say "rtt $rtt ms, run $run: re-push ${SECS}s"
-			else
+			elif [ "$m" = skopeo ]; then
 				c0=$(children_cpu) r0=$(proc_cpu "$REG_PID")
 				timed skopeo copy --quiet --dest-tls-verify=false "oci:$WORK/oci:latest" \
 					"docker://$DEST/bench/layered:latest"
 				sample skopeo "$rtt" "$run" "$SECS" "" \
 					"$(cpu_delta "$c0" "$(children_cpu)")" "$(cpu_delta "$r0" "$(proc_cpu "$REG_PID")")"
 				say "rtt $rtt ms, run $run: skopeo copy ${SECS}s"
+			else
+				# into the docker transport skopeo compresses every
+				# uncompressed layer (gzip unless told otherwise)
+				c0=$(children_cpu) r0=$(proc_cpu "$REG_PID")
+				timed skopeo copy --quiet --dest-tls-verify=false --dest-compress-format "$RAW_FORMAT" \
+					"oci:$WORK/oci-raw:latest" "docker://$DEST/bench/layered-raw:latest"
+				sample skopeo-raw "$rtt" "$run" "$SECS" "$RAW_FORMAT" \
+					"$(cpu_delta "$c0" "$(children_cpu)")" "$(cpu_delta "$r0" "$(proc_cpu "$REG_PID")")"
+				check_layers bench/layered-raw "$RAW_FORMAT" || die "skopeo-raw did not compress its layers"
+				say "rtt $rtt ms, run $run: skopeo copy of uncompressed layers (${RAW_FORMAT}) ${SECS}s"
 			fi
 		done
 	done
@@ -222,9 +281,9 @@ stop_registry
 # ----------------------------------------------------------------- report
 
 cp "$TSV" "$RESULTS/push.tsv"
-/usr/bin/python3 - "$TSV" "$NPATHS" "$NARBYTES" "$IMGBYTES" "$RUNS" "$ROOT" <<'EOF' | tee "$RESULTS/push.md"
+/usr/bin/python3 - "$TSV" "$NPATHS" "$NARBYTES" "$IMGBYTES" "$RAWBYTES" "$RAW_FORMAT" "$RUNS" "$ROOT" <<'EOF' | tee "$RESULTS/push.md"
 import statistics, sys, time, os
-tsv, npaths, narbytes, imgbytes, runs, root = sys.argv[1:]
+tsv, npaths, narbytes, imgbytes, rawbytes, rawfmt, runs, root = sys.argv[1:]
 s = {}
 cpu = {}
 for line in open(tsv):
@@ -234,23 +293,42 @@ for line in open(tsv):
         cpu.setdefault((m, int(rtt)), []).append((float(ccpu), float(rcpu)))
 med = {k: statistics.median(v) for k, v in s.items()}
 rtts = sorted({k[1] for k in s})
+methods = [m for m in ("nixoci", "skopeo", "skopeo-raw") if any(k[0] == m for k in s)]
 print(f"Run of {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {runs} runs per "
       f"measurement, medians; load average at the end: "
       f"{' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} CPUs.")
 print()
+raw = (f"; for skopeo-raw the same layers uncompressed ({int(rawbytes) / 2**20:.1f} MiB "
+       f"of tar), which skopeo compresses with {rawfmt} as it pushes"
+       if "skopeo-raw" in methods else "")
 print(f"Closure: {npaths} store paths, {int(narbytes) / 2**30:.2f} GiB of NAR "
       f"(`{os.path.basename(root)}`); the layered image: 100 gzip layers, "
-      f"{int(imgbytes) / 2**20:.1f} MiB.")
+      f"{int(imgbytes) / 2**20:.1f} MiB, gzipped beforehand{raw}. Every registry "
+      "keeps blob descriptors in memory, as Debian's docker-registry is configured.")
 print()
-print("| added RTT | nixoci push | skopeo copy (layered image) | ratio (target ≤ 1.5×) "
-      "| re-push, unchanged (target < 1 s at 0 ms, < 2 s at 40 ms) |")
-print("|---|---|---|---|---|")
+name = {"nixoci": "nixoci push", "repush": "re-push",
+        "skopeo": "skopeo copy (gzip layers made beforehand)",
+        "skopeo-raw": f"skopeo copy (uncompressed layers, {rawfmt} while pushing)"}
+ratios = [k for k in ("skopeo", "skopeo-raw") if "nixoci" in methods and k in methods]
+head = [name[m] for m in methods] + [f"ratio to {k} (target ≤ 1.5×)" for k in ratios]
+if "nixoci" in methods:
+    head.append("re-push, unchanged (target < 1 s at 0 ms, < 2 s at 40 ms)")
+print("| added RTT | " + " | ".join(head) + " |")
+print("|---" * (len(head) + 1) + "|")
 for r in rtts:
-    n, k, rp = med.get(("nixoci", r)), med.get(("skopeo", r)), med.get(("repush", r))
-    ratio = f"{n / k:.2f}×" if n and k else "-"
-    all_ = lambda m: ", ".join(f"{x:.1f}" for x in s.get((m, r), []))
-    print(f"| {r} ms | {n:.1f} s ({all_('nixoci')}) | {k:.1f} s ({all_('skopeo')}) | {ratio} "
-          f"| {rp:.2f} s ({', '.join(f'{x:.2f}' for x in s.get(('repush', r), []))}) |")
+    def cell(m, f="{:.1f}"):
+        v = s.get((m, r))
+        if not v:
+            return "-"
+        return f"{f.format(med[(m, r)])} s ({', '.join(f.format(x) for x in v)})"
+    row = [cell(m) for m in methods]
+    n = med.get(("nixoci", r))
+    for k in ratios:
+        d = med.get((k, r))
+        row.append(f"{n / d:.2f}×" if n and d else "-")
+    if "nixoci" in methods:
+        row.append(cell("repush", "{:.2f}"))
+    print(f"| {r} ms | " + " | ".join(row) + " |")
 print()
 print("CPU seconds (user + system, medians) of each push: the pusher, the registry, and "
       f"their sum over the {os.cpu_count()} CPUs (a wall time no push can go below on this "
@@ -259,12 +337,12 @@ print()
 print("| added RTT | method | pusher CPU-s | registry CPU-s | (pusher + registry) / CPUs |")
 print("|---|---|---|---|---|")
 for r in rtts:
-    for m, name in (("nixoci", "nixoci push"), ("skopeo", "skopeo copy")):
+    for m in methods:
         v = cpu.get((m, r))
         if not v:
             continue
         c = statistics.median(x[0] for x in v)
         g = statistics.median(x[1] for x in v)
-        print(f"| {r} ms | {name} | {c:.1f} | {g:.1f} | {(c + g) / os.cpu_count():.1f} s |")
+        print(f"| {r} ms | {name[m]} | {c:.1f} | {g:.1f} | {(c + g) / os.cpu_count():.1f} s |")
 EOF
 say "done: bench/results/push.tsv, bench/results/push.md"

@@ -168,14 +168,18 @@ warm_cache() {
 	esac
 }
 # check_layers REPO WANT: the media type of every layer of REPO:latest as
-# pushed ends in +WANT, i.e. skopeo compressed what it was given
+# pushed ends in +WANT, i.e. skopeo compressed what it was given; prints the
+# bytes of the layers as pushed
 check_layers() {
 	curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
 		"http://$DEST/v2/$1/manifests/latest" | /usr/bin/python3 -c '
 import json, sys
 want = "application/vnd.oci.image.layer.v1.tar+" + sys.argv[1]
-got = {l["mediaType"] for l in json.load(sys.stdin)["layers"]}
-sys.exit(0 if got == {want} else f"pushed layers are {sorted(got)}, not {want}")' "$2"
+layers = json.load(sys.stdin)["layers"]
+got = {l["mediaType"] for l in layers}
+if got != {want}:
+    sys.exit(f"pushed layers are {sorted(got)}, not {want}")
+print(sum(l["size"] for l in layers))' "$2"
 }
 
 # ------------------------------------------------------ registry and proxy
@@ -267,10 +271,11 @@ for rtt in $RTTS; do
 				c0=$(children_cpu) r0=$(proc_cpu "$REG_PID")
 				timed skopeo copy --quiet --dest-tls-verify=false --dest-compress-format "$RAW_FORMAT" \
 					"oci:$WORK/oci-raw:latest" "docker://$DEST/bench/layered-raw:latest"
-				sample skopeo-raw "$rtt" "$run" "$SECS" "$RAW_FORMAT" \
-					"$(cpu_delta "$c0" "$(children_cpu)")" "$(cpu_delta "$r0" "$(proc_cpu "$REG_PID")")"
-				check_layers bench/layered-raw "$RAW_FORMAT" || die "skopeo-raw did not compress its layers"
-				say "rtt $rtt ms, run $run: skopeo copy of uncompressed layers (${RAW_FORMAT}) ${SECS}s"
+				c1=$(children_cpu) r1=$(proc_cpu "$REG_PID")
+				bytes=$(check_layers bench/layered-raw "$RAW_FORMAT") || die "skopeo-raw did not compress its layers"
+				sample skopeo-raw "$rtt" "$run" "$SECS" "$RAW_FORMAT, $bytes bytes of layers" \
+					"$(cpu_delta "$c0" "$c1")" "$(cpu_delta "$r0" "$r1")"
+				say "rtt $rtt ms, run $run: skopeo copy of uncompressed layers ($RAW_FORMAT, $bytes bytes pushed) ${SECS}s"
 			fi
 		done
 	done
@@ -286,9 +291,12 @@ import statistics, sys, time, os
 tsv, npaths, narbytes, imgbytes, rawbytes, rawfmt, runs, root = sys.argv[1:]
 s = {}
 cpu = {}
+rawpushed = set()
 for line in open(tsv):
     m, rtt, run, secs, note, ccpu, rcpu = (line.rstrip("\n").split("\t") + ["", ""])[:7]
     s.setdefault((m, int(rtt)), []).append(float(secs))
+    if m == "skopeo-raw" and note.endswith(" bytes of layers"):
+        rawpushed.add(int(note.split(", ")[1].split()[0]))
     if ccpu and rcpu:
         cpu.setdefault((m, int(rtt)), []).append((float(ccpu), float(rcpu)))
 med = {k: statistics.median(v) for k, v in s.items()}
@@ -299,7 +307,8 @@ print(f"Run of {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {runs} runs pe
       f"{' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} CPUs.")
 print()
 raw = (f"; for skopeo-raw the same layers uncompressed ({int(rawbytes) / 2**20:.1f} MiB "
-       f"of tar), which skopeo compresses with {rawfmt} as it pushes"
+       f"of tar), which skopeo compresses with {rawfmt} as it pushes (to "
+       f"{', '.join(f'{b / 2**20:.1f}' for b in sorted(rawpushed))} MiB)"
        if "skopeo-raw" in methods else "")
 print(f"Closure: {npaths} store paths, {int(narbytes) / 2**30:.2f} GiB of NAR "
       f"(`{os.path.basename(root)}`); the layered image: 100 gzip layers, "

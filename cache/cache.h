@@ -360,6 +360,25 @@ void nx_store_stats(struct nx_store *st, struct nx_store_stats *out);
 int nx_pyc_edges(const struct nx_toc *toc, uint32_t entry, const uint8_t *buf, size_t len,
 		 uint32_t *out, unsigned cap, unsigned *n);
 
+/*
+ * The dynamic section of a 64-bit little-endian ELF file of @size bytes
+ * (elf.c), read through @rd (0, or a negative errno that ends the parse):
+ * at most NX_ELF_NEEDED_MAX DT_NEEDED names (each at most NX_ELF_NAME_MAX
+ * bytes, without a slash), its DT_RUNPATH (or DT_RPATH without one; ""
+ * when neither). 0; -EINVAL when it is not such a file or is malformed;
+ * -ENOENT when it names no library; @rd's error. The input is hostile:
+ * every count, offset and length is bounded. The mount parses verified
+ * frames with it; the pusher, the files it records in dev.nixoci.elf.
+ */
+struct nx_elf_dyn {
+	unsigned nneeded;
+	char needed[NX_ELF_NEEDED_MAX][NX_ELF_NAME_MAX + 1];
+	char runpath[NX_ELF_RUNPATH_MAX + 1];
+	int rpath; /* it is a DT_RPATH (searched before a library path) */
+};
+typedef int (*nx_elf_read_fn)(void *ctx, uint64_t off, void *buf, size_t len);
+int nx_elf_dyn_parse(nx_elf_read_fn rd, void *ctx, uint64_t size, struct nx_elf_dyn *out);
+
 /* The largest .pyc the import rule parses, at a mount or a push. */
 #define NX_PYC_MAX_BYTES (UINT64_C(4) << 20)
 

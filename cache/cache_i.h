@@ -46,8 +46,12 @@
 #define NX_DEFAULT_CACHE_SIZE (UINT64_C(10) << 30)
 /* Readahead: background threads, queued jobs (more are dropped), the first
  * and the default largest window (frames), and the largest window in
- * compressed bytes. */
-#define NX_RA_THREADS 4
+ * compressed bytes. Eight threads: a job mostly waits for the network,
+ * and a program's predicted files (a wrapper's shell, loader and
+ * interpreter, its libraries, known at once from dev.nixoci.elf) are
+ * six to eight starts that should all be in flight in the same round
+ * trip; with four, half waited for the others' answers. */
+#define NX_RA_THREADS 8
 #define NX_RA_QUEUE 16
 #define NX_RA_MIN 4
 #define NX_RA_DEFAULT_MAX ((32u << 20) / NX_FRAME_TARGET)
@@ -724,24 +728,10 @@ void nx_ra_queue_elf(struct nx_store *st, struct nx_spath *p, uint32_t entry, un
 		     unsigned hint);
 
 /* elf.c: predicting the libraries the loader will open (docs/architecture.md,
- * "Predicted misses"). The dynamic section of a 64-bit little-endian ELF
- * file of @size bytes, read through @rd (0, or a negative errno that ends
- * the parse): at most NX_ELF_NEEDED_MAX DT_NEEDED names (each at most
- * NX_ELF_NAME_MAX bytes, without a slash), its DT_RUNPATH (or DT_RPATH
- * without one; "" when neither). 0; -EINVAL when it is not such a file or
- * is malformed; -ENOENT when it names no library; @rd's error. */
-#define NX_ELF_NEEDED_MAX 64
-#define NX_ELF_NAME_MAX 255
-#define NX_ELF_RUNPATH_MAX 4095
+ * "Predicted misses"); the parser is in cache.h (the pusher uses it). */
 #define NX_ELF_DYN_MAX 1024
 /* bytes of a predicted library read for its header (its first frame) */
 #define NX_ELF_HDR_BYTES 4096
-struct nx_elf_dyn {
-	unsigned nneeded;
-	char needed[NX_ELF_NEEDED_MAX][NX_ELF_NAME_MAX + 1];
-	char runpath[NX_ELF_RUNPATH_MAX + 1];
-	int rpath; /* it is a DT_RPATH (searched before a library path) */
-};
 /* A wrapper script's "ld.so --library-path DIRS PROGRAM": the loader
  * searches DIRS (before a DT_RUNPATH) for PROGRAM and all it loads. */
 #define NX_ELF_HINTS 8
@@ -750,8 +740,6 @@ struct nx_elf_hint {
 	char prog[NX_ELF_NAME_MAX + 1];
 	char dirs[NX_ELF_RUNPATH_MAX + 1];
 };
-typedef int (*nx_elf_read_fn)(void *ctx, uint64_t off, void *buf, size_t len);
-int nx_elf_dyn_parse(nx_elf_read_fn rd, void *ctx, uint64_t size, struct nx_elf_dyn *out);
 /* A read at offset 0 of @entry of @p got its first @len bytes @buf,
  * verified: an ELF file seen the first time in this mount has its
  * libraries predicted by a background job. */

@@ -784,59 +784,22 @@ out:
 	free(buf);
 }
 
-void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
-		unsigned hint)
+/* The libraries dynamic section @dyn of @entry of @p names, resolved and
+ * queued (those not seen before in this mount), @depth links from the
+ * file that was read; @hint as for nx_elf_job. */
+static void queue_libs(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		       unsigned hint, const struct nx_elf_dyn *dyn)
 {
-	const struct nx_toc_entry *e = &p->toc->entries[entry];
-	struct fread_ctx r = { .st = st, .p = p, .base = e->off };
-	struct nx_elf_dyn *dyn = NULL;
-	uint8_t *hdr = NULL;
-	char *search = NULL;
+	char *search;
 	int rc;
 
-	if (nx_bg_stopped(st))
-		return;
-	if (depth > 0) {
-		hdr = malloc(NX_ELF_HDR_BYTES);
-		if (!hdr)
-			return;
-		rc = elf_start(st, p, entry, &r, hdr, NX_ELF_HDR_BYTES);
-		if (rc < 0) {
-			nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: start of a library: %s",
-			       NX_STORE_DIR, p->base, entry, strerror(-rc));
-			goto out;
-		}
-		if (hdr[0] == '#' && hdr[1] == '!') {
-			script_job(st, p, entry, depth);
-			goto out;
-		}
-		nx_stat_add(&st->elf_libs, 1);
-	} else {
-		uint8_t h[2];
-
-		if (fr_read(&r, 0, h, sizeof(h)) == 0 && h[0] == '#' && h[1] == '!') {
-			script_job(st, p, entry, 0);
-			goto out;
-		}
-	}
-	dyn = malloc(sizeof(*dyn));
-	if (!dyn)
-		goto out;
-	rc = nx_elf_dyn_parse(fr_read, &r, e->size, dyn);
-	if (rc == 0 || rc == -ENOENT)
-		nx_stat_add(&st->elf_parsed, 1);
-	if (rc < 0) {
-		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: no libraries to predict (%s)",
-		       NX_STORE_DIR, p->base, entry, strerror(-rc));
-		goto out;
-	}
 	if (depth >= NX_ELF_DEPTH_MAX)
-		goto out;
+		return;
 	if (depth == 0)
 		hint = file_hint(st, p, entry);
 	search = search_path(st, dyn, hint);
 	if (!search)
-		goto out;
+		return;
 	for (unsigned i = 0; i < dyn->nneeded && !nx_bg_stopped(st); i++) {
 		struct nx_spath *q = NULL;
 		uint32_t lib = 0;
@@ -855,8 +818,81 @@ void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigne
 		}
 		nx_spath_put(q);
 	}
-out:
 	free(search);
+}
+
+/* @dyn from the pusher's record of @entry's dynamic section (dev.nixoci.elf). */
+static void dyn_of_record(const struct nx_elf_needs *n, const struct nx_elf_need *f,
+			  struct nx_elf_dyn *dyn)
+{
+	dyn->nneeded = f->nnames;
+	for (uint32_t k = 0; k < f->nnames; k++)
+		snprintf(dyn->needed[k], sizeof(dyn->needed[k]), "%s", n->names[f->name0 + k]);
+	snprintf(dyn->runpath, sizeof(dyn->runpath), "%s", f->search >= 0 ? n->search[f->search] : "");
+	dyn->rpath = f->rpath;
+}
+
+void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigned depth,
+		unsigned hint)
+{
+	const struct nx_toc_entry *e = &p->toc->entries[entry];
+	const struct nx_elf_need *rec = nx_elf_needs_find(p->man.elf, entry);
+	struct fread_ctx r = { .st = st, .p = p, .base = e->off };
+	struct nx_elf_dyn *dyn = NULL;
+	uint8_t *hdr = NULL;
+	int rc;
+
+	if (nx_bg_stopped(st))
+		return;
+	dyn = malloc(sizeof(*dyn));
+	if (!dyn)
+		return;
+	if (rec) {
+		/*
+		 * Recorded at push time: its libraries are known without its
+		 * bytes, so they go out now, beside its own start, and each of
+		 * them does the same: a program's whole library tree in one
+		 * wave instead of one per level.
+		 */
+		dyn_of_record(p->man.elf, rec, dyn);
+		nx_stat_add(&st->elf_parsed, 1);
+		queue_libs(st, p, entry, depth, hint, dyn);
+	}
+	if (depth > 0) {
+		hdr = malloc(NX_ELF_HDR_BYTES);
+		if (!hdr)
+			goto out;
+		rc = elf_start(st, p, entry, &r, hdr, NX_ELF_HDR_BYTES);
+		if (rc < 0) {
+			nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: start of a library: %s",
+			       NX_STORE_DIR, p->base, entry, strerror(-rc));
+			goto out;
+		}
+		if (!rec && hdr[0] == '#' && hdr[1] == '!') {
+			script_job(st, p, entry, depth);
+			goto out;
+		}
+		nx_stat_add(&st->elf_libs, 1);
+	} else if (!rec) {
+		uint8_t h[2];
+
+		if (fr_read(&r, 0, h, sizeof(h)) == 0 && h[0] == '#' && h[1] == '!') {
+			script_job(st, p, entry, 0);
+			goto out;
+		}
+	}
+	if (rec)
+		goto out;
+	rc = nx_elf_dyn_parse(fr_read, &r, e->size, dyn);
+	if (rc == 0 || rc == -ENOENT)
+		nx_stat_add(&st->elf_parsed, 1);
+	if (rc < 0) {
+		nx_log(NX_LOG_DEBUG, "predict: %s/%s entry %u: no libraries to predict (%s)",
+		       NX_STORE_DIR, p->base, entry, strerror(-rc));
+		goto out;
+	}
+	queue_libs(st, p, entry, depth, hint, dyn);
+out:
 	free(dyn);
 	free(hdr);
 }

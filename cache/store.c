@@ -600,6 +600,25 @@ finish:
 			p->man.nimports = 0;
 		}
 	}
+	if (rc == 0 && p->man.elf) {
+		const struct nx_elf_needs *n = p->man.elf;
+		uint32_t bad = 0;
+
+		/* sorted: the last entry is the largest */
+		if (n->files[n->nfiles - 1].entry >= p->toc->nentries)
+			bad = n->files[n->nfiles - 1].entry;
+		for (size_t i = 0; i < n->nfiles && !bad; i++)
+			if (p->toc->entries[n->files[i].entry].type != NX_NODE_REGULAR)
+				bad = n->files[i].entry;
+		if (bad) {
+			/* a hint only: the libraries are predicted from the bytes */
+			nx_log(NX_LOG_WARNING, "%s: ignoring its dev.nixoci.elf (entry %u is not a "
+					       "file of its %u); its libraries are predicted from their bytes",
+			       sp, bad, p->toc->nentries);
+			nx_elf_needs_free(p->man.elf);
+			p->man.elf = NULL;
+		}
+	}
 	if (rc == -EBADMSG) {
 		nx_stat_add(&st->verify_failures, 1);
 		nx_log(NX_LOG_ERR, "toc of %s: digest mismatch", sp);

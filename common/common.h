@@ -421,6 +421,7 @@ struct nx_desc {
 };
 
 /* One store-path manifest (docs/format.md "Store-path manifest"). */
+struct nx_elf_needs;
 struct nx_manifest {
 	struct nx_pathinfo info;
 	/* Format 1: layer 0 (NX_MT_NAR) and layer 1 (NX_MT_TOC), each its own
@@ -439,6 +440,9 @@ struct nx_manifest {
 	 * imports[2i], imports[2i+1], sorted, unique; 0: none (or ignored) */
 	uint32_t *imports;
 	size_t nimports;
+	/* dev.nixoci.elf (format.md 2): the dynamic sections of its ELF
+	 * files; NULL: none (or ignored) */
+	struct nx_elf_needs *elf;
 };
 void nx_manifest_release(struct nx_manifest *m);
 /* The dev.nixoci.imports encoding: "v1;E:T,T;E:T" (format.md 2), at most
@@ -448,6 +452,41 @@ void nx_manifest_release(struct nx_manifest *m);
 #define NX_IMPORTS_MAX (256u << 10)
 int nx_imports_format(const uint32_t *edges, size_t n, char **out);
 int nx_imports_parse(const char *s, uint32_t **edges, size_t *n);
+/*
+ * dev.nixoci.elf: for each ELF file of a path that names libraries, what
+ * its dynamic section says (DT_NEEDED in order, DT_RUNPATH or DT_RPATH),
+ * recorded by the pusher so a mount resolves a program's libraries, and
+ * theirs, before any of their bytes arrive. The limits are the mount's
+ * parser's (cache/elf.c), so a record says nothing the parser could not.
+ */
+#define NX_ELF_NEEDED_MAX 64
+#define NX_ELF_NAME_MAX 255
+#define NX_ELF_RUNPATH_MAX 4095
+#define NX_ELF_NEEDS_MAX (256u << 10)
+struct nx_elf_need {
+	uint32_t entry;  /* TOC entry of the ELF file */
+	int32_t search;  /* its search path in search[], -1: none */
+	int rpath;       /* that search path is a DT_RPATH */
+	uint32_t name0;  /* its DT_NEEDED names: names[name0 .. name0 + nnames) */
+	uint32_t nnames; /* 1 .. NX_ELF_NEEDED_MAX */
+};
+struct nx_elf_needs {
+	struct nx_elf_need *files; /* entry ascending, unique */
+	size_t nfiles;
+	char **names;
+	size_t nnames;
+	char **search;
+	size_t nsearch;
+};
+/* _format: {"files":[[E,K,R,"name",...],...],"search":["dirs",...],"v":1}
+ * (format.md 2), at most NX_ELF_NEEDS_MAX bytes; *out caller frees,
+ * -E2BIG over the cap. _parse: strict (-EINVAL: not that shape, entries
+ * not ascending, a name with '/', an index out of range; -E2BIG), no log;
+ * *out freed with nx_elf_needs_free. _find: @entry's record or NULL. */
+int nx_elf_needs_format(const struct nx_elf_needs *n, char **out);
+int nx_elf_needs_parse(const char *s, struct nx_elf_needs **out);
+void nx_elf_needs_free(struct nx_elf_needs *n);
+const struct nx_elf_need *nx_elf_needs_find(const struct nx_elf_needs *n, uint32_t entry);
 /* Deterministic serialization: same struct, same bytes. *json caller frees. */
 int nx_manifest_build(const struct nx_manifest *m, char **json, size_t *len);
 /* Strict parse of untrusted bytes (≤ NX_MANIFEST_MAX): media types, artifact

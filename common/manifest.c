@@ -51,6 +51,7 @@ void nx_manifest_release(struct nx_manifest *m)
 	free_list(m->toc_sigs, m->ntoc_sigs);
 	free(m->zstd_params);
 	free(m->imports);
+	nx_elf_needs_free(m->elf);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -457,6 +458,166 @@ bad:
 	return -EINVAL;
 }
 
+/* ------------------------------------------------------- ELF dynamic info */
+
+void nx_elf_needs_free(struct nx_elf_needs *n)
+{
+	if (!n)
+		return;
+	free_list(n->names, n->nnames);
+	free_list(n->search, n->nsearch);
+	free(n->files);
+	free(n);
+}
+
+const struct nx_elf_need *nx_elf_needs_find(const struct nx_elf_needs *n, uint32_t entry)
+{
+	size_t lo = 0, hi = n ? n->nfiles : 0;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (n->files[mid].entry == entry)
+			return &n->files[mid];
+		if (n->files[mid].entry < entry)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* A string of 1..@max bytes without NUL (and without '/' when @noslash). */
+static int needs_str(const json_t *v, size_t max, int noslash)
+{
+	const char *s = json_string_value(v);
+	size_t n = s ? json_string_length(v) : 0;
+
+	return s && n && n <= max && strlen(s) == n && !(noslash && strchr(s, '/'));
+}
+
+int nx_elf_needs_format(const struct nx_elf_needs *n, char **out)
+{
+	json_t *o = json_object(), *files = json_array(), *search = json_array();
+	int r = -ENOMEM;
+
+	*out = NULL;
+	if (!o || !files || !search)
+		goto out;
+	for (size_t i = 0; i < n->nsearch; i++)
+		if (json_array_append_new(search, json_string(n->search[i])) < 0)
+			goto out;
+	for (size_t i = 0; i < n->nfiles; i++) {
+		const struct nx_elf_need *f = &n->files[i];
+		json_t *a = json_pack("[IIi]", (json_int_t)f->entry, (json_int_t)f->search, f->rpath);
+
+		if (!a || json_array_append_new(files, a) < 0)
+			goto out;
+		for (uint32_t k = 0; k < f->nnames; k++)
+			if (json_array_append_new(a, json_string(n->names[f->name0 + k])) < 0)
+				goto out;
+	}
+	if (json_object_set_new(o, "v", json_integer(1)) < 0 ||
+	    json_object_set(o, "files", files) < 0 || json_object_set(o, "search", search) < 0)
+		goto out;
+	*out = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+	if (!*out)
+		goto out;
+	r = 0;
+	if (strlen(*out) > NX_ELF_NEEDS_MAX) {
+		free(*out);
+		*out = NULL;
+		r = -E2BIG;
+	}
+out:
+	json_decref(files);
+	json_decref(search);
+	json_decref(o);
+	return r;
+}
+
+int nx_elf_needs_parse(const char *s, struct nx_elf_needs **out)
+{
+	struct nx_elf_needs *n = NULL;
+	json_t *o = NULL, *files, *search, *v;
+	size_t nnames = 0;
+	int r = -EINVAL;
+
+	*out = NULL;
+	if (strlen(s) > NX_ELF_NEEDS_MAX)
+		return -E2BIG;
+	o = json_loads(s, JSON_REJECT_DUPLICATES, NULL);
+	files = json_object_get(o, "files");
+	search = json_object_get(o, "search");
+	v = json_object_get(o, "v");
+	if (!json_is_object(o) || json_object_size(o) != 3 || !json_is_integer(v) ||
+	    json_integer_value(v) != 1 || !json_is_array(files) || !json_is_array(search) ||
+	    !json_array_size(files))
+		goto out;
+	for (size_t i = 0; i < json_array_size(files); i++) {
+		json_t *a = json_array_get(files, i);
+		size_t k = json_array_size(a);
+
+		if (!json_is_array(a) || k < 4 || k > 3 + NX_ELF_NEEDED_MAX)
+			goto out;
+		nnames += k - 3;
+	}
+	n = calloc(1, sizeof(*n));
+	if (!n || !(n->files = calloc(json_array_size(files), sizeof(*n->files))) ||
+	    !(n->names = calloc(nnames, sizeof(*n->names))) ||
+	    (json_array_size(search) && !(n->search = calloc(json_array_size(search), sizeof(char *))))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < json_array_size(search); i++) {
+		json_t *d = json_array_get(search, i);
+
+		if (!needs_str(d, NX_ELF_RUNPATH_MAX, 0))
+			goto out;
+		if (!(n->search[n->nsearch] = strdup(json_string_value(d)))) {
+			r = -ENOMEM;
+			goto out;
+		}
+		n->nsearch++;
+	}
+	for (size_t i = 0; i < json_array_size(files); i++) {
+		json_t *a = json_array_get(files, i), *e = json_array_get(a, 0),
+		       *k = json_array_get(a, 1), *rp = json_array_get(a, 2);
+		struct nx_elf_need *f = &n->files[i];
+		json_int_t ev = json_integer_value(e), kv = json_integer_value(k),
+			   rv = json_integer_value(rp);
+
+		if (!json_is_integer(e) || !json_is_integer(k) || !json_is_integer(rp) || ev < 1 ||
+		    ev >= (json_int_t)UINT32_MAX || (i && (uint32_t)ev <= n->files[i - 1].entry) ||
+		    kv < -1 || kv >= (json_int_t)n->nsearch || rv < 0 || rv > 1 || (rv && kv < 0))
+			goto out;
+		f->entry = (uint32_t)ev;
+		f->search = (int32_t)kv;
+		f->rpath = (int)rv;
+		f->name0 = (uint32_t)n->nnames;
+		f->nnames = (uint32_t)(json_array_size(a) - 3);
+		for (size_t j = 3; j < json_array_size(a); j++) {
+			json_t *nm = json_array_get(a, j);
+
+			if (!needs_str(nm, NX_ELF_NAME_MAX, 1))
+				goto out;
+			if (!(n->names[n->nnames] = strdup(json_string_value(nm)))) {
+				r = -ENOMEM;
+				goto out;
+			}
+			n->nnames++;
+		}
+		n->nfiles++;
+	}
+	*out = n;
+	n = NULL;
+	r = 0;
+out:
+	nx_elf_needs_free(n);
+	json_decref(o);
+	return r;
+}
+
 /* -------------------------------------------------------------- manifest */
 
 static int manifest_annotations(const struct nx_manifest *m, json_t *a)
@@ -506,6 +667,15 @@ static int manifest_annotations(const struct nx_manifest *m, json_t *a)
 		if (r < 0)
 			return r;
 		r = set_str(a, A_PREFIX "imports", s);
+		free(s);
+		if (r < 0)
+			return r;
+	}
+	if (m->elf) {
+		r = nx_elf_needs_format(m->elf, &s);
+		if (r < 0)
+			return r;
+		r = set_str(a, A_PREFIX "elf", s);
 		free(s);
 		if (r < 0)
 			return r;
@@ -747,6 +917,17 @@ static int manifest_parse_annotations(json_t *a, struct nx_manifest *m)
 		if (r < 0)
 			nx_log(NX_LOG_WARNING, "manifest of %s: ignoring its dev.nixoci.imports (%s); "
 					    "its Python imports are predicted at run time",
+			       pi->store_path, r == -E2BIG ? "over 256 KiB" : "malformed");
+	}
+	s = get_str(what, a, A_PREFIX "elf", 0);
+	if (s) {
+		/* a hint too: without it the ELF files are parsed as they arrive */
+		r = nx_elf_needs_parse(s, &m->elf);
+		if (r == -ENOMEM)
+			return r;
+		if (r < 0)
+			nx_log(NX_LOG_WARNING, "manifest of %s: ignoring its dev.nixoci.elf (%s); "
+					    "its libraries are predicted from their bytes",
 			       pi->store_path, r == -E2BIG ? "over 256 KiB" : "malformed");
 	}
 	s = get_str(what, a, A_PREFIX "zstd", 1);

@@ -262,6 +262,9 @@ int main(int argc, char *argv[])
 	ro.mirrors = (const char *const *)o.mirrors;
 	ro.nmirrors = o.nmirrors;
 	ro.quiet_404 = 1; /* lookups of absent paths are routine */
+	/* the readahead workers' (NX_RA_THREADS) background transfers leave
+	 * as many for readers' misses */
+	ro.max_transfers = 16;
 	/* An adopted mount serves on even with the registry down: what is
 	 * cached reads, what is not fails as it would have. */
 	if (start == NX_START_MOUNT &&

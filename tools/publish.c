@@ -14,11 +14,14 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "tools/tools_i.h"
 
@@ -64,6 +67,7 @@ void nx_pub_release(struct nx_pub *p)
 		member_nar_free(&p->paths[i]);
 		free(p->paths[i].pk_toc);
 		free(p->paths[i].imports);
+		nx_elf_needs_free(p->paths[i].elf);
 	}
 	free(p->paths);
 	free(p->tags);
@@ -653,6 +657,7 @@ static int pack_manifest(struct nx_pub *p, struct nx_pub_path *pp)
 	m.zstd_params = (char *)nx_packer_params();
 	m.imports = pp->imports; /* shallow */
 	m.nimports = pp->nimports;
+	m.elf = pp->elf; /* shallow */
 	r = sign_manifest(p, &m, &s, &changed);
 	if (r == 0)
 		r = put_manifest(p, pp, tag, &m);
@@ -705,17 +710,14 @@ static int nar_bytes(const struct nx_toc *t, int fd, uint64_t off, uint64_t len,
  * mount then fetches a module's whole import closure at once. Best
  * effort: without it a mount parses the .pyc files as they arrive.
  */
-static void import_graph(struct nx_pub_path *pp, int fd, const uint8_t *toc, size_t toclen)
+static void import_graph(struct nx_pub_path *pp, int fd, const struct nx_toc *t)
 {
-	struct nx_toc *t = NULL;
 	uint32_t *e = NULL, out[256], frno = UINT32_MAX;
 	uint8_t *buf = NULL, *fr = NULL;
 	size_t n = 0, cap = 0;
 	char *s = NULL;
 	int r;
 
-	if (nx_toc_decode(toc, toclen, &t) < 0)
-		return;
 	for (uint32_t i = 1; i < t->nentries; i++) {
 		const struct nx_toc_entry *en = &t->entries[i];
 		unsigned k = 0;
@@ -770,7 +772,107 @@ out:
 	free(e);
 	free(fr);
 	free(buf);
-	nx_toc_free(t);
+}
+
+static int local_read(void *ctx, uint64_t off, void *buf, size_t len)
+{
+	return nx_pread_all(*(int *)ctx, buf, len, (off_t)off);
+}
+
+/* @dir's index in @search (a JSON array of strings), added when new; -1
+ * for ""; -2 when out of memory. */
+static json_int_t search_index(json_t *search, const char *dir)
+{
+	size_t i;
+	json_t *v;
+
+	if (!*dir)
+		return -1;
+	json_array_foreach(search, i, v)
+		if (strcmp(json_string_value(v), dir) == 0)
+			return (json_int_t)i;
+	if (json_array_append_new(search, json_string(dir)) < 0)
+		return -2;
+	return (json_int_t)json_array_size(search) - 1;
+}
+
+/*
+ * What the dynamic sections of @pp's ELF files say (format.md 2,
+ * dev.nixoci.elf), read from the local store with the mount's parser
+ * (nx_elf_dyn_parse): a mount then resolves a program's libraries, and
+ * theirs, before their bytes arrive, instead of one level per round trip.
+ * Only executable files and files named like a library (".so") are
+ * looked at. Best effort: without it a mount parses the files as they
+ * arrive.
+ */
+static void elf_record(struct nx_pub_path *pp, const struct nx_toc *t)
+{
+	json_t *o = json_object(), *files = json_array(), *search = json_array();
+	struct nx_elf_dyn *dyn = malloc(sizeof(*dyn));
+	char *rel = malloc(PATH_MAX), *full = malloc(PATH_MAX), *s = NULL;
+	struct nx_elf_needs *n = NULL;
+	int r;
+
+	if (!o || !files || !search || !dyn || !rel || !full)
+		goto out;
+	for (uint32_t i = 1; i < t->nentries; i++) {
+		const struct nx_toc_entry *en = &t->entries[i];
+		uint8_t magic[7];
+		size_t nl = 0;
+		const char *name = nx_toc_name(t, i, &nl);
+		json_int_t k;
+		json_t *f;
+		int fd;
+
+		if (en->type != NX_NODE_REGULAR || en->size < 64 || !name ||
+		    (!en->executable && !memmem(name, nl, ".so", 3)))
+			continue;
+		if (nx_toc_path(t, i, rel, PATH_MAX) < 0 ||
+		    snprintf(full, PATH_MAX, "%s/%s", pp->info.store_path, rel) >= PATH_MAX)
+			continue;
+		fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+		if (fd < 0)
+			continue;
+		r = nx_pread_all(fd, magic, sizeof(magic), 0);
+		if (r == 0 && memcmp(magic, "\177ELF\2\1\1", 7) == 0)
+			r = nx_elf_dyn_parse(local_read, &fd, en->size, dyn);
+		else
+			r = -EINVAL;
+		close(fd);
+		if (r < 0 || !dyn->nneeded)
+			continue;
+		k = search_index(search, dyn->runpath);
+		f = k < -1 ? NULL : json_pack("[IIi]", (json_int_t)i, k, k >= 0 && dyn->rpath);
+		if (!f || json_array_append_new(files, f) < 0)
+			goto out;
+		for (unsigned j = 0; j < dyn->nneeded; j++)
+			if (json_array_append_new(f, json_string(dyn->needed[j])) < 0)
+				goto out;
+	}
+	if (!json_array_size(files) || json_object_set_new(o, "v", json_integer(1)) < 0 ||
+	    json_object_set(o, "files", files) < 0 || json_object_set(o, "search", search) < 0)
+		goto out;
+	/* through the reader's own parser: what is recorded is what it takes */
+	s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+	r = s ? nx_elf_needs_parse(s, &n) : -ENOMEM;
+	if (r < 0) {
+		nx_log(NX_LOG_DEBUG, "%s: its ELF records (%zu files) are %s: not recorded",
+		       pp->info.store_path, json_array_size(files),
+		       r == -E2BIG ? "over 256 KiB" : "not recordable");
+		goto out;
+	}
+	nx_log(NX_LOG_DEBUG, "%s: dynamic sections of %zu ELF files, %zu bytes",
+	       pp->info.store_path, n->nfiles, strlen(s));
+	nx_elf_needs_free(pp->elf);
+	pp->elf = n;
+out:
+	free(s);
+	free(full);
+	free(rel);
+	free(dyn);
+	json_decref(files);
+	json_decref(search);
+	json_decref(o);
 }
 
 int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,
@@ -791,7 +893,16 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	r = nx_zstd_compress(toc, toclen, &tocz, &tocz_len);
 	if (r < 0)
 		goto out;
-	import_graph(pp, fd, toc, toclen);
+	{
+		struct nx_toc *t = NULL;
+
+		if (nx_toc_decode(toc, toclen, &t) == 0) {
+			import_graph(pp, fd, t);
+			if (pp->local)
+				elf_record(pp, t);
+		}
+		nx_toc_free(t);
+	}
 
 	if (pp->group) {
 		r = pack_member(pp, fd, blob_size, &tocz, tocz_len);
@@ -806,6 +917,7 @@ int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_to
 	m.zstd_params = (char *)nx_packer_params();
 	m.imports = pp->imports; /* shallow */
 	m.nimports = pp->nimports;
+	m.elf = pp->elf; /* shallow */
 
 	/* A path whose tag the tag list lacks was never written here, so its
 	 * blobs are sent without asking: what that costs is sending again

@@ -423,6 +423,7 @@ static int push_one(struct nx_pub *ps, struct nx_pub_path *pp)
 		r = -EBADMSG;
 		goto out;
 	}
+	pp->local = 1; /* what was just dumped and checked against Nix */
 	r = nx_pub_commit(ps, pp, fd, tb, nar_size, blob_size, blob_sha);
 out:
 	nx_packer_free(pk);

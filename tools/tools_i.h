@@ -159,6 +159,11 @@ struct nx_pub_path {
 	/* its .pyc files' import graph (dev.nixoci.imports), owned */
 	uint32_t *imports;
 	size_t nimports;
+	/* its files are in the local store at info.store_path, as pushed (push
+	 * checked the NAR it dumped from them): its ELF files' dynamic
+	 * sections are read there for dev.nixoci.elf, owned */
+	int local;
+	struct nx_elf_needs *elf;
 };
 
 /* A planned pack (format.md 2.1): paths first..last of nx_pub.paths whose

@@ -7,8 +7,11 @@ background and fetched as a loaded library is (start, loadable segments),
 each then predicting its own libraries, or, a script itself, what it runs.
 Comments and other commands name nothing that is fetched, a name that
 resolves nowhere is skipped, readahead=0 turns it off, and an unmount
-while a predicted program is stalled exits 0. Asserted from the
-registry'"'"'s side (the proxy log) and the counters.'
+while a predicted program is stalled exits 0. The pusher records each ELF
+file'"'"'s dynamic section in its manifest (dev.nixoci.elf), so a predicted
+program'"'"'s libraries go out before its own bytes arrive; without the
+record they wait for them, and a malformed record is ignored with one log
+line. Asserted from the registry'"'"'s side (the proxy log) and the counters.'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
 
@@ -96,6 +99,94 @@ test_expect_success 'unmount while a predicted program is stalled on the link: e
 	test_wait_for 30 eval "grep -q \"fault:stall\" \"\$PROXY_LOG\"" &&
 	unmount_store "$MNT" &&
 	fault_set "mode=pass"
+'
+
+MT=application/vnd.oci.image.manifest.v1+json
+# manifest_of STOREPATH: its manifest in repository sx, to stdout
+manifest_of() { local h=${1##*/}; curl -fsS -H "Accept: $MT" "http://$REG/v2/sx/manifests/${h%%-*}"; }
+# put_elf STOREPATH FILE VALUE: PUT FILE (a manifest) under the path'"'"'s tag
+# with dev.nixoci.elf set to VALUE ("-": removed)
+put_elf() {
+	local h=${1##*/}
+	/usr/bin/python3 -c "import json, sys
+m = json.load(open(sys.argv[1]))
+if sys.argv[2] == \"-\":
+    del m[\"annotations\"][\"dev.nixoci.elf\"]
+else:
+    m[\"annotations\"][\"dev.nixoci.elf\"] = sys.argv[2]
+sys.stdout.write(json.dumps(m, separators=(\",\", \":\"), sort_keys=True))" "$2" "$3" >put.json &&
+	curl -fsS -X PUT -H "Content-Type: $MT" --data-binary @put.json \
+		"http://$REG/v2/sx/manifests/${h%%-*}"
+}
+
+test_expect_success 'the pusher records each ELF file'"'"'s dynamic section (dev.nixoci.elf)' '
+	manifest_of "$INTERP" >interp.json &&
+	manifest_of "$OUTER" >outer.json &&
+	/usr/bin/python3 -c "import json, sys
+a = json.load(open(sys.argv[1]))[\"annotations\"]
+e = json.loads(a[\"dev.nixoci.elf\"])
+assert e[\"v\"] == 1, e
+assert e[\"search\"] == [sys.argv[2] + \"/lib\"], e
+assert len(e[\"files\"]) == 1 and e[\"files\"][0][1:] == [0, 0, \"libbase.so.1\"], e
+# a script and a library that names nothing: no record
+for f in sys.argv[3:]:
+    assert \"dev.nixoci.elf\" not in json.load(open(f))[\"annotations\"], f" \
+		interp.json "$BASE" outer.json
+'
+
+test_expect_success 'with the record, a predicted program'"'"'s libraries go out before its bytes arrive' '
+	mount_store "$PROXY/sx" "$MNT" "cache=$TRASH/cache-5" &&
+	b0=$(gets "$BASE") &&
+	fault_set "mode=stall match=/blobs/sha256:$(nar_digest sx "$INTERP")" &&
+	head -c 64 "$MNT/${OUTER##*/}/bin/outer" >/dev/null &&
+	test_wait_for 30 eval "grep -q \"fault:stall\" \"\$PROXY_LOG\"" &&
+	test_wait_for 30 eval "[ \$(gets $BASE) -gt $b0 ]" &&
+	unmount_store "$MNT" &&
+	fault_set "mode=pass"
+'
+
+test_expect_success 'without the record, they wait for the program'"'"'s bytes' '
+	put_elf "$INTERP" interp.json - &&
+	mount_store "$PROXY/sx" "$MNT" "cache=$TRASH/cache-6" &&
+	b0=$(gets "$BASE") &&
+	fault_set "mode=stall match=/blobs/sha256:$(nar_digest sx "$INTERP")" &&
+	s0=$(grep -c "fault:stall" "$PROXY_LOG" || true) &&
+	head -c 64 "$MNT/${OUTER##*/}/bin/outer" >/dev/null &&
+	test_wait_for 30 eval "[ \$(grep -c fault:stall \"\$PROXY_LOG\") -gt $s0 ]" &&
+	sleep 1 &&
+	test "$(gets "$BASE")" = "$b0" &&
+	unmount_store "$MNT" &&
+	fault_set "mode=pass" &&
+	# and once its bytes are here, from them
+	mount_store "$PROXY/sx" "$MNT" "cache=$TRASH/cache-7" &&
+	head -c 64 "$MNT/${OUTER##*/}/bin/outer" >/dev/null &&
+	test_wait_for 30 eval "[ \$(gets $BASE) -gt $b0 ]" &&
+	unmount_store "$MNT"
+'
+
+i=0
+for bad in "{\"v\":2}" "[]" "{\"files\":[[2,0,0,\"a/b\"]],\"search\":[\"/x\"],\"v\":1}" \
+	"{\"files\":[[99999,-1,0,\"libbase.so.1\"]],\"search\":[],\"v\":1}" \
+	"{\"files\":[[1,-1,0,\"libbase.so.1\"]],\"search\":[],\"v\":1}"; do
+	i=$((i + 1))
+	test_expect_success "a bad record ($bad): one log line, libraries predicted from the bytes" '
+		put_elf "$INTERP" interp.json "$bad" &&
+		MNT=$TRASH/b$i &&
+		MOUNT_LOG_ALLOW="ignoring its dev.nixoci.elf" &&
+		mount_store "$PROXY/sx" "$MNT" "cache=$TRASH/cb$i" &&
+		b0=$(gets "$BASE") &&
+		head -c 64 "$MNT/${OUTER##*/}/bin/outer" >/dev/null &&
+		test_wait_for 30 eval "[ \$(gets $BASE) -gt $b0 ]" &&
+		cmp "$MNT/${INTERP##*/}/bin/interp" "$INTERP/bin/interp" &&
+		unmount_store "$MNT" &&
+		test "$(grep -c "ignoring its dev.nixoci.elf" "$TRASH/fs-b$i.log")" = 1
+	'
+done
+
+test_expect_success 'the original record back: as pushed' '
+	put_elf "$INTERP" interp.json "$(/usr/bin/python3 -c "import json, sys
+print(json.load(open(sys.argv[1]))[\"annotations\"][\"dev.nixoci.elf\"])" interp.json)" &&
+	manifest_of "$INTERP" | cmp - put.json
 '
 
 test_done

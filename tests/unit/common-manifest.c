@@ -524,6 +524,107 @@ static void test_imports(void)
 	nx_manifest_release(&m);
 }
 
+/* dev.nixoci.elf (format.md 2): round trip, strict parse, the cap, and a
+ * manifest that carries it (a bad one is ignored, the rest parses). */
+static void test_elf_needs(void)
+{
+	static const char good[] =
+		"{\"files\":[[5,-1,0,\"libm.so.6\",\"libc.so.6\"],[9,0,1,\"liba.so\"],"
+		"[4294967294,1,0,\"libb.so.1\"]],\"search\":[\"$ORIGIN/../lib\",\"/nix/store/x/lib\"],"
+		"\"v\":1}";
+	static const char *const bad[] = {
+		"", "{}", "[]", "{\"v\":1}", "{\"files\":[],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a\"]],\"search\":[],\"v\":2}",
+		"{\"files\":[[5,-1,0,\"a\"]],\"search\":[],\"v\":1,\"x\":0}",
+		"{\"files\":[[5,-1,0]],\"search\":[],\"v\":1}",
+		"{\"files\":[[0,-1,0,\"a\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[-5,-1,0,\"a\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[4294967295,-1,0,\"a\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[6,-1,0,\"a\"],[5,-1,0,\"b\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a\"],[5,-1,0,\"b\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,0,0,\"a\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-2,0,\"a\"]],\"search\":[\"/x\"],\"v\":1}",
+		"{\"files\":[[5,-1,1,\"a\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,0,2,\"a\"]],\"search\":[\"/x\"],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a/b\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a\\u0000b\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,7]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,0,0,\"a\"]],\"search\":[\"\"],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a\"]],\"search\":[3],\"v\":1}",
+		"{\"files\":[[5.5,-1,0,\"a\"]],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a\"]],\"files\":[],\"search\":[],\"v\":1}",
+		"{\"files\":[[5,-1,0,\"a\"]],\"search\":[],\"v\":1} x",
+	};
+	struct nx_elf_needs *n = NULL;
+	const struct nx_elf_need *f;
+	struct nx_manifest m, p;
+	char *s = NULL, *j = NULL, *big, name[300];
+	size_t l = 0;
+
+	ok(nx_elf_needs_parse(good, &n) == 0 && n && n->nfiles == 3 && n->nsearch == 2 &&
+	   n->nnames == 4, "elf: parse");
+	f = nx_elf_needs_find(n, 9);
+	ok(f && f->search == 0 && f->rpath == 1 && f->nnames == 1 &&
+	   strcmp(n->names[f->name0], "liba.so") == 0, "elf: find an entry");
+	ok(!nx_elf_needs_find(n, 6) && !nx_elf_needs_find(n, 0) && !nx_elf_needs_find(NULL, 5),
+	   "elf: no record, no entry");
+	f = nx_elf_needs_find(n, 5);
+	ok(f && f->search == -1 && f->nnames == 2 && strcmp(n->names[f->name0 + 1], "libc.so.6") == 0,
+	   "elf: names in order");
+	ok(nx_elf_needs_format(n, &s) == 0 && s && strcmp(s, good) == 0, "elf: format(parse(x)) == x");
+	free(s);
+	s = NULL;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct nx_elf_needs *b = NULL;
+
+		ok(nx_elf_needs_parse(bad[i], &b) == -EINVAL && !b, "elf: reject '%s'", bad[i]);
+		nx_elf_needs_free(b);
+	}
+	/* a name of NX_ELF_NAME_MAX bytes is one, one more is not */
+	memset(name, 'a', sizeof(name));
+	name[NX_ELF_NAME_MAX + 1] = 0;
+	big = malloc(NX_ELF_NEEDS_MAX + 1024);
+	sprintf(big, "{\"files\":[[5,-1,0,\"%s\"]],\"search\":[],\"v\":1}", name);
+	{
+		struct nx_elf_needs *b = NULL;
+
+		ok(nx_elf_needs_parse(big, &b) == -EINVAL && !b, "elf: reject a name over 255 bytes");
+		name[NX_ELF_NAME_MAX] = 0;
+		sprintf(big, "{\"files\":[[5,-1,0,\"%s\"]],\"search\":[],\"v\":1}", name);
+		ok(nx_elf_needs_parse(big, &b) == 0 && b, "elf: a name of 255 bytes");
+		nx_elf_needs_free(b);
+		b = NULL;
+		/* over the cap */
+		l = (size_t)sprintf(big, "{\"files\":[[5,-1,0,\"a\"");
+		while (l < NX_ELF_NEEDS_MAX)
+			l += (size_t)sprintf(big + l, ",\"%s\"", name);
+		sprintf(big + l, "]],\"search\":[],\"v\":1}");
+		ok(nx_elf_needs_parse(big, &b) == -E2BIG && !b, "elf: reject over 256 KiB");
+	}
+	free(big);
+
+	make_manifest(&m);
+	m.elf = n;
+	n = NULL;
+	ok(nx_manifest_build(&m, &j, &l) == 0 && j && strstr(j, "\"dev.nixoci.elf\":\"{"),
+	   "elf: built into the manifest");
+	ok(j && nx_manifest_parse(j, l, &p) == 0 && p.elf && p.elf->nfiles == 3 &&
+	   nx_elf_needs_find(p.elf, 4294967294u), "elf: parsed from the manifest");
+	nx_manifest_release(&p);
+	if (j) {
+		char *at = strstr(j, "\\\"v\\\":1}");
+
+		if (at)
+			at[6] = '7'; /* "v":7: not this version */
+		ok(at && nx_manifest_parse(j, l, &p) == 0 && !p.elf && p.info.store_path,
+		   "elf: a bad one is ignored, the manifest parses");
+		nx_manifest_release(&p);
+	}
+	free(j);
+	nx_manifest_release(&m);
+}
+
 int main(void)
 {
 	nx_log_set_level(NX_LOG_ERR - 1); /* the rejection cases log by design */
@@ -533,5 +634,6 @@ int main(void)
 	test_packed();
 	test_window();
 	test_imports();
+	test_elf_needs();
 	return done_testing();
 }

@@ -2,6 +2,7 @@
  * tests/fuzz/fuzz-common.c: helpers every fuzz target links.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/common.h"
 #include "tests/fuzz/fuzz.h"
@@ -50,4 +51,29 @@ void fuzz_walk_toc(const struct nx_toc *toc)
 	}
 	(void)sink;
 	(void)nx_toc_lookup(toc, 0, "a", 1);
+}
+
+void fuzz_elf_needs_same(const struct nx_elf_needs *a, const struct nx_elf_needs *b)
+{
+	if (!a || !b) {
+		if (a != b)
+			__builtin_trap();
+		return;
+	}
+	if (a->nfiles != b->nfiles || a->nnames != b->nnames || a->nsearch != b->nsearch)
+		__builtin_trap();
+	for (size_t i = 0; i < a->nsearch; i++)
+		if (strcmp(a->search[i], b->search[i]) != 0)
+			__builtin_trap();
+	for (size_t i = 0; i < a->nfiles; i++) {
+		const struct nx_elf_need *f = &a->files[i], *g = &b->files[i];
+
+		if (f->entry != g->entry || f->search != g->search || f->rpath != g->rpath ||
+		    f->nnames != g->nnames)
+			__builtin_trap();
+		/* each through its own name0: the two need not lay names out alike */
+		for (uint32_t k = 0; k < f->nnames; k++)
+			if (strcmp(a->names[f->name0 + k], b->names[g->name0 + k]) != 0)
+				__builtin_trap();
+	}
 }

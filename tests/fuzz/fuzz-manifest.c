@@ -1,7 +1,7 @@
 /*
  * tests/fuzz/fuzz-manifest.c: the store-path manifest parser; an accepted
- * manifest must serialize again and parse to the same store path and
- * import graph.
+ * manifest must serialize again and parse to the same store path, import
+ * graph and ELF record.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			    (m.nimports && memcmp(m.imports, m2.imports,
 						  m.nimports * 2 * sizeof(*m.imports)) != 0))
 				__builtin_trap();
+			fuzz_elf_needs_same(m.elf, m2.elf);
 			nx_manifest_release(&m2);
 			free(again);
 		}

@@ -21,4 +21,11 @@ void fuzz_init_log(void);
 struct nx_toc;
 void fuzz_walk_toc(const struct nx_toc *toc);
 
+/* Traps unless @a and @b hold the same dev.nixoci.elf record (both NULL is
+ * the same): files, entries, search indices, rpath flags, names, search
+ * strings. The mount trusts a record that parsed, so whatever the pusher
+ * writes must read back as what it meant. */
+struct nx_elf_needs;
+void fuzz_elf_needs_same(const struct nx_elf_needs *a, const struct nx_elf_needs *b);
+
 #endif

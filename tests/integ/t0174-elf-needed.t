@@ -9,8 +9,9 @@ fetched, then its own libraries, each file once per mount. A library no
 one names is never fetched, a name that resolves nowhere is skipped,
 a wrapper script'"'"'s "ld.so --library-path DIRS PROGRAM" has DIRS searched
 for PROGRAM, readahead=0 turns it off, malformed ELF files predict nothing and read as
-always, and an unmount while predicted transfers are stalled exits 0.
-Asserted from the registry'"'"'s side (the proxy log) and the counters.'
+always, and an unmount while predicted transfers are stalled exits 0; in a
+packed push (format 2) the libraries'"'"' ranges of the pack are what is
+fetched. Asserted from the registry'"'"'s side (the proxy log) and the counters.'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
 
@@ -28,6 +29,8 @@ gets() { grep -c "GET /v2/elf/blobs/sha256:$1[^ ]* range=.* -> " "$PROXY_LOG" ||
 # first_get DIGEST: line number of the first such request (0: none)
 first_get() { grep -n "GET /v2/elf/blobs/sha256:$1[^ ]* range=.* -> " "$PROXY_LOG" | head -n 1 | cut -d: -f1; }
 
+# --no-pack: each path its own NAR blob, so that a request names the one
+# path it is for (the packed case below tells paths apart by range)
 test_expect_success 'setup: a program and its libraries in five store paths, malformed ELF files; pushed, proxy' '
 	start_registry &&
 	PROG=$(nix-build "$TEST_LIB_DIR/elf.nix" "${NIX_BUILD_OPTS[@]}") &&
@@ -41,7 +44,7 @@ test_expect_success 'setup: a program and its libraries in five store paths, mal
 	HINT=$(echo "$closure" | grep -- "-elf-libhint$") &&
 	/usr/bin/python3 "$TEST_LIB_DIR/mkelf.py" --malformed "$TRASH/nixoci-elf-malformed" &&
 	BAD=$(nix-store --add "$TRASH/nixoci-elf-malformed") &&
-	nixoci push "$REG/elf" "$PROG" "$BAD" &&
+	nixoci push --no-pack "$REG/elf" "$PROG" "$BAD" &&
 	N_PROG=$(nar_of "$PROG") && N_LIBA=$(nar_of "$LIBA") && N_LIBBR=$(nar_of "$LIBBR") &&
 	N_BASE=$(nar_of "$BASE") && N_UNUSED=$(nar_of "$UNUSED") && N_HINT=$(nar_of "$HINT") &&
 	test ${#N_LIBA} = 64 && test ${#N_UNUSED} = 64 &&
@@ -113,6 +116,41 @@ test_expect_success 'readahead=0: no library predicted' '
 	test "$(stats_field "$MNT" predict_elf_files)" = 0 &&
 	unmount_store "$MNT" &&
 	test "$(gets "$N_LIBA")" = "$n0"
+'
+
+# in repository elfp: pgets NAME: the answered requests for path NAME's
+# range of its pack; pfirst NAME: the line of the first (0: none)
+pgets() { range_gets elfp ${R[$1]} | wc -l; }
+pfirst() { local l; l=$(range_gets elfp ${R[$1]} | head -n 1); echo "${l:-0}"; }
+declare -A R
+
+test_expect_success 'packed (format 2): the libraries'"'"' ranges of the pack are fetched, the unused one'"'"'s never' '
+	fault_set "mode=pass delay=50" &&
+	nixoci push --pack "$REG/elfp" "$PROG" &&
+	for n in PROG LIBA LIBBR BASE UNUSED; do
+		R[$n]=$(nar_range elfp "${!n}") || return 1
+		echo "$n: ${R[$n]}"
+	done &&
+	# the libraries are small: they share the program'"'"'s pack
+	test "${R[LIBA]%% *}" = "${R[PROG]%% *}" &&
+	test "${R[BASE]%% *}" = "${R[PROG]%% *}" &&
+	nixoci info "$REG/elfp" "$LIBA" | grep -q "^Pack: " &&
+	mount_store "$PROXY/elfp" "$MNT" "cache=$TRASH/cache-p" &&
+	head -c 64 "$MNT/${PROG##*/}/bin/prog" >out &&
+	head -c 64 "$PROG/bin/prog" >want && cmp out want &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT predict_libs) -ge 3 ]" &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT predict_elf_files) -ge 4 ]" &&
+	echo "program first fetched at line $(pfirst PROG), liba $(pfirst LIBA), libb $(pfirst LIBBR), libbase $(pfirst BASE)" &&
+	test "$(pgets LIBA)" -ge 1 && test "$(pgets LIBBR)" -ge 1 && test "$(pgets BASE)" -ge 1 &&
+	test "$(pfirst LIBA)" -gt "$(pfirst PROG)" &&
+	test "$(pfirst BASE)" -gt "$(pfirst LIBA)" &&
+	test "$(pgets UNUSED)" = 0 &&
+	test "$(stats_field "$MNT" predict_libs)" = 3 &&
+	test "$(stats_field "$MNT" predict_elf_files)" = 4 &&
+	cmp "$MNT/${LIBA##*/}/lib/liba.so.1" "$LIBA/lib/liba.so.1.0.0" &&
+	test "$(stats_field "$MNT" errors)" = 0 &&
+	unmount_store "$MNT" &&
+	test "$(pgets UNUSED)" = 0
 '
 
 test_expect_success 'unmount while a predicted library is stalled on the link: exit 0' '

@@ -9,6 +9,9 @@
 # start_delayproxy UPSTREAM       the benchmarks' delay link (bench/delayproxy.c) in
 #                                 its place: same PROXY, PROXY_CTL, PROXY_LOG (only
 #                                 delay=MS works); needs the build's bench/delayproxy
+# nar_digest REPO STOREPATH      hex digest of the path's own NAR blob (format 1)
+# nar_range REPO STOREPATH       "DIGEST OFFSET LENGTH" of its NAR layer, either format
+# range_gets REPO DIGEST OFF LEN  proxy log lines of GETs asking for bytes of that range
 # fault_set 'mode=... [k=v ...]'  change the fault now (atomic); fault_set pass heals
 # fault_hits MODE                 how many requests got fault MODE so far
 # timed CMD...                    run CMD, ELAPSED_MS = its wall time, keeps its status
@@ -62,15 +65,64 @@ start_delayproxy() {
 	start_proxy_with "delay proxy" "$1" "${2:-proxy}" "$bin"
 }
 
-# nar_digest REPO STOREPATH: the digest (hex) of the path's NAR layer in
-# repository REPO of $REG
+# nar_digest REPO STOREPATH: the digest (hex) of the path's own NAR layer in
+# repository REPO of $REG. A packed path (format 2) has none: it fails, so a
+# test that needs one says --no-pack (or uses nar_range).
 nar_digest() {
 	local h=${2##*/}
 	h=${h%%-*}
 	curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
 		"http://$REG/v2/$1/manifests/$h" | /usr/bin/python3 -c "import json, sys
 m = json.load(sys.stdin)
-print([l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]][0][\"digest\"].split(\":\")[1])"
+l = [l for l in m[\"layers\"] if \"nar\" in l[\"mediaType\"]]
+if not l:
+    sys.exit(\"nar_digest: %s is packed (format 2): no NAR blob of its own\" % sys.argv[1])
+print(l[0][\"digest\"].split(\":\")[1])" "$2"
+}
+
+# nar_range REPO STOREPATH: where the bytes of the path's NAR layer are in
+# repository REPO of $REG: "DIGEST OFFSET LENGTH" (DIGEST hex). Format 1:
+# its own NAR blob, 0 and the blob's size; format 2: its pack and the
+# nar-offset and nar-length annotations (docs/format.md 2.1).
+nar_range() {
+	local h=${2##*/}
+	h=${h%%-*}
+	curl -fsS -H "Accept: application/vnd.oci.image.manifest.v1+json" \
+		"http://$REG/v2/$1/manifests/$h" | /usr/bin/python3 -c "import json, sys
+m = json.load(sys.stdin)
+l = m[\"layers\"]
+p = [x for x in l if x[\"mediaType\"] == \"application/vnd.nixoci.pack.v1\"]
+if p:
+    a = p[0][\"annotations\"]
+    print(p[0][\"digest\"].split(\":\")[1], a[\"dev.nixoci.nar-offset\"], a[\"dev.nixoci.nar-length\"])
+else:
+    n = [x for x in l if \"nar\" in x[\"mediaType\"]][0]
+    print(n[\"digest\"].split(\":\")[1], 0, n[\"size\"])"
+}
+
+# range_gets REPO DIGEST OFFSET LENGTH: line numbers in $PROXY_LOG of the
+# answered GETs of blob DIGEST in REPO whose Range asks for any byte of
+# [OFFSET, OFFSET + LENGTH) (a GET without Range asks for all of them):
+# the requests for one path's NAR layer, in its own blob or in a pack
+range_gets() {
+	awk -v pat="GET /v2/$1/blobs/sha256:$2" -v lo="$3" -v hi="$(($3 + $4))" '
+	index($0, pat) && / -> / {
+		r = $0
+		if (!match(r, / range=[^ ]* -> /))
+			next
+		r = substr(r, RSTART + 7, RLENGTH - 11)
+		sub(/:.*/, "", r)
+		if (r == "-") { print NR; next }
+		sub(/^bytes=/, "", r)
+		n = split(r, rs, ",")
+		for (i = 1; i <= n; i++) {
+			split(rs[i], ab, "-")
+			# "a-b", "a-" (to the end); a suffix "-n" is not sent
+			a = ab[1] + 0
+			b = ab[2] == "" ? hi : ab[2] + 0
+			if (a < hi && b >= lo) { print NR; next }
+		}
+	}' "$PROXY_LOG"
 }
 
 stop_faultproxy() {

@@ -10,8 +10,9 @@ go out as one Range request (NIXOCI_TEST_SEND_HOLD_MS makes the moment long
 enough that the test never depends on timing). Every frame is still
 verified on its own: a corrupted shared answer caches nothing wrong, fails
 the walker that needed the frame with one log line, and heals; an unmount
-while the shared request is stalled exits 0. Asserted from the registry'"'"'s
-side (the proxy log) and the counters.'
+while the shared request is stalled exits 0. In a packed push (format 2) the
+library'"'"'s range of the pack goes out the same way. Asserted from the
+registry'"'"'s side (the proxy log) and the counters.'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
 
@@ -32,11 +33,14 @@ same_dump() {
 	cmp "$TRASH/dump.mnt" "$TRASH/dump.want"
 }
 
+# --no-pack: the library its own NAR blob, so that every request for that
+# blob (and every fault the proxy puts on it) is the library's; the packed
+# case tells its requests apart by range
 test_expect_success 'setup: a program and a large library, pushed, proxy' '
 	start_registry &&
 	PROG=$(nix-build "$TEST_LIB_DIR/coalesce.nix" "${NIX_BUILD_OPTS[@]}") &&
 	BIG=$(nix-store -qR "$PROG" | grep -- "-coal-libbig$") &&
-	nixoci push "$REG/coal" "$PROG" &&
+	nixoci push --no-pack "$REG/coal" "$PROG" &&
 	N_BIG=$(nar_digest coal "$BIG") &&
 	test ${#N_BIG} = 64 &&
 	start_faultproxy "$REG"
@@ -56,6 +60,31 @@ test_expect_success 'the library'"'"'s start and rest: two runs, one request, ri
 	same_dump &&
 	# everything came in that one request, verified frame by frame
 	test "$(($(gets) - n0))" = 1 &&
+	test "$(stats_field "$MNT" verify_failures)" = 0 &&
+	test "$(stats_field "$MNT" errors)" = 0 &&
+	unmount_store "$MNT"
+'
+
+# pgets: requests for the library's range of its pack in repository coalp
+pgets() { range_gets coalp $R_BIG | wc -l; }
+
+test_expect_success 'packed (format 2): the library'"'"'s range of the pack, two runs, one request' '
+	nixoci push --pack "$REG/coalp" "$PROG" &&
+	R_BIG=$(nar_range coalp "$BIG") && R_PROG=$(nar_range coalp "$PROG") &&
+	say "library: $R_BIG, program: $R_PROG" &&
+	test "${R_BIG%% *}" = "${R_PROG%% *}" &&
+	mount_store "$PROXY/coalp" "$MNT" "cache=$TRASH/cp" &&
+	n0=$(pgets) &&
+	head -c 64 "$MNT/${PROG##*/}/bin/prog" >/dev/null &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT predict_libs) -ge 1 ]" &&
+	test_wait_for 30 eval "[ \$(stats_field $MNT runs_shared) -ge 1 ]" &&
+	test_wait_for 30 eval "[ \$(pgets) -gt $n0 ]" &&
+	runs=$(($(pgets) - n0 + $(stats_field "$MNT" runs_shared))) &&
+	say "runs $runs, requests $(($(pgets) - n0))" &&
+	test "$(($(pgets) - n0))" = 1 &&
+	test "$runs" = 2 &&
+	same_dump &&
+	test "$(($(pgets) - n0))" = 1 &&
 	test "$(stats_field "$MNT" verify_failures)" = 0 &&
 	test "$(stats_field "$MNT" errors)" = 0 &&
 	unmount_store "$MNT"

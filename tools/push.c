@@ -58,10 +58,11 @@ static const char usage_push[] =
 	"                        nothing else is checked or written\n"
 	"  --mount-from REPO     blobs that repository REPO of the same registry has\n"
 	"                        are mounted from it instead of uploaded\n"
-	"  --pack                small store paths share pack blobs (manifest format 2\n"
-	"                        of docs/format.md): far fewer upload requests\n"
-	"  --no-pack             every path its own NAR layer and TOC (format 1, read\n"
-	"                        by every nixoci; the default for now)\n"
+	"  --pack                the default: small store paths share pack blobs\n"
+	"                        (manifest format 2 of docs/format.md), far fewer\n"
+	"                        upload requests\n"
+	"  --no-pack             every path its own NAR layer and TOC (format 1, for\n"
+	"                        readers older than format 2)\n"
 	"  -k, --sign-key FILE   sign with a nix-store --generate-binary-cache-key secret key\n"
 	"  --cafile FILE, --insecure, --timeout SECONDS, -v   as for every command\n";
 

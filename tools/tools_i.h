@@ -196,7 +196,7 @@ struct nx_pub {
 	size_t ntags;
 	int tags_known;
 	int config_done;        /* the empty config blob is in the repository */
-	int pack;               /* --pack: small paths share pack blobs */
+	int pack;               /* small paths share pack blobs (not --no-pack) */
 	struct nx_pub_group *groups;
 	size_t ngroups;
 
@@ -282,7 +282,7 @@ struct nx_pub_opts {
 	const char *mount_from; /* --mount-from REPO */
 	const char *tag;
 	const char *keyfile;
-	int pack; /* --pack */
+	int pack; /* 1 unless --no-pack */
 };
 int nx_pub_getopt(struct nx_cli *cli, const char *cmd, const char *usage, int argc, char **argv,
 		  struct nx_pub_opts *o);

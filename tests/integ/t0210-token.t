@@ -36,11 +36,14 @@ test_expect_success 'anonymous push is refused: credentials missing' '
 	grep -q "docker login $REG" err
 '
 
+# --no-pack: every path its own two blobs, so the push makes many
+# requests (more than 10) on one or two tokens; the packed push that follows
+# makes fewer, on as few tokens
 test_expect_success 'authenticated push works; its token is cached' '
 	docker_config "$TRASH/creds" "$REG" alice s3cret &&
 	before=$(token_count alice) &&
 	regs_before=$(reg_log_count "$REG_LOG" "HTTP/1.1\" 20") &&
-	DOCKER_CONFIG=$TRASH/creds nixoci push "$REF" "$SMALL" >push.out 2>&1 &&
+	DOCKER_CONFIG=$TRASH/creds nixoci push --no-pack "$REF" "$SMALL" >push.out 2>&1 &&
 	cat push.out &&
 	grep -q "^pushed $NPATHS paths" push.out &&
 	tokens=$(($(token_count alice) - before)) &&
@@ -48,22 +51,38 @@ test_expect_success 'authenticated push works; its token is cached' '
 	echo "push: $tokens token requests for $reqs successful registry requests" &&
 	test "$reqs" -gt 10 &&
 	test "$tokens" -ge 1 && test "$tokens" -le 2 &&
-	grep "^token alice" "$TOKEN_LOG" | grep -q "pull,push"
+	grep "^token alice" "$TOKEN_LOG" | grep -q "pull,push" &&
+	REQS_V1=$reqs
+'
+
+test_expect_success 'a packed push (the default): fewer requests, its token cached' '
+	before=$(token_count alice) &&
+	regs_before=$(reg_log_count "$REG_LOG" "HTTP/1.1\" 20") &&
+	DOCKER_CONFIG=$TRASH/creds nixoci push "$REG/smallp" "$SMALL" >push.out 2>&1 &&
+	cat push.out &&
+	grep -q "^pushed $NPATHS paths" push.out &&
+	tokens=$(($(token_count alice) - before)) &&
+	reqs=$(($(reg_log_count "$REG_LOG" "HTTP/1.1\" 20") - regs_before)) &&
+	echo "push: $tokens token requests for $reqs successful registry requests" &&
+	# at least a manifest per path, fewer requests than blobs of its own
+	test "$reqs" -ge "$NPATHS" && test "$reqs" -lt "$REQS_V1" &&
+	test "$tokens" -ge 1 && test "$tokens" -le 2 &&
+	DOCKER_CONFIG=$TRASH/creds nixoci info "$REG/smallp" "$SMALL" | grep "^Pack: "
 '
 
 test_expect_success '--mount-from: the push token covers the source, no mount is refused' '
 	before=$(token_count alice) &&
 	refused=$(reg_log_count "$REG_LOG" "mount=.*HTTP/1.1\" 401") &&
-	DOCKER_CONFIG=$TRASH/creds nixoci push --mount-from small "$REG/other" "$SMALL" \
+	DOCKER_CONFIG=$TRASH/creds nixoci push --mount-from smallp "$REG/other" "$SMALL" \
 		>mnt.out 2>&1 &&
 	cat mnt.out &&
 	grep -q "^pushed $NPATHS paths ($NPATHS uploaded" mnt.out &&
-	grep -q "([1-9][0-9]* blobs mounted from small)" mnt.out &&
+	grep -q "([1-9][0-9]* blobs mounted from smallp)" mnt.out &&
 	tokens=$(($(token_count alice) - before)) &&
 	echo "token requests: $tokens; last: $(grep "^token alice" "$TOKEN_LOG" | tail -n 1)" &&
 	test "$tokens" -le 2 &&
 	grep "^token alice" "$TOKEN_LOG" | tail -n 1 |
-		grep -q "repository:other:pull,push.*small:pull" &&
+		grep -q "repository:other:pull,push.*smallp:pull" &&
 	test "$(reg_log_count "$REG_LOG" "mount=.*HTTP/1.1\" 401")" = "$refused"
 '
 

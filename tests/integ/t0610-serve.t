@@ -20,6 +20,8 @@ same_dumps() {
 	done
 }
 
+# s: packed (format 2, the default); s1: --no-pack, every path its own NAR
+# blob, which is what --redirect sends Nix to
 test_expect_success 'setup: registry, small closure pushed and signed, serve' '
 	start_registry &&
 	build_small_closure &&
@@ -27,6 +29,8 @@ test_expect_success 'setup: registry, small closure pushed and signed, serve' '
 	nix-store --generate-binary-cache-key other-1 sk-other pk-other &&
 	PK=$(cat pk) && PK_OTHER=$(cat pk-other) &&
 	nixoci push --sign-key sk "$REG/s" "$SMALL" &&
+	nixoci info "$REG/s" "$SMALL" | grep "^Pack: " &&
+	nixoci push --no-pack --sign-key sk "$REG/s1" "$SMALL" &&
 	start_serve serve.out "$REG/s" &&
 	S_URL=$SERVE_URL &&
 	curl -fsS "$SERVE_URL/nix-cache-info" | grep -q "^StoreDir: /nix/store$"
@@ -69,29 +73,59 @@ test_expect_success 'nix-store --realise with the facade as the only substituter
 '
 
 test_expect_success 'serve --redirect: Nix fetches the blob from the registry (seek table and all)' '
-	start_serve serve-r.out "$REG/s" --redirect &&
-	R_URL=$SERVE_URL &&
-	nix_fresh nixcmd copy --from "$R_URL" --to "$TRASH/root4" \
+	start_serve serve-r.out "$REG/s1" --redirect &&
+	nix_fresh nixcmd copy --from "$SERVE_URL" --to "$TRASH/root4" \
 		--option trusted-public-keys "$PK" "$SMALL" &&
 	same_dumps "$TRASH/root4" &&
-	grep -q "GET /v2/s/blobs/sha256:.*Nix/" "$TRASH/registry-reg/log"
+	grep -q "GET /v2/s1/blobs/sha256:.*Nix/" "$TRASH/registry-reg/log"
 '
 
-test_expect_success 'a tampered NAR blob in the registry: Nix copy fails, nothing wrong lands' '
-	data=$(echo "$SMALL_CLOSURE" | grep hello-data) &&
-	d=$(nixoci info "$REG/s" "$data" | sed -n "s/^NarLayer: \(sha256:[0-9a-f]*\) .*/\1/p") &&
-	blob=$(registry_blob_path "$d") &&
+test_expect_success 'serve --redirect, packed paths: served, never redirected to their pack' '
+	start_serve serve-rp.out "$REG/s" --redirect &&
+	nix_fresh nixcmd copy --from "$SERVE_URL" --to "$TRASH/root4p" \
+		--option trusted-public-keys "$PK" "$SMALL" &&
+	same_dumps "$TRASH/root4p" &&
+	! grep "GET /v2/s/blobs/sha256:.*Nix/" "$TRASH/registry-reg/log"
+'
+
+# tamper BLOB OFFSET: flip the byte at OFFSET of the registry'"'"'s copy of
+# blob BLOB (sha256:HEX), its length unchanged
+tamper() {
+	local blob size
+	blob=$(registry_blob_path "$1") &&
 	size=$(stat -c %s "$blob") &&
-	# same length, one byte changed in the middle of the frames
 	/usr/bin/python3 -c "import sys
-p = sys.argv[1]; b = bytearray(open(p, \"rb\").read()); b[len(b) // 3] ^= 0xff
-open(p, \"wb\").write(b)" "$blob" &&
-	test "$(stat -c %s "$blob")" = "$size" &&
-	! nix_fresh nixcmd copy --from "$S_URL" --to "$TRASH/root5" \
+p = sys.argv[1]; b = bytearray(open(p, \"rb\").read()); b[int(sys.argv[2])] ^= 0xff
+open(p, \"wb\").write(b)" "$blob" "$2" &&
+	test "$(stat -c %s "$blob")" = "$size"
+}
+
+test_expect_success 'a tampered NAR blob in the registry: Nix copy fails, nothing wrong lands' '
+	start_serve serve1.out "$REG/s1" &&
+	data=$(echo "$SMALL_CLOSURE" | grep hello-data) &&
+	read -r d size < <(nixoci info "$REG/s1" "$data" | sed -n "s/^NarLayer: \(sha256:[0-9a-f]*\) \([0-9]*\)$/\1 \2/p") &&
+	# one byte changed in the middle of the frames
+	tamper "$d" $((size / 3)) &&
+	! nix_fresh nixcmd copy --from "$SERVE_URL" --to "$TRASH/root5" \
 		--option download-attempts 1 \
 		--option trusted-public-keys "$PK" "$SMALL" 2>err &&
 	tail -n 5 err &&
 	! nix-store --store "$TRASH/root5" --verify-path "$data" 2>/dev/null &&
+	grep -q "${data}: frame .* does not match its TOC digest" serve1.out.log
+'
+
+test_expect_success 'a tampered NAR range of a pack: Nix copy fails, nothing wrong lands' '
+	data=$(echo "$SMALL_CLOSURE" | grep hello-data) &&
+	nixoci info "$REG/s" "$data" | grep "^Pack: " &&
+	read -r d off len < <(nixoci info "$REG/s" "$data" |
+		sed -n "s/^Pack: \(sha256:[0-9a-f]*\) [0-9]* nar \([0-9]*\)+\([0-9]*\) .*/\1 \2 \3/p") &&
+	# one byte changed in the middle of the path'"'"'s frames in the pack
+	tamper "$d" $((off + len / 3)) &&
+	! nix_fresh nixcmd copy --from "$S_URL" --to "$TRASH/root6" \
+		--option download-attempts 1 \
+		--option trusted-public-keys "$PK" "$SMALL" 2>err &&
+	tail -n 5 err &&
+	! nix-store --store "$TRASH/root6" --verify-path "$data" 2>/dev/null &&
 	grep -q "${data}: frame .* does not match its TOC digest" serve.out.log
 '
 

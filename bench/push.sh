@@ -66,7 +66,8 @@ case $RAW_FORMAT in gzip | zstd) ;; *) echo "BENCH_PUSH_RAW_FORMAT: gzip or zstd
 for m in $METHODS; do
 	case $m in nixoci | skopeo | skopeo-raw) ;; *) echo "BENCH_PUSH_METHODS: unknown method $m" >&2; exit 2 ;; esac
 done
-# extra options of both nixoci pushes, e.g. BENCH_PUSH_FLAGS=--pack (format 2)
+# extra options of both nixoci pushes, e.g. BENCH_PUSH_FLAGS=--no-pack (format 1;
+# packs, format 2, are the default since session 10)
 read -r -a PUSH_FLAGS <<<"${BENCH_PUSH_FLAGS:-}"
 RUN=$WORK/push-run
 RESULTS=$SRC/bench/results

@@ -1,7 +1,8 @@
 #!/bin/bash
 test_description='packed push (manifest format 2, docs/format.md 2.1): small paths share a
 pack blob; mounts, closure mounts, verify, re-push and serve read them; a tampered pack,
-offsets outside the pack and a missing pack are refused cleanly; format 1 still mounts'
+offsets outside the pack and a missing pack are refused cleanly; format 1 still mounts;
+packs are what push and import write unless --no-pack'
 . "$(dirname "$0")/../lib/lib.sh"
 . "$TEST_LIB_DIR/faults.sh"
 
@@ -182,6 +183,30 @@ test_expect_success 'format 1 (--no-pack, which overrides an earlier --pack) int
 	mount_store "$REG/plain1" "$TRASH/v1" &&
 	check_mount_hashes "$TRASH/v1" $SMALL_CLOSURE &&
 	unmount_store "$TRASH/v1"
+'
+
+test_expect_success 'the default: push and import without --pack write packs; --no-pack --pack packs (the last counts)' '
+	nixoci push "$REG/dflt" "$SMALL" &&
+	nixoci push --no-pack --pack "$REG/last" "$SMALL" &&
+	nixoci import "file://$TRASH/bincache" "$REG/dflt-import" "$SMALL" &&
+	nixoci import --no-pack "file://$TRASH/bincache" "$REG/plain-import" "$SMALL" &&
+	for r in dflt last dflt-import; do
+		for p in $SMALL_CLOSURE; do
+			pack_field $r "$p" "m[\"artifactType\"], l[\"mediaType\"], l[\"digest\"]" ||
+				return 1
+		done | sort -u >dl &&
+		cat dl &&
+		test "$(wc -l <dl)" = 1 &&
+		grep -q "^application/vnd.nixoci.store-path.v2 application/vnd.nixoci.pack.v1 " dl ||
+			return 1
+	done &&
+	for p in $SMALL_CLOSURE; do
+		pack_field plain-import "$p" "m[\"artifactType\"], len(m[\"layers\"])" || return 1
+	done | sort -u >pl &&
+	grep -qx "application/vnd.nixoci.store-path.v1 2" pl &&
+	test "$(wc -l <pl)" = 1 &&
+	nixoci info "$REG/dflt" "$DATA" | grep "^Pack: " &&
+	nixoci info "$REG/plain-import" "$DATA" | grep "^NarLayer: "
 '
 
 test_expect_success 'a profile prefetch of a path inside a pack (runs at its offset)' '

@@ -143,7 +143,8 @@ test_expect_success 'packed (format 2): the libraries'"'"' ranges of the pack ar
 	echo "program first fetched at line $(pfirst PROG), liba $(pfirst LIBA), libb $(pfirst LIBBR), libbase $(pfirst BASE)" &&
 	test "$(pgets LIBA)" -ge 1 && test "$(pgets LIBBR)" -ge 1 && test "$(pgets BASE)" -ge 1 &&
 	test "$(pfirst LIBA)" -gt "$(pfirst PROG)" &&
-	test "$(pfirst BASE)" -gt "$(pfirst LIBA)" &&
+	# with them, from the pusher'"'"'s record, as in format 1
+	test "$(pfirst BASE)" -gt "$(pfirst PROG)" &&
 	test "$(pgets UNUSED)" = 0 &&
 	test "$(stats_field "$MNT" predict_libs)" = 3 &&
 	test "$(stats_field "$MNT" predict_elf_files)" = 4 &&

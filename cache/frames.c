@@ -443,7 +443,9 @@ static int sendq_join(struct nx_store *st, struct nx_spath *p, uint32_t a, uint3
 	nx_log(NX_LOG_DEBUG, "fetch %s/%.*s: frames %u-%u join the request for %u-%u",
 	       NX_STORE_DIR, (int)p->base_len, p->base, a, b, q->first, q->last);
 	for (o = st->sendq; deferrable && o; o = o->next) {
-		if (o == q || !sendq_fits(q, p, o->first, o->last, 1))
+		/* another path's held request is not ours to take: its frame
+		 * numbers are of its own TOC (taking it lost its claims) */
+		if (o == q || o->p != p || !sendq_fits(q, p, o->first, o->last, 1))
 			continue;
 		if (sendq_add(st, q, o->first, o->last, o->flags) == 0) {
 			o->merged = 1;

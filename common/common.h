@@ -522,6 +522,11 @@ struct nx_index {
 	/* the closure metadata manifest (format.md 5.1), when has_meta */
 	int has_meta;
 	struct nx_desc meta;
+	/* the blob that manifest names, from its descriptor's annotations (a
+	 * hint: a reader fetches it beside the manifest, and uses it only if
+	 * the manifest names it too), when has_meta_blob */
+	int has_meta_blob;
+	struct nx_desc meta_blob;
 };
 void nx_index_release(struct nx_index *ix);
 int nx_index_build(const struct nx_index *ix, char **json, size_t *len);

@@ -1133,8 +1133,18 @@ int nx_index_build(const struct nx_index *ix, char **json, size_t *len)
 			goto out;
 		}
 		if (set_str(da, A_PREFIX "closure-meta", "1") < 0 ||
-		    set_str(d, "artifactType", NX_ARTIFACT_CLOSURE_META) < 0 ||
-		    json_array_append_new(mans, d) < 0)
+		    set_str(d, "artifactType", NX_ARTIFACT_CLOSURE_META) < 0)
+			goto out;
+		if (ix->has_meta_blob) {
+			char dg[NX_DIGEST_STRLEN], num[32];
+
+			nx_digest_format(ix->meta_blob.digest, dg);
+			snprintf(num, sizeof(num), "%llu", (unsigned long long)ix->meta_blob.size);
+			if (set_str(da, A_PREFIX "closure-meta-blob", dg) < 0 ||
+			    set_str(da, A_PREFIX "closure-meta-blob-size", num) < 0)
+				goto out;
+		}
+		if (json_array_append_new(mans, d) < 0)
 			goto out;
 	}
 	if (set_str(root, "artifactType", NX_ARTIFACT_CLOSURE) < 0 ||
@@ -1200,6 +1210,28 @@ static int parse_meta_entry(json_t *d, size_t i, struct nx_index *out)
 	if (parse_desc(what, d, NX_MT_MANIFEST, &out->meta) < 0)
 		return -EINVAL;
 	out->has_meta = 1;
+	/* the blob it names, a hint: a bad one is ignored, the index stands */
+	{
+		json_t *a = json_object_get(d, "annotations");
+		const char *bd = json_string_value(json_object_get(a, A_PREFIX "closure-meta-blob"));
+		const char *bs =
+			json_string_value(json_object_get(a, A_PREFIX "closure-meta-blob-size"));
+		char *end = NULL;
+		unsigned long long sz;
+
+		if (!bd && !bs)
+			return 0;
+		sz = bs && *bs >= '1' && *bs <= '9' ? strtoull(bs, &end, 10) : 0;
+		if (bd && nx_digest_parse(bd, out->meta_blob.digest) == 0 && end && !*end &&
+		    sz > 0 && sz <= NX_CMETA_MAX_BYTES) {
+			out->meta_blob.size = sz;
+			out->has_meta_blob = 1;
+		} else {
+			nx_log(NX_LOG_WARNING, "%s: ignoring its dev.nixoci.closure-meta-blob "
+					       "(malformed); the blob is found through its manifest",
+			       what);
+		}
+	}
 	return 0;
 }
 

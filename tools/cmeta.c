@@ -143,7 +143,8 @@ static void *cm_worker(void *arg)
 
 /* The metadata the index now under @name lists, if it lists exactly the
  * manifests of @p: 1 and *out, else 0. */
-static int cm_reuse(struct nx_pub *p, const char *name, struct nx_desc *out)
+static int cm_reuse(struct nx_pub *p, const char *name, struct nx_desc *out,
+		    struct nx_desc *blob)
 {
 	struct nx_index ix;
 	uint8_t d[NX_SHA256_LEN];
@@ -162,8 +163,11 @@ static int cm_reuse(struct nx_pub *p, const char *name, struct nx_desc *out)
 			same = strcmp(ix.entries[i].store_path, p->paths[i].info.store_path) == 0 &&
 			       memcmp(ix.entries[i].desc.digest, p->paths[i].mdigest,
 				      NX_SHA256_LEN) == 0;
-		if (same)
+		if (same) {
 			*out = ix.meta;
+			if (ix.has_meta_blob)
+				*blob = ix.meta_blob;
+		}
 		nx_index_release(&ix);
 	}
 	free(body);
@@ -178,7 +182,8 @@ static int cm_reuse(struct nx_pub *p, const char *name, struct nx_desc *out)
 	return same;
 }
 
-int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *out)
+int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *out,
+			struct nx_desc *blob_out)
 {
 	struct cm_job j = { .p = p };
 	pthread_t th[CM_THREADS];
@@ -191,7 +196,8 @@ int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *out)
 
 	if (p->npaths == 0)
 		return -EINVAL;
-	if (cm_reuse(p, name, out))
+	memset(blob_out, 0, sizeof(*blob_out));
+	if (cm_reuse(p, name, out, blob_out))
 		return 0;
 	j.items = calloc(p->npaths, sizeof(*j.items));
 	j.mans = calloc(p->npaths, sizeof(*j.mans));
@@ -227,8 +233,10 @@ int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *out)
 	out->size = jlen;
 	nx_digest_format(out->digest, ref);
 	r = nx_registry_put_manifest(p->reg, ref, NX_MT_MANIFEST, json, jlen);
-	if (r == 0)
+	if (r == 0) {
 		nx_pub_add_bytes(p, jlen);
+		*blob_out = blob;
+	}
 out:
 	if (j.mans)
 		for (size_t i = 0; i < p->npaths; i++)

@@ -1152,7 +1152,7 @@ int nx_pub_run(struct nx_pub *p, long jobs)
 
 /* The closure index JSON for @p's paths (their mdigest) and @meta. */
 static int index_json(struct nx_pub *p, char **roots, size_t nroots, const struct nx_desc *meta,
-		      char **json, size_t *len)
+		      const struct nx_desc *blob, char **json, size_t *len)
 {
 	struct nx_index ix = { 0 };
 	size_t i;
@@ -1172,6 +1172,11 @@ static int index_json(struct nx_pub *p, char **roots, size_t nroots, const struc
 	if (meta) {
 		ix.meta = *meta;
 		ix.has_meta = 1;
+		/* the blob too, so a mount fetches it beside the manifest */
+		if (blob && blob->size) {
+			ix.meta_blob = *blob;
+			ix.has_meta_blob = 1;
+		}
 	}
 	r = nx_index_build(&ix, json, len);
 	free(ix.entries); /* shallow: strings belong to p and roots */
@@ -1181,20 +1186,20 @@ static int index_json(struct nx_pub *p, char **roots, size_t nroots, const struc
 int nx_pub_index(struct nx_pub *p, const char *name, char **roots, size_t nroots)
 {
 	uint8_t digest[NX_SHA256_LEN], have[NX_SHA256_LEN];
-	struct nx_desc meta;
+	struct nx_desc meta, meta_blob = { 0 };
 	int exists = 0;
 	char *json = NULL;
 	size_t len = 0;
 	int r;
 
 	/* all metadata in one blob, for closure mounts (tools/cmeta.c) */
-	r = nx_pub_closure_meta(p, name, &meta);
+	r = nx_pub_closure_meta(p, name, &meta, &meta_blob);
 	if (r == -E2BIG)
 		nx_log(NX_LOG_WARNING, "closure %s: too large for one metadata blob; mounts "
 		       "will load its paths one by one", name);
 	else if (r < 0)
 		return r;
-	r = index_json(p, roots, nroots, r == 0 ? &meta : NULL, &json, &len);
+	r = index_json(p, roots, nroots, r == 0 ? &meta : NULL, &meta_blob, &json, &len);
 	if (r < 0)
 		return r;
 	/* an unchanged closure written again writes nothing */
@@ -1379,7 +1384,8 @@ int nx_pub_unchanged(struct nx_pub *p, const char *name, char **roots, size_t nr
 	if (adopted != p->npaths || n != p->npaths)
 		goto out;
 	/* the roots too: what we would write, byte for byte */
-	if (index_json(p, roots, nroots, &ix.meta, &json, &len) == 0) {
+	if (index_json(p, roots, nroots, &ix.meta, ix.has_meta_blob ? &ix.meta_blob : NULL, &json,
+		       &len) == 0) {
 		nx_sha256(json, len, want);
 		same = memcmp(want, have, NX_SHA256_LEN) == 0;
 	}

@@ -270,8 +270,11 @@ int nx_pub_upload_blob(struct nx_pub *p, const uint8_t digest[NX_SHA256_LEN], in
 		       const void *buf, uint64_t size, int probe);
 /* tools/cmeta.c: writes (or finds under tag @name, unchanged) the closure
  * metadata manifest and blob of every path of @p (format.md 5.1); *meta
- * gets the manifest's descriptor. -E2BIG when over the readers' caps. */
-int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *meta);
+ * gets the manifest's descriptor, *blob the blob's (size 0: not known, an
+ * index found unchanged that did not say). -E2BIG when over the readers'
+ * caps. */
+int nx_pub_closure_meta(struct nx_pub *p, const char *name, struct nx_desc *meta,
+			struct nx_desc *blob);
 /* Options push and import share: -j/--jobs N (1..64, default NX_PUB_JOBS),
  * --mount-from REPO, -t/--tag
  * NAME (checked), -k/--sign-key FILE, and the common ones. Returns -1 when

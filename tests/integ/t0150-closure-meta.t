@@ -1,6 +1,7 @@
 #!/bin/bash
-test_description='closure metadata in one fetch (format.md 5.1): no per-path metadata request; a tampered, disagreeing or missing blob falls back cleanly'
+test_description='closure metadata in one fetch (format.md 5.1): no per-path metadata request; a tampered, disagreeing or missing blob falls back cleanly; the index names the blob, which a mount fetches beside its manifest, and a hint that disagrees or is malformed is ignored'
 . "$(dirname "$0")/../lib/lib.sh"
+. "$TEST_LIB_DIR/faults.sh"
 
 test_require_cmd docker-registry curl zstd /usr/bin/python3
 test_require_nix
@@ -109,6 +110,81 @@ test_expect_success 'a re-push of the unchanged closure keeps the same index' '
 	test "$before" = "$((NPATHS + 1))"
 '
 
+# hint_index TAG DIGEST SIZE: the index "hello" under TAG with the metadata
+# blob hint set to DIGEST and SIZE ("-": the hint removed)
+hint_index() {
+	curl -fsS -H "Accept: $IDX_MT" "http://$REG/v2/store/manifests/hello" >hidx.json &&
+	/usr/bin/python3 -c "
+import json, sys
+x = json.load(open(\"hidx.json\"))
+for d in x[\"manifests\"]:
+    a = d.get(\"annotations\", {})
+    if \"dev.nixoci.closure-meta\" in a:
+        if sys.argv[1] == \"-\":
+            del a[\"dev.nixoci.closure-meta-blob\"], a[\"dev.nixoci.closure-meta-blob-size\"]
+        else:
+            a[\"dev.nixoci.closure-meta-blob\"] = sys.argv[1]
+            a[\"dev.nixoci.closure-meta-blob-size\"] = sys.argv[2]
+open(\"hidx2.json\", \"w\").write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))
+" "$2" "$3" &&
+	curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @hidx2.json \
+		"http://$REG/v2/store/manifests/$1"
+}
+
+test_expect_success 'the index names the metadata blob its manifest names (a hint)' '
+	curl -fsS "http://$REG/v2/store/blobs/$BLOB" | wc -c >blob.size &&
+	json_get manifests/hello $IDX_MT "[(d[\"annotations\"][\"dev.nixoci.closure-meta-blob\"], d[\"annotations\"][\"dev.nixoci.closure-meta-blob-size\"]) for d in x[\"manifests\"] if \"dev.nixoci.closure-meta\" in d[\"annotations\"]][0]" >hint.out &&
+	test "$(cat hint.out)" = "('"'"'$BLOB'"'"', '"'"'$(cat blob.size)'"'"')"
+'
+
+test_expect_success 'a mount fetches the blob beside its manifest, not after it' '
+	start_faultproxy "$REG" &&
+	fault_set "mode=stall match=/manifests/$META" &&
+	# the manifest is answered only 2 s after the mount starts
+	{ (sleep 2 && fault_set "mode=pass") & } &&
+	release=$! &&
+	MOUNT_LOG_ALLOW= &&
+	mount_store "$PROXY/store" "$TRASH/m7" "closure=hello,cache=$TRASH/c7" &&
+	wait "$release" &&
+	walk "$TRASH/m7" &&
+	check_mount_hashes "$TRASH/m7" $SMALL_CLOSURE &&
+	! grep -q "not using its metadata blob" "${MOUNT_LOG[$TRASH/m7]}" &&
+	b=$(grep -n "GET /v2/store/blobs/$BLOB .*-> 20[06] pass" "$PROXY_LOG" | head -n 1 | cut -d: -f1) &&
+	m=$(grep -n "GET /v2/store/manifests/$META .*-> 200 pass" "$PROXY_LOG" | head -n 1 | cut -d: -f1) &&
+	say "blob answered at proxy log line $b, its manifest at $m" &&
+	test -n "$b" && test -n "$m" && test "$b" -lt "$m" &&
+	unmount_store "$TRASH/m7"
+'
+
+test_expect_success 'a hint that disagrees with the manifest: one log line, the manifest'"'"'s blob' '
+	# another valid blob of the registry: the first path'"'"'s TOC
+	other=$(json_get "manifests/$(meta_digest hello)" $MAN_MT "x[\"config\"][\"digest\"]") &&
+	osize=$(curl -fsS "http://$REG/v2/store/blobs/$other" | wc -c) &&
+	hint_index hello-hint "$other" "$osize" &&
+	MOUNT_LOG_ALLOW="its index names another metadata blob than its metadata manifest does" &&
+	mount_store "$REG/store" "$TRASH/m8" "closure=hello-hint,cache=$TRASH/c8" &&
+	walk "$TRASH/m8" &&
+	check_mount_hashes "$TRASH/m8" $SMALL_CLOSURE &&
+	log=${MOUNT_LOG[$TRASH/m8]} &&
+	test "$(grep -c "its index names another metadata blob" "$log")" = 1 &&
+	! grep -q "not using its metadata blob" "$log" &&
+	unmount_store "$TRASH/m8"
+'
+
+for bad in "sha256:xyz 10" "$BLOB 0" "$BLOB 12x" "$BLOB 99999999999999"; do
+	test_expect_success "a malformed hint ($bad): one log line, the manifest's blob" '
+		hint_index hello-hint $bad &&
+		MOUNT_LOG_ALLOW="ignoring its dev.nixoci.closure-meta-blob" &&
+		mount_store "$REG/store" "$TRASH/m9" "closure=hello-hint,cache=$TRASH/c9" &&
+		walk "$TRASH/m9" &&
+		log=${MOUNT_LOG[$TRASH/m9]} &&
+		! grep -q "not using its metadata blob" "$log" &&
+		test "$(grep -c "ignoring its dev.nixoci.closure-meta-blob" "$log")" -ge 1 &&
+		unmount_store "$TRASH/m9" &&
+		rm -rf "$TRASH/c9"
+	'
+done
+
 # publish_meta RAW TAG: RAW (an inflated closure metadata blob) compressed
 # and uploaded with its own valid digest, a metadata manifest naming it, and
 # a copy of the index "hello" that lists that manifest, under TAG.
@@ -141,8 +217,11 @@ for d in x[\"manifests\"]:
     if \"dev.nixoci.closure-meta\" in d.get(\"annotations\", {}):
         d[\"digest\"] = sys.argv[1]
         d[\"size\"] = int(sys.argv[2])
+        # the blob it names, as a writer says it
+        d[\"annotations\"][\"dev.nixoci.closure-meta-blob\"] = sys.argv[3]
+        d[\"annotations\"][\"dev.nixoci.closure-meta-blob-size\"] = sys.argv[4]
 open(\"badidx.json\", \"w\").write(json.dumps(x, separators=(\",\", \":\"), sort_keys=True))
-" "$bm" "$(stat -c %s badmeta.json)" &&
+" "$bm" "$(stat -c %s badmeta.json)" "$bd" "$(stat -c %s "$raw.zst")" &&
 	curl -fsS -X PUT -H "Content-Type: $IDX_MT" --data-binary @badidx.json \
 		"http://$REG/v2/store/manifests/$tag"
 }

@@ -483,6 +483,12 @@ struct nx_elf_needs {
  * -E2BIG over the cap. _parse: strict (-EINVAL: not that shape, entries
  * not ascending, a name with '/', an index out of range; -E2BIG), no log;
  * *out freed with nx_elf_needs_free. _find: @entry's record or NULL. */
+/* _add: appends @entry's record (entries ascending; @dir "" or NULL for no
+ * search path, @rpath ignored without one) to *@np, allocated on first
+ * use; the same limits as _parse (-EINVAL); after -ENOMEM *@np is still
+ * whole (without that file), for the caller to free. */
+int nx_elf_needs_add(struct nx_elf_needs **np, uint32_t entry, const char *dir, int rpath,
+		     const char *const *names, unsigned nnames);
 int nx_elf_needs_format(const struct nx_elf_needs *n, char **out);
 int nx_elf_needs_parse(const char *s, struct nx_elf_needs **out);
 void nx_elf_needs_free(struct nx_elf_needs *n);

@@ -496,6 +496,71 @@ static int needs_str(const json_t *v, size_t max, int noslash)
 	return s && n && n <= max && strlen(s) == n && !(noslash && strchr(s, '/'));
 }
 
+/* Grows *@v (of *@n items) by one slot; 0 or -ENOMEM. */
+static int grow_list(char ***v, size_t n)
+{
+	char **nv = realloc(*v, (n + 1) * sizeof(**v));
+
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	return 0;
+}
+
+int nx_elf_needs_add(struct nx_elf_needs **np, uint32_t entry, const char *dir, int rpath,
+		     const char *const *names, unsigned nnames)
+{
+	struct nx_elf_needs *n = *np;
+	struct nx_elf_need *f, *nf;
+	size_t dl = dir ? strlen(dir) : 0;
+	int32_t k = -1;
+
+	/* the same rules as _parse: what is added is what a reader takes */
+	if (entry < 1 || entry == UINT32_MAX || nnames < 1 || nnames > NX_ELF_NEEDED_MAX ||
+	    dl > NX_ELF_RUNPATH_MAX ||
+	    (n && n->nfiles && entry <= n->files[n->nfiles - 1].entry))
+		return -EINVAL;
+	for (unsigned j = 0; j < nnames; j++) {
+		size_t l = strlen(names[j]);
+
+		if (!l || l > NX_ELF_NAME_MAX || strchr(names[j], '/'))
+			return -EINVAL;
+	}
+	if (!n && !(n = *np = calloc(1, sizeof(*n))))
+		return -ENOMEM;
+	for (size_t i = 0; dl && i < n->nsearch && k < 0; i++)
+		if (strcmp(n->search[i], dir) == 0)
+			k = (int32_t)i;
+	if (dl && k < 0) {
+		if (n->nsearch >= INT32_MAX || grow_list(&n->search, n->nsearch) < 0 ||
+		    !(n->search[n->nsearch] = strdup(dir)))
+			return -ENOMEM;
+		k = (int32_t)n->nsearch++;
+	}
+	nf = realloc(n->files, (n->nfiles + 1) * sizeof(*nf));
+	if (!nf)
+		return -ENOMEM;
+	n->files = nf;
+	f = &nf[n->nfiles];
+	f->entry = entry;
+	f->search = k;
+	f->rpath = rpath && k >= 0;
+	f->name0 = (uint32_t)n->nnames;
+	f->nnames = 0;
+	for (unsigned j = 0; j < nnames; j++) {
+		if (grow_list(&n->names, n->nnames) < 0 || !(n->names[n->nnames] = strdup(names[j]))) {
+			/* drop the half-added file's names: the struct stays whole */
+			while (f->nnames--)
+				free(n->names[--n->nnames]);
+			return -ENOMEM;
+		}
+		n->nnames++;
+		f->nnames++;
+	}
+	n->nfiles++;
+	return 0;
+}
+
 int nx_elf_needs_format(const struct nx_elf_needs *n, char **out)
 {
 	json_t *o = json_object(), *files = json_array(), *search = json_array();

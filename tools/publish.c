@@ -779,23 +779,6 @@ static int local_read(void *ctx, uint64_t off, void *buf, size_t len)
 	return nx_pread_all(*(int *)ctx, buf, len, (off_t)off);
 }
 
-/* @dir's index in @search (a JSON array of strings), added when new; -1
- * for ""; -2 when out of memory. */
-static json_int_t search_index(json_t *search, const char *dir)
-{
-	size_t i;
-	json_t *v;
-
-	if (!*dir)
-		return -1;
-	json_array_foreach(search, i, v)
-		if (strcmp(json_string_value(v), dir) == 0)
-			return (json_int_t)i;
-	if (json_array_append_new(search, json_string(dir)) < 0)
-		return -2;
-	return (json_int_t)json_array_size(search) - 1;
-}
-
 /*
  * What the dynamic sections of @pp's ELF files say (format.md 2,
  * dev.nixoci.elf), read from the local store with the mount's parser
@@ -807,21 +790,19 @@ static json_int_t search_index(json_t *search, const char *dir)
  */
 static void elf_record(struct nx_pub_path *pp, const struct nx_toc *t)
 {
-	json_t *o = json_object(), *files = json_array(), *search = json_array();
 	struct nx_elf_dyn *dyn = malloc(sizeof(*dyn));
 	char *rel = malloc(PATH_MAX), *full = malloc(PATH_MAX), *s = NULL;
 	struct nx_elf_needs *n = NULL;
 	int r;
 
-	if (!o || !files || !search || !dyn || !rel || !full)
+	if (!dyn || !rel || !full)
 		goto out;
 	for (uint32_t i = 1; i < t->nentries; i++) {
 		const struct nx_toc_entry *en = &t->entries[i];
+		const char *names[NX_ELF_NEEDED_MAX];
 		uint8_t magic[7];
 		size_t nl = 0;
 		const char *name = nx_toc_name(t, i, &nl);
-		json_int_t k;
-		json_t *f;
 		int fd;
 
 		if (en->type != NX_NODE_REGULAR || en->size < 64 || !name ||
@@ -841,38 +822,34 @@ static void elf_record(struct nx_pub_path *pp, const struct nx_toc *t)
 		close(fd);
 		if (r < 0 || !dyn->nneeded)
 			continue;
-		k = search_index(search, dyn->runpath);
-		f = k < -1 ? NULL : json_pack("[IIi]", (json_int_t)i, k, k >= 0 && dyn->rpath);
-		if (!f || json_array_append_new(files, f) < 0)
-			goto out;
 		for (unsigned j = 0; j < dyn->nneeded; j++)
-			if (json_array_append_new(f, json_string(dyn->needed[j])) < 0)
-				goto out;
+			names[j] = dyn->needed[j];
+		/* -EINVAL: a file the format cannot record (a name with '/'):
+		 * a mount parses that one as it arrives */
+		r = nx_elf_needs_add(&n, i, dyn->runpath, dyn->rpath, names, dyn->nneeded);
+		if (r == -ENOMEM)
+			goto out;
 	}
-	if (!json_array_size(files) || json_object_set_new(o, "v", json_integer(1)) < 0 ||
-	    json_object_set(o, "files", files) < 0 || json_object_set(o, "search", search) < 0)
+	if (!n)
 		goto out;
-	/* through the reader's own parser: what is recorded is what it takes */
-	s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
-	r = s ? nx_elf_needs_parse(s, &n) : -ENOMEM;
+	/* the manifest carries it only within the format's cap */
+	r = nx_elf_needs_format(n, &s);
 	if (r < 0) {
 		nx_log(NX_LOG_DEBUG, "%s: its ELF records (%zu files) are %s: not recorded",
-		       pp->info.store_path, json_array_size(files),
-		       r == -E2BIG ? "over 256 KiB" : "not recordable");
+		       pp->info.store_path, n->nfiles, r == -E2BIG ? "over 256 KiB" : "not recordable");
 		goto out;
 	}
 	nx_log(NX_LOG_DEBUG, "%s: dynamic sections of %zu ELF files, %zu bytes",
 	       pp->info.store_path, n->nfiles, strlen(s));
 	nx_elf_needs_free(pp->elf);
 	pp->elf = n;
+	n = NULL;
 out:
+	nx_elf_needs_free(n);
 	free(s);
 	free(full);
 	free(rel);
 	free(dyn);
-	json_decref(files);
-	json_decref(search);
-	json_decref(o);
 }
 
 int nx_pub_commit(struct nx_pub *p, struct nx_pub_path *pp, int fd, struct nx_toc_builder *tb,

@@ -625,6 +625,43 @@ static void test_elf_needs(void)
 	nx_manifest_release(&m);
 }
 
+/* nx_elf_needs_add, what the pusher builds with: the same bytes as the
+ * reader's own parse of them, and the same limits. */
+static void test_elf_needs_add(void)
+{
+	static const char want[] =
+		"{\"files\":[[5,-1,0,\"libm.so.6\",\"libc.so.6\"],[9,0,1,\"liba.so\"],"
+		"[12,1,0,\"libb.so.1\"],[13,0,0,\"libc.so.6\"]],"
+		"\"search\":[\"$ORIGIN/../lib\",\"/nix/store/x/lib\"],\"v\":1}";
+	const char *n5[] = { "libm.so.6", "libc.so.6" }, *na[] = { "liba.so" },
+		   *nb[] = { "libb.so.1" }, *nc[] = { "libc.so.6" }, *slash[] = { "a/b" },
+		   *empty[] = { "" };
+	struct nx_elf_needs *n = NULL, *back = NULL;
+	char *s = NULL;
+
+	ok(nx_elf_needs_add(&n, 5, "", 1, n5, 2) == 0 && n && n->nfiles == 1 &&
+	   n->files[0].search == -1 && n->files[0].rpath == 0,
+	   "elf add: no search path, so no rpath");
+	ok(nx_elf_needs_add(&n, 9, "$ORIGIN/../lib", 1, na, 1) == 0, "elf add: an rpath");
+	ok(nx_elf_needs_add(&n, 12, "/nix/store/x/lib", 0, nb, 1) == 0, "elf add: a runpath");
+	ok(nx_elf_needs_add(&n, 13, "$ORIGIN/../lib", 0, nc, 1) == 0 && n->nsearch == 2,
+	   "elf add: a search path seen before is shared");
+	ok(nx_elf_needs_add(&n, 13, NULL, 0, nc, 1) == -EINVAL &&
+	   nx_elf_needs_add(&n, 7, NULL, 0, nc, 1) == -EINVAL, "elf add: entries ascending");
+	ok(nx_elf_needs_add(&n, 20, NULL, 0, slash, 1) == -EINVAL &&
+	   nx_elf_needs_add(&n, 20, NULL, 0, empty, 1) == -EINVAL &&
+	   nx_elf_needs_add(&n, 20, NULL, 0, nc, 0) == -EINVAL &&
+	   nx_elf_needs_add(&n, 0, NULL, 0, nc, 1) == -EINVAL && n->nfiles == 4 && n->nnames == 5,
+	   "elf add: bad names, no names, entry 0 rejected, nothing added");
+	ok(nx_elf_needs_format(n, &s) == 0 && s && strcmp(s, want) == 0, "elf add: formats as built");
+	ok(s && nx_elf_needs_parse(s, &back) == 0 && back && back->nfiles == 4 &&
+	   nx_elf_needs_find(back, 13) && nx_elf_needs_find(back, 13)->search == 0,
+	   "elf add: the reader takes it");
+	nx_elf_needs_free(back);
+	nx_elf_needs_free(n);
+	free(s);
+}
+
 int main(void)
 {
 	nx_log_set_level(NX_LOG_ERR - 1); /* the rejection cases log by design */
@@ -635,5 +672,6 @@ int main(void)
 	test_window();
 	test_imports();
 	test_elf_needs();
+	test_elf_needs_add();
 	return done_testing();
 }

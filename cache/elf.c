@@ -678,8 +678,72 @@ static char *search_path(struct nx_store *st, const struct nx_elf_dyn *dyn, unsi
 	return s;
 }
 
-static void script_seen(struct nx_store *st, const uint8_t *buf, size_t len);
-static size_t next_word(const char **s, const char *end, char *out, size_t cap);
+/* The next word of [*s, end) (blanks and quotes around it dropped) into
+ * @out (@cap bytes with its NUL); 0 when there is none or it is too long. */
+static size_t next_word(const char **s, const char *end, char *out, size_t cap)
+{
+	const char *a = *s, *b;
+	size_t n;
+
+	while (a < end && (*a == ' ' || *a == '\t' || *a == '\\' || *a == '\n'))
+		a++;
+	b = a;
+	while (b < end && *b != ' ' && *b != '\t' && *b != '\n')
+		b++;
+	*s = b;
+	if (b > a && (*a == '"' || *a == '\''))
+		a++;
+	if (b > a && (b[-1] == '"' || b[-1] == '\''))
+		b--;
+	n = (size_t)(b - a);
+	if (!n || n >= cap)
+		return 0;
+	memcpy(out, a, n);
+	out[n] = 0;
+	return n;
+}
+
+/*
+ * A wrapper script that runs a program through the loader with a library
+ * path ("exec .../ld-linux-x86-64.so.2 --library-path DIRS PROGRAM"): the
+ * loader searches DIRS first for PROGRAM's libraries and theirs. Noted
+ * for the program (at most NX_ELF_HINTS per mount, directories in the
+ * store only), so its job searches them as the loader will.
+ */
+static void script_seen(struct nx_store *st, const uint8_t *buf, size_t len)
+{
+	static const char opt[] = "--library-path";
+	const char *s = memmem(buf, len, opt, sizeof(opt) - 1), *end = (const char *)buf + len;
+	struct nx_elf_hint h;
+
+	if (!s)
+		return;
+	s += sizeof(opt) - 1;
+	if (!next_word(&s, end, h.dirs, sizeof(h.dirs)) || h.dirs[0] != '/' || strchr(h.dirs, '$'))
+		return;
+	/* the program: the next word in the store (options and their
+	 * values, such as --argv0 NAME, come before it) */
+	for (int k = 0; k < 8; k++) {
+		if (!next_word(&s, end, h.prog, sizeof(h.prog)))
+			return;
+		if (strncmp(h.prog, NX_STORE_DIR "/", sizeof(NX_STORE_DIR)) == 0)
+			break;
+		if (k == 7)
+			return;
+	}
+	pthread_mutex_lock(&st->lock);
+	if (!st->elf_hints)
+		st->elf_hints = calloc(NX_ELF_HINTS, sizeof(*st->elf_hints));
+	for (unsigned i = 0; st->elf_hints && i < st->elf_nhints; i++)
+		if (strcmp(st->elf_hints[i].prog, h.prog) == 0)
+			goto out;
+	if (st->elf_hints && st->elf_nhints < NX_ELF_HINTS) {
+		st->elf_hints[st->elf_nhints++] = h;
+		nx_log(NX_LOG_DEBUG, "predict: %s runs with library path %s", h.prog, h.dirs);
+	}
+out:
+	pthread_mutex_unlock(&st->lock);
+}
 
 /* At most this many programs a script runs are predicted (its #!
  * interpreter, the store files its exec commands name). */
@@ -895,73 +959,6 @@ void nx_elf_job(struct nx_store *st, struct nx_spath *p, uint32_t entry, unsigne
 out:
 	free(dyn);
 	free(hdr);
-}
-
-/* The next word of [*s, end) (blanks and quotes around it dropped) into
- * @out (@cap bytes with its NUL); 0 when there is none or it is too long. */
-static size_t next_word(const char **s, const char *end, char *out, size_t cap)
-{
-	const char *a = *s, *b;
-	size_t n;
-
-	while (a < end && (*a == ' ' || *a == '\t' || *a == '\\' || *a == '\n'))
-		a++;
-	b = a;
-	while (b < end && *b != ' ' && *b != '\t' && *b != '\n')
-		b++;
-	*s = b;
-	if (b > a && (*a == '"' || *a == '\''))
-		a++;
-	if (b > a && (b[-1] == '"' || b[-1] == '\''))
-		b--;
-	n = (size_t)(b - a);
-	if (!n || n >= cap)
-		return 0;
-	memcpy(out, a, n);
-	out[n] = 0;
-	return n;
-}
-
-/*
- * A wrapper script that runs a program through the loader with a library
- * path ("exec .../ld-linux-x86-64.so.2 --library-path DIRS PROGRAM"): the
- * loader searches DIRS first for PROGRAM's libraries and theirs. Noted
- * for the program (at most NX_ELF_HINTS per mount, directories in the
- * store only), so its job searches them as the loader will.
- */
-static void script_seen(struct nx_store *st, const uint8_t *buf, size_t len)
-{
-	static const char opt[] = "--library-path";
-	const char *s = memmem(buf, len, opt, sizeof(opt) - 1), *end = (const char *)buf + len;
-	struct nx_elf_hint h;
-
-	if (!s)
-		return;
-	s += sizeof(opt) - 1;
-	if (!next_word(&s, end, h.dirs, sizeof(h.dirs)) || h.dirs[0] != '/' || strchr(h.dirs, '$'))
-		return;
-	/* the program: the next word in the store (options and their
-	 * values, such as --argv0 NAME, come before it) */
-	for (int k = 0; k < 8; k++) {
-		if (!next_word(&s, end, h.prog, sizeof(h.prog)))
-			return;
-		if (strncmp(h.prog, NX_STORE_DIR "/", sizeof(NX_STORE_DIR)) == 0)
-			break;
-		if (k == 7)
-			return;
-	}
-	pthread_mutex_lock(&st->lock);
-	if (!st->elf_hints)
-		st->elf_hints = calloc(NX_ELF_HINTS, sizeof(*st->elf_hints));
-	for (unsigned i = 0; st->elf_hints && i < st->elf_nhints; i++)
-		if (strcmp(st->elf_hints[i].prog, h.prog) == 0)
-			goto out;
-	if (st->elf_hints && st->elf_nhints < NX_ELF_HINTS) {
-		st->elf_hints[st->elf_nhints++] = h;
-		nx_log(NX_LOG_DEBUG, "predict: %s runs with library path %s", h.prog, h.dirs);
-	}
-out:
-	pthread_mutex_unlock(&st->lock);
 }
 
 void nx_elf_predict(struct nx_store *st, struct nx_spath *p, uint32_t entry)

@@ -38,8 +38,41 @@ if [ -z "${NIXOCI_TEST_REGISTRY:-}" ] && command -v docker-registry >/dev/null &
 	export NIXOCI_TEST_REGISTRY=$REG/unit-test
 fi
 
+# pass NAME CMD...: runs one prove pass, its output also kept, so that a
+# failure is recapped at the very end: a CI that shows only the last lines
+# of the log still shows which test failed and how.
+RECAP=$TRASH/recap
+: >"$RECAP"
+: >"$RECAP.files"
+pass() {
+	local name=$1 log=$TRASH/pass-$1.log st
+	shift
+	"$@" 2>&1 | tee "$log"
+	st=${PIPESTATUS[0]}
+	[ "$st" = 0 ] && return 0
+	# each failed case: its first line, then the last lines it printed
+	awk -v pass="$name" '
+		/^#   [A-Za-z0-9_.-]+ [0-9]+ .*: exit status [0-9]+; the test body was:$/ {
+			if (head) flush(); head = $0; sub(/; the test body was:$/, "", head)
+			out = 0; n = 0; next }
+		head && /^#   its output \(last [0-9]+ lines\):$/ { out = 1; next }
+		head && out && /^#   / { buf[n++ % 6] = $0; next }
+		head && out { flush() }
+		function flush(  i, k) {
+			print "# " pass ": " substr(head, 5)
+			k = n < 6 ? n : 6
+			for (i = n - k; i < n; i++) print "#     " substr(buf[i % 6], 5)
+			head = ""; out = 0; n = 0 }
+		END { if (head) flush() }' "$log" | tail -n 40 >>"$RECAP"
+	# each failing file and its test numbers, as prove summed them up:
+	# printed last, so that they are in the tail whatever came before
+	sed -n '/^Test Summary Report/,/^Files=/p' "$log" |
+		grep -vE '^(Files=|-+$|Test Summary Report)' | sed "s/^/# $name: /" >>"$RECAP.files"
+	return "$st"
+}
+
 rc=0
-prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${tests[@]}" || rc=$?
+pass plain prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${tests[@]}" || rc=$?
 
 # Second pass: the unit tests, the fuzz replays and a subset of the
 # integration tests against the SANITIZE=address,undefined build (build-san,
@@ -72,12 +105,16 @@ if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-san/bin/nixoci-fs" ]; then
 	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 	LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$SRC/tests/lib/lsan.supp} \
 	PATH="$SRC/build-san/bin:$PATH" \
-		prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${san[@]}" ||
+		pass sanitized prove --exec "$SRC/tests/lib/run-test" --timer -j "${TEST_JOBS:-1}" "${san[@]}" ||
 		rc=$?
 fi
 if [ -z "${NIXOCI_NO_SAN:-}" ] && [ -x "$SRC/build-tsan/tests/unit/cache-store" ]; then
 	echo "# ThreadSanitizer pass (build-tsan: the cache's concurrency test)"
 	TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1} \
-		prove --exec '' --timer "$SRC/build-tsan/tests/unit/cache-store" || rc=$?
+		pass tsan prove --exec '' --timer "$SRC/build-tsan/tests/unit/cache-store" || rc=$?
+fi
+if [ -s "$RECAP" ]; then
+	echo "# ---- recap: what failed (details above) ----"
+	cat "$RECAP" "$RECAP.files"
 fi
 exit $rc

@@ -35,7 +35,7 @@ for i in range(16):
     open(\"%s/f%d\" % (sys.argv[1], i), \"wb\").write(r.randbytes(300 * 1024))
 " "$src" &&
 	D=$(nix-store --add "$src") &&
-	nixoci push --tag c1 "$REG/mr" "$D" &&
+	nixoci push --no-pack --tag c1 "$REG/mr" "$D" &&
 	NAR=$(nar_digest mr "$D") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG" &&

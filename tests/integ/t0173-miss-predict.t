@@ -71,7 +71,7 @@ test_expect_success 'setup: modules, data files, a library, a wide directory; pu
 	put("lib.so", 3 * 1024 * 1024)
 	EOF
 	DATA=$(nix-store --add "$src") &&
-	nixoci push "$REG/pred" "$DATA" &&
+	nixoci push --no-pack "$REG/pred" "$DATA" &&
 	NAR=$(nar_digest pred "$DATA") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG" &&

@@ -78,7 +78,7 @@ test_expect_success 'setup: data files of 3 and 5 MiB, an ELF file with one shor
 	open(d + "/seg.so", "wb").write(ehdr + phdr + body[len(ehdr) + len(phdr):])
 	EOF
 	DATA=$(nix-store --add "$src") &&
-	nixoci push "$REG/jump" "$DATA" &&
+	nixoci push --no-pack "$REG/jump" "$DATA" &&
 	NAR=$(nar_digest jump "$DATA") &&
 	test ${#NAR} = 64 &&
 	start_faultproxy "$REG" &&

@@ -97,7 +97,7 @@ test_expect_success 'setup: a 3-level import chain compiled by CPython, pushed, 
 	P=$(nix-store --add "$src") &&
 	H=${P##*/} && H=${H%%-*} &&
 	start_registry &&
-	nixoci push "$REG/pyg" "$P" &&
+	nixoci push --no-pack "$REG/pyg" "$P" &&
 	NAR=$(nar_digest pyg "$P") &&
 	test ${#NAR} = 64 &&
 	curl -fsS -H "Accept: $MT" "http://$REG/v2/pyg/manifests/$H" >"$TRASH/man-orig.json" &&

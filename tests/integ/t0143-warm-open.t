@@ -44,7 +44,11 @@ chunks_resident() {
 warm_at_least() { test "$(stats_field "$MNT" warm_frames)" -ge "$1"; }
 resident_at_least() { test "$(chunks_resident)" -ge "$1"; }
 # the warm bytes all in the page cache: the read-ahead the daemon asks of
-# the kernel completes in the background, so it is waited for, not sampled
+# the kernel completes in the background, so it is waited for, not sampled.
+# Once seen it is not asserted again: the page cache keeps no promise. Under
+# load this machine was seen to report one page fewer in each of the two
+# chunk files 2 s later (fincore), files untouched (same inode, size and
+# mtime) and nothing reclaiming (pgsteal 0 in /proc/vmstat).
 resident_covers_warm() { resident_at_least "$(stats_field "$MNT" warm_bytes)"; }
 
 test_expect_success 'setup: registry, 16 files of 6 frames, a first mount reads some' '
@@ -83,8 +87,7 @@ test_expect_success 'remount, chunks out of the page cache: an open alone reads 
 	n=$(stats_field "$MNT" warm_frames) &&
 	test "$n" -ge 2 && test "$n" -lt 6 &&
 	test "$(stats_field "$MNT" bytes_fetched)" = 0 &&
-	test "$(stats_field "$MNT" fuse_read)" = 0 &&
-	test "$(chunks_resident)" -ge "$(stats_field "$MNT" warm_bytes)"
+	test "$(stats_field "$MNT" fuse_read)" = 0
 '
 
 test_expect_success 'once per file; a file with nothing cached costs nothing' '

@@ -35,7 +35,9 @@
 # the closure's tag lookup; its metadata blob is fetched while the program
 # already waits) plus start.
 #
-# Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 10 40", BENCH_PROFILE=1 (0: skip the
+# Knobs: BENCH_RUNS=3, BENCH_DELAYS="0 10 40", BENCH_HANDSHAKE=0 (N: each new
+# connection pays N more round trips, as TCP and TLS set-up would),
+# BENCH_PROFILE=1 (0: skip the
 # profile rows), BENCH_ESTARGZ=1 (0: skip the eStargz columns),
 # BENCH_COLD_CLOSURE=full (jdk-python: only the JDK's and CPython's closures),
 # BENCH_WORK=/var/tmp/nixoci-bench, BENCH_PLAIN=1 (0: skip the rows without a
@@ -58,6 +60,9 @@ case $O in /*) ;; *) O=$SRC/$O ;; esac
 export PATH=$O/bin:$PATH:/usr/sbin:/sbin
 export NIX_CONFIG="extra-experimental-features = nix-command"
 RUNS=${BENCH_RUNS:-3}
+# round trips of connection set-up the link adds to each new connection
+# (bench/delayproxy.c --handshake: 1 TCP, 2 TCP + TLS 1.3); 0 as before
+HANDSHAKE=${BENCH_HANDSHAKE:-0}
 DELAYS=${BENCH_DELAYS:-0 10 40}
 PROFILE=${BENCH_PROFILE:-1}
 PLAIN=${BENCH_PLAIN:-1}
@@ -276,7 +281,7 @@ if [ "$PROFILE" = 1 ]; then
 fi
 
 for d in $DELAYS; do
-	if [ "$d" = 0 ]; then echo "mode=pass" >"$WORK/ctl"; else echo "mode=pass delay=$d" >"$WORK/ctl"; fi
+	if [ "$d" = 0 ]; then echo "mode=pass" >"$WORK/ctl"; else echo "mode=pass delay=$d handshake=$HANDSHAKE" >"$WORK/ctl"; fi
 	for r in $(seq "$RUNS"); do
 		for w in java python; do
 			[ "$PLAIN" = 1 ] && one_start nixoci "$w" "$d" "$r"

@@ -7,7 +7,7 @@
  * CPU-seconds per cold start on 2 cores: docs/benchmarks.md).
  *
  *	delayproxy --upstream HOST:PORT --port-file FILE [--control FILE]
- *		   [--log FILE] [--delay MS] [--port N]
+ *		   [--log FILE] [--delay MS] [--handshake N] [--port N]
  *
  * Listens on a free 127.0.0.1 port (written to --port-file once it
  * accepts) and forwards each connection to --upstream. One thread, epoll,
@@ -18,11 +18,18 @@
  * protocol that is DELAY ms of added round-trip time per request, the same
  * as faultproxy's delay=MS (which holds every request DELAY ms before
  * forwarding it), so the figures stay comparable; unlike faultproxy a large
- * body is streamed, never stored first. Connection set-up is not delayed
- * (faultproxy does not delay it either). DELAY comes from --delay or from
+ * body is streamed, never stored first. DELAY comes from --delay or from
  * the control file's "delay=MS" word (faultproxy's format; "mode=pass" is
  * accepted, any other word is ignored with a line on stderr: this proxy
- * only delays). The control file is looked at (stat) at every request head and
+ * only delays).
+ *
+ * Connection set-up: the proxy accepts at once (loopback), so by default a
+ * new connection costs nothing, as with faultproxy. With --handshake N (or
+ * the control file's "handshake=N", 0-3) a connection's first bytes leave
+ * no earlier than (1 + N) x DELAY after it was accepted: N round trips of
+ * set-up before the request's own, as on a real link (1: TCP; 2: TCP and
+ * TLS 1.3; 3: TLS 1.2). While N > 0 each accepted connection is logged as
+ * "<time> connect n=<connections so far>". The control file is looked at (stat) at every request head and
  * read again when it changed, so the bench changes the delay between rows
  * by rewriting it.
  *
@@ -134,6 +141,7 @@ struct conn {
 	struct conn *prev, *next;
 	struct end cl, up;
 	bool connecting;	/* the upstream connect is in progress */
+	int64_t born_us;	/* CLOCK_MONOTONIC: when it was accepted */
 	bool dead;
 	struct dir c2u, u2c;
 	struct req *rq_head, *rq_tail;	/* requests seen, oldest first */
@@ -151,6 +159,8 @@ static const char *ctl_path;
 static struct stat ctl_st;
 static bool ctl_seen;
 static int64_t delay_us;
+static int handshake, handshake_cli;	/* round trips of connection set-up */
+static unsigned long long nconnects;
 /* due times of the requests held on the link (for "inflight") */
 static int64_t *held;
 static size_t nheld, held_cap;
@@ -212,6 +222,7 @@ static void note(const char *fmt, ...)
 static void ctl_apply(char *text)
 {
 	int64_t d = 0;
+	int h = handshake_cli;
 	char *save = NULL, *w;
 
 	for (w = strtok_r(text, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save)) {
@@ -223,6 +234,14 @@ static void ctl_apply(char *text)
 				note("control: ignoring %s (say delay=MS)", w);
 			else
 				d = (int64_t)v * 1000;
+		} else if (!strncmp(w, "handshake=", 10)) {
+			char *end;
+			long v = strtol(w + 10, &end, 10);
+
+			if (*end || v < 0 || v > 3)
+				note("control: ignoring %s (say handshake=0..3)", w);
+			else
+				h = (int)v;
 		} else if (strcmp(w, "mode=pass") != 0) {
 			note("control: ignoring %s (delayproxy only delays; faults need tests/lib/faultproxy.py)", w);
 		}
@@ -230,6 +249,9 @@ static void ctl_apply(char *text)
 	if (d != delay_us)
 		note("delay %lld ms", (long long)(d / 1000));
 	delay_us = d;
+	if (h != handshake)
+		note("handshake %d round trips", h);
+	handshake = h;
 }
 
 /* the control file again if it changed since it was last read */
@@ -244,7 +266,7 @@ static void ctl_check(void)
 		return;
 	if (stat(ctl_path, &st) < 0) {
 		if (ctl_seen)
-			ctl_seen = false, delay_us = 0;
+			ctl_seen = false, delay_us = 0, handshake = handshake_cli;
 		return;
 	}
 	if (ctl_seen && st.st_ino == ctl_st.st_ino && st.st_size == ctl_st.st_size &&
@@ -718,6 +740,8 @@ static int dir_read(struct conn *c, struct dir *d, int64_t now)
 	/* parsed before it is stamped: a request head may change the delay */
 	parse(c, &d->p, response, s->data, s->len);
 	s->due_us = response ? now : now + delay_us;
+	if (!response && handshake > 0 && s->due_us < c->born_us + (1 + handshake) * delay_us)
+		s->due_us = c->born_us + (1 + handshake) * delay_us; /* still shaking hands */
 	if (s->due_us > now && s->len < SEG_SIZE / 2) {
 		/* held with little in it (a request head; a client that
 		 * sends 16-64 KiB at a time): a copy of just its bytes is
@@ -844,6 +868,11 @@ static void on_accept(int lfd)
 		/* requests and answers are written whole: no Nagle wait */
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		c->born_us = mono_us();
+		ctl_check(); /* the set-up to model is the one asked for now */
+		++nconnects;
+		if (handshake > 0)
+			logf_("connect n=%llu", nconnects);
 		c->cl = (struct end){ c, fd, 0 };
 		c->up = (struct end){ c, ufd, 0 };
 		c->c2u = (struct dir){ .from = &c->cl, .to = &c->up, .cap = CAP_HELD };
@@ -881,7 +910,7 @@ static void on_accept(int lfd)
 static void usage(void)
 {
 	fprintf(stderr, "usage: delayproxy --upstream HOST:PORT --port-file FILE "
-		"[--control FILE] [--log FILE] [--delay MS] [--port N]\n");
+		"[--control FILE] [--log FILE] [--delay MS] [--handshake 0-3] [--port N]\n");
 	exit(2);
 }
 
@@ -954,6 +983,8 @@ int main(int argc, char **argv)
 			log_path = v;
 		else if (!strcmp(a, "--delay"))
 			delay_us = (int64_t)atoi(v) * 1000;
+		else if (!strcmp(a, "--handshake") && atoi(v) >= 0 && atoi(v) <= 3)
+			handshake = handshake_cli = atoi(v);
 		else if (!strcmp(a, "--port"))
 			sin.sin_port = htons((uint16_t)atoi(v));
 		else

@@ -150,6 +150,29 @@ test_expect_success 'delay=MS: a request takes at least MS ms, its start is logg
 	echo "mode=pass" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL"
 '
 
+test_expect_success 'handshake=N: a new connection waits N round trips before its first request' '
+	echo "mode=pass delay=300 handshake=1" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL" &&
+	n=$(lines) &&
+	t0=$(date +%s%N) &&
+	curl -fsS -o got.bin "http://$PROXY/v2/link/blobs/$D_SMALL" \
+		-w "%{time_starttransfer}\n" -o got2.bin "http://$PROXY/v2/link/blobs/$D_SMALL" >times &&
+	t1=$(date +%s%N) &&
+	cmp small.bin got.bin && cmp small.bin got2.bin &&
+	cat times && echo "took $(((t1 - t0) / 1000000)) ms" &&
+	: the first request: set-up and its own round trip, the second: its own &&
+	test $(((t1 - t0) / 1000000)) -ge 900 &&
+	log_since $n >l.out && cat l.out &&
+	test "$(grep -cE "^[0-9.]+ connect n=[0-9]+$" l.out)" = 1 &&
+	test "$(grep -c -- " -> 200 pass bytes=300000" l.out)" = 2 &&
+	: without it, no connect lines &&
+	echo "mode=pass delay=300" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL" &&
+	n=$(lines) &&
+	curl -fsS -o got.bin "http://$PROXY/v2/link/blobs/$D_SMALL" &&
+	log_since $n >l.out && ! grep " connect " l.out &&
+	grep "handshake 1 round trips" "${PROXY_LOG%/log}/stderr" &&
+	echo "mode=pass" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL"
+'
+
 test_expect_success 'a fault word is refused on stderr (faults need faultproxy)' '
 	echo "mode=reset" >"$PROXY_CTL.tmp" && mv -f "$PROXY_CTL.tmp" "$PROXY_CTL" &&
 	curl -fsS -o got.bin "http://$PROXY/v2/link/blobs/$D_SMALL" &&

@@ -379,6 +379,7 @@ struct nx_store {
 	struct nx_sendq *sendq; /* held requests (frames.c) */
 	struct nx_pin *pins;
 	int evicting;
+	pthread_cond_t evict_cond; /* an eviction ended (evicting went 0) */
 	struct nx_files *files; /* files.c: passthrough copies; NULL = none */
 	struct nx_warm *warm;   /* warm.c: chunk files read ahead at open */
 

@@ -297,6 +297,7 @@ void nx_store_close(struct nx_store *st)
 	pthread_rwlock_destroy(&st->db_rw);
 	pthread_cond_destroy(&st->sync_cond);
 	pthread_cond_destroy(&st->cond);
+	pthread_cond_destroy(&st->evict_cond);
 	pthread_mutex_destroy(&st->lock);
 	free(st->dir);
 	free(st);
@@ -380,6 +381,7 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	}
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_cond_init(&st->cond, NULL);
+	pthread_cond_init(&st->evict_cond, NULL);
 	pthread_cond_init(&st->ra_cond, NULL);
 	pthread_cond_init(&st->rp_cond, NULL);
 	{
@@ -406,6 +408,11 @@ int nx_store_open(struct nx_store **out, const struct nx_store_opts *o,
 	rc = nx_files_open(st);
 	if (rc < 0)
 		goto fail;
+	/* A daemon killed while a copy or chunk it had counted was on its
+	 * way may leave the cache over its limit once that file landed: the
+	 * next start makes room before it serves, not at its first save. */
+	if (!st->readonly && nx_stat_get(&st->total_bytes) > st->limit)
+		nx_db_evict(st);
 	rc = nx_warm_open(st);
 	if (rc < 0)
 		goto fail;

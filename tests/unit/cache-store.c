@@ -822,6 +822,17 @@ static void test_evict(void)
 	   (unsigned long long)s.cache_bytes);
 	if (rc == 0)
 		nx_store_close(st);
+
+	/* a cache over its limit at open (a smaller cache_size here; a
+	 * daemon killed with a copy on its way in t0520) is brought within
+	 * it before anything is served */
+	rc = open_store(&st, "c4", 1u << 20, NULL, NULL, 0);
+	nx_store_stats(st, &s);
+	ok(rc == 0 && s.cache_bytes <= s.cache_limit && s.evictions > 0,
+	   "reopened with a 1 MiB limit: cache_bytes %llu, %llu evictions at open",
+	   (unsigned long long)s.cache_bytes, (unsigned long long)s.evictions);
+	if (rc == 0)
+		nx_store_close(st);
 }
 
 struct reader {

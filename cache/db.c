@@ -1715,7 +1715,7 @@ static int blob_in_use(struct nx_store *st, const uint8_t d[NX_SHA256_LEN])
  * which is fine at that rate. The total is what du counts: blocks of the
  * files, LMDB's files, and chunks not recorded yet.
  */
-static void evict(struct nx_store *st)
+static void evict(struct nx_store *st, int wait)
 {
 	uint64_t target = st->limit - st->limit / 10;
 	struct evict_cand *c = NULL;
@@ -1723,14 +1723,19 @@ static void evict(struct nx_store *st)
 	int complete;
 
 	/*
-	 * One eviction at a time. A caller that finds one running waits for
-	 * it and looks again instead of returning: it has just counted what
-	 * it is about to write (a reservation, a saved chunk), and returning
-	 * while the running one was past its last look let it write with the
-	 * cache over its limit (t0520: 6 MiB of a passthrough copy in tmp/
-	 * beside chunks at the limit, after a kill -9).
+	 * One eviction at a time. A caller with @wait (a reservation: what it
+	 * counted is about to be written) that finds one running waits for
+	 * it and looks again instead of returning: returning while the
+	 * running one was past its last look let a passthrough copy of 6 MiB
+	 * be written with the cache at its limit (t0520, after a kill -9). A
+	 * saver of a chunk already written does not wait: it may own a flight
+	 * others wait on (waiting there made t0420's copies fail now and then).
 	 */
 	pthread_mutex_lock(&st->lock);
+	if (st->evicting && !wait) {
+		pthread_mutex_unlock(&st->lock);
+		return;
+	}
 	while (st->evicting)
 		pthread_cond_wait(&st->evict_cond, &st->lock);
 	if (nx_stat_get(&st->total_bytes) <= st->limit) {
@@ -1798,7 +1803,7 @@ static void evict(struct nx_store *st)
 void nx_db_evict(struct nx_store *st)
 {
 	if (st->env && !st->readonly)
-		evict(st);
+		evict(st, 1);
 }
 
 static uint64_t true_total(struct nx_store *st)
@@ -2272,7 +2277,7 @@ void nx_chunk_save(struct nx_store *st, const uint8_t d[NX_SHA256_LEN], const vo
 	if (__atomic_add_fetch(&st->saves, 1, __ATOMIC_RELAXED) % NX_RESYNC_SAVES == 0)
 		__atomic_store_n(&st->total_bytes, true_total(st), __ATOMIC_RELAXED);
 	if (nx_stat_get(&st->total_bytes) > st->limit)
-		evict(st);
+		evict(st, 0);
 }
 
 struct drop_op {
